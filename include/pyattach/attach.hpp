@@ -1,0 +1,251 @@
+// pyattach/attach.hpp — attach a native thread to Python, and detach it for blocking C++ work.
+//
+// Why this exists
+//   A thread that Python did not create must have an *attached thread state* to run Python. The
+//   usual PyGILState_Ensure/Release pair creates one on the outermost Ensure and destroys it on the
+//   matching Release: every call on a pool thread pays for a new state (and its frame stack),
+//   and loses threading.local data, trace/profile functions and py-spy's view of the thread.
+//   Pinning a state by never releasing it keeps the GIL while the thread waits in C++.
+//   pyattach gives each native thread ONE persistent state, made on first use and destroyed on
+//   that thread when it exits, and attaches it only inside an attach_scope.
+//
+// Contract
+// - attach_scope: on construction the calling thread is attached (it holds the GIL and its
+//   state is current) until the scope ends. Scopes nest; inner ones only count. The first scope
+//   on a native thread creates its state through PyGILState_Ensure, so PyGILState_*, pybind11,
+//   nanobind and Cython on the same thread find and reuse it (never a second state). A thread
+//   that is already attached (a Python-created thread, a callback from Python, code that called
+//   PyGILState_Ensure) is reused as it is and is not detached when the scope ends.
+// - detach_scope: inside Python-facing code, releases the GIL for blocking C++ work and keeps the
+//   thread state; the end of the scope re-attaches. Also valid on a Python-created thread.
+// - Scopes are neither copyable nor movable: a scope belongs to the thread and the C++ block that
+//   made it. End scopes on the thread that made them, innermost first; a scope that ends on the
+//   wrong thread, out of order or twice is reported (diagnostics.hpp) and its CPython call skipped
+//   (an outer scope that ended early is undone when the scopes inside it end).
+// - Failure: the throwing constructor throws attach_error; try_attach() and the nothrow
+//   constructor never throw and report why in status(). Nothing in this header ever blocks
+//   forever, ends the thread, or crashes because the interpreter is finalizing: once pyattach's
+//   gate closes (an atexit hook, or interpreter's destructor), every attach that would need to
+//   take the GIL returns attach_status::finalizing, and after Py_FinalizeEx ::finalized.
+// - Thread exit: the state pyattach made is destroyed on its own thread when the thread exits
+//   (or by release_thread_state()), through the gate; a state whose interpreter is finalizing or
+//   gone is only forgotten, never touched.
+// - Thread-safety: every function may be called from any thread; each acts on the calling thread.
+// - Limits: one interpreter (the main one). On CPython <= 3.11 a state attached by raw
+//   PyThreadState_New + PyEval_RestoreThread (not through PyGILState) is invisible to pyattach,
+//   as it is to PyGILState_Ensure itself: attaching on top of it deadlocks, as the raw API does.
+#pragma once
+
+#include <cstdint>
+#include <new>
+#include <stdexcept>
+
+#include "pyattach/detail/compat.hpp"
+#include "pyattach/detail/slot.hpp"
+#include "pyattach/diagnostics.hpp"
+
+namespace pyattach {
+
+// Why an attach did or did not happen.
+enum class attach_status : std::uint8_t {
+  attached,         // success: the thread is attached until the scope ends
+  not_initialized,  // no interpreter has been initialized in this process yet
+  finalizing,       // the interpreter is shutting down: pyattach's gate is closed
+  finalized,        // the interpreter was finalized and no new one has been initialized
+};
+
+const char* to_string(attach_status status) noexcept;
+
+// Thrown by the throwing attach_scope constructor. what() names the status.
+class attach_error : public std::runtime_error {
+ public:
+  explicit attach_error(attach_status status);
+  attach_status status() const noexcept { return status_; }
+
+ private:
+  attach_status status_;
+};
+
+// Tag for the non-throwing constructor.
+struct nothrow_t {
+  explicit constexpr nothrow_t() = default;
+};
+inline constexpr nothrow_t nothrow{};
+
+namespace detail {
+class scope_access;
+}
+
+class attach_scope {
+ public:
+  // Attaches or throws attach_error. PRECONDITION: none (any thread, any time).
+  explicit attach_scope(source_site site = source_site::current());
+  // Attaches or records why not; never throws. Test with status() or operator bool.
+  attach_scope(nothrow_t, source_site site = source_site::current()) noexcept;
+  ~attach_scope();
+
+  attach_scope(const attach_scope&) = delete;
+  attach_scope& operator=(const attach_scope&) = delete;
+  attach_scope(attach_scope&&) = delete;
+  attach_scope& operator=(attach_scope&&) = delete;
+
+  // Ends the scope early (detaching if it was the outermost). Calling it again is reported as
+  // misuse_kind::double_release with both sites and has no other effect.
+  void release(source_site site = source_site::current()) noexcept;
+
+  attach_status status() const noexcept { return status_; }
+  bool is_valid() const noexcept { return status_ == attach_status::attached; }
+  explicit operator bool() const noexcept { return is_valid(); }
+  // True if this scope made the state current (the outermost scope of an idle thread).
+  bool made_current() const noexcept { return kind_ == kind_restored; }
+  const source_site& site() const noexcept { return site_; }
+
+ private:
+  friend class detail::scope_access;
+  // transient: after this thread's exit clean-up ran (another thread_local's destructor); level_
+  // then holds the PyGILState_STATE of a one-off Ensure, released when the scope ends.
+  enum : std::uint8_t { kind_none, kind_nested, kind_restored, kind_transient };
+
+  void attach_fast(const source_site& site) noexcept;
+  void finish(const source_site* at) noexcept;
+
+  detail::slot* owner_ = nullptr;
+  source_site site_;
+  std::uint32_t level_ = 0;
+  attach_status status_ = attach_status::not_initialized;
+  std::uint8_t kind_ = kind_none;
+  bool released_ = false;
+};
+
+// Attaches without throwing; C++17 guaranteed elision lets the scope be returned by value.
+//   if (auto py = pyattach::try_attach()) { ... } else { log(to_string(py.status())); }
+inline attach_scope try_attach(source_site site = source_site::current()) noexcept {
+  return attach_scope(nothrow, site);
+}
+
+class detach_scope {
+ public:
+  // PRECONDITION: the calling thread is attached (inside an attach_scope, or a Python thread
+  // holding the GIL). Otherwise reported as misuse_kind::detach_without_attach and a no-op.
+  explicit detach_scope(source_site site = source_site::current()) noexcept;
+  ~detach_scope();
+  detach_scope(const detach_scope&) = delete;
+  detach_scope& operator=(const detach_scope&) = delete;
+  detach_scope(detach_scope&&) = delete;
+  detach_scope& operator=(detach_scope&&) = delete;
+
+  // Re-attaches early. A second call is misuse_kind::double_release.
+  void release(source_site site = source_site::current()) noexcept;
+  // False if the constructor found nothing to detach (misuse).
+  bool is_valid() const noexcept { return active_ || released_; }
+
+ private:
+  friend class detail::scope_access;
+
+  detail::slot* owner_ = nullptr;
+  PyThreadState* saved_ = nullptr;
+  source_site site_;
+  std::uint32_t level_ = 0;
+  bool active_ = false;
+  bool released_ = false;
+};
+
+// True if the calling thread is attached (holds the GIL with its own thread state).
+bool is_attached() noexcept;
+
+// Destroys the calling thread's pyattach-made thread state now instead of at thread exit
+// (threading.local data and the thread's py-spy entry go with it). A later attach makes a new
+// one. PRECONDITION: no scope open on this thread (else misuse_kind::release_while_attached).
+// Returns true if a state was destroyed.
+bool release_thread_state(source_site site = source_site::current()) noexcept;
+
+// ---- inline fast path ------------------------------------------------------------------------
+namespace detail {
+// Out of line: first use, adoption of foreign states, refusal, binding the gate.
+void attach_slow(attach_scope& scope, const source_site& site) noexcept;
+// Out of line: the misuse and out-of-order paths of ending a scope.
+// Its own return address is the code that ended the scope (the inlined destructor or release()).
+void end_slow(attach_scope& scope, const source_site* at) noexcept;
+}  // namespace detail
+
+inline void attach_scope::attach_fast(const source_site& site) noexcept {
+  detail::slot* s = detail::tls_slot;
+  // Fast path only for a state pyattach made itself (an adopted state is revalidated each time
+  // in attach_slow, because its real owner may have destroyed it).
+  if (PYATTACH_LIKELY(s != nullptr && s->owned && s->depth + 1 < detail::tracked_levels)) {
+    const std::uint64_t w = detail::g_gate.word.load(std::memory_order_acquire);
+    if (PYATTACH_LIKELY((w >> 2) == s->gen)) {
+      // Already attached here (nested scope, or a PyGILState_Ensure/Python callback): count only.
+      // A state released by other code (Py_BEGIN_ALLOW_THREADS) is not current: re-attach below.
+      if (detail::compat::current_state_unchecked() == s->tstate) {
+        if ((w & 3) != detail::phase_unbound) {
+          owner_ = s;
+          level_ = ++s->depth;
+          kind_ = kind_nested;
+          status_ = attach_status::attached;
+          return;
+        }
+      } else if ((w & 3) == detail::phase_open) {
+        // Take a pass first, then confirm the gate is still open (see detail/slot.hpp).
+        detail::g_gate.inside.fetch_add(1, std::memory_order_seq_cst);
+        if (PYATTACH_LIKELY(detail::g_gate.word.load(std::memory_order_seq_cst) == w)) {
+          s->phase.store(detail::slot_phase::waiting, std::memory_order_relaxed);
+          // The gate is open and we hold a pass, so the interpreter cannot start finalizing
+          // before this returns (the closer waits for passes): no pthread_exit, no hang.
+          PyEval_RestoreThread(s->tstate);
+          s->phase.store(detail::slot_phase::attached, std::memory_order_relaxed);
+          s->scopes.store(s->scopes.load(std::memory_order_relaxed) + 1,
+                          std::memory_order_relaxed);  // single writer: no RMW needed
+          s->passes.store(s->passes.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+          owner_ = s;
+          level_ = ++s->depth;
+          if (level_ == 1) s->outer_site = site;
+          s->restored_mask |= detail::level_bit(level_);
+          kind_ = kind_restored;
+          status_ = attach_status::attached;
+          return;
+        }
+        detail::g_gate.inside.fetch_sub(1, std::memory_order_seq_cst);
+      }
+    }
+  }
+  detail::attach_slow(*this, site);
+}
+
+inline attach_scope::attach_scope(nothrow_t, source_site site) noexcept : site_(site) {
+  attach_fast(site_);
+}
+
+inline attach_scope::attach_scope(source_site site) : site_(site) {
+  attach_fast(site_);
+  if (PYATTACH_UNLIKELY(status_ != attach_status::attached)) throw attach_error(status_);
+}
+
+inline void attach_scope::finish(const source_site* at) noexcept {
+  detail::slot* s = detail::tls_slot;
+  if (PYATTACH_LIKELY(!released_ && s == owner_ && s->depth == level_ && s->anomaly_mask == 0)) {
+    released_ = true;
+    --s->depth;
+    if (kind_ == kind_restored) {
+      s->restored_mask &= ~detail::level_bit(level_);
+      s->passes.store(s->passes.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
+      s->phase.store(detail::slot_phase::detached, std::memory_order_relaxed);
+      // This scope made the state current on this thread; hand the GIL back, keep the state.
+      PyEval_SaveThread();
+      detail::g_gate.inside.fetch_sub(1, std::memory_order_release);
+    }
+    return;
+  }
+  detail::end_slow(*this, at);
+}
+
+inline attach_scope::~attach_scope() {
+  if (kind_ != kind_none && !released_) finish(nullptr);
+}
+
+inline void attach_scope::release(source_site site) noexcept {
+  if (kind_ == kind_none) return;  // never attached: nothing to release
+  finish(&site);
+}
+
+}  // namespace pyattach

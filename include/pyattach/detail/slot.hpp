@@ -1,0 +1,91 @@
+// pyattach/detail/slot.hpp — the per-thread slot and the gate. Not part of the public API.
+//
+// They are in a header only so that the common attach/detach path can be inlined into the
+// caller (DESIGN.md: "Cost"); everything rare lives in src/.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+
+#include "pyattach/detail/compat.hpp"
+#include "pyattach/diagnostics.hpp"
+
+#if defined(__GNUC__) || defined(__clang__)
+#define PYATTACH_LIKELY(x) __builtin_expect(!!(x), 1)
+#define PYATTACH_UNLIKELY(x) __builtin_expect(!!(x), 0)
+// initial-exec: the thread pointer plus a link-time offset, without a __tls_get_addr call even
+// when pyattach sits in a shared library (DESIGN.md measured +61 vs +19 instructions per pair).
+#define PYATTACH_TLS __thread __attribute__((tls_model("initial-exec")))
+#else
+#define PYATTACH_LIKELY(x) (x)
+#define PYATTACH_UNLIKELY(x) (x)
+#define PYATTACH_TLS thread_local
+#endif
+
+namespace pyattach::detail {
+
+// ---------------------------------------------------------------------------------------------
+// The gate: the library's view of the (main) interpreter's life. DESIGN.md invariants 4 and 5.
+//
+// `word` packs a generation (which Py_Initialize..Py_FinalizeEx cycle) and a phase:
+//   unbound  no interpreter bound: never initialized, or the last one is gone (Py_AtExit ran)
+//   open     attaching is allowed
+//   closing  a closer waits (GIL released, bounded) for the passes already inside to leave;
+//            new outermost attaches are refused, threads already inside may re-attach
+//   closed   finalization may proceed: every attach is refused
+// Protected by: transitions happen under the gate mutex in src/gate.cpp; reads are lock-free.
+//
+// `inside` counts passes: one per scope that made this thread's state current through the gate
+// (and one per thread-exit clean-up). Ordering (the store-then-check protocol measured in
+// DESIGN.md): an attacher increments `inside` *then* reads `word`; the closer stores `closing`
+// *then* reads `inside`. Both seq_cst, so at least one of them sees the other.
+enum : std::uint64_t { phase_unbound = 0, phase_open = 1, phase_closing = 2, phase_closed = 3 };
+
+struct gate_state {
+  std::atomic<std::uint64_t> word{0};
+  std::atomic<std::int64_t> inside{0};
+};
+extern gate_state g_gate;
+
+constexpr std::uint64_t gate_word(std::uint64_t generation, std::uint64_t phase) noexcept {
+  return (generation << 2) | phase;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The slot: one per native thread that used pyattach (DESIGN.md invariant 1).
+// Protected by: every plain field is read and written only by the owning thread. The atomics
+// are written only by it too (plain load+store, no read-modify-write) and also read, relaxed, by
+// the thread report and the closer: they are advisory there.
+// Lifetime: heap-allocated by the thread's first attach, freed by that thread's exit clean-up.
+enum class slot_phase : std::uint8_t { detached, waiting, attached };
+
+struct slot {
+  PyThreadState* tstate = nullptr;  // the state pyattach attaches; valid only while gen is live
+  std::uint64_t gen = 0;            // the gate generation tstate belongs to
+  bool owned = false;               // pyattach made tstate (and destroys it at thread exit)
+  std::uint32_t depth = 0;          // open scopes (attach and detach) on this thread
+  std::uint64_t restored_mask = 0;  // bit L: the attach scope at level L made tstate current
+  std::uint64_t detached_mask = 0;  // bit L: the scope at level L is a detach scope
+  // bit L (L >= 1): the scope at level L ended out of order; undo it when the inner ones end.
+  // bit 0 (lost_bit): a detach scope could not re-attach because the gate closed: the state is
+  // not current although scopes are open, so their ends must not detach it.
+  std::uint64_t anomaly_mask = 0;
+  source_site outer_site;           // where the outermost open scope was made (for reports)
+  std::atomic<std::uint32_t> passes{0};  // gate passes this thread holds
+  std::atomic<slot_phase> phase{slot_phase::detached};
+  std::atomic<std::uint64_t> scopes{0};  // outermost attaches that made tstate current
+  std::uint64_t os_tid = 0;              // gettid()
+  unsigned long py_ident = 0;            // PyThread_get_thread_ident() == threading.get_ident()
+};
+
+// This thread's slot, or nullptr before its first attach and after its exit clean-up.
+extern PYATTACH_TLS slot* tls_slot;
+
+constexpr std::uint64_t lost_bit = 1;
+constexpr std::uint32_t tracked_levels = 64;  // levels beyond this are not undone out of order
+
+inline std::uint64_t level_bit(std::uint32_t level) noexcept {
+  return level < tracked_levels ? (std::uint64_t{1} << level) : 0;
+}
+
+}  // namespace pyattach::detail

@@ -1,0 +1,73 @@
+// pyattach/diagnostics.hpp — how pyattach reports misuse.
+//
+// Contract
+// - Misuse (releasing a scope twice, ending a scope on another thread, ending nested scopes out of
+//   order, a detach scope with nothing attached, ...) never reaches CPython: pyattach detects it
+//   before the C API call that would crash, skips that call, and reports one `misuse_report`.
+// - The report names the misuse and two source locations: where the scope was made and where it
+//   was misused (the call site of an explicit `release()`, or, when a destructor is the culprit,
+//   the code that ran it, resolved from its return address).
+// - The handler is process-wide. The default prints one line to stderr and returns, so the
+//   program keeps running; with the environment variable PYATTACH_ON_MISUSE=abort (read once, at
+//   the first report) it aborts after printing, which is what tests of misuse want.
+// - Thread-safety: set_misuse_handler() may be called from any thread at any time; the handler is
+//   called on the thread that misused, with whatever it held (maybe the GIL), and must not throw
+//   (it is noexcept; an exception terminates) and must not call into pyattach or Python.
+// - Finalization: reporting never touches CPython, so it works before, during and after it.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace pyattach {
+
+// A place in the source: captured at the call site through a defaulted argument.
+struct source_site {
+  const char* file = "?";
+  int line = 0;
+  const char* function = "?";
+
+#if defined(__GNUC__) || defined(__clang__)
+  static constexpr source_site current(const char* file = __builtin_FILE(),
+                                       int line = __builtin_LINE(),
+                                       const char* function = __builtin_FUNCTION()) noexcept {
+    return source_site{file, line, function};
+  }
+#else
+  static constexpr source_site current() noexcept { return source_site{}; }
+#endif
+};
+
+// Every misuse pyattach detects. Each has a stable name (to_string) used in messages and tests.
+enum class misuse_kind : std::uint8_t {
+  double_release,         // release() called on a scope that was already released
+  wrong_thread,           // a scope ended (released or destroyed) on a thread that did not make it
+  out_of_order,           // an outer scope ended while a scope nested inside it was still open
+  detach_without_attach,  // detach_scope on a thread that pyattach has not attached
+  release_while_attached, // release_thread_state() while scopes are open on this thread
+};
+
+const char* to_string(misuse_kind kind) noexcept;
+
+struct misuse_report {
+  misuse_kind kind;
+  source_site made_at;          // where the scope involved was made
+  std::string misused_at;       // where it was misused ("file:line (function)" or a code address)
+  std::string other;            // the other party, when there is one (the scope still open, ...)
+  std::uint64_t made_on_thread; // OS thread id (gettid) that made the scope
+  std::uint64_t misused_on_thread;
+  std::string message;          // the full one-line message, as the default handler prints it
+};
+
+using misuse_handler = void (*)(const misuse_report&) noexcept;
+
+// Replaces the process-wide handler; returns the previous one. nullptr restores the default.
+misuse_handler set_misuse_handler(misuse_handler handler) noexcept;
+
+// The default: print report.message to stderr; abort if PYATTACH_ON_MISUSE=abort.
+void default_misuse_handler(const misuse_report& report) noexcept;
+
+// How many misuse reports this process has produced (for tests and the thread report).
+std::uint64_t misuse_count() noexcept;
+
+}  // namespace pyattach

@@ -1,0 +1,85 @@
+// pyattach/interpreter.hpp — embed CPython in one object, and the gate that guards its shutdown.
+//
+// Contract
+// - interpreter: the constructor starts CPython (Py_InitializeFromConfig), imports `threading` on
+//   the calling thread (so Python's shutdown joins its threads before pyattach's gate closes),
+//   binds pyattach's gate, and detaches the calling thread so that other threads can attach.
+//   The destructor re-attaches the calling thread and calls Py_FinalizeEx, which joins Python's
+//   own threads and then runs pyattach's atexit hook: it closes the gate, waiting (GIL released,
+//   within options::close_timeout) for native threads already inside a scope. There is no way to
+//   forget PyEval_RestoreThread before Py_FinalizeEx.
+// - One at a time: constructing a second interpreter while one is alive, or while CPython was
+//   initialized by someone else, throws interpreter_error. After one is destroyed, a new one
+//   works; every thread then gets a fresh thread state on its next attach.
+// - PRECONDITION: construct and destroy on the same thread (CPython finalizes on the thread that
+//   initialized it). The destructor on another thread reports it to stderr and does not finalize.
+// - Threads that outlive the interpreter: their attaches return attach_status::finalizing while it
+//   finalizes and ::finalized after; their thread states are forgotten, never touched.
+// - Thread-safety: the constructor and destructor must not race with each other; everything else
+//   in pyattach may run on other threads meanwhile.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace pyattach {
+
+class interpreter_error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// What closing the gate found. still_inside names the threads (OS name and id) that held a pass
+// when the bound expired; they must not touch Python again (their attaches are refused).
+struct close_result {
+  bool drained = true;
+  std::chrono::microseconds waited{0};
+  std::vector<std::string> still_inside;
+};
+
+class interpreter {
+ public:
+  struct options {
+    std::string program_name = "pyattach";
+    std::vector<std::string> sys_path;  // prepended to sys.path, in order
+    bool install_signal_handlers = false;  // Python's SIGINT handler etc.; off for embedders
+    std::chrono::milliseconds close_timeout{2000};
+  };
+
+  interpreter();  // default options
+  explicit interpreter(options opts);
+  ~interpreter();
+  interpreter(const interpreter&) = delete;
+  interpreter& operator=(const interpreter&) = delete;
+
+  // Closes the gate now (idempotent) without finalizing: later attaches are refused. Optional:
+  // the destructor closes it at the right moment anyway. Callable from the creating thread.
+  close_result close_gate();
+
+ private:
+  options opts_;
+  void* main_state_ = nullptr;   // PyThreadState* of the creating thread, detached
+  std::uint64_t creator_tid_ = 0;
+};
+
+// The gate, for programs that initialize and finalize CPython themselves or load pyattach in an
+// extension module. pyattach binds it on the first attach and closes it from an atexit callback
+// (which runs after Python joins its non-daemon threads and before the runtime starts tearing
+// thread states down); call close_gate() yourself to close it earlier.
+// PRECONDITION for close_gate: the interpreter is initialized. The calling thread may hold the
+// GIL (it is released while waiting) or not. Idempotent; the second caller waits for the first.
+close_result close_gate(std::chrono::milliseconds timeout);
+
+// The bound used by the atexit hook (default 2000 ms; PYATTACH_CLOSE_TIMEOUT_MS overrides).
+void set_close_timeout(std::chrono::milliseconds timeout) noexcept;
+
+enum class gate_phase : std::uint8_t { unbound, open, closing, closed };
+const char* to_string(gate_phase phase) noexcept;
+gate_phase current_gate_phase() noexcept;
+// Which interpreter lifetime (Py_Initialize..Py_FinalizeEx) the gate is bound to; 0 before any.
+std::uint64_t current_generation() noexcept;
+
+}  // namespace pyattach

@@ -1,0 +1,16 @@
+// pyattach/pyattach.hpp — everything pyattach offers, in one include.
+//
+//   attach.hpp       attach_scope, try_attach, detach_scope, release_thread_state
+//   interpreter.hpp  interpreter (embedding helper), the gate (close_gate, phases)
+//   report.hpp       make_thread_report: every thread state, joined with pyattach's records
+//   diagnostics.hpp  misuse kinds, reports and the replaceable handler
+#pragma once
+
+#include "pyattach/attach.hpp"
+#include "pyattach/diagnostics.hpp"
+#include "pyattach/interpreter.hpp"
+#include "pyattach/report.hpp"
+
+#define PYATTACH_VERSION_MAJOR 0
+#define PYATTACH_VERSION_MINOR 1
+#define PYATTACH_VERSION_PATCH 0

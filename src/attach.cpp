@@ -1,0 +1,485 @@
+// src/attach.cpp — the slot's life and every path of attach/detach that is not the inline one.
+#include "pyattach/attach.hpp"
+
+#include <pthread.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <string>
+
+#include "internal.hpp"
+
+namespace pyattach {
+namespace detail {
+
+PYATTACH_TLS slot* tls_slot = nullptr;
+
+namespace {
+// Set once this thread's exit clean-up has run; an attach after that (from another thread_local's
+// destructor) gets a one-off PyGILState_Ensure/Release pair instead of a persistent state.
+PYATTACH_TLS bool tls_exited = false;
+// The owner_ of such a one-off scope: never equal to tls_slot, so its end takes end_slow.
+slot g_transient_owner;
+
+void forget_state(slot* s) noexcept {
+  // The state belongs to an interpreter that is finalizing or gone: never touch it.
+  s->tstate = nullptr;
+  s->owned = false;
+  s->gen = 0;
+}
+
+// ≤3.12 only: drop threading's _DummyThread entry for this thread (see compat.hpp).
+// PRECONDITION: GIL held, this thread's state current.
+void drop_dummy_thread_entry() noexcept {
+  if (!compat::threading_keeps_stale_dummy_threads) return;
+  PyObject *type, *value, *traceback;
+  PyErr_Fetch(&type, &value, &traceback);
+  PyObject* modules = PySys_GetObject("modules");  // borrowed
+  PyObject* mod = modules ? PyDict_GetItemString(modules, "threading") : nullptr;  // borrowed
+  if (mod != nullptr) {
+    PyObject* active = PyObject_GetAttrString(mod, "_active");
+    PyObject* dummy_type = PyObject_GetAttrString(mod, "_DummyThread");
+    PyObject* key = PyLong_FromUnsignedLong(PyThread_get_thread_ident());
+    if (active && dummy_type && key && PyDict_Check(active)) {
+      PyObject* entry = PyDict_GetItemWithError(active, key);  // borrowed
+      if (entry != nullptr && PyObject_IsInstance(entry, dummy_type) == 1) {
+        PyDict_DelItem(active, key);
+      }
+    }
+    Py_XDECREF(key);
+    Py_XDECREF(dummy_type);
+    Py_XDECREF(active);
+  }
+  PyErr_Clear();
+  PyErr_Restore(type, value, traceback);
+}
+
+// Destroys the state pyattach made for this thread, on this thread, through the gate.
+// Returns false (and only forgets it) if its interpreter is finalizing or gone.
+bool destroy_owned_state(slot* s) noexcept {
+  if (s->tstate == nullptr || !s->owned) return false;
+  const std::uint64_t w = g_gate.word.load(std::memory_order_seq_cst);
+  if (w != gate_word(s->gen, phase_open)) {
+    forget_state(s);
+    return false;
+  }
+  // Same protocol as attach: a pass first, then confirm (DESIGN.md: a clean-up that re-attached
+  // after finalization was ended inside a destructor and the process aborted).
+  g_gate.inside.fetch_add(1, std::memory_order_seq_cst);
+  if (g_gate.word.load(std::memory_order_seq_cst) != w) {
+    g_gate.inside.fetch_sub(1, std::memory_order_seq_cst);
+    forget_state(s);
+    return false;
+  }
+  // Third-party code may have left it attached (PyGILState_Ensure without Release).
+  if (compat::current_state_unchecked() != s->tstate) PyEval_RestoreThread(s->tstate);
+  drop_dummy_thread_entry();
+  PyThreadState_Clear(s->tstate);  // threading.local data, trace functions, frames: freed here
+  // Deletes the current state, unregisters it from PyGILState and releases the GIL.
+  PyThreadState_DeleteCurrent();
+  g_gate.inside.fetch_sub(1, std::memory_order_seq_cst);
+  s->phase.store(slot_phase::detached, std::memory_order_relaxed);
+  forget_state(s);
+  return true;
+}
+
+struct slot_owner {
+  ~slot_owner() {
+    slot* s = tls_slot;
+    tls_exited = true;
+    if (s == nullptr) return;
+    if (s->depth == 0) {
+      destroy_owned_state(s);
+    } else {
+      // The thread ends inside a scope (pthread_exit, or a scope leaked on the heap). Its state
+      // stays attached or referenced: leave it for the interpreter's own clean-up.
+      std::fprintf(stderr, "pyattach: thread %llu exits with %u scope(s) open; its thread "
+                   "state is left to the interpreter\n",
+                   static_cast<unsigned long long>(s->os_tid), s->depth);
+    }
+    {
+      std::lock_guard<std::mutex> lock(registry().mutex);
+      auto& v = registry().slots;
+      for (auto it = v.begin(); it != v.end(); ++it) {
+        if (*it == s) {
+          v.erase(it);
+          break;
+        }
+      }
+    }
+    tls_slot = nullptr;
+    delete s;
+  }
+};
+
+slot* make_slot() {
+  // A function-local thread_local is constructed on this thread's first call and destroyed at
+  // its exit: that destructor is the clean-up (DESIGN.md: "destroyed on that thread").
+  static thread_local slot_owner owner;
+  (void)owner;
+  auto* s = new slot;
+  s->os_tid = this_os_tid();
+  s->py_ident = PyThread_get_thread_ident();  // pthread_self(); needs no GIL
+  {
+    std::lock_guard<std::mutex> lock(registry().mutex);
+    registry().slots.push_back(s);
+  }
+  tls_slot = s;
+  return s;
+}
+
+std::string open_scopes_text(const slot* s) {
+  return std::to_string(s->depth) + (s->depth == 1 ? " scope is" : " scopes are");
+}
+
+}  // namespace
+
+slot_registry& registry() {
+  static slot_registry* r = new slot_registry;  // never destroyed: threads may exit after main
+  return *r;
+}
+
+std::uint64_t this_os_tid() noexcept { return static_cast<std::uint64_t>(::syscall(SYS_gettid)); }
+
+std::string thread_label(std::uint64_t os_tid) {
+  char name[64] = "?";
+  const std::string path = "/proc/self/task/" + std::to_string(os_tid) + "/comm";
+  if (FILE* f = std::fopen(path.c_str(), "r")) {
+    if (std::fgets(name, sizeof name, f) == nullptr) name[0] = '\0';
+    std::fclose(f);
+    for (char* p = name; *p; ++p) {
+      if (*p == '\n') *p = '\0';
+    }
+  }
+  return std::string(name) + " (tid " + std::to_string(os_tid) + ")";
+}
+
+bool attached_here(const slot* s) noexcept {
+  PyThreadState* cur = compat::current_state_unchecked();
+  if (cur == nullptr) return false;
+  if (s != nullptr && s->tstate == cur) return true;
+  if (Py_IsInitialized() != 0 && cur == PyGILState_GetThisThreadState()) return true;
+  // 3.12+: the current state is per thread, so any non-null one is this thread's.
+  return compat::gilstate_sees_new_states;
+}
+
+// Private access to the scopes, for the out-of-line paths.
+class scope_access {
+ public:
+  static void attach_slow(attach_scope& sc, const source_site& site) noexcept;
+  static void end_slow(attach_scope& sc, const source_site* at, void* code) noexcept;
+  static void detach_begin(detach_scope& sc) noexcept;
+  static void detach_end(detach_scope& sc, const source_site* at, void* code) noexcept;
+
+ private:
+  static void push(attach_scope& sc, slot* s, std::uint8_t kind, const source_site& site) noexcept {
+    sc.owner_ = s;
+    sc.level_ = ++s->depth;
+    sc.kind_ = kind;
+    sc.status_ = attach_status::attached;
+    if (sc.level_ == 1) s->outer_site = site;
+    if (kind == attach_scope::kind_restored) s->restored_mask |= level_bit(sc.level_);
+  }
+  static void undo_level(slot* s, std::uint32_t level) noexcept;
+  static void pop_and_unwind(slot* s) noexcept;
+  static bool check_end(slot* s, slot* owner, bool released, std::uint32_t level,
+                        const char* what, const source_site& made, const source_site* at,
+                        void* code) noexcept;
+};
+
+void scope_access::attach_slow(attach_scope& sc, const source_site& site) noexcept {
+  slot* s = tls_slot;
+  if (s == nullptr && tls_exited) {
+    // After this thread's clean-up: a one-off state, destroyed when this scope ends.
+    const std::uint64_t w = bind_gate();
+    if ((w & 3) != phase_open) {
+      sc.status_ = refusal_status(w);
+      return;
+    }
+    g_gate.inside.fetch_add(1, std::memory_order_seq_cst);
+    if (g_gate.word.load(std::memory_order_seq_cst) != w) {
+      g_gate.inside.fetch_sub(1, std::memory_order_seq_cst);
+      sc.status_ = attach_status::finalizing;
+      return;
+    }
+    sc.level_ = static_cast<std::uint32_t>(PyGILState_Ensure());  // inside the gate: safe
+    sc.owner_ = &g_transient_owner;
+    sc.kind_ = attach_scope::kind_transient;
+    sc.status_ = attach_status::attached;
+    return;
+  }
+  if (s == nullptr) s = make_slot();
+
+  for (;;) {
+    std::uint64_t w = g_gate.word.load(std::memory_order_seq_cst);
+    const bool initialized = Py_IsInitialized() != 0;
+    const std::uint64_t gen = w >> 2;
+    const std::uint64_t phase = w & 3;
+    if (s->tstate != nullptr && (s->gen != gen || phase == phase_unbound)) forget_state(s);
+
+    // 1. Already attached on this thread: a Python-created thread, a callback from Python, or
+    //    code that called PyGILState_Ensure. Reuse it as it is; never make a second state.
+    PyThreadState* const gs = initialized ? PyGILState_GetThisThreadState() : nullptr;
+    if (initialized && attached_here(s)) {
+      if (phase == phase_unbound) {
+        w = bind_gate();  // the first pyattach use in this interpreter: we hold the GIL, bind
+        if ((w & 3) == phase_open) register_gate_hooks(w >> 2);
+      }
+      PyThreadState* const cur = compat::current_state_unchecked();
+      if (s->depth == 0 && s->tstate != cur) {
+        s->tstate = cur;
+        s->owned = false;  // someone else's state: reuse, never destroy
+      }
+      s->gen = w >> 2;
+      push(sc, s, attach_scope::kind_nested, site);
+      return;
+    }
+
+    // 2. Not attached: we would have to take the GIL, which only the gate makes safe.
+    if (phase == phase_unbound) {
+      if (!initialized) {
+        sc.status_ = refusal_status(w);
+        return;
+      }
+      const std::uint64_t bound = bind_gate();
+      if ((bound & 3) == phase_unbound) {
+        sc.status_ = attach_status::finalizing;  // initialized but already finalizing
+        return;
+      }
+      continue;  // re-read the gate
+    }
+    // A thread that already holds a pass (inside a detach scope) may re-enter while a closer
+    // waits for it; every other attach is refused once closing starts.
+    const bool inside_already =
+        phase == phase_closing && s->gen == gen && s->passes.load(std::memory_order_relaxed) > 0;
+    if (phase != phase_open && !inside_already) {
+      sc.status_ = refusal_status(w);
+      return;
+    }
+    g_gate.inside.fetch_add(1, std::memory_order_seq_cst);
+    if (g_gate.word.load(std::memory_order_seq_cst) != w) {
+      g_gate.inside.fetch_sub(1, std::memory_order_seq_cst);
+      continue;  // the gate moved: decide again
+    }
+    s->phase.store(slot_phase::waiting, std::memory_order_relaxed);
+    if (gs != nullptr) {
+      // PyGILState knows a state for this thread (ours, or pybind11's/another library's that
+      // is detached now): attach that one (invariant 2: one state per thread).
+      if (!(s->owned && s->tstate == gs)) {
+        s->tstate = gs;
+        s->owned = false;
+      }
+      PyEval_RestoreThread(gs);  // inside the gate: the runtime is not finalizing
+    } else {
+      // First use: PyGILState_Ensure makes a state that PyGILState knows on every version
+      // (PyThreadState_New does only from 3.12), and attaches it. Its count stays at 1 for the
+      // thread's life: pyattach never calls the matching Release, it deletes the state itself.
+      PyGILState_Ensure();
+      s->tstate = PyGILState_GetThisThreadState();
+      s->owned = true;
+    }
+    s->gen = gen;
+    s->phase.store(slot_phase::attached, std::memory_order_relaxed);
+    s->scopes.store(s->scopes.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    s->passes.store(s->passes.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    push(sc, s, attach_scope::kind_restored, site);
+    register_gate_hooks(gen);
+    return;
+  }
+}
+
+// Undoes what the scope at `level` did to the thread's attachment.
+void scope_access::undo_level(slot* s, std::uint32_t level) noexcept {
+  const std::uint64_t bit = level_bit(level);
+  if (s->restored_mask & bit) {
+    s->restored_mask &= ~bit;
+    s->passes.store(s->passes.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
+    s->phase.store(slot_phase::detached, std::memory_order_relaxed);
+    if (s->anomaly_mask & lost_bit) {
+      s->anomaly_mask &= ~lost_bit;  // already detached: the gate refused the re-attach
+    } else {
+      PyEval_SaveThread();
+    }
+    g_gate.inside.fetch_sub(1, std::memory_order_seq_cst);
+  } else if (s->detached_mask & bit) {
+    s->detached_mask &= ~bit;
+    // Re-attach the state this detach scope released (found as the slot's state).
+    const std::uint64_t w = g_gate.word.load(std::memory_order_seq_cst);
+    const bool gated = s->passes.load(std::memory_order_relaxed) > 0;
+    if (gated && (w & 3) == phase_closed) {
+      // The closer gave up waiting for this thread and finalization may be under way: taking
+      // the GIL now could end the thread (pthread_exit) or hang it. Stay detached.
+      s->anomaly_mask |= lost_bit;
+      std::fprintf(stderr, "pyattach: thread %llu could not re-attach after a detach scope: the "
+                   "interpreter is finalizing; it must not call Python again\n",
+                   static_cast<unsigned long long>(s->os_tid));
+      return;
+    }
+    s->phase.store(slot_phase::waiting, std::memory_order_relaxed);
+    PyEval_RestoreThread(s->tstate);
+    s->phase.store(slot_phase::attached, std::memory_order_relaxed);
+  }
+}
+
+// Ends the innermost level, then every level above it that ended early (out of order).
+void scope_access::pop_and_unwind(slot* s) noexcept {
+  undo_level(s, s->depth);
+  --s->depth;
+  while (s->depth > 0 && (s->anomaly_mask & level_bit(s->depth))) {
+    s->anomaly_mask &= ~level_bit(s->depth);
+    undo_level(s, s->depth);
+    --s->depth;
+  }
+  if (s->depth == 0) s->anomaly_mask = 0;
+}
+
+// Shared checks for ending a scope: returns true if the caller may pop its level now.
+bool scope_access::check_end(slot* s, slot* owner, bool released, std::uint32_t level,
+                             const char* what, const source_site& made, const source_site* at,
+                             void* code) noexcept {
+  misuse_details d{misuse_kind::double_release, what, made, at, code, {}, 0};
+  if (released) {
+    d.made_on_thread = this_os_tid();
+    report_misuse(d);
+    return false;
+  }
+  if (s != owner) {
+    d.kind = misuse_kind::wrong_thread;
+    {
+      // The owner thread may have exited: only read its slot if it is still registered.
+      std::lock_guard<std::mutex> lock(registry().mutex);
+      for (const slot* x : registry().slots) {
+        if (x == owner) d.made_on_thread = owner->os_tid;
+      }
+    }
+    report_misuse(d);
+    return false;
+  }
+  if (s->depth != level) {
+    d.kind = misuse_kind::out_of_order;
+    const std::uint32_t inner = s->depth > level ? s->depth - level : 0;
+    d.other = std::to_string(inner) + (inner == 1 ? " scope nested inside it is"
+                                                  : " scopes nested inside it are");
+    d.made_on_thread = s->os_tid;
+    report_misuse(d);
+    if (s->depth > level) s->anomaly_mask |= level_bit(level);  // undone when they end
+    return false;
+  }
+  return true;
+}
+
+void scope_access::end_slow(attach_scope& sc, const source_site* at, void* code) noexcept {
+  if (sc.kind_ == attach_scope::kind_transient) {
+    if (sc.released_) {
+      check_end(tls_slot, sc.owner_, true, 0, "attach_scope", sc.site_, at, code);
+      return;
+    }
+    sc.released_ = true;
+    PyGILState_Release(static_cast<PyGILState_STATE>(sc.level_));
+    g_gate.inside.fetch_sub(1, std::memory_order_seq_cst);
+    return;
+  }
+  slot* s = tls_slot;
+  const bool ok =
+      check_end(s, sc.owner_, sc.released_, sc.level_, "attach_scope", sc.site_, at, code);
+  sc.released_ = true;  // reported or done: never act on this scope again
+  if (ok) pop_and_unwind(s);
+}
+
+void scope_access::detach_begin(detach_scope& sc) noexcept {
+  slot* s = tls_slot;
+  if (s == nullptr && !tls_exited) s = make_slot();
+  if (s == nullptr || !attached_here(s) || s->depth + 1 >= tracked_levels) {
+    misuse_details d{misuse_kind::detach_without_attach, "detach_scope", sc.site_, &sc.site_,
+                     nullptr, {}, this_os_tid()};
+    report_misuse(d);
+    return;
+  }
+  PyThreadState* const cur = compat::current_state_unchecked();
+  if (s->depth == 0 && s->tstate != cur) {
+    // A Python-created (or third-party) state, attached: record it to re-attach it later.
+    s->tstate = cur;
+    s->owned = false;
+    s->gen = g_gate.word.load() >> 2;
+  }
+  sc.owner_ = s;
+  sc.level_ = ++s->depth;
+  if (sc.level_ == 1) s->outer_site = sc.site_;
+  s->detached_mask |= level_bit(sc.level_);
+  s->phase.store(slot_phase::detached, std::memory_order_relaxed);
+  sc.saved_ = PyEval_SaveThread();  // keeps the state, hands the GIL to others
+  sc.active_ = true;
+}
+
+void scope_access::detach_end(detach_scope& sc, const source_site* at, void* code) noexcept {
+  slot* s = tls_slot;
+  const bool ok = check_end(s, sc.owner_, sc.released_, sc.level_, "detach_scope", sc.site_, at,
+                            code);
+  sc.released_ = true;
+  sc.active_ = false;
+  if (ok) pop_and_unwind(s);
+}
+
+// The out-of-line entry points named in attach.hpp. noinline: end_slow's return address must be
+// the user's code that ended the scope.
+void attach_slow(attach_scope& scope, const source_site& site) noexcept {
+  scope_access::attach_slow(scope, site);
+}
+
+__attribute__((noinline)) void end_slow(attach_scope& scope, const source_site* at) noexcept {
+  scope_access::end_slow(scope, at, __builtin_return_address(0));
+}
+
+}  // namespace detail
+
+const char* to_string(attach_status status) noexcept {
+  switch (status) {
+    case attach_status::attached: return "attached";
+    case attach_status::not_initialized: return "not_initialized";
+    case attach_status::finalizing: return "finalizing";
+    case attach_status::finalized: return "finalized";
+  }
+  return "unknown";
+}
+
+attach_error::attach_error(attach_status status)
+    : std::runtime_error(std::string("pyattach: cannot attach to Python: ") + to_string(status) +
+                         (status == attach_status::not_initialized
+                              ? " (the interpreter has not been initialized)"
+                              : status == attach_status::finalizing
+                                    ? " (the interpreter is shutting down)"
+                                    : " (the interpreter has been finalized)")),
+      status_(status) {}
+
+__attribute__((noinline)) detach_scope::detach_scope(source_site site) noexcept : site_(site) {
+  detail::scope_access::detach_begin(*this);
+}
+
+__attribute__((noinline)) detach_scope::~detach_scope() {
+  if (active_ && !released_) {
+    detail::scope_access::detach_end(*this, nullptr, __builtin_return_address(0));
+  }
+}
+
+__attribute__((noinline)) void detach_scope::release(source_site site) noexcept {
+  if (!active_ && !released_) return;  // constructor found nothing to detach
+  detail::scope_access::detach_end(*this, &site, __builtin_return_address(0));
+}
+
+bool is_attached() noexcept { return detail::attached_here(detail::tls_slot); }
+
+bool release_thread_state(source_site site) noexcept {
+  detail::slot* s = detail::tls_slot;
+  if (s == nullptr) return false;
+  if (s->depth > 0) {
+    detail::misuse_details d{misuse_kind::release_while_attached, "release_thread_state()",
+                             s->outer_site, &site, nullptr, detail::open_scopes_text(s),
+                             s->os_tid};
+    detail::report_misuse(d);
+    return false;
+  }
+  return detail::destroy_owned_state(s);
+}
+
+}  // namespace pyattach

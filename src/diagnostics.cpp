@@ -1,0 +1,124 @@
+// src/diagnostics.cpp — misuse reports and the replaceable handler.
+#include "pyattach/diagnostics.hpp"
+
+#include <cxxabi.h>
+#include <dlfcn.h>
+
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+
+#include "internal.hpp"
+
+namespace pyattach {
+
+namespace {
+std::atomic<misuse_handler> g_handler{nullptr};  // nullptr: default_misuse_handler
+std::atomic<std::uint64_t> g_count{0};
+
+std::string site_text(const source_site& site) {
+  return std::string(site.file) + ":" + std::to_string(site.line) + " in " + site.function;
+}
+}  // namespace
+
+const char* to_string(misuse_kind kind) noexcept {
+  switch (kind) {
+    case misuse_kind::double_release: return "double_release";
+    case misuse_kind::wrong_thread: return "wrong_thread";
+    case misuse_kind::out_of_order: return "out_of_order";
+    case misuse_kind::detach_without_attach: return "detach_without_attach";
+    case misuse_kind::release_while_attached: return "release_while_attached";
+  }
+  return "unknown";
+}
+
+misuse_handler set_misuse_handler(misuse_handler handler) noexcept {
+  return g_handler.exchange(handler);
+}
+
+void default_misuse_handler(const misuse_report& report) noexcept {
+  std::fprintf(stderr, "%s\n", report.message.c_str());
+  std::fflush(stderr);
+  static const bool abort_on_misuse = [] {
+    const char* v = std::getenv("PYATTACH_ON_MISUSE");
+    return v != nullptr && std::strcmp(v, "abort") == 0;
+  }();
+  if (abort_on_misuse) std::abort();
+}
+
+std::uint64_t misuse_count() noexcept { return g_count.load(std::memory_order_relaxed); }
+
+namespace detail {
+
+std::string describe_code_address(void* address) {
+  if (address == nullptr) return "an unknown place";
+  Dl_info info{};
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%p", address);
+  if (dladdr(address, &info) == 0 || info.dli_fname == nullptr) return std::string("code at ") + buf;
+  std::string where = "code at ";
+  const auto offset = static_cast<unsigned long>(static_cast<char*>(address) -
+                                                 static_cast<char*>(info.dli_fbase));
+  if (info.dli_sname != nullptr) {
+    int status = 0;
+    std::unique_ptr<char, void (*)(void*)> demangled(
+        abi::__cxa_demangle(info.dli_sname, nullptr, nullptr, &status), std::free);
+    where = "code in ";
+    where += status == 0 ? demangled.get() : info.dli_sname;
+    where += " ";
+  }
+  std::snprintf(buf, sizeof buf, "0x%lx", offset);
+  // The offset is what `addr2line -f -C -e <file> <offset>` turns into a source line.
+  return where + "(" + info.dli_fname + "+" + buf + ")";
+}
+
+void report_misuse(const misuse_details& d) noexcept {
+  try {
+    misuse_report r;
+    r.kind = d.kind;
+    r.made_at = d.made_at;
+    r.misused_at = d.misused_site ? site_text(*d.misused_site) : describe_code_address(d.misused_code);
+    r.other = d.other;
+    r.made_on_thread = d.made_on_thread;
+    r.misused_on_thread = this_os_tid();
+    const std::string made = site_text(d.made_at);
+    std::string text;
+    switch (d.kind) {
+      case misuse_kind::double_release:
+        text = std::string(d.what) + " made at " + made + " was released again at " +
+               r.misused_at + "; the second release was ignored";
+        break;
+      case misuse_kind::wrong_thread:
+        text = std::string(d.what) + " made at " + made + " on thread " +
+               std::to_string(r.made_on_thread) + " was ended at " + r.misused_at +
+               " on thread " + std::to_string(r.misused_on_thread) +
+               "; skipped (only the thread that attached may detach)";
+        break;
+      case misuse_kind::out_of_order:
+        text = std::string(d.what) + " made at " + made + " was ended at " + r.misused_at +
+               " while " + r.other + " still open; its end is deferred until they end";
+        break;
+      case misuse_kind::detach_without_attach:
+        text = std::string(d.what) + " made at " + made +
+               " on a thread that is not attached; nothing was detached";
+        break;
+      case misuse_kind::release_while_attached:
+        text = std::string(d.what) + " called at " + r.misused_at + " while " + r.other +
+               " open on this thread (the outermost made at " + made +
+               "); the thread state was kept";
+        break;
+    }
+    r.message = std::string("pyattach: misuse: ") + to_string(d.kind) + ": " + text;
+    g_count.fetch_add(1, std::memory_order_relaxed);
+    misuse_handler h = g_handler.load();
+    (h != nullptr ? h : default_misuse_handler)(r);
+  } catch (...) {
+    // Out of memory while describing misuse: say the least, never throw out of a destructor.
+    std::fputs("pyattach: misuse (details unavailable)\n", stderr);
+  }
+}
+
+}  // namespace detail
+}  // namespace pyattach

@@ -1,0 +1,210 @@
+// src/gate.cpp — binding to the interpreter's life, and closing before it tears threads down.
+//
+// Why a gate: a native thread that takes the GIL while CPython finalizes is ended with
+// pthread_exit (3.9–3.13.0; C++ frames are force-unwound, and a catch(...) or noexcept frame
+// aborts the process) or hangs forever (3.13.1+, 3.14). The gate refuses such attaches before
+// they reach CPython (DESIGN.md invariants 4 and 5; the protocol is in detail/slot.hpp).
+//
+// Hooks, per interpreter generation:
+// - atexit.register(close): Python runs atexit callbacks in Py_FinalizeEx after joining
+//   non-daemon threading.Threads and before marking the runtime finalizing, on 3.9–3.13 (measured
+//   in DESIGN.md; the order is the same in 3.14's pylifecycle.c). Registered at bind time, so it
+//   runs after callbacks registered later (atexit is LIFO), which may still use native threads.
+// - Py_AtExit(gone): runs at the very end of Py_FinalizeEx; the gate becomes unbound, so the next
+//   Py_Initialize binds a new generation and every old slot is known to be stale.
+#include <chrono>
+#include <cstdlib>
+#include <thread>
+
+#include "internal.hpp"
+
+namespace pyattach {
+namespace detail {
+
+gate_state g_gate;
+
+namespace {
+std::mutex g_transition_mutex;  // serializes bind, close and the end-of-finalize hook
+close_result g_last_close;      // protected by g_transition_mutex
+std::atomic<std::uint64_t> g_hooks_generation{0};
+std::atomic<long long> g_close_timeout_ms{-1};  // -1: not read from the environment yet
+
+PyObject* on_atexit(PyObject*, PyObject*) {
+  // Runs on the finalizing thread with the GIL held; close_gate_impl releases it while waiting.
+  close_gate_impl(default_close_timeout());
+  Py_RETURN_NONE;
+}
+PyMethodDef g_atexit_def = {"_pyattach_close_gate", on_atexit, METH_NOARGS,
+                            "Closes pyattach's gate before the interpreter finalizes."};
+
+void on_runtime_gone() {
+  // Py_AtExit: the end of Py_FinalizeEx. No GIL, no Python objects: only our own state.
+  std::lock_guard<std::mutex> lock(g_transition_mutex);
+  const std::uint64_t w = g_gate.word.load();
+  g_gate.word.store(gate_word(w >> 2, phase_unbound), std::memory_order_seq_cst);
+}
+}  // namespace
+
+std::chrono::milliseconds default_close_timeout() noexcept {
+  long long ms = g_close_timeout_ms.load(std::memory_order_relaxed);
+  if (ms < 0) {
+    const char* v = std::getenv("PYATTACH_CLOSE_TIMEOUT_MS");
+    ms = (v != nullptr && *v != '\0') ? std::atoll(v) : 2000;
+    if (ms < 0) ms = 0;
+    long long expected = -1;
+    g_close_timeout_ms.compare_exchange_strong(expected, ms);
+    ms = g_close_timeout_ms.load(std::memory_order_relaxed);
+  }
+  return std::chrono::milliseconds(ms);
+}
+
+std::uint64_t bind_gate() noexcept {
+  std::lock_guard<std::mutex> lock(g_transition_mutex);
+  const std::uint64_t w = g_gate.word.load();
+  if ((w & 3) != phase_unbound) return w;
+  // Py_IsInitialized and the finalizing flag are plain reads of runtime fields: no GIL needed.
+  if (Py_IsInitialized() == 0 || compat::runtime_is_finalizing()) return w;
+  const std::uint64_t bound = gate_word((w >> 2) + 1, phase_open);
+  g_gate.word.store(bound, std::memory_order_seq_cst);
+  return bound;
+}
+
+bool register_gate_hooks(std::uint64_t gen) noexcept {
+  std::uint64_t prev = g_hooks_generation.load();
+  if (prev == gen) return true;
+  if (!g_hooks_generation.compare_exchange_strong(prev, gen)) return prev == gen;
+  // The caller may be in the middle of handling a Python exception: keep it intact.
+  PyObject *type, *value, *traceback;
+  PyErr_Fetch(&type, &value, &traceback);
+  PyObject* fn = PyCFunction_New(&g_atexit_def, nullptr);
+  PyObject* atexit = fn ? PyImport_ImportModule("atexit") : nullptr;
+  PyObject* r = atexit ? PyObject_CallMethod(atexit, "register", "O", fn) : nullptr;
+  const bool ok = r != nullptr;
+  if (!ok) {
+    PyErr_Print();
+    std::fputs("pyattach: could not register the atexit hook; the gate closes only if the "
+               "embedding helper or close_gate() closes it\n", stderr);
+    g_hooks_generation.store(prev);  // let a later call try again
+  }
+  Py_XDECREF(r);
+  Py_XDECREF(atexit);
+  Py_XDECREF(fn);
+  // Py_AtExit holds at most 32 functions per runtime and consumes them at each finalization.
+  if (Py_AtExit(on_runtime_gone) != 0) {
+    std::fputs("pyattach: Py_AtExit is full; a re-initialized interpreter will not be noticed\n",
+               stderr);
+  }
+  PyErr_Restore(type, value, traceback);
+  return ok;
+}
+
+attach_status refusal_status(std::uint64_t word) noexcept {
+  switch (word & 3) {
+    case phase_closing:
+    case phase_closed: return attach_status::finalizing;
+    default: break;
+  }
+  if (compat::runtime_is_finalizing()) return attach_status::finalizing;
+  return (word >> 2) == 0 ? attach_status::not_initialized : attach_status::finalized;
+}
+
+close_result close_gate_impl(std::chrono::milliseconds timeout) noexcept {
+  std::uint64_t w;
+  {
+    std::unique_lock<std::mutex> lock(g_transition_mutex);
+    w = g_gate.word.load();
+    if ((w & 3) == phase_unbound && Py_IsInitialized() != 0) {
+      lock.unlock();
+      w = bind_gate();  // never attached so far: bind, so that closing means something
+      lock.lock();
+      w = g_gate.word.load();
+    }
+    if ((w & 3) != phase_open) {
+      // Closed, or another thread is closing. Wait for that closer (it is bounded) without the
+      // lock; then report what it found.
+      lock.unlock();
+      while ((g_gate.word.load() & 3) == phase_closing) std::this_thread::yield();
+      lock.lock();
+      return g_last_close;
+    }
+    // Store `closing` before reading `inside` (see detail/slot.hpp).
+    g_gate.word.store(gate_word(w >> 2, phase_closing), std::memory_order_seq_cst);
+  }
+
+  // Passes held by the caller itself (an attach scope around the shutdown) do not block it.
+  const slot* self = tls_slot;
+  const std::int64_t own =
+      (self != nullptr && self->gen == (w >> 2)) ? self->passes.load(std::memory_order_relaxed) : 0;
+
+  // Release the GIL while waiting: the threads inside need it to finish (DESIGN.md: keeping it
+  // made every drain time out). Only if this thread holds it.
+  PyThreadState* saved = attached_here(self) ? PyEval_SaveThread() : nullptr;
+
+  const auto start = std::chrono::steady_clock::now();
+  const auto deadline = start + timeout;
+  auto pause = std::chrono::microseconds(20);
+  bool drained = false;
+  for (;;) {
+    if (g_gate.inside.load(std::memory_order_seq_cst) - own <= 0) {
+      drained = true;
+      break;
+    }
+    if (std::chrono::steady_clock::now() >= deadline) break;
+    std::this_thread::sleep_for(pause);
+    pause = std::min(pause * 2, std::chrono::microseconds(1000));
+  }
+  close_result result;
+  result.drained = drained;
+  result.waited =
+      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - start);
+  if (!drained) {
+    std::lock_guard<std::mutex> lock(registry().mutex);
+    for (const slot* s : registry().slots) {
+      if (s != self && s->passes.load(std::memory_order_relaxed) > 0) {
+        result.still_inside.push_back(thread_label(s->os_tid));
+      }
+    }
+  }
+
+  {
+    std::lock_guard<std::mutex> lock(g_transition_mutex);
+    g_gate.word.store(gate_word(w >> 2, phase_closed), std::memory_order_seq_cst);
+    g_last_close = result;
+  }
+  if (!drained) {
+    std::string names;
+    for (const auto& n : result.still_inside) names += " " + n;
+    std::fprintf(stderr,
+                 "pyattach: gate closed after %lld ms with threads still attached:%s; they must "
+                 "not call Python again\n",
+                 static_cast<long long>(timeout.count()), names.c_str());
+  }
+  if (saved != nullptr) PyEval_RestoreThread(saved);  // the runtime is not finalizing yet
+  return result;
+}
+
+}  // namespace detail
+
+close_result close_gate(std::chrono::milliseconds timeout) { return detail::close_gate_impl(timeout); }
+
+void set_close_timeout(std::chrono::milliseconds timeout) noexcept {
+  detail::g_close_timeout_ms.store(timeout.count() < 0 ? 0 : timeout.count());
+}
+
+const char* to_string(gate_phase phase) noexcept {
+  switch (phase) {
+    case gate_phase::unbound: return "unbound";
+    case gate_phase::open: return "open";
+    case gate_phase::closing: return "closing";
+    case gate_phase::closed: return "closed";
+  }
+  return "unknown";
+}
+
+gate_phase current_gate_phase() noexcept {
+  return static_cast<gate_phase>(detail::g_gate.word.load() & 3);
+}
+
+std::uint64_t current_generation() noexcept { return detail::g_gate.word.load() >> 2; }
+
+}  // namespace pyattach

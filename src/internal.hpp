@@ -1,0 +1,57 @@
+// src/internal.hpp — what the compiled core's files share. Not installed.
+#pragma once
+
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "pyattach/attach.hpp"
+#include "pyattach/interpreter.hpp"
+
+namespace pyattach::detail {
+
+// Every live slot, for the thread report and for naming the threads a closer waited for.
+// Protected by: mutex. A slot is added by its thread on creation and removed by its thread before
+// it is freed, so a slot found here under the mutex is alive while the mutex is held.
+struct slot_registry {
+  std::mutex mutex;
+  std::vector<slot*> slots;
+};
+slot_registry& registry();
+
+std::uint64_t this_os_tid() noexcept;
+// "name (tid N)" using the OS thread name, readable from another thread.
+std::string thread_label(std::uint64_t os_tid);
+
+// ---- gate (gate.cpp) ----
+// Binds the gate to the running interpreter if it is unbound and CPython is initialized and not
+// finalizing. Needs no GIL. Returns the gate word after the attempt.
+std::uint64_t bind_gate() noexcept;
+// Registers the atexit/Py_AtExit hooks for generation `gen`, once; true if they are in place.
+// PRECONDITION: GIL held.
+bool register_gate_hooks(std::uint64_t gen) noexcept;
+// The status for a refused attach, given the gate word.
+attach_status refusal_status(std::uint64_t word) noexcept;
+// Closes the gate (see interpreter.hpp), from any thread, GIL held or not.
+close_result close_gate_impl(std::chrono::milliseconds timeout) noexcept;
+std::chrono::milliseconds default_close_timeout() noexcept;
+
+// True if the calling thread is attached with a thread state, as far as can be known without
+// the GIL on this version (see compat::current_state_unchecked).
+bool attached_here(const slot* s) noexcept;
+
+// ---- diagnostics (diagnostics.cpp) ----
+struct misuse_details {
+  misuse_kind kind;
+  const char* what;            // "attach_scope", "detach_scope", "release_thread_state()"
+  source_site made_at;
+  const source_site* misused_site;  // exact call site, when known
+  void* misused_code;               // else: the code address that ended the scope
+  std::string other;
+  std::uint64_t made_on_thread;
+};
+void report_misuse(const misuse_details& details) noexcept;
+std::string describe_code_address(void* address);
+
+}  // namespace pyattach::detail

@@ -1,0 +1,160 @@
+// src/report.cpp — every thread state of the interpreter, joined with pyattach's slots.
+#include "pyattach/report.hpp"
+
+#include <cstdio>
+
+#include "internal.hpp"
+
+namespace pyattach {
+
+namespace {
+struct slot_snapshot {
+  unsigned long ident;
+  std::uint64_t os_tid;
+  bool owned;
+  detail::slot_phase phase;
+  std::uint64_t scopes;
+};
+
+std::vector<slot_snapshot> snapshot_slots() {
+  std::vector<slot_snapshot> out;
+  std::lock_guard<std::mutex> lock(detail::registry().mutex);
+  for (const detail::slot* s : detail::registry().slots) {
+    out.push_back({s->py_ident, s->os_tid, s->owned, s->phase.load(std::memory_order_relaxed),
+                   s->scopes.load(std::memory_order_relaxed)});
+  }
+  return out;
+}
+
+thread_attachment from_phase(detail::slot_phase p) {
+  switch (p) {
+    case detail::slot_phase::attached: return thread_attachment::attached;
+    case detail::slot_phase::waiting: return thread_attachment::waiting;
+    case detail::slot_phase::detached: break;
+  }
+  return thread_attachment::detached;
+}
+
+// threading's name for a thread ident, or "". PRECONDITION: GIL held.
+std::string python_thread_name(PyObject* active, unsigned long ident) {
+  std::string name;
+  if (active == nullptr) return name;
+  PyObject* key = PyLong_FromUnsignedLong(ident);
+  PyObject* thread = key ? PyDict_GetItemWithError(active, key) : nullptr;  // borrowed
+  PyObject* py_name = thread ? PyObject_GetAttrString(thread, "name") : nullptr;
+  if (py_name != nullptr && PyUnicode_Check(py_name)) {
+    if (const char* utf8 = PyUnicode_AsUTF8(py_name)) name = utf8;
+  }
+  Py_XDECREF(py_name);
+  Py_XDECREF(key);
+  PyErr_Clear();
+  return name;
+}
+}  // namespace
+
+const char* to_string(thread_attachment state) noexcept {
+  switch (state) {
+    case thread_attachment::attached: return "attached";
+    case thread_attachment::waiting: return "waiting";
+    case thread_attachment::detached: return "detached";
+  }
+  return "unknown";
+}
+
+thread_report make_thread_report() {
+  thread_report r;
+  r.misuse_reports = misuse_count();
+  auto py = try_attach();
+  r.generation = current_generation();
+  const std::vector<slot_snapshot> slots = snapshot_slots();
+  std::vector<bool> joined(slots.size(), false);
+  if (py) {
+    r.interpreter_available = true;
+    const std::string version = Py_GetVersion();
+    r.python_version = version.substr(0, version.find(' '));
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    PyObject* modules = PySys_GetObject("modules");  // borrowed
+    PyObject* threading = modules ? PyDict_GetItemString(modules, "threading") : nullptr;
+    PyObject* active = threading ? PyObject_GetAttrString(threading, "_active") : nullptr;
+    PyErr_Clear();
+    PyThreadState* const self = detail::compat::current_state_unchecked();
+    // The list py-spy walks. Holding the GIL keeps every state in it alive while we read it.
+    for (PyThreadState* ts = PyInterpreterState_ThreadHead(PyInterpreterState_Main());
+         ts != nullptr; ts = PyThreadState_Next(ts)) {
+      thread_info ti;
+      ti.has_thread_state = true;
+      ti.ident = ts->thread_id;
+      ti.os_tid = detail::compat::native_thread_id_of(ts);
+      ti.is_caller = ts == self;
+      ti.state = ti.is_caller ? thread_attachment::attached : thread_attachment::detached;
+      ti.python_name = python_thread_name(active, ti.ident);
+      for (std::size_t i = 0; i < slots.size(); ++i) {
+        if (!joined[i] && slots[i].ident == ti.ident) {
+          joined[i] = true;
+          ti.known_to_pyattach = true;
+          ti.made_by_pyattach = slots[i].owned;
+          ti.os_tid = slots[i].os_tid;
+          ti.scopes = slots[i].scopes;
+          if (!ti.is_caller) ti.state = from_phase(slots[i].phase);
+        }
+      }
+      r.threads.push_back(std::move(ti));
+    }
+    r.thread_states = r.threads.size();
+    Py_XDECREF(active);
+    PyErr_Restore(type, value, traceback);
+  }
+  // pyattach threads without a thread state (never attached yet, or after release).
+  for (std::size_t i = 0; i < slots.size(); ++i) {
+    if (joined[i]) continue;
+    thread_info ti;
+    ti.ident = slots[i].ident;
+    ti.os_tid = slots[i].os_tid;
+    ti.known_to_pyattach = true;
+    ti.scopes = slots[i].scopes;
+    r.threads.push_back(std::move(ti));
+  }
+  return r;
+}
+
+std::string to_string(const thread_report& r) {
+  std::string out;
+  char line[256];
+  std::snprintf(line, sizeof line,
+                "interpreter: %s, generation %llu, %zu thread state(s), %llu misuse report(s)\n",
+                r.interpreter_available ? ("Python " + r.python_version).c_str()
+                                        : "not available",
+                static_cast<unsigned long long>(r.generation), r.thread_states,
+                static_cast<unsigned long long>(r.misuse_reports));
+  out += line;
+  std::snprintf(line, sizeof line, "  %-20s %-9s %-8s %-9s %-9s %s\n", "python name", "os tid",
+                "state", "pyattach", "scopes", "");
+  out += line;
+  for (const thread_info& t : r.threads) {
+    const char* who = t.made_by_pyattach    ? "made"
+                      : t.known_to_pyattach ? "reused"
+                                            : "-";
+    std::snprintf(line, sizeof line, "  %-20s %-9llu %-8s %-9s %-9llu %s%s\n",
+                  t.python_name.empty() ? "(none)" : t.python_name.c_str(),
+                  static_cast<unsigned long long>(t.os_tid),
+                  t.has_thread_state ? to_string(t.state) : "no-state", who,
+                  static_cast<unsigned long long>(t.scopes), t.is_caller ? "<- caller" : "",
+                  t.has_thread_state ? "" : "");
+    out += line;
+  }
+  return out;
+}
+
+std::optional<std::size_t> count_thread_states() {
+  auto py = try_attach();
+  if (!py) return std::nullopt;
+  std::size_t n = 0;
+  for (PyThreadState* ts = PyInterpreterState_ThreadHead(PyInterpreterState_Main()); ts;
+       ts = PyThreadState_Next(ts)) {
+    ++n;
+  }
+  return n;
+}
+
+}  // namespace pyattach
