@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The main job: install what is needed, build, and run the seven scenarios side by side
+# (raw C API vs pyattach). Extra arguments go to pyattach-demo (e.g. --json, --scenario 3).
+# PYATTACH_PYTHON=/path/to/python3.X chooses another CPython (default: Debian's python3.11).
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+bash "$root/scripts/deps.sh"
+python="${PYATTACH_PYTHON:-/usr/bin/python3.11}"
+build="$root/build/demo-$(basename "$python")"
+cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPYATTACH_PYTHON="$python" \
+  -DPYATTACH_BUILD_TESTS=OFF >/dev/null
+cmake --build "$build" -j"$(nproc)" --target pyattach-demo >/dev/null
+exec "$build/examples/scenarios/pyattach-demo" "$@"
