@@ -12,7 +12,9 @@
 //   runs after callbacks registered later (atexit is LIFO), which may still use native threads.
 // - Py_AtExit(gone): runs at the very end of Py_FinalizeEx; the gate becomes unbound, so the next
 //   Py_Initialize binds a new generation and every old slot is known to be stale.
+#include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <thread>
 
@@ -121,9 +123,15 @@ close_result close_gate_impl(std::chrono::milliseconds timeout) noexcept {
     }
     if ((w & 3) != phase_open) {
       // Closed, or another thread is closing. Wait for that closer (it is bounded) without the
-      // lock; then report what it found.
+      // lock and without the GIL (the threads it waits for may need it); then report its result.
       lock.unlock();
-      while ((g_gate.word.load() & 3) == phase_closing) std::this_thread::yield();
+      if ((g_gate.word.load() & 3) == phase_closing) {
+        PyThreadState* saved = attached_here(tls_slot) ? PyEval_SaveThread() : nullptr;
+        while ((g_gate.word.load() & 3) == phase_closing) {
+          std::this_thread::sleep_for(std::chrono::microseconds(100));
+        }
+        if (saved != nullptr) PyEval_RestoreThread(saved);  // not finalizing: the hook runs first
+      }
       lock.lock();
       return g_last_close;
     }
