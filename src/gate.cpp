@@ -106,8 +106,12 @@ attach_status refusal_status(std::uint64_t word) noexcept {
     case phase_closed: return attach_status::finalizing;
     default: break;
   }
-  if (compat::runtime_is_finalizing()) return attach_status::finalizing;
-  return (word >> 2) == 0 ? attach_status::not_initialized : attach_status::finalized;
+  // Unbound: initialized but not bindable means it is finalizing. CPython's finalizing flag stays
+  // set after Py_FinalizeEx returns (3.9–3.13), so it also tells "finalized" from "never started"
+  // when pyattach was never bound to that interpreter.
+  if (Py_IsInitialized() != 0) return attach_status::finalizing;
+  if ((word >> 2) != 0 || compat::runtime_is_finalizing()) return attach_status::finalized;
+  return attach_status::not_initialized;
 }
 
 close_result close_gate_impl(std::chrono::milliseconds timeout) noexcept {
