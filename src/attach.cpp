@@ -85,32 +85,7 @@ bool destroy_owned_state(slot* s) noexcept {
 }
 
 struct slot_owner {
-  ~slot_owner() {
-    slot* s = tls_slot;
-    tls_exited = true;
-    if (s == nullptr) return;
-    if (s->depth == 0) {
-      destroy_owned_state(s);
-    } else {
-      // The thread ends inside a scope (pthread_exit, or a scope leaked on the heap). Its state
-      // stays attached or referenced: leave it for the interpreter's own clean-up.
-      std::fprintf(stderr, "pyattach: thread %llu exits with %u scope(s) open; its thread "
-                   "state is left to the interpreter\n",
-                   static_cast<unsigned long long>(s->os_tid), s->depth);
-    }
-    {
-      std::lock_guard<std::mutex> lock(registry().mutex);
-      auto& v = registry().slots;
-      for (auto it = v.begin(); it != v.end(); ++it) {
-        if (*it == s) {
-          v.erase(it);
-          break;
-        }
-      }
-    }
-    tls_slot = nullptr;
-    delete s;
-  }
+  ~slot_owner();  // the thread-exit clean-up; defined below scope_access
 };
 
 slot* make_slot() {
@@ -183,10 +158,46 @@ class scope_access {
   }
   static void undo_level(slot* s, std::uint32_t level) noexcept;
   static void pop_and_unwind(slot* s) noexcept;
+
+ public:
+  // Takes over levels other threads ended (wrong_thread) and undoes the innermost ended levels.
+  static void absorb_remote_orphans(slot* s) noexcept;
+
+ private:
   static bool check_end(slot* s, slot* owner, bool released, std::uint32_t level,
                         const char* what, const source_site& made, const source_site* at,
                         void* code) noexcept;
 };
+
+namespace {
+slot_owner::~slot_owner() {
+  slot* s = tls_slot;
+  tls_exited = true;
+  if (s == nullptr) return;
+  scope_access::absorb_remote_orphans(s);
+  if (s->depth == 0) {
+    destroy_owned_state(s);
+  } else {
+    // The thread ends inside a scope (pthread_exit, or a scope leaked on the heap). Its state
+    // stays attached or referenced: leave it for the interpreter's own clean-up.
+    std::fprintf(stderr, "pyattach: thread %llu exits with %u scope(s) open; its thread "
+                 "state is left to the interpreter\n",
+                 static_cast<unsigned long long>(s->os_tid), s->depth);
+  }
+  {
+    std::lock_guard<std::mutex> lock(registry().mutex);
+    auto& v = registry().slots;
+    for (auto it = v.begin(); it != v.end(); ++it) {
+      if (*it == s) {
+        v.erase(it);
+        break;
+      }
+    }
+  }
+  tls_slot = nullptr;
+  delete s;
+}
+}  // namespace
 
 void scope_access::attach_slow(attach_scope& sc, const source_site& site) noexcept {
   slot* s = tls_slot;
@@ -210,6 +221,7 @@ void scope_access::attach_slow(attach_scope& sc, const source_site& site) noexce
     return;
   }
   if (s == nullptr) s = make_slot();
+  absorb_remote_orphans(s);
 
   for (;;) {
     std::uint64_t w = g_gate.word.load(std::memory_order_seq_cst);
@@ -322,6 +334,17 @@ void scope_access::undo_level(slot* s, std::uint32_t level) noexcept {
   }
 }
 
+void scope_access::absorb_remote_orphans(slot* s) noexcept {
+  const std::uint64_t remote = s->remote_orphans.exchange(0, std::memory_order_acq_rel);
+  if (remote == 0) return;
+  s->anomaly_mask |= remote & ~lost_bit;
+  while (s->depth > 0 && (s->anomaly_mask & level_bit(s->depth))) {
+    s->anomaly_mask &= ~level_bit(s->depth);
+    undo_level(s, s->depth);
+    --s->depth;
+  }
+}
+
 // Ends the innermost level, then every level above it that ended early (out of order).
 void scope_access::pop_and_unwind(slot* s) noexcept {
   undo_level(s, s->depth);
@@ -349,8 +372,11 @@ bool scope_access::check_end(slot* s, slot* owner, bool released, std::uint32_t 
     {
       // The owner thread may have exited: only read its slot if it is still registered.
       std::lock_guard<std::mutex> lock(registry().mutex);
-      for (const slot* x : registry().slots) {
-        if (x == owner) d.made_on_thread = owner->os_tid;
+      for (slot* x : registry().slots) {
+        if (x != owner) continue;
+        d.made_on_thread = owner->os_tid;
+        // Only the owner may detach its state: ask it to, at its next pyattach call or exit.
+        if (!released) owner->remote_orphans.fetch_or(level_bit(level), std::memory_order_acq_rel);
       }
     }
     report_misuse(d);
@@ -381,6 +407,7 @@ void scope_access::end_slow(attach_scope& sc, const source_site* at, void* code)
     return;
   }
   slot* s = tls_slot;
+  if (s != nullptr && s == sc.owner_) absorb_remote_orphans(s);
   const bool ok =
       check_end(s, sc.owner_, sc.released_, sc.level_, "attach_scope", sc.site_, at, code);
   sc.released_ = true;  // reported or done: never act on this scope again
@@ -414,6 +441,7 @@ void scope_access::detach_begin(detach_scope& sc) noexcept {
 
 void scope_access::detach_end(detach_scope& sc, const source_site* at, void* code) noexcept {
   slot* s = tls_slot;
+  if (s != nullptr && s == sc.owner_) absorb_remote_orphans(s);
   const bool ok = check_end(s, sc.owner_, sc.released_, sc.level_, "detach_scope", sc.site_, at,
                             code);
   sc.released_ = true;

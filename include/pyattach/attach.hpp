@@ -21,7 +21,11 @@
 // - Scopes are neither copyable nor movable: a scope belongs to the thread and the C++ block that
 //   made it. End scopes on the thread that made them, innermost first; a scope that ends on the
 //   wrong thread, out of order or twice is reported (diagnostics.hpp) and its CPython call skipped
-//   (an outer scope that ended early is undone when the scopes inside it end).
+//   (an outer scope that ended early is undone when the scopes inside it end; a scope ended on
+//   another thread is undone by its own thread at its next pyattach call or when it exits — until
+//   then that thread keeps what the scope gave it, the GIL included).
+// - Source sites are captured by a defaulted argument: a scope built inside std::optional::emplace
+//   or std::make_unique records the library's line unless you pass source_site::current().
 // - Failure: the throwing constructor throws attach_error; try_attach() and the nothrow
 //   constructor never throw and report why in status(). Nothing in this header ever blocks
 //   forever, ends the thread, or crashes because the interpreter is finalizing: once pyattach's
@@ -172,7 +176,8 @@ inline void attach_scope::attach_fast(const source_site& site) noexcept {
   detail::slot* s = detail::tls_slot;
   // Fast path only for a state pyattach made itself (an adopted state is revalidated each time
   // in attach_slow, because its real owner may have destroyed it).
-  if (PYATTACH_LIKELY(s != nullptr && s->owned && s->depth + 1 < detail::tracked_levels)) {
+  if (PYATTACH_LIKELY(s != nullptr && s->owned && s->depth + 1 < detail::tracked_levels &&
+                      s->remote_orphans.load(std::memory_order_relaxed) == 0)) {
     const std::uint64_t w = detail::g_gate.word.load(std::memory_order_acquire);
     if (PYATTACH_LIKELY((w >> 2) == s->gen)) {
       // Already attached here (nested scope, or a PyGILState_Ensure/Python callback): count only.
@@ -223,7 +228,8 @@ inline attach_scope::attach_scope(source_site site) : site_(site) {
 
 inline void attach_scope::finish(const source_site* at) noexcept {
   detail::slot* s = detail::tls_slot;
-  if (PYATTACH_LIKELY(!released_ && s == owner_ && s->depth == level_ && s->anomaly_mask == 0)) {
+  if (PYATTACH_LIKELY(!released_ && s == owner_ && s->depth == level_ && s->anomaly_mask == 0 &&
+                      s->remote_orphans.load(std::memory_order_relaxed) == 0)) {
     released_ = true;
     --s->depth;
     if (kind_ == kind_restored) {

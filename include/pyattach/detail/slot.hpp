@@ -72,6 +72,10 @@ struct slot {
   std::uint64_t anomaly_mask = 0;
   source_site outer_site;           // where the outermost open scope was made (for reports)
   std::atomic<std::uint32_t> passes{0};  // gate passes this thread holds
+  // bit L: another thread ended this thread's scope at level L (misuse_kind::wrong_thread).
+  // Set by that thread (fetch_or, while this slot is registered); moved into anomaly_mask by this
+  // thread at its next pyattach call or at exit, which then undoes the level (releasing the GIL).
+  std::atomic<std::uint64_t> remote_orphans{0};
   std::atomic<slot_phase> phase{slot_phase::detached};
   std::atomic<std::uint64_t> scopes{0};  // outermost attaches that made tstate current
   std::uint64_t os_tid = 0;              // gettid()
