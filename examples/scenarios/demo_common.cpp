@@ -1,0 +1,272 @@
+// demo_common.cpp — observation lines, timing, Python snippets and the child-process runner.
+#include "demo.hpp"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <condition_variable>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <mutex>
+
+extern char** environ;
+
+namespace demo {
+
+namespace {
+const auto g_start = std::chrono::steady_clock::now();
+std::atomic<const char*> g_phase{"start"};
+
+void write_all(int fd, const std::string& s) {
+  const char* p = s.data();
+  size_t left = s.size();
+  while (left > 0) {
+    const ssize_t n = ::write(fd, p, left);
+    if (n <= 0) return;
+    p += n;
+    left -= static_cast<size_t>(n);
+  }
+}
+
+// Runs Python statements in __main__. PRECONDITION: GIL held.
+void py_exec(const std::string& code) {
+  if (PyRun_SimpleString(code.c_str()) != 0) obs("python_error", code.substr(0, 60));
+}
+}  // namespace
+
+void obs(const std::string& key, const std::string& value) {
+  std::string line = "OBS " + key + "=" + value;
+  for (char& c : line) {
+    if (c == '\n') c = ' ';
+  }
+  std::fflush(stdout);  // keep C++ and Python prints before it in order
+  write_all(1, line + "\n");
+}
+
+void obs(const std::string& key, double value) { obs(key, fmt_ms(value)); }
+
+double now_ms() {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - g_start)
+      .count();
+}
+
+void sleep_ms(int ms) { std::this_thread::sleep_for(std::chrono::milliseconds(ms)); }
+
+std::string fmt_ms(double ms) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f", ms);
+  return buf;
+}
+
+void set_phase(const char* phase) { g_phase.store(phase); }
+
+void arm_watchdog(int ms) {
+  std::thread([ms] {
+    sleep_ms(ms);
+    obs("watchdog", std::string("fired during ") + g_phase.load());
+    std::fflush(stdout);
+    ::_exit(124);
+  }).detach();
+}
+
+bool run_bounded(std::function<void()> fn, int bound_ms) {
+  struct shared {
+    std::mutex m;
+    std::condition_variable cv;
+    bool done = false;
+  };
+  auto s = std::make_shared<shared>();
+  std::thread([s, fn = std::move(fn)] {
+    fn();
+    std::lock_guard<std::mutex> lock(s->m);
+    s->done = true;
+    s->cv.notify_all();
+  }).detach();
+  std::unique_lock<std::mutex> lock(s->m);
+  return s->cv.wait_for(lock, std::chrono::milliseconds(bound_ms), [&] { return s->done; });
+}
+
+std::optional<double> wait_probe(const probe& p, int bound_ms) {
+  const double deadline = now_ms() + bound_ms;
+  while (now_ms() < deadline) {
+    const double got = p.got.load();
+    if (got >= 0) return got - p.asked;
+    sleep_ms(1);
+  }
+  return std::nullopt;
+}
+
+std::string wait_text(const std::optional<double>& wait, int bound_ms) {
+  return wait ? fmt_ms(*wait) : "blocked (>" + std::to_string(bound_ms) + " ms)";
+}
+
+unsigned long this_thread_ident() { return static_cast<unsigned long>(pthread_self()); }
+
+void py_define_helpers() {
+  py_exec(
+      "import sys, threading\n"
+      "thread_local = threading.local()\n"
+      "def tl_set(v):\n"
+      "    thread_local.name = v\n"
+      "def tl_get_from(local):\n"
+      "    try:\n"
+      "        return local.name\n"
+      "    except AttributeError as e:\n"
+      "        return 'AttributeError: ' + str(e)\n"
+      "def tl_get():\n"
+      "    return tl_get_from(thread_local)\n");
+}
+
+void py_set_name(const std::string& name) { py_exec("tl_set('" + name + "')\n"); }
+
+namespace {
+std::string py_eval_str(const char* expr) {
+  std::string out = "(python error)";
+  PyObject* main = PyImport_AddModule("__main__");  // borrowed
+  PyObject* globals = main ? PyModule_GetDict(main) : nullptr;  // borrowed
+  PyObject* r = globals ? PyRun_String(expr, Py_eval_input, globals, globals) : nullptr;
+  if (r != nullptr && PyUnicode_Check(r)) {
+    if (const char* s = PyUnicode_AsUTF8(r)) out = s;
+  }
+  if (r == nullptr) PyErr_Clear();
+  Py_XDECREF(r);
+  return out;
+}
+}  // namespace
+
+std::string py_get_name() { return py_eval_str("tl_get()"); }
+
+void py_issue130394_init(const std::string& name) {
+  py_exec("issue_local = threading.local()\nissue_local.name = '" + name + "'\n");
+}
+
+std::string py_issue130394_get() { return py_eval_str("tl_get_from(issue_local)"); }
+
+void py_print(const std::string& text) {
+  py_exec("print(" + std::string("'") + text + "', flush=True)\n");
+}
+
+std::vector<unsigned long> py_thread_state_idents() {
+  std::vector<unsigned long> ids;
+  for (PyThreadState* ts = PyInterpreterState_ThreadHead(PyInterpreterState_Main()); ts;
+       ts = PyThreadState_Next(ts)) {
+    ids.push_back(ts->thread_id);
+  }
+  return ids;
+}
+
+// ---- parent side ------------------------------------------------------------------------------
+
+child_result run_child(const std::vector<std::string>& args, int timeout_ms) {
+  child_result r;
+  const auto t0 = std::chrono::steady_clock::now();
+  auto elapsed = [&] {
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+        .count();
+  };
+  int out_pipe[2], err_pipe[2];
+  if (::pipe2(out_pipe, O_CLOEXEC) != 0) {
+    r.spawn_failed = true;
+    return r;
+  }
+  if (::pipe2(err_pipe, O_CLOEXEC) != 0) {
+    ::close(out_pipe[0]);
+    ::close(out_pipe[1]);
+    r.spawn_failed = true;
+    return r;
+  }
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, out_pipe[1], 1);
+  posix_spawn_file_actions_adddup2(&actions, err_pipe[1], 2);
+  std::vector<char*> argv;
+  static char self[] = "/proc/self/exe";
+  argv.push_back(self);
+  for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  pid_t pid = -1;
+  const int rc = posix_spawn(&pid, "/proc/self/exe", &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  ::close(out_pipe[1]);
+  ::close(err_pipe[1]);
+  if (rc != 0) {
+    ::close(out_pipe[0]);
+    ::close(err_pipe[0]);
+    r.spawn_failed = true;
+    return r;
+  }
+
+  pollfd fds[2] = {{out_pipe[0], POLLIN, 0}, {err_pipe[0], POLLIN, 0}};
+  std::string* sinks[2] = {&r.out, &r.err};
+  int open_fds = 2;
+  while (open_fds > 0) {
+    const int left = timeout_ms - static_cast<int>(elapsed());
+    if (left <= 0) {
+      r.timed_out = true;
+      ::kill(pid, SIGKILL);
+      break;
+    }
+    if (::poll(fds, 2, left) < 0) continue;  // EINTR: try again
+    for (int i = 0; i < 2; ++i) {
+      if (fds[i].fd < 0 || fds[i].revents == 0) continue;
+      char buf[4096];
+      const ssize_t n = ::read(fds[i].fd, buf, sizeof buf);
+      if (n > 0) {
+        sinks[i]->append(buf, static_cast<size_t>(n));
+      } else {
+        ::close(fds[i].fd);
+        fds[i].fd = -1;
+        --open_fds;
+      }
+    }
+  }
+  for (pollfd& p : fds) {
+    if (p.fd >= 0) ::close(p.fd);
+  }
+  // Pipes closed: the child is gone or about to be; still bound the wait.
+  int status = 0;
+  for (;;) {
+    const pid_t w = ::waitpid(pid, &status, WNOHANG);
+    if (w == pid) break;
+    if (w < 0) {
+      status = 0;
+      break;
+    }
+    if (elapsed() > timeout_ms && !r.timed_out) {
+      r.timed_out = true;
+      ::kill(pid, SIGKILL);
+    }
+    ::usleep(2000);
+  }
+  if (WIFEXITED(status)) r.exit_code = WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) r.signal = WTERMSIG(status);
+  r.elapsed_ms = elapsed();
+  return r;
+}
+
+std::vector<std::pair<std::string, std::string>> parse_observations(const std::string& out) {
+  std::vector<std::pair<std::string, std::string>> obs;
+  size_t pos = 0;
+  while (pos < out.size()) {
+    size_t end = out.find('\n', pos);
+    if (end == std::string::npos) end = out.size();
+    const std::string line = out.substr(pos, end - pos);
+    pos = end + 1;
+    // A Python print may share a line with an OBS line if it was cut by a crash: search for it.
+    const size_t at = line.find("OBS ");
+    if (at == std::string::npos) continue;
+    const std::string kv = line.substr(at + 4);
+    const size_t eq = kv.find('=');
+    if (eq == std::string::npos) continue;
+    obs.emplace_back(kv.substr(0, eq), kv.substr(eq + 1));
+  }
+  return obs;
+}
+
+}  // namespace demo

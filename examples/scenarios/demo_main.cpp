@@ -1,0 +1,471 @@
+// demo_main.cpp — pyattach-demo: runs each seed scenario twice (raw C API, pyattach), each in a
+// child process with a timeout, judges what the child observed, and prints a table or JSON.
+//
+//   pyattach-demo [--json] [--scenario N]     the driver
+//   pyattach-demo --child N raw|pyattach      one run (what the driver spawns)
+#include <dlfcn.h>
+#include <signal.h>
+#include <string.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "demo.hpp"
+
+namespace demo {
+namespace {
+
+constexpr int kChildTimeoutMs = 8000;
+constexpr int kWatchdogMs = 6000;
+
+struct observations {
+  std::vector<std::pair<std::string, std::string>> items;
+  // The last value observed for key, or "".
+  std::string get(const std::string& key) const {
+    for (auto it = items.rbegin(); it != items.rend(); ++it) {
+      if (it->first == key) return it->second;
+    }
+    return "";
+  }
+  bool has(const std::string& key) const {
+    for (const auto& kv : items) {
+      if (kv.first == key) return true;
+    }
+    return false;
+  }
+  // A measured duration, or nullopt when it was "blocked ..." or missing.
+  std::optional<double> ms(const std::string& key) const {
+    const std::string v = get(key);
+    if (v.empty() || !(isdigit(static_cast<unsigned char>(v[0])))) return std::nullopt;
+    return std::strtod(v.c_str(), nullptr);
+  }
+};
+
+struct row {
+  int scenario = 0;
+  std::string variant;
+  std::string expected;
+  std::string observed;
+  std::string verdict;
+  bool correct = false;  // pyattach rows: the verdict is "correct"
+  child_result child;
+  observations obs;
+};
+
+// ---- reading the child's fate -----------------------------------------------------------------
+
+std::string signal_name(int sig) {
+  const char* abbrev = sigabbrev_np(sig);
+  return abbrev ? std::string("SIG") + abbrev : "signal " + std::to_string(sig);
+}
+
+std::string fate(const child_result& c, const observations& o) {
+  if (c.spawn_failed) return "spawn failed";
+  if (c.timed_out) return "TIMEOUT";
+  if (c.signal != 0) return signal_name(c.signal);
+  if (c.exit_code == 124 && o.has("watchdog")) {
+    return "watchdog " + o.get("watchdog") + " (exit 124)";
+  }
+  return "exit " + std::to_string(c.exit_code);
+}
+
+bool exited_ok(const child_result& c) {
+  return !c.spawn_failed && !c.timed_out && c.signal == 0 && c.exit_code == 0;
+}
+
+bool crashed(const child_result& c) { return !c.timed_out && c.signal != 0; }
+
+// The first "Fatal Python error: ..." line of the child's stderr, shortened.
+std::string fatal_error(const child_result& c) {
+  const size_t at = c.err.find("Fatal Python error:");
+  if (at == std::string::npos) return "";
+  std::string line = c.err.substr(at + 20, c.err.find('\n', at) - at - 20);
+  if (line.size() > 60) line = line.substr(0, 57) + "...";
+  return line;
+}
+
+// ---- judging ----------------------------------------------------------------------------------
+
+// Prompt: the other thread ran Python within a third of the idle window it was measured in.
+bool prompt(std::optional<double> wait, std::optional<double> window) {
+  return wait && window && *wait <= *window / 3;
+}
+
+// Stalled: it waited (nearly) the whole window, or never got in.
+bool stalled(std::optional<double> wait, std::optional<double> window) {
+  return !wait || (window && *wait >= 0.8 * *window);
+}
+
+std::string ms_text(const observations& o, const std::string& key) {
+  const std::string v = o.get(key);
+  if (v.empty()) return "?";
+  return o.ms(key) ? v + " ms" : v;
+}
+
+std::string name_text(const std::string& v) {
+  if (v.rfind("AttributeError", 0) == 0) return "AttributeError";
+  return v.empty() ? "?" : v;
+}
+
+bool starts_with(const std::string& s, const char* prefix) { return s.rfind(prefix, 0) == 0; }
+
+// What CPython issue 130394's own script (a new threading.local() in each init) read back.
+std::string issue_text(const observations& o) {
+  if (!o.has("issue_local_in_release_default_pool")) return "";
+  return "; #130394's script (local re-created per init): " +
+         name_text(o.get("issue_local_in_release_default_pool")) + ", " +
+         name_text(o.get("issue_local_in_release_custom_pool"));
+}
+
+void judge_raw(row& r) {
+  const observations& o = r.obs;
+  const child_result& c = r.child;
+  bool shown = false;
+  std::string t;
+  switch (r.scenario) {
+    case 1: {
+      const bool held = stalled(o.ms("other_thread_wait_ms"), o.ms("sleep_ms"));
+      shown = held || crashed(c);
+      t = "C++ thread listed: " + o.get("cpp_thread_listed") + "; another thread waited " +
+          ms_text(o, "other_thread_wait_ms") + " of a " + ms_text(o, "sleep_ms") +
+          " sleep; Py_FinalizeEx: " + (crashed(c) ? fate(c, o) : o.get("finalize"));
+      break;
+    }
+    case 2: {
+      shown = stalled(o.ms("other_thread_wait_ms"), o.ms("idle_window_ms"));
+      t = "other thread waited " + ms_text(o, "other_thread_wait_ms") + " of " +
+          ms_text(o, "idle_window_ms") + " idle; states between: " +
+          o.get("states_between_tasks") + "; worker listed after Release: " +
+          o.get("worker_listed_after_release");
+      break;
+    }
+    case 3:
+    case 5: {
+      const bool stall = stalled(o.ms("custom_init_wait_ms"), o.ms("idle_window_ms"));
+      const std::string after = o.get("name_after_release_default_pool");
+      shown = stall || starts_with(after, "AttributeError");
+      t = "custom_pool waited " + ms_text(o, "custom_init_wait_ms") + " of " +
+          ms_text(o, "idle_window_ms") + "; name after Release: " + name_text(after);
+      break;
+    }
+    case 4: {
+      const std::string d = o.get("name_in_release_default_pool");
+      const std::string u = o.get("name_in_release_custom_pool");
+      shown = (!d.empty() && d != "default_pool") || (!u.empty() && u != "custom_pool");
+      t = "custom_pool waited " + ms_text(o, "custom_init_wait_ms") +
+          "; names at RestoreThread: " + name_text(d) + ", " + name_text(u) + issue_text(o);
+      break;
+    }
+    case 6: {
+      const bool same_ok = o.get("releaser_same_thread") == "returned";
+      const bool wrong_bad = crashed(c) || o.get("releaser_wrong_thread") != "returned";
+      shown = same_ok && wrong_bad;
+      const std::string fatal = fatal_error(c);
+      t = std::string("same thread: ") + (same_ok ? "ok" : "failed") + "; other thread: " +
+          (crashed(c) ? fate(c, o) : o.get("releaser_wrong_thread")) +
+          (fatal.empty() ? "" : " (" + fatal + ")");
+      break;
+    }
+    case 7: {
+      shown = o.get("second_release") == "calling" && crashed(c);
+      const std::string fatal = fatal_error(c);
+      t = "second Release: " + (crashed(c) ? fate(c, o) : o.get("second_release")) +
+          (fatal.empty() ? "" : " (" + fatal + ")");
+      break;
+    }
+  }
+  if (!crashed(c)) t += "; " + fate(c, o);
+  r.observed = t;
+  r.verdict = shown ? "pitfall shown" : "pitfall not reproduced";
+}
+
+void judge_pyattach(row& r) {
+  const observations& o = r.obs;
+  const child_result& c = r.child;
+  bool ok = false;
+  std::string t;
+  switch (r.scenario) {
+    case 1:
+      ok = o.get("cpp_thread_listed") == "no" && o.get("py_thread_listed") == "yes" &&
+           prompt(o.ms("other_thread_wait_ms"), o.ms("sleep_ms")) && o.get("finalize") == "ok";
+      t = "C++ thread listed: " + o.get("cpp_thread_listed") + "; another thread waited " +
+          ms_text(o, "other_thread_wait_ms") + " of a " + ms_text(o, "sleep_ms") +
+          " sleep; shutdown: " +
+          (o.get("finalize") == "ok" ? "ok" : "?");
+      break;
+    case 2:
+      ok = prompt(o.ms("other_thread_wait_ms"), o.ms("idle_window_ms")) &&
+           o.get("worker_listed_between_tasks") == "yes" &&
+           o.get("name_in_release_task") == "default_pool";
+      t = "other thread waited " + ms_text(o, "other_thread_wait_ms") + " of " +
+          ms_text(o, "idle_window_ms") + " idle; worker listed between: " +
+          o.get("worker_listed_between_tasks") + " (" + o.get("states_before") + "->" +
+          o.get("states_between_tasks") + " states); name: " +
+          name_text(o.get("name_in_release_task"));
+      break;
+    case 3:
+    case 4:
+    case 5:
+      ok = prompt(o.ms("custom_init_wait_ms"), o.ms("idle_window_ms")) &&
+           o.get("worker_listed_while_idle") == "yes" &&
+           o.get("name_in_release_default_pool") == "default_pool" &&
+           o.get("name_in_release_custom_pool") == "custom_pool" &&
+           o.get("name_after_release_default_pool") == "default_pool";
+      t = "custom_pool waited " + ms_text(o, "custom_init_wait_ms") + " of " +
+          ms_text(o, "idle_window_ms") + "; worker listed: " +
+          o.get("worker_listed_while_idle") + "; names later: " +
+          name_text(o.get("name_in_release_default_pool")) + ", " +
+          name_text(o.get("name_in_release_custom_pool")) + ", " +
+          name_text(o.get("name_after_release_default_pool")) + issue_text(o);
+      break;
+    case 6:
+      ok = o.get("name_in_later_task") == "default_pool" &&
+           prompt(o.ms("other_pool_wait_ms"), kWindowMs) && o.get("misuse") == "wrong_thread" &&
+           prompt(o.ms("python_after_misuse_wait_ms"), kWindowMs) && o.get("finalize") == "ok";
+      t = "name in later task: " + name_text(o.get("name_in_later_task")) + "; misuse: " +
+          (o.has("misuse") ? o.get("misuse") : "none") +
+          "; owner still attached after its next task: " +
+          o.get("owner_attached_after_next_task") + "; another thread's wait for Python: " +
+          ms_text(o, "python_after_misuse_wait_ms");
+      break;
+    case 7: {
+      const std::string msg = o.get("misuse_message");
+      const size_t first = msg.find("scenarios_pyattach.cpp:");
+      const bool two_sites =
+          first != std::string::npos && msg.find("scenarios_pyattach.cpp:", first + 1) !=
+                                            std::string::npos;
+      ok = o.get("misuse") == "double_release" && two_sites &&
+           o.get("second_release") == "returned" &&
+           o.get("name_in_later_task") == "default_pool" && o.get("finalize") == "ok";
+      t = "misuse: " + (o.has("misuse") ? o.get("misuse") : "none") +
+          (two_sites ? " (names both sites)" : "") + "; state kept: " +
+          name_text(o.get("name_in_later_task"));
+      break;
+    }
+  }
+  ok = ok && exited_ok(c);
+  r.observed = t + "; " + fate(c, o);
+  r.correct = ok;
+  r.verdict = ok ? "correct" : "NOT CORRECT";
+}
+
+const char* expected_text(int n, bool raw) {
+  static const char* const texts[8][2] = {
+      {"", ""},
+      {"C++ thread unlisted; others run Python at once during the sleep; shutdown exits 0",
+       "C++ thread unlisted; others wait out the Python thread's sleep (GIL held); "
+       "Py_FinalizeEx without RestoreThread crashes (3.9-3.12)"},
+      {"worker keeps its state, not the GIL: another thread runs Python at once",
+       "worker keeps its state AND the GIL: another thread waits the whole idle window"},
+      {"pools never block each other; threading.local survives across tasks",
+       "custom_pool waits for default_pool's release; threading.local gone after Release"},
+      {"same as 3 (#130394's script still loses its local: it re-creates it; Python, not C API)",
+       "no stall; threading.local may vanish before release (CPython #130394)"},
+      {"custom_pool runs Python at once while default_pool blocks in a detach_scope",
+       "custom_pool stalls while default_pool is blocked in C++ holding the GIL"},
+      {"state persists with no releaser; wrong-thread end reported as wrong_thread, no crash",
+       "releaser works on the same thread; from another thread: fatal error"},
+      {"double_release reported with both source lines; exit 0",
+       "second PyGILState_Release crashes (SIGSEGV) or aborts"},
+  };
+  return texts[n][raw ? 1 : 0];
+}
+
+row run_row(int n, bool raw) {
+  row r;
+  r.scenario = n;
+  r.variant = raw ? "raw" : "pyattach";
+  r.expected = expected_text(n, raw);
+  r.child = run_child({"--child", std::to_string(n), r.variant}, kChildTimeoutMs);
+  r.obs.items = parse_observations(r.child.out);
+  if (raw) {
+    judge_raw(r);
+  } else {
+    judge_pyattach(r);
+  }
+  return r;
+}
+
+// ---- output -----------------------------------------------------------------------------------
+
+std::vector<std::string> wrap(const std::string& text, size_t width) {
+  std::vector<std::string> lines;
+  std::string line;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    size_t end = text.find(' ', pos);
+    if (end == std::string::npos) end = text.size();
+    std::string word = text.substr(pos, end - pos);
+    pos = end + 1;
+    while (word.size() > width) {  // a word longer than the column: cut it
+      if (!line.empty()) lines.push_back(line), line.clear();
+      lines.push_back(word.substr(0, width));
+      word = word.substr(width);
+    }
+    if (!line.empty() && line.size() + 1 + word.size() > width) {
+      lines.push_back(line);
+      line.clear();
+    }
+    line += (line.empty() ? "" : " ") + word;
+  }
+  if (!line.empty()) lines.push_back(line);
+  return lines;
+}
+
+void print_table(const std::vector<row>& rows) {
+  const size_t widths[5] = {2, 8, 30, 38, 12};
+  auto print_cells = [&](const std::vector<std::string>& cells) {
+    std::vector<std::vector<std::string>> wrapped;
+    size_t height = 1;
+    for (size_t i = 0; i < 5; ++i) {
+      wrapped.push_back(wrap(cells[i], widths[i]));
+      height = std::max(height, wrapped.back().size());
+    }
+    for (size_t l = 0; l < height; ++l) {
+      std::string out;
+      for (size_t i = 0; i < 5; ++i) {
+        std::string cell = l < wrapped[i].size() ? wrapped[i][l] : "";
+        cell.resize(widths[i], ' ');
+        out += cell + (i + 1 < 5 ? "  " : "");
+      }
+      while (!out.empty() && out.back() == ' ') out.pop_back();
+      std::printf("%s\n", out.c_str());
+    }
+  };
+  print_cells({"#", "variant", "expected", "observed", "verdict"});
+  std::printf("%s\n", std::string(98, '-').c_str());
+  int last = 0;
+  for (const row& r : rows) {
+    if (last != 0 && r.scenario != last) std::printf("\n");
+    last = r.scenario;
+    print_cells({std::to_string(r.scenario), r.variant, r.expected, r.observed, r.verdict});
+  }
+}
+
+std::string json_string(const std::string& s) {
+  std::string out = "\"";
+  for (const unsigned char c : s) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (c < 0x20) {
+          char buf[8];
+          std::snprintf(buf, sizeof buf, "\\u%04x", c);
+          out += buf;
+        } else {
+          out += static_cast<char>(c);
+        }
+    }
+  }
+  return out + "\"";
+}
+
+std::string tail(const std::string& s, size_t n) { return s.size() > n ? s.substr(s.size() - n) : s; }
+
+void print_json(const std::vector<row>& rows, const std::string& python) {
+  std::printf("[\n");
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const row& r = rows[i];
+    const child_result& c = r.child;
+    std::printf("  {\"scenario\": %d, \"variant\": %s, \"python\": %s,\n", r.scenario,
+                json_string(r.variant).c_str(), json_string(python).c_str());
+    std::printf("   \"expected\": %s,\n   \"observed\": %s,\n   \"verdict\": %s,\n",
+                json_string(r.expected).c_str(), json_string(r.observed).c_str(),
+                json_string(r.verdict).c_str());
+    std::printf("   \"exit\": %s, \"signal\": %s, \"timed_out\": %s, \"elapsed_ms\": %.1f,\n",
+                c.signal == 0 && !c.timed_out ? std::to_string(c.exit_code).c_str() : "null",
+                c.signal != 0 ? json_string(signal_name(c.signal)).c_str() : "null",
+                c.timed_out ? "true" : "false", c.elapsed_ms);
+    std::printf("   \"observations\": [");
+    for (size_t k = 0; k < r.obs.items.size(); ++k) {
+      std::printf("%s[%s, %s]", k ? ", " : "", json_string(r.obs.items[k].first).c_str(),
+                  json_string(r.obs.items[k].second).c_str());
+    }
+    std::printf("],\n   \"stderr_tail\": %s}%s\n", json_string(tail(c.err, 600)).c_str(),
+                i + 1 < rows.size() ? "," : "");
+  }
+  std::printf("]\n");
+}
+
+// The CPython this binary runs against (Py_GetVersion is safe before Py_Initialize).
+std::string python_version() {
+  std::string v = Py_GetVersion();
+  v = v.substr(0, v.find('\n'));
+  while (!v.empty() && v.back() == ' ') v.pop_back();
+  return v;
+}
+
+std::string libpython_path() {
+  Dl_info info{};
+  if (dladdr(reinterpret_cast<void*>(&Py_GetVersion), &info) != 0 && info.dli_fname) {
+    return info.dli_fname;
+  }
+  return "?";
+}
+
+int usage() {
+  std::fprintf(stderr,
+               "usage: pyattach-demo [--json] [--scenario N]\n"
+               "       pyattach-demo --child N raw|pyattach\n");
+  return 2;
+}
+
+int child_main(int n, const std::string& variant) {
+  arm_watchdog(kWatchdogMs);
+  if (variant == "raw") return run_raw(n);
+  if (variant == "pyattach") return run_pyattach(n);
+  return usage();
+}
+
+}  // namespace
+}  // namespace demo
+
+int main(int argc, char** argv) {
+  using namespace demo;
+  bool json = false;
+  int only = 0;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--child" && i + 2 < argc) return child_main(std::atoi(argv[i + 1]), argv[i + 2]);
+    if (a == "--json") {
+      json = true;
+    } else if (a == "--scenario" && i + 1 < argc) {
+      only = std::atoi(argv[++i]);
+      if (only < 1 || only > 7) return usage();
+    } else {
+      return usage();
+    }
+  }
+  ::signal(SIGPIPE, SIG_IGN);
+  const std::string python = python_version();
+  if (!json) {
+    std::printf("pyattach-demo: seven scenarios, raw C API vs pyattach, each in a child process\n");
+    std::printf("CPython %s\nlibpython: %s\n\n", python.c_str(), libpython_path().c_str());
+    std::fflush(stdout);
+  }
+  std::vector<row> rows;
+  for (int n = 1; n <= 7; ++n) {
+    if (only != 0 && n != only) continue;
+    rows.push_back(run_row(n, true));
+    rows.push_back(run_row(n, false));
+  }
+  bool all_correct = true;
+  for (const row& r : rows) {
+    if (r.variant == "pyattach") all_correct = all_correct && r.correct;
+  }
+  if (json) {
+    print_json(rows, python);
+  } else {
+    print_table(rows);
+    std::printf("\n%s\n", all_correct ? "every pyattach row is correct"
+                                       : "SOME pyattach ROWS ARE NOT CORRECT");
+  }
+  return all_correct ? 0 : 1;
+}

@@ -1,0 +1,312 @@
+// scenarios_raw.cpp — the seven seed scenarios written with the raw C API, as the seed wrote them
+// (PyGILState_Ensure/Release, PyEval_SaveThread/RestoreThread, pthreads, one-thread pools).
+// Each one only observes and prints what happened (OBS lines); the parent judges.
+#include <boost/asio/post.hpp>
+#include <boost/asio/thread_pool.hpp>
+
+#include <algorithm>
+#include <cstdlib>
+#include <future>
+#include <memory>
+
+#include "demo.hpp"
+
+namespace demo {
+
+namespace {
+using pool = boost::asio::thread_pool;
+
+template <class F>
+std::future<void> post_task(pool& p, F fn) {
+  auto done = std::make_shared<std::promise<void>>();
+  std::future<void> f = done->get_future();
+  boost::asio::post(p, [done, fn = std::move(fn)]() mutable {
+    fn();
+    done->set_value();
+  });
+  return f;
+}
+
+bool wait_for(std::future<void>& f, int bound_ms) {
+  return f.wait_for(std::chrono::milliseconds(bound_ms)) == std::future_status::ready;
+}
+
+PyThreadState* raw_init() {
+  Py_Initialize();
+  py_define_helpers();
+  return PyEval_SaveThread();  // the seed's pattern: let other threads take the GIL
+}
+
+// Another thread asks for the GIL now (PyGILState_Ensure may block forever: never waited on
+// without a bound).
+std::shared_ptr<probe> start_probe() {
+  auto p = std::make_shared<probe>();
+  p->asked = now_ms();
+  std::thread([p] {
+    const PyGILState_STATE g = PyGILState_Ensure();
+    p->got = now_ms();
+    PyGILState_Release(g);
+  }).detach();
+  return p;
+}
+
+// Thread idents in the interpreter's list, seen by a helper thread holding the GIL (its own
+// state excluded), or nullopt if the GIL did not come within bound_ms.
+std::optional<std::vector<unsigned long>> thread_states(int bound_ms) {
+  auto ids = std::make_shared<std::vector<unsigned long>>();
+  const bool done = run_bounded(
+      [ids] {
+        const PyGILState_STATE g = PyGILState_Ensure();
+        *ids = py_thread_state_idents();
+        const unsigned long self = this_thread_ident();
+        ids->erase(std::remove(ids->begin(), ids->end(), self), ids->end());
+        PyGILState_Release(g);
+      },
+      bound_ms);
+  if (!done) return std::nullopt;
+  return *ids;
+}
+
+void obs_states(const std::string& phase, int bound_ms, unsigned long worker = 0) {
+  const auto ids = thread_states(bound_ms);
+  if (!ids) {
+    obs("states_" + phase, "blocked: GIL held by another thread");
+    return;
+  }
+  obs("states_" + phase, std::to_string(ids->size()));
+  if (worker != 0) {
+    const bool listed = std::find(ids->begin(), ids->end(), worker) != ids->end();
+    obs("worker_listed_" + phase, listed ? "yes" : "no");
+  }
+}
+
+// Correct raw shutdown for the scenarios whose pitfall is elsewhere: re-attach, finalize.
+int raw_finalize(PyThreadState* main_state) {
+  set_phase("PyEval_RestoreThread before Py_FinalizeEx");
+  PyEval_RestoreThread(main_state);
+  set_phase("Py_FinalizeEx");
+  const int rc = Py_FinalizeEx();
+  obs("finalize", rc == 0 ? "ok" : "error");
+  return 0;
+}
+
+// 1: a pthread runs Python holding the GIL forever (sleeps holding it); another only prints.
+int scenario1() {
+  raw_init();  // main's saved state is never restored below: the seed's shutdown mistake
+  std::atomic<bool> stop{false};
+  std::atomic<unsigned long> cpp_ident{0}, py_ident{0};
+  std::atomic<int> iterations{0};
+  std::thread cpp_thread([&] {
+    cpp_ident = this_thread_ident();
+    while (!stop) {
+      std::printf("[C++] Hello from the long running cpp thread!\n");
+      sleep_ms(kWindowMs / 3);
+    }
+  });
+  std::thread py_thread([&] {
+    const PyGILState_STATE g = PyGILState_Ensure();  // once, never released while looping
+    py_ident = this_thread_ident();
+    while (!stop) {
+      py_print("Hello from the long running python thread!");
+      ++iterations;
+      sleep_ms(kWindowMs);  // holding the GIL
+    }
+    PyGILState_Release(g);  // the seed never stops; we stop it to try shutting down
+  });
+  while (iterations == 0) sleep_ms(1);
+  sleep_ms(5);  // well inside the Python thread's sleep
+  set_phase("another thread asks for Python");
+  auto p = start_probe();
+  const auto wait = wait_probe(*p, kBoundMs);
+  obs("sleep_ms", kWindowMs);
+  obs("other_thread_wait_ms", wait_text(wait, kBoundMs));
+  const auto ids = thread_states(kBoundMs);
+  if (ids) {
+    auto has = [&](unsigned long id) {
+      return std::find(ids->begin(), ids->end(), id) != ids->end();
+    };
+    obs("states", std::to_string(ids->size()));
+    obs("cpp_thread_listed", has(cpp_ident) ? "yes" : "no");
+    obs("py_thread_listed", has(py_ident) ? "yes" : "no");
+  } else {
+    obs("states", "blocked: GIL held by another thread");
+  }
+  stop = true;
+  cpp_thread.join();
+  py_thread.join();
+  set_phase("Py_FinalizeEx without PyEval_RestoreThread");
+  obs("finalize", "calling Py_FinalizeEx without PyEval_RestoreThread");
+  const int rc = Py_FinalizeEx();  // crashes on 3.9-3.12: no thread state is current
+  obs("finalize", "returned " + std::to_string(rc));
+  return 0;
+}
+
+// 2: a task ensures and returns without releasing; a later task on the same thread releases.
+int scenario2() {
+  PyThreadState* main_state = raw_init();
+  pool default_pool(1);
+  PyGILState_STATE gstate{};
+  unsigned long worker = 0;
+  auto init = post_task(default_pool, [&] {
+    gstate = PyGILState_Ensure();
+    worker = this_thread_ident();
+    py_set_name("default_pool");
+    py_print("Hello from the default_pool in init_python_thread");
+    obs("states_after_init_seen_by_worker", std::to_string(py_thread_state_idents().size()));
+  });  // returns holding the GIL
+  init.wait();
+  const double idle_start = now_ms();
+  auto p = start_probe();
+  obs_states("between_tasks", kWindowMs / 2, worker);
+  sleep_ms(static_cast<int>(std::max(0.0, kWindowMs - (now_ms() - idle_start))));
+  auto release = post_task(default_pool, [&] {
+    obs("name_in_release_task", py_get_name());
+    PyGILState_Release(gstate);
+  });
+  release.wait();
+  obs("idle_window_ms", now_ms() - idle_start);
+  obs("other_thread_wait_ms", wait_text(wait_probe(*p, kBoundMs), kBoundMs));
+  obs_states("after_release", kBoundMs, worker);
+  default_pool.join();
+  return raw_finalize(main_state);
+}
+
+// 3, 4 and 5: two pools, an init task and a later release task on each.
+enum class handover { hold_gil, save_thread, hold_gil_blocked };
+
+int two_pools(handover how) {
+  PyThreadState* main_state = raw_init();
+  pool default_pool(1), custom_pool(1);
+  struct worker_state {
+    PyGILState_STATE gstate{};
+    PyThreadState* saved = nullptr;
+    unsigned long ident = 0;
+    std::atomic<double> ran_at{-1};  // when its init task got to run Python
+  };
+  worker_state def, cus;
+  auto init = [how](worker_state& w, const char* name) {
+    w.gstate = PyGILState_Ensure();
+    w.ran_at = now_ms();
+    w.ident = this_thread_ident();
+    py_set_name(name);
+    py_print(std::string("Hello from ") + name + " in init_python_thread");
+    if (how == handover::save_thread) {
+      py_issue130394_init(name);
+      w.saved = PyEval_SaveThread();
+    }
+    if (how == handover::hold_gil_blocked) sleep_ms(kWindowMs);  // blocked in C++, GIL held
+  };  // 3 and 5: returns holding the GIL
+  auto release = [how](worker_state& w, const char* name) {
+    if (how == handover::save_thread) {
+      PyEval_RestoreThread(w.saved);
+      obs(std::string("name_in_release_") + name, py_get_name());
+      obs(std::string("issue_local_in_release_") + name, py_issue130394_get());
+    }
+    PyGILState_Release(w.gstate);  // the outermost Release destroys the thread state
+    const PyGILState_STATE again = PyGILState_Ensure();
+    obs(std::string("name_after_release_") + name, py_get_name());
+    PyGILState_Release(again);
+  };
+
+  auto def_init = post_task(default_pool, [&] { init(def, "default_pool"); });
+  if (how == handover::hold_gil_blocked) {
+    while (def.ran_at < 0) sleep_ms(1);  // default_pool is now blocked in C++, holding the GIL
+  } else {
+    def_init.wait();
+  }
+  const double asked = now_ms();
+  auto cus_init = post_task(custom_pool, [&] { init(cus, "custom_pool"); });
+  if (how == handover::save_thread) {
+    // Other native threads call PyGILState_Ensure while both workers keep their states: when
+    // CPython issue 130394 reported the first thread's threading.local data vanishing.
+    for (int i = 0; i < 3; ++i) wait_probe(*start_probe(), kBoundMs);
+  }
+  obs_states("while_idle", how == handover::save_thread ? kBoundMs : kWindowMs / 3, def.ident);
+  def_init.wait();
+  const double left = kWindowMs - (now_ms() - asked);
+  if (left > 0) sleep_ms(static_cast<int>(left));
+  std::atomic<double> released_at{-1};
+  auto def_rel = post_task(default_pool, [&] {
+    released_at = now_ms();
+    release(def, "default_pool");
+  });
+  while (released_at < 0) sleep_ms(1);  // default_pool is idle: the task starts at once
+  const bool cus_ran = wait_for(cus_init, kBoundMs);
+  obs("idle_window_ms", released_at - asked);
+  if (!cus_ran) {
+    obs("custom_init_wait_ms", "blocked (>" + std::to_string(kBoundMs) + " ms)");
+    std::fflush(stdout);
+    std::_Exit(0);  // custom_pool is stuck: nothing more can be observed
+  }
+  obs("custom_init_wait_ms", cus.ran_at - asked);
+  auto cus_rel = post_task(custom_pool, [&] { release(cus, "custom_pool"); });
+  if (!wait_for(def_rel, kBoundMs) || !wait_for(cus_rel, kBoundMs)) {
+    obs("release_tasks", "blocked: a pool kept the GIL");
+    std::fflush(stdout);
+    std::_Exit(0);
+  }
+  obs_states("after_release", kBoundMs, def.ident);
+  default_pool.join();
+  custom_pool.join();
+  return raw_finalize(main_state);
+}
+
+// 6: the init task returns a releaser capturing the PyGILState_STATE.
+int scenario6() {
+  raw_init();
+  pool default_pool(1), custom_pool(1);
+  std::function<void()> releaser;
+  auto make_releaser = [&] {
+    const PyGILState_STATE g = PyGILState_Ensure();
+    py_set_name("default_pool");
+    releaser = [g] { PyGILState_Release(g); };
+  };
+  post_task(default_pool, make_releaser).wait();
+  post_task(default_pool, [&] {
+    obs("name_before_releaser_same_thread", py_get_name());
+    releaser();
+    obs("releaser_same_thread", "returned");
+  }).wait();
+  post_task(default_pool, make_releaser).wait();
+  auto wrong = post_task(custom_pool, [&] {
+    obs("releaser_wrong_thread", "calling from custom_pool");
+    releaser();  // PyGILState_Release on a thread that did not Ensure: a fatal error or worse
+    obs("releaser_wrong_thread", "returned");
+  });
+  if (!wait_for(wrong, kBoundMs)) obs("releaser_wrong_thread", "did not return");
+  std::fflush(stdout);
+  std::_Exit(0);  // default_pool may still hold the GIL: nothing clean is left to do
+}
+
+// 7: PyGILState_Release twice with the same state.
+int scenario7() {
+  raw_init();
+  pool default_pool(1);
+  auto task = post_task(default_pool, [] {
+    const PyGILState_STATE g = PyGILState_Ensure();
+    py_print("Hello from default_pool");
+    PyGILState_Release(g);
+    obs("second_release", "calling");
+    PyGILState_Release(g);  // the same state again: the thread state is already destroyed
+    obs("second_release", "returned");
+  });
+  if (!wait_for(task, kBoundMs)) obs("second_release", "did not return");
+  std::fflush(stdout);
+  std::_Exit(0);
+}
+}  // namespace
+
+int run_raw(int n) {
+  switch (n) {
+    case 1: return scenario1();
+    case 2: return scenario2();
+    case 3: return two_pools(handover::hold_gil);
+    case 4: return two_pools(handover::save_thread);
+    case 5: return two_pools(handover::hold_gil_blocked);
+    case 6: return scenario6();
+    case 7: return scenario7();
+  }
+  return 2;
+}
+
+}  // namespace demo
