@@ -136,7 +136,7 @@ bool attached_here(const slot* s) noexcept {
   if (s != nullptr && s->tstate == cur) return true;
   if (Py_IsInitialized() != 0 && cur == PyGILState_GetThisThreadState()) return true;
   // 3.12+: the current state is per thread, so any non-null one is this thread's.
-  return compat::gilstate_sees_new_states;
+  return compat::current_state_is_per_thread;
 }
 
 // Private access to the scopes, for the out-of-line paths.

@@ -35,9 +35,10 @@
 //   (or by release_thread_state()), through the gate; a state whose interpreter is finalizing or
 //   gone is only forgotten, never touched.
 // - Thread-safety: every function may be called from any thread; each acts on the calling thread.
-// - Limits: one interpreter (the main one). On CPython <= 3.11 a state attached by raw
-//   PyThreadState_New + PyEval_RestoreThread (not through PyGILState) is invisible to pyattach,
-//   as it is to PyGILState_Ensure itself: attaching on top of it deadlocks, as the raw API does.
+// - Limits: one interpreter (the main one). On CPython <= 3.11, a state that another thread made
+//   with PyThreadState_New and this thread attached with PyEval_RestoreThread is not this thread's
+//   PyGILState state and cannot be recognised as attached (3.12+ can): attaching on top of it
+//   deadlocks, as PyGILState_Ensure itself does.
 #pragma once
 
 #include <cstdint>

@@ -57,10 +57,13 @@ inline unsigned long native_thread_id_of(const PyThreadState* ts) noexcept {
 // for the next thread that reuses the ident). 3.13+ removes it when the thread state is cleared.
 constexpr bool threading_keeps_stale_dummy_threads = PY_VERSION_HEX < 0x030D0000;
 
-// A thread state created by PyThreadState_New is registered with PyGILState only from 3.12 on.
-// pyattach creates its states through PyGILState_Ensure instead, which registers them on every
-// version (DESIGN.md invariant 2), so this constant is documentation for the tests.
-constexpr bool gilstate_sees_new_states = PY_VERSION_HEX >= 0x030C0000;
+// 3.12+: the attached state is kept per thread, so any non-null current_state_unchecked() is this
+// thread's. 3.9–3.11: it is the global GIL holder, which may belong to another thread.
+// (PyGILState registers a PyThreadState_New state with the thread that *created* it, on every
+// version, if that thread has none yet; a state made on one thread for use on another is never
+// this thread's PyGILState state. pyattach makes states with PyGILState_Ensure on their own
+// thread, which registers them everywhere: DESIGN.md invariant 2.)
+constexpr bool current_state_is_per_thread = PY_VERSION_HEX >= 0x030C0000;
 
 // What a native thread that attaches while the runtime finalizes gets from CPython itself:
 //   3.9–3.12 and 3.13.0: ended with pthread_exit (C++ frames are force-unwound)
