@@ -1,0 +1,95 @@
+// tests/cpp/helpers.hpp — small Python and threading helpers shared by the tests and child cases.
+#pragma once
+
+#include <pyattach/pyattach.hpp>
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <thread>
+
+namespace testutil {
+
+using namespace std::chrono_literals;
+
+// ---- Python (PRECONDITION for all: the calling thread is attached) ----
+PyObject* new_globals();                                   // a fresh dict with __builtins__
+bool py_exec(const std::string& code, PyObject* globals);  // prints the error, returns false
+PyObject* py_eval(const std::string& expr, PyObject* globals);  // new ref, or nullptr
+long py_eval_long(const std::string& expr, PyObject* globals, long fallback = -999999);
+bool py_eval_bool(const std::string& expr, PyObject* globals);  // false on error too
+std::string py_eval_str(const std::string& expr, PyObject* globals);  // "<error>" on error
+
+std::uint64_t os_tid();
+std::size_t thread_states();  // count_thread_states(), or SIZE_MAX if refused
+
+// The interpreter's thread-state count is read from the calling thread, which attaches for it.
+
+// Another native thread (never used before) attaches, runs a line of Python and leaves, within
+// `timeout`. False on timeout (the helper thread is then left behind, blocked).
+bool other_thread_can_run_python(std::chrono::milliseconds timeout = 5s);
+
+// Like other_thread_can_run_python, but a timeout in the test process means some thread kept
+// the GIL: print why and end the process at once instead of hanging in teardown.
+void require_other_thread_can_run_python(const char* context, std::chrono::milliseconds timeout = 5s);
+
+// Prints a message and ends the process without cleanup (a thread is stuck on the GIL).
+[[noreturn]] void fatal_stuck(const std::string& why);
+
+// A native thread that runs posted functions one at a time, synchronously for the caller.
+// Useful to interleave steps of a worker thread with checks on the test thread.
+class worker {
+ public:
+  explicit worker(std::string name = "worker");
+  ~worker();  // joins (the thread runs its exit clean-up before join returns)
+  worker(const worker&) = delete;
+  worker& operator=(const worker&) = delete;
+
+  // Runs fn on the worker and waits for it; a timeout is fatal (see fatal_stuck).
+  void run(std::function<void()> fn, std::chrono::milliseconds timeout = 10s);
+  // Posts fn without waiting; wait_idle() waits for everything posted.
+  void post(std::function<void()> fn);
+  void wait_idle(std::chrono::milliseconds timeout = 10s);
+  std::uint64_t tid() const { return tid_; }
+  void join();
+
+ private:
+  void loop();
+  std::string name_;
+  std::mutex m_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> q_;
+  bool busy_ = false;
+  bool stop_ = false;
+  std::uint64_t tid_ = 0;
+  std::thread t_;
+};
+
+// A one-shot flag between threads.
+class latch {
+ public:
+  void set() {
+    std::lock_guard<std::mutex> g(m_);
+    set_ = true;
+    cv_.notify_all();
+  }
+  bool wait(std::chrono::milliseconds timeout = 10s) {
+    std::unique_lock<std::mutex> g(m_);
+    return cv_.wait_for(g, timeout, [&] { return set_; });
+  }
+  bool is_set() {
+    std::lock_guard<std::mutex> g(m_);
+    return set_;
+  }
+
+ private:
+  std::mutex m_;
+  std::condition_variable cv_;
+  bool set_ = false;
+};
+
+}  // namespace testutil
