@@ -7,8 +7,9 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 bash "$root/scripts/deps.sh" || exit 1
 jobs="$(nproc)"
 
-# The interpreters: Debian's first (it also runs the CMake consumer tests), then pyenv's.
-legs=("debian-3.11:/usr/bin/python3.11")
+# The interpreters: Debian's first (it also runs the CMake consumer tests), its Py_DEBUG build,
+# then pyenv's.
+legs=("debian-3.11:/usr/bin/python3.11" "debian-3.11-dbg:/usr/bin/python3.11-dbg")
 pyenv_root="$(pyenv root 2>/dev/null || echo "${PYENV_ROOT:-$HOME/.pyenv}")"
 for minor in 9 10 11 12 13; do
   found=""
