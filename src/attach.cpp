@@ -22,6 +22,15 @@ PYATTACH_TLS bool tls_exited = false;
 // The owner_ of such a one-off scope: never equal to tls_slot, so its end takes end_slow.
 slot g_transient_owner;
 
+// The gate's entry protocol (detail/slot.hpp): take a pass, then confirm the gate still reads
+// `w`. Returns false, holding no pass, if it moved.
+bool take_pass(std::uint64_t w) noexcept {
+  g_gate.inside.fetch_add(1, std::memory_order_seq_cst);
+  if (g_gate.word.load(std::memory_order_seq_cst) == w) return true;
+  g_gate.inside.fetch_sub(1, std::memory_order_seq_cst);
+  return false;
+}
+
 void forget_state(slot* s) noexcept {
   // The state belongs to an interpreter that is finalizing or gone: never touch it.
   s->tstate = nullptr;
@@ -64,11 +73,9 @@ bool destroy_owned_state(slot* s) noexcept {
     forget_state(s);
     return false;
   }
-  // Same protocol as attach: a pass first, then confirm (DESIGN.md: a clean-up that re-attached
-  // after finalization was ended inside a destructor and the process aborted).
-  g_gate.inside.fetch_add(1, std::memory_order_seq_cst);
-  if (g_gate.word.load(std::memory_order_seq_cst) != w) {
-    g_gate.inside.fetch_sub(1, std::memory_order_seq_cst);
+  // Through the gate like an attach (DESIGN.md: a clean-up that re-attached after finalization
+  // was ended inside a destructor and the process aborted).
+  if (!take_pass(w)) {
     forget_state(s);
     return false;
   }
@@ -158,6 +165,7 @@ class scope_access {
   }
   static void undo_level(slot* s, std::uint32_t level) noexcept;
   static void pop_and_unwind(slot* s) noexcept;
+  static void unwind_ended(slot* s) noexcept;
 
  public:
   // Takes over levels other threads ended (wrong_thread) and undoes the innermost ended levels.
@@ -208,9 +216,7 @@ void scope_access::attach_slow(attach_scope& sc, const source_site& site) noexce
       sc.status_ = refusal_status(w);
       return;
     }
-    g_gate.inside.fetch_add(1, std::memory_order_seq_cst);
-    if (g_gate.word.load(std::memory_order_seq_cst) != w) {
-      g_gate.inside.fetch_sub(1, std::memory_order_seq_cst);
+    if (!take_pass(w)) {
       sc.status_ = attach_status::finalizing;
       return;
     }
@@ -269,11 +275,7 @@ void scope_access::attach_slow(attach_scope& sc, const source_site& site) noexce
       sc.status_ = refusal_status(w);
       return;
     }
-    g_gate.inside.fetch_add(1, std::memory_order_seq_cst);
-    if (g_gate.word.load(std::memory_order_seq_cst) != w) {
-      g_gate.inside.fetch_sub(1, std::memory_order_seq_cst);
-      continue;  // the gate moved: decide again
-    }
+    if (!take_pass(w)) continue;  // the gate moved: decide again
     s->phase.store(slot_phase::waiting, std::memory_order_relaxed);
     if (gs != nullptr) {
       // PyGILState knows a state for this thread (ours, or pybind11's/another library's that
@@ -334,27 +336,28 @@ void scope_access::undo_level(slot* s, std::uint32_t level) noexcept {
   }
 }
 
-void scope_access::absorb_remote_orphans(slot* s) noexcept {
-  const std::uint64_t remote = s->remote_orphans.exchange(0, std::memory_order_acq_rel);
-  if (remote == 0) return;
-  s->anomaly_mask |= remote & ~lost_bit;
-  while (s->depth > 0 && (s->anomaly_mask & level_bit(s->depth))) {
-    s->anomaly_mask &= ~level_bit(s->depth);
-    undo_level(s, s->depth);
-    --s->depth;
-  }
-}
-
-// Ends the innermost level, then every level above it that ended early (out of order).
-void scope_access::pop_and_unwind(slot* s) noexcept {
-  undo_level(s, s->depth);
-  --s->depth;
+// Undoes every innermost level that already ended (out of order, or on another thread).
+void scope_access::unwind_ended(slot* s) noexcept {
   while (s->depth > 0 && (s->anomaly_mask & level_bit(s->depth))) {
     s->anomaly_mask &= ~level_bit(s->depth);
     undo_level(s, s->depth);
     --s->depth;
   }
   if (s->depth == 0) s->anomaly_mask = 0;
+}
+
+void scope_access::absorb_remote_orphans(slot* s) noexcept {
+  const std::uint64_t remote = s->remote_orphans.exchange(0, std::memory_order_acq_rel);
+  if (remote == 0) return;
+  s->anomaly_mask |= remote & ~lost_bit;
+  unwind_ended(s);
+}
+
+// Ends the innermost level, then every level above it that ended early.
+void scope_access::pop_and_unwind(slot* s) noexcept {
+  undo_level(s, s->depth);
+  --s->depth;
+  unwind_ended(s);
 }
 
 // Shared checks for ending a scope: returns true if the caller may pop its level now.
