@@ -4,10 +4,15 @@
 
 #include <Python.h>
 
+#include <boost/asio/post.hpp>
+#include <boost/asio/thread_pool.hpp>
+
 #include <atomic>
 #include <chrono>
 #include <functional>
+#include <future>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <thread>
@@ -15,6 +20,20 @@
 #include <vector>
 
 namespace demo {
+
+// The seed's one-thread Boost.Asio pools, and a task whose completion the caller can wait for.
+using pool = boost::asio::thread_pool;
+
+template <class F>
+std::future<void> post_task(pool& p, F fn) {
+  auto done = std::make_shared<std::promise<void>>();
+  std::future<void> f = done->get_future();
+  boost::asio::post(p, [done, fn = std::move(fn)]() mutable {
+    fn();
+    done->set_value();
+  });
+  return f;
+}
 
 // ---- child side -------------------------------------------------------------------------------
 

@@ -16,19 +16,6 @@
 namespace demo {
 
 namespace {
-using pool = boost::asio::thread_pool;
-
-template <class F>
-std::future<void> post_task(pool& p, F fn) {
-  auto done = std::make_shared<std::promise<void>>();
-  std::future<void> f = done->get_future();
-  boost::asio::post(p, [done, fn = std::move(fn)]() mutable {
-    fn();
-    done->set_value();
-  });
-  return f;
-}
-
 // Misuse reports become observations (the handler must not call Python or pyattach).
 void print_misuse(const pyattach::misuse_report& r) noexcept {
   obs("misuse", pyattach::to_string(r.kind));

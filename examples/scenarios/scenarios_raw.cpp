@@ -14,19 +14,6 @@
 namespace demo {
 
 namespace {
-using pool = boost::asio::thread_pool;
-
-template <class F>
-std::future<void> post_task(pool& p, F fn) {
-  auto done = std::make_shared<std::promise<void>>();
-  std::future<void> f = done->get_future();
-  boost::asio::post(p, [done, fn = std::move(fn)]() mutable {
-    fn();
-    done->set_value();
-  });
-  return f;
-}
-
 bool wait_for(std::future<void>& f, int bound_ms) {
   return f.wait_for(std::chrono::milliseconds(bound_ms)) == std::future_status::ready;
 }
