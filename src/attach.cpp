@@ -31,6 +31,22 @@ bool take_pass(std::uint64_t w) noexcept {
   return false;
 }
 
+// True while the interpreter generation the slot's state belongs to exists (bound, any phase).
+bool generation_live(const slot* s, std::uint64_t w) noexcept {
+  return (w >> 2) == s->gen && (w & 3) != phase_unbound;
+}
+
+// The main interpreter, or the id of the one `ts` belongs to, for other_interpreter reports.
+// PRECONDITION: ts is this thread's state (so it cannot be deleted meanwhile).
+bool belongs_to_main(PyThreadState* ts) noexcept {
+  return PyThreadState_GetInterpreter(ts) == PyInterpreterState_Main();
+}
+std::string interpreter_text(PyThreadState* ts) {
+  return "this thread's thread state belongs to interpreter " +
+         std::to_string(PyInterpreterState_GetID(PyThreadState_GetInterpreter(ts))) +
+         ", not the main interpreter";
+}
+
 void forget_state(slot* s) noexcept {
   // The state belongs to an interpreter that is finalizing or gone: never touch it.
   s->tstate = nullptr;
@@ -100,6 +116,7 @@ slot* make_slot() {
   // its exit: that destructor is the clean-up (DESIGN.md: "destroyed on that thread").
   static thread_local slot_owner owner;
   (void)owner;
+  install_fork_handlers();
   auto* s = new slot;
   s->os_tid = this_os_tid();
   s->py_ident = PyThread_get_thread_ident();  // pthread_self(); needs no GIL
@@ -163,8 +180,17 @@ class scope_access {
     if (sc.level_ == 1) s->outer_site = site;
     if (kind == attach_scope::kind_restored) s->restored_mask |= level_bit(sc.level_);
   }
-  static void undo_level(slot* s, std::uint32_t level) noexcept;
-  static void pop_and_unwind(slot* s) noexcept;
+  // What ended the scope at the innermost level, for a scope_outlived_interpreter report.
+  struct end_context {
+    const char* what;
+    const source_site& made;
+    const source_site* at;
+    void* code;
+  };
+  static void undo_level(slot* s, std::uint32_t level, const end_context* ended) noexcept;
+  static void pop_and_unwind(slot* s, const end_context& ended) noexcept;
+  static void refuse_other_interpreter(attach_scope& sc, slot* s, PyThreadState* ts,
+                                       const source_site& site) noexcept;
   static void unwind_ended(slot* s) noexcept;
 
  public:
@@ -234,6 +260,19 @@ void scope_access::attach_slow(attach_scope& sc, const source_site& site) noexce
     const bool initialized = Py_IsInitialized() != 0;
     const std::uint64_t gen = w >> 2;
     const std::uint64_t phase = w & 3;
+    if (initialized && phase != phase_unbound && s->depth > 0 && s->gen != gen) {
+      // Scopes opened for an interpreter that has been finalized are still open on this thread:
+      // it still believes it is attached to that one. Refuse until they end (each end is then
+      // reported as scope_outlived_interpreter and skipped).
+      misuse_details d{misuse_kind::other_interpreter, "attach_scope", site, &s->outer_site,
+                       nullptr,
+                       open_scopes_text(s) + " still open for an earlier interpreter that has "
+                       "been finalized; end them first",
+                       s->os_tid};
+      report_misuse(d);
+      sc.status_ = attach_status::other_interpreter;
+      return;
+    }
     if (s->tstate != nullptr && (s->gen != gen || phase == phase_unbound)) forget_state(s);
 
     // 1. Already attached on this thread: a Python-created thread, a callback from Python, or
@@ -245,6 +284,12 @@ void scope_access::attach_slow(attach_scope& sc, const source_site& site) noexce
         if ((w & 3) == phase_open) register_gate_hooks(w >> 2);
       }
       PyThreadState* const cur = compat::current_state_unchecked();
+      // A sub-interpreter's state is attached here (Py_NewInterpreter, or a swap): attaching the
+      // main interpreter's state on top would deadlock or run code in the wrong interpreter.
+      if (!belongs_to_main(cur)) {
+        refuse_other_interpreter(sc, s, cur, site);
+        return;
+      }
       if (s->depth == 0 && s->tstate != cur) {
         s->tstate = cur;
         s->owned = false;  // someone else's state: reuse, never destroy
@@ -275,6 +320,12 @@ void scope_access::attach_slow(attach_scope& sc, const source_site& site) noexce
       sc.status_ = refusal_status(w);
       return;
     }
+    // ≤3.11 registers a sub-interpreter's state with PyGILState when it is the thread's first:
+    // attaching it would run our caller's code in that interpreter.
+    if (gs != nullptr && !belongs_to_main(gs)) {
+      refuse_other_interpreter(sc, s, gs, site);
+      return;
+    }
     if (!take_pass(w)) continue;  // the gate moved: decide again
     s->phase.store(slot_phase::waiting, std::memory_order_relaxed);
     if (gs != nullptr) {
@@ -303,31 +354,46 @@ void scope_access::attach_slow(attach_scope& sc, const source_site& site) noexce
   }
 }
 
-// Undoes what the scope at `level` did to the thread's attachment.
-void scope_access::undo_level(slot* s, std::uint32_t level) noexcept {
+// Undoes what the scope at `level` did to the thread's attachment. `ended` describes the scope
+// being ended when it is this level (nullptr for a deferred level, which is not reported again).
+void scope_access::undo_level(slot* s, std::uint32_t level, const end_context* ended) noexcept {
   const std::uint64_t bit = level_bit(level);
+  const std::uint64_t w = g_gate.word.load(std::memory_order_seq_cst);
+  const bool live = generation_live(s, w);
+  const auto report_outlived = [&](const char* after) {
+    if (ended == nullptr) return;
+    misuse_details d{misuse_kind::scope_outlived_interpreter, ended->what, ended->made, ended->at,
+                     ended->code, after, s->os_tid};
+    report_misuse(d);
+  };
   if (s->restored_mask & bit) {
     s->restored_mask &= ~bit;
     s->passes.store(s->passes.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
     s->phase.store(slot_phase::detached, std::memory_order_relaxed);
     if (s->anomaly_mask & lost_bit) {
       s->anomaly_mask &= ~lost_bit;  // already detached: the gate refused the re-attach
+    } else if (!live) {
+      // Its interpreter was finalized while the scope was open (the state is freed): never
+      // touch it. Not attached either: finalization took the GIL.
+      report_outlived("its interpreter was finalized");
+      return;  // the pass belonged to that generation; bind_gate reset the count
     } else {
       PyEval_SaveThread();
     }
-    g_gate.inside.fetch_sub(1, std::memory_order_seq_cst);
+    if (live) g_gate.inside.fetch_sub(1, std::memory_order_seq_cst);
   } else if (s->detached_mask & bit) {
     s->detached_mask &= ~bit;
-    // Re-attach the state this detach scope released (found as the slot's state).
-    const std::uint64_t w = g_gate.word.load(std::memory_order_seq_cst);
+    // Re-attach the state this detach scope released (found as the slot's state), unless its
+    // interpreter is gone, or the closer gave up waiting for this thread (closed while it held a
+    // pass) and finalization may be under way: taking the GIL then could end the thread
+    // (pthread_exit, 3.9-3.13.0) or hang it (3.13.1+). Stay detached instead.
     const bool gated = s->passes.load(std::memory_order_relaxed) > 0;
-    if (gated && (w & 3) == phase_closed) {
-      // The closer gave up waiting for this thread and finalization may be under way: taking
-      // the GIL now could end the thread (pthread_exit) or hang it. Stay detached.
+    if (!live || (gated && (w & 3) == phase_closed)) {
       s->anomaly_mask |= lost_bit;
-      std::fprintf(stderr, "pyattach: thread %llu could not re-attach after a detach scope: the "
-                   "interpreter is finalizing; it must not call Python again\n",
-                   static_cast<unsigned long long>(s->os_tid));
+      report_outlived(live ? "its interpreter started finalizing (the gate closed while this "
+                             "thread was inside); the thread stays detached and must not call "
+                             "Python again"
+                           : "its interpreter was finalized; the thread stays detached");
       return;
     }
     s->phase.store(slot_phase::waiting, std::memory_order_relaxed);
@@ -336,11 +402,26 @@ void scope_access::undo_level(slot* s, std::uint32_t level) noexcept {
   }
 }
 
+void scope_access::refuse_other_interpreter(attach_scope& sc, slot* s, PyThreadState* ts,
+                                            const source_site& site) noexcept {
+  std::string other;
+  try {
+    other = interpreter_text(ts) + "; pyattach attaches to the main interpreter only and never "
+            "swaps a thread's state under code that is using another";
+  } catch (...) {
+  }
+  // The second site: where pyattach last attached this thread, if a scope is open.
+  misuse_details d{misuse_kind::other_interpreter, "attach_scope", site,
+                   s->depth > 0 ? &s->outer_site : &site, nullptr, other, s->os_tid};
+  report_misuse(d);
+  sc.status_ = attach_status::other_interpreter;
+}
+
 // Undoes every innermost level that already ended (out of order, or on another thread).
 void scope_access::unwind_ended(slot* s) noexcept {
   while (s->depth > 0 && (s->anomaly_mask & level_bit(s->depth))) {
     s->anomaly_mask &= ~level_bit(s->depth);
-    undo_level(s, s->depth);
+    undo_level(s, s->depth, nullptr);
     --s->depth;
   }
   if (s->depth == 0) s->anomaly_mask = 0;
@@ -354,8 +435,8 @@ void scope_access::absorb_remote_orphans(slot* s) noexcept {
 }
 
 // Ends the innermost level, then every level above it that ended early.
-void scope_access::pop_and_unwind(slot* s) noexcept {
-  undo_level(s, s->depth);
+void scope_access::pop_and_unwind(slot* s, const end_context& ended) noexcept {
+  undo_level(s, s->depth, &ended);
   --s->depth;
   unwind_ended(s);
 }
@@ -414,7 +495,7 @@ void scope_access::end_slow(attach_scope& sc, const source_site* at, void* code)
   const bool ok =
       check_end(s, sc.owner_, sc.released_, sc.level_, "attach_scope", sc.site_, at, code);
   sc.released_ = true;  // reported or done: never act on this scope again
-  if (ok) pop_and_unwind(s);
+  if (ok) pop_and_unwind(s, end_context{"attach_scope", sc.site_, at, code});
 }
 
 void scope_access::detach_begin(detach_scope& sc) noexcept {
@@ -427,11 +508,18 @@ void scope_access::detach_begin(detach_scope& sc) noexcept {
     return;
   }
   PyThreadState* const cur = compat::current_state_unchecked();
+  std::uint64_t w = g_gate.word.load(std::memory_order_seq_cst);
+  if ((w & 3) == phase_unbound) {
+    // First pyattach use in this interpreter, from a Python thread: we hold the GIL, so bind
+    // (the end of this scope checks that the state's interpreter still exists).
+    w = bind_gate();
+    if ((w & 3) == phase_open) register_gate_hooks(w >> 2);
+  }
   if (s->depth == 0 && s->tstate != cur) {
     // A Python-created (or third-party) state, attached: record it to re-attach it later.
     s->tstate = cur;
     s->owned = false;
-    s->gen = g_gate.word.load() >> 2;
+    s->gen = w >> 2;
   }
   sc.owner_ = s;
   sc.level_ = ++s->depth;
@@ -449,7 +537,7 @@ void scope_access::detach_end(detach_scope& sc, const source_site* at, void* cod
                             code);
   sc.released_ = true;
   sc.active_ = false;
-  if (ok) pop_and_unwind(s);
+  if (ok) pop_and_unwind(s, end_context{"detach_scope", sc.site_, at, code});
 }
 
 // The out-of-line entry points named in attach.hpp. noinline: end_slow's return address must be
@@ -470,6 +558,7 @@ const char* to_string(attach_status status) noexcept {
     case attach_status::not_initialized: return "not_initialized";
     case attach_status::finalizing: return "finalizing";
     case attach_status::finalized: return "finalized";
+    case attach_status::other_interpreter: return "other_interpreter";
   }
   return "unknown";
 }
@@ -499,6 +588,22 @@ __attribute__((noinline)) void detach_scope::release(source_site site) noexcept 
 }
 
 bool is_attached() noexcept { return detail::attached_here(detail::tls_slot); }
+
+bool expect_attached(source_site site) noexcept {
+  const detail::slot* s = detail::tls_slot;
+  if (detail::attached_here(s)) return true;
+  const bool finalized = Py_IsInitialized() == 0;
+  detail::misuse_details d{misuse_kind::python_without_state, "expect_attached()",
+                           s != nullptr ? s->outer_site : source_site{}, &site, nullptr,
+                           finalized ? "and the interpreter is not initialized"
+                           : s == nullptr ? "pyattach never attached this thread"
+                           : s->depth > 0 ? "a pyattach scope is open but its state is not "
+                                            "current: released by other code"
+                                          : "no pyattach scope is open",
+                           detail::this_os_tid()};
+  detail::report_misuse(d);
+  return false;
+}
 
 bool release_thread_state(source_site site) noexcept {
   detail::slot* s = detail::tls_slot;

@@ -17,6 +17,8 @@ namespace pyattach {
 namespace {
 std::atomic<misuse_handler> g_handler{nullptr};  // nullptr: default_misuse_handler
 std::atomic<std::uint64_t> g_count{0};
+// -1: not decided yet (read PYATTACH_ON_MISUSE at first use); else a misuse_action.
+std::atomic<int> g_action{-1};
 
 std::string site_text(const source_site& site) {
   return std::string(site.file) + ":" + std::to_string(site.line) + " in " + site.function;
@@ -30,6 +32,9 @@ const char* to_string(misuse_kind kind) noexcept {
     case misuse_kind::out_of_order: return "out_of_order";
     case misuse_kind::detach_without_attach: return "detach_without_attach";
     case misuse_kind::release_while_attached: return "release_while_attached";
+    case misuse_kind::other_interpreter: return "other_interpreter";
+    case misuse_kind::scope_outlived_interpreter: return "scope_outlived_interpreter";
+    case misuse_kind::python_without_state: return "python_without_state";
   }
   return "unknown";
 }
@@ -38,14 +43,27 @@ misuse_handler set_misuse_handler(misuse_handler handler) noexcept {
   return g_handler.exchange(handler);
 }
 
+void set_misuse_action(misuse_action action) noexcept {
+  g_action.store(static_cast<int>(action), std::memory_order_relaxed);
+}
+
+misuse_action current_misuse_action() noexcept {
+  int a = g_action.load(std::memory_order_relaxed);
+  if (a < 0) {
+    const char* v = std::getenv("PYATTACH_ON_MISUSE");
+    const int from_env = static_cast<int>(v != nullptr && std::strcmp(v, "abort") == 0
+                                              ? misuse_action::abort
+                                              : misuse_action::report);
+    g_action.compare_exchange_strong(a, from_env, std::memory_order_relaxed);  // a call wins
+    a = g_action.load(std::memory_order_relaxed);
+  }
+  return static_cast<misuse_action>(a);
+}
+
 void default_misuse_handler(const misuse_report& report) noexcept {
   std::fprintf(stderr, "%s\n", report.message.c_str());
   std::fflush(stderr);
-  static const bool abort_on_misuse = [] {
-    const char* v = std::getenv("PYATTACH_ON_MISUSE");
-    return v != nullptr && std::strcmp(v, "abort") == 0;
-  }();
-  if (abort_on_misuse) std::abort();
+  if (current_misuse_action() == misuse_action::abort) std::abort();
 }
 
 std::uint64_t misuse_count() noexcept { return g_count.load(std::memory_order_relaxed); }
@@ -108,6 +126,19 @@ void report_misuse(const misuse_details& d) noexcept {
         text = std::string(d.what) + " called at " + r.misused_at + " while " + r.other +
                " open on this thread (the outermost made at " + made +
                "); the thread state was kept";
+        break;
+      case misuse_kind::other_interpreter:
+        text = std::string(d.what) + " made at " + made + " was refused: " + r.other +
+               " (attached at " + r.misused_at + ")";
+        break;
+      case misuse_kind::scope_outlived_interpreter:
+        text = std::string(d.what) + " made at " + made + " ended at " + r.misused_at +
+               " after " + r.other + "; CPython was not called for it";
+        break;
+      case misuse_kind::python_without_state:
+        text = std::string("Python is about to be called at ") + r.misused_at +
+               " on a thread with no attached thread state (" + r.other + "; its last pyattach "
+               "scope was made at " + made + "); open a pyattach::attach_scope first";
         break;
     }
     r.message = std::string("pyattach: misuse: ") + to_string(d.kind) + ": " + text;

@@ -25,9 +25,13 @@ namespace detail {
 
 gate_state g_gate;
 
+std::mutex& gate_transition_mutex() {
+  static std::mutex* m = new std::mutex;  // never destroyed: threads may exit after main
+  return *m;
+}
+
 namespace {
-std::mutex g_transition_mutex;  // serializes bind, close and the end-of-finalize hook
-close_result g_last_close;      // protected by g_transition_mutex
+close_result g_last_close;      // protected by gate_transition_mutex()
 std::atomic<std::uint64_t> g_hooks_generation{0};
 std::atomic<long long> g_close_timeout_ms{-1};  // -1: not read from the environment yet
 
@@ -41,7 +45,7 @@ PyMethodDef g_atexit_def = {"_pyattach_close_gate", on_atexit, METH_NOARGS,
 
 void on_runtime_gone() {
   // Py_AtExit: the end of Py_FinalizeEx. No GIL, no Python objects: only our own state.
-  std::lock_guard<std::mutex> lock(g_transition_mutex);
+  std::lock_guard<std::mutex> lock(gate_transition_mutex());
   const std::uint64_t w = g_gate.word.load();
   g_gate.word.store(gate_word(w >> 2, phase_unbound), std::memory_order_seq_cst);
 }
@@ -61,12 +65,16 @@ std::chrono::milliseconds default_close_timeout() noexcept {
 }
 
 std::uint64_t bind_gate() noexcept {
-  std::lock_guard<std::mutex> lock(g_transition_mutex);
+  std::lock_guard<std::mutex> lock(gate_transition_mutex());
   const std::uint64_t w = g_gate.word.load();
   if ((w & 3) != phase_unbound) return w;
   // Py_IsInitialized and the finalizing flag are plain reads of runtime fields: no GIL needed.
   if (Py_IsInitialized() == 0 || compat::runtime_is_finalizing()) return w;
   const std::uint64_t bound = gate_word((w >> 2) + 1, phase_open);
+  // No pass of the new generation exists yet; a count left over is a pass of a finalized one
+  // (a thread the closer gave up on), which its holder never returns (it sees the generation
+  // gone). Start from zero so that this generation's closer does not wait for it.
+  g_gate.inside.store(0, std::memory_order_seq_cst);
   g_gate.word.store(bound, std::memory_order_seq_cst);
   return bound;
 }
@@ -117,7 +125,7 @@ attach_status refusal_status(std::uint64_t word) noexcept {
 close_result close_gate_impl(std::chrono::milliseconds timeout) noexcept {
   std::uint64_t w;
   {
-    std::unique_lock<std::mutex> lock(g_transition_mutex);
+    std::unique_lock<std::mutex> lock(gate_transition_mutex());
     w = g_gate.word.load();
     if ((w & 3) == phase_unbound && Py_IsInitialized() != 0) {
       lock.unlock();
@@ -179,7 +187,7 @@ close_result close_gate_impl(std::chrono::milliseconds timeout) noexcept {
   }
 
   {
-    std::lock_guard<std::mutex> lock(g_transition_mutex);
+    std::lock_guard<std::mutex> lock(gate_transition_mutex());
     g_gate.word.store(gate_word(w >> 2, phase_closed), std::memory_order_seq_cst);
     g_last_close = result;
   }

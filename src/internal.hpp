@@ -36,6 +36,12 @@ attach_status refusal_status(std::uint64_t word) noexcept;
 // Closes the gate (see interpreter.hpp), from any thread, GIL held or not.
 close_result close_gate_impl(std::chrono::milliseconds timeout) noexcept;
 std::chrono::milliseconds default_close_timeout() noexcept;
+// Serializes bind, close and the end-of-finalize hook (gate.cpp); fork.cpp holds it across fork.
+std::mutex& gate_transition_mutex();
+
+// ---- fork (fork.cpp) ----
+// Registers pyattach's pthread_atfork handlers, once per process.
+void install_fork_handlers() noexcept;
 
 // True if the calling thread is attached with a thread state, as far as can be known without
 // the GIL on this version (see compat::current_state_unchecked).

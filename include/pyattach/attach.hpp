@@ -57,6 +57,8 @@ enum class attach_status : std::uint8_t {
   not_initialized,  // no interpreter has been initialized in this process yet
   finalizing,       // the interpreter is shutting down: pyattach's gate is closed
   finalized,        // the interpreter was finalized and no new one has been initialized
+  other_interpreter,  // refused as misuse_kind::other_interpreter: this thread is attached to
+                      // another interpreter, or still has scopes open from a finalized one
 };
 
 const char* to_string(attach_status status) noexcept;
@@ -158,6 +160,12 @@ class detach_scope {
 // True if the calling thread is attached (holds the GIL with its own thread state).
 bool is_attached() noexcept;
 
+// For code about to call the C API that cannot see whether its caller attached: returns
+// is_attached(), and if false reports misuse_kind::python_without_state with this call site and
+// the site of the thread's last pyattach scope. Never attaches, never touches CPython. Exact on
+// 3.12+; on 3.9–3.11 it can only see states that pyattach or PyGILState know for this thread.
+bool expect_attached(source_site site = source_site::current()) noexcept;
+
 // Destroys the calling thread's pyattach-made thread state now instead of at thread exit
 // (threading.local data and the thread's py-spy entry go with it). A later attach makes a new
 // one. PRECONDITION: no scope open on this thread (else misuse_kind::release_while_attached).
@@ -183,7 +191,8 @@ inline void attach_scope::attach_fast(const source_site& site) noexcept {
     if (PYATTACH_LIKELY((w >> 2) == s->gen)) {
       // Already attached here (nested scope, or a PyGILState_Ensure/Python callback): count only.
       // A state released by other code (Py_BEGIN_ALLOW_THREADS) is not current: re-attach below.
-      if (detail::compat::current_state_unchecked() == s->tstate) {
+      PyThreadState* const cur = detail::compat::current_state_unchecked();
+      if (cur == s->tstate) {
         if ((w & 3) != detail::phase_unbound) {
           owner_ = s;
           level_ = ++s->depth;
@@ -191,7 +200,9 @@ inline void attach_scope::attach_fast(const source_site& site) noexcept {
           status_ = attach_status::attached;
           return;
         }
-      } else if ((w & 3) == detail::phase_open) {
+      } else if ((w & 3) == detail::phase_open &&
+                 (!detail::compat::current_state_is_per_thread || cur == nullptr)) {
+        // (3.12+: another state current on this thread — a sub-interpreter's — goes slow.)
         // Take a pass first, then confirm the gate is still open (see detail/slot.hpp).
         detail::g_gate.inside.fetch_add(1, std::memory_order_seq_cst);
         if (PYATTACH_LIKELY(detail::g_gate.word.load(std::memory_order_seq_cst) == w)) {
@@ -231,16 +242,26 @@ inline void attach_scope::finish(const source_site* at) noexcept {
   detail::slot* s = detail::tls_slot;
   if (PYATTACH_LIKELY(!released_ && s == owner_ && s->depth == level_ && s->anomaly_mask == 0 &&
                       s->remote_orphans.load(std::memory_order_relaxed) == 0)) {
-    released_ = true;
-    --s->depth;
     if (kind_ == kind_restored) {
+      // The state's interpreter must still exist (same generation, not unbound): a scope that
+      // outlived it (e.g. destroyed after pyattach::interpreter) must not call CPython.
+      const std::uint64_t w = detail::g_gate.word.load(std::memory_order_acquire);
+      if (PYATTACH_UNLIKELY((w >> 2) != s->gen || (w & 3) == detail::phase_unbound)) {
+        detail::end_slow(*this, at);
+        return;
+      }
+      released_ = true;
+      --s->depth;
       s->restored_mask &= ~detail::level_bit(level_);
       s->passes.store(s->passes.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
       s->phase.store(detail::slot_phase::detached, std::memory_order_relaxed);
       // This scope made the state current on this thread; hand the GIL back, keep the state.
       PyEval_SaveThread();
       detail::g_gate.inside.fetch_sub(1, std::memory_order_release);
+      return;
     }
+    released_ = true;
+    --s->depth;
     return;
   }
   detail::end_slow(*this, at);

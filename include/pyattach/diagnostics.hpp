@@ -8,8 +8,8 @@
 //   was misused (the call site of an explicit `release()`, or, when a destructor is the culprit,
 //   the code that ran it, resolved from its return address).
 // - The handler is process-wide. The default prints one line to stderr and returns, so the
-//   program keeps running; with the environment variable PYATTACH_ON_MISUSE=abort (read once, at
-//   the first report) it aborts after printing, which is what tests of misuse want.
+//   program keeps running; with set_misuse_action(misuse_action::abort) or the environment
+//   variable PYATTACH_ON_MISUSE=abort it aborts after printing, which is what tests want.
 // - Thread-safety: set_misuse_handler() may be called from any thread at any time; the handler is
 //   called on the thread that misused, with whatever it held (maybe the GIL), and must not throw
 //   (it is noexcept; an exception terminates) and must not call into pyattach or Python.
@@ -45,7 +45,14 @@ enum class misuse_kind : std::uint8_t {
   out_of_order,           // an outer scope ended while a scope nested inside it was still open
   detach_without_attach,  // detach_scope on a thread that pyattach has not attached
   release_while_attached, // release_thread_state() while scopes are open on this thread
+  other_interpreter,      // attach while this thread is attached to another interpreter (a
+                          // sub-interpreter's state, or scopes of an earlier, finalized one)
+  scope_outlived_interpreter,  // a scope ended after its interpreter started finalizing or was
+                               // finalized; its CPython call was skipped
+  python_without_state,   // expect_attached() found no attached thread state on this thread
 };
+// There is no "moved-from scope" kind: attach_scope and detach_scope are neither copyable nor
+// movable, so using a moved-from scope does not compile (tests/cpp/test_scopes.cpp checks it).
 
 const char* to_string(misuse_kind kind) noexcept;
 
@@ -64,7 +71,14 @@ using misuse_handler = void (*)(const misuse_report&) noexcept;
 // Replaces the process-wide handler; returns the previous one. nullptr restores the default.
 misuse_handler set_misuse_handler(misuse_handler handler) noexcept;
 
-// The default: print report.message to stderr; abort if PYATTACH_ON_MISUSE=abort.
+// What the default handler does after printing. The initial value comes from the environment
+// variable PYATTACH_ON_MISUSE ("abort" or "report"; read once, at the first report or the first
+// call below); set_misuse_action() overrides it, e.g. in a test's main(). Thread-safe.
+enum class misuse_action : std::uint8_t { report, abort };
+void set_misuse_action(misuse_action action) noexcept;
+misuse_action current_misuse_action() noexcept;
+
+// The default: print report.message to stderr; then abort if current_misuse_action() is abort.
 void default_misuse_handler(const misuse_report& report) noexcept;
 
 // How many misuse reports this process has produced (for tests and the thread report).

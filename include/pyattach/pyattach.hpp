@@ -4,10 +4,12 @@
 //   interpreter.hpp  interpreter (embedding helper), the gate (close_gate, phases)
 //   report.hpp       make_thread_report: every thread state, joined with pyattach's records
 //   diagnostics.hpp  misuse kinds, reports and the replaceable handler
+//   fork.hpp         fork_process: fork like os.fork(); what is safe in the child
 #pragma once
 
 #include "pyattach/attach.hpp"
 #include "pyattach/diagnostics.hpp"
+#include "pyattach/fork.hpp"
 #include "pyattach/interpreter.hpp"
 #include "pyattach/report.hpp"
 

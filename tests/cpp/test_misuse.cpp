@@ -9,6 +9,7 @@
 #include <signal.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -20,6 +21,9 @@
 using namespace testutil;
 
 namespace {
+PyThreadState* PyThreadState_GetUnchecked_compat() {
+  return pyattach::detail::compat::current_state_unchecked();
+}
 // Runs `fn` on a new native thread and joins it.
 template <class F>
 void on_new_thread(F&& fn) {
@@ -312,6 +316,235 @@ CHILD_CASE(misuse_custom_handler) {
   return child_exit_code();
 }
 
+// ---- another interpreter attached on this thread --------------------------------------------
+
+namespace {
+// Makes the calling native thread attached to a fresh sub-interpreter without PyGILState knowing
+// a main-interpreter state for it: a main-interpreter state made by another thread (so not
+// registered for this one) is attached first, because Py_NewInterpreter needs the GIL.
+// Returns {main_state, sub_state}; the sub-interpreter's state is current.
+std::pair<PyThreadState*, PyThreadState*> enter_sub_interpreter(PyThreadState* made_elsewhere) {
+  PyEval_RestoreThread(made_elsewhere);
+  PyThreadState* sub = Py_NewInterpreter();  // legacy config: shares the main GIL
+  return {made_elsewhere, sub};
+}
+// Ends the sub-interpreter, deletes the borrowed main-interpreter state, leaves nothing attached.
+void leave_sub_interpreter(std::pair<PyThreadState*, PyThreadState*> states) {
+  Py_EndInterpreter(states.second);  // current state is NULL afterwards, the GIL still held
+  PyThreadState_Swap(states.first);
+  PyThreadState_Clear(states.first);
+  PyThreadState_DeleteCurrent();  // releases the GIL
+}
+PyThreadState* new_main_state_for_another_thread() {
+  pyattach::attach_scope py;  // this thread already has a PyGILState state: the new one is not it
+  return PyThreadState_New(PyInterpreterState_Main());
+}
+}  // namespace
+
+CHILD_CASE(misuse_other_interpreter) {
+  pyattach::interpreter py;
+  PyThreadState* borrowed = new_main_state_for_another_thread();
+  on_new_thread([&] {
+    const auto states = enter_sub_interpreter(borrowed);
+    CHILD_CHECK(PyRun_SimpleString("_in_sub = 1\n") == 0);
+    {
+      CHILD_SITE("made", __LINE__ + 1);
+      auto s = pyattach::try_attach();
+      CHILD_SITE("misused", __LINE__ - 1);
+      CHILD_CHECK(s.status() == pyattach::attach_status::other_interpreter);
+      CHILD_CHECK(!s.is_valid());
+      // The sub-interpreter is still the attached one: nothing was swapped under it.
+      CHILD_CHECK(PyThreadState_GetUnchecked_compat() == states.second);
+    }
+    try {
+      pyattach::attach_scope thrown;
+      CHILD_CHECK(!"the throwing constructor did not throw");
+    } catch (const pyattach::attach_error& e) {
+      CHILD_CHECK(e.status() == pyattach::attach_status::other_interpreter);
+    }
+    leave_sub_interpreter(states);
+    // Back to normal: the thread attaches to the main interpreter with a state of its own.
+    pyattach::attach_scope ok;
+    CHILD_CHECK(ok.made_current());
+    CHILD_CHECK(PyRun_SimpleString("assert '_in_sub' not in globals()\n") == 0);
+  });
+  CHILD_CHECK(other_thread_can_run_python());
+  CHILD_CHECK(pyattach::misuse_count() == 2);
+  std::printf("done\n");
+  return child_exit_code();
+}
+
+// 3.12+ only: inside a pyattach scope the thread switches to a sub-interpreter; a nested attach
+// must not swap the main state back in under it. (3.9-3.11 keep one global "current" state, so
+// pyattach cannot tell this from another thread holding the GIL; see diagnostics.hpp.)
+CHILD_CASE(misuse_other_interpreter_nested) {
+  pyattach::interpreter py;
+  on_new_thread([&] {
+    const int made_outer = __LINE__; pyattach::attach_scope outer;
+    PyThreadState* mine = PyThreadState_GetUnchecked_compat();
+    PyThreadState* sub = Py_NewInterpreter();
+    {
+      CHILD_SITE("made", __LINE__ + 1);
+      auto nested = pyattach::try_attach();
+      CHILD_CHECK(nested.status() == pyattach::attach_status::other_interpreter);
+      CHILD_CHECK(PyThreadState_GetUnchecked_compat() == sub);
+    }
+    CHILD_SITE("misused", made_outer);  // the report names where the thread was attached
+    Py_EndInterpreter(sub);
+    PyThreadState_Swap(mine);
+    CHILD_CHECK(PyRun_SimpleString("_back = 1\n") == 0);
+  });
+  CHILD_CHECK(other_thread_can_run_python());
+  CHILD_CHECK(pyattach::misuse_count() == 1);
+  std::printf("done\n");
+  return child_exit_code();
+}
+
+// ---- scopes that outlive their interpreter --------------------------------------------------
+
+CHILD_CASE(misuse_scope_outlived_interpreter) {
+  // An attach scope on the creating thread, still open when the interpreter object is destroyed.
+  std::optional<pyattach::interpreter> py;
+  py.emplace();
+  const int made = __LINE__; std::optional<pyattach::attach_scope> s;
+  s.emplace(pyattach::source_site::current(__FILE__, made, "misuse_scope_outlived_interpreter"));
+  CHILD_CHECK(s->is_valid());
+  py.reset();  // Py_FinalizeEx: the main thread state this scope attached is freed
+  CHILD_CHECK(Py_IsInitialized() == 0);
+  CHILD_SITE("made", made);
+  CHILD_SITE("misused", __LINE__); s->release();  // must not call PyEval_SaveThread
+  s.reset();
+  CHILD_CHECK(pyattach::try_attach().status() == pyattach::attach_status::finalized);
+  CHILD_CHECK(pyattach::misuse_count() == 1);
+  std::printf("done\n");
+  return child_exit_code();
+}
+
+CHILD_CASE(misuse_detach_scope_outlived_interpreter) {
+  // A native thread inside a detach scope (nested in an attach scope) while the interpreter
+  // finalizes: the closer waits for it (bounded), gives up, and finalization frees its state.
+  pyattach::interpreter::options o;
+  o.close_timeout = std::chrono::milliseconds(100);
+  std::optional<pyattach::interpreter> py;
+  py.emplace(o);
+  std::mutex m;
+  std::condition_variable cv;
+  int step = 0;
+  std::thread t([&] {
+    pyattach::attach_scope a;
+    CHILD_CHECK(PyRun_SimpleString("import threading\n_tl = threading.local()\n_tl.v = 1\n") == 0);
+    {
+      const int made = __LINE__; pyattach::detach_scope d;
+      {
+        std::unique_lock<std::mutex> lock(m);
+        step = 1;
+        cv.notify_all();
+        cv.wait(lock, [&] { return step == 2; });
+      }
+      CHILD_SITE("made", made);
+      CHILD_SITE("misused", __LINE__); d.release();  // must not re-attach a freed state
+      CHILD_CHECK(!pyattach::is_attached());
+    }
+    // The attach scope's end must not detach either (nothing is attached).
+  });
+  {
+    std::unique_lock<std::mutex> lock(m);
+    cv.wait(lock, [&] { return step == 1; });
+  }
+  py.reset();
+  {
+    std::lock_guard<std::mutex> lock(m);
+    step = 2;
+    cv.notify_all();
+  }
+  t.join();
+  CHILD_CHECK(pyattach::misuse_count() == 1);
+  // A new interpreter: a new thread attaches normally.
+  py.emplace();
+  CHILD_CHECK(other_thread_can_run_python());
+  std::printf("done\n");
+  return child_exit_code();
+}
+
+CHILD_CASE(misuse_scopes_open_from_finalized_interpreter) {
+  // The thread above, but it attaches again while its old scopes are still open, after a new
+  // interpreter started: refused as other_interpreter (it is still "in" the old one).
+  pyattach::interpreter::options o;
+  o.close_timeout = std::chrono::milliseconds(100);
+  std::optional<pyattach::interpreter> py;
+  py.emplace(o);
+  std::mutex m;
+  std::condition_variable cv;
+  int step = 0;
+  pyattach::set_misuse_handler([](const pyattach::misuse_report& r) noexcept {
+    if (r.kind == pyattach::misuse_kind::other_interpreter) pyattach::default_misuse_handler(r);
+  });
+  std::thread t([&] {
+    const int made_outer = __LINE__; pyattach::attach_scope a;
+    {
+      pyattach::detach_scope d;
+      std::unique_lock<std::mutex> lock(m);
+      step = 1;
+      cv.notify_all();
+      cv.wait(lock, [&] { return step == 2; });
+      CHILD_SITE("made", __LINE__ + 1);
+      auto again = pyattach::try_attach();
+      CHILD_SITE("misused", made_outer);
+      CHILD_CHECK(again.status() == pyattach::attach_status::other_interpreter);
+    }
+  });
+  {
+    std::unique_lock<std::mutex> lock(m);
+    cv.wait(lock, [&] { return step == 1; });
+  }
+  py.reset();
+  py.emplace(o);
+  {
+    std::lock_guard<std::mutex> lock(m);
+    step = 2;
+    cv.notify_all();
+  }
+  t.join();
+  // Its old scopes have ended (each reported as scope_outlived_interpreter, filtered above):
+  // the same kind of thread attaches to the new interpreter normally.
+  CHILD_CHECK(other_thread_can_run_python());
+  std::printf("done\n");
+  return child_exit_code();
+}
+
+// ---- Python without an attached state -------------------------------------------------------
+
+CHILD_CASE(misuse_python_without_state) {
+  pyattach::interpreter py;
+  on_new_thread([&] {
+    const int made = __LINE__; { pyattach::attach_scope s; }
+    CHILD_SITE("made", made);
+    CHILD_SITE("misused", __LINE__); const bool ok = pyattach::expect_attached();
+    CHILD_CHECK(!ok);
+    pyattach::attach_scope s;
+    CHILD_CHECK(pyattach::expect_attached());  // attached: no report
+  });
+  CHILD_CHECK(pyattach::misuse_count() == 1);
+  std::printf("done\n");
+  return child_exit_code();
+}
+
+// ---- the abort option, set from code --------------------------------------------------------
+
+CHILD_CASE(misuse_action_from_code) {
+  // args[0]: "abort" or "report"; the API wins over PYATTACH_ON_MISUSE in either direction.
+  pyattach::set_misuse_action(!args.empty() && args[0] == "abort" ? pyattach::misuse_action::abort
+                                                                  : pyattach::misuse_action::report);
+  pyattach::interpreter py;
+  on_new_thread([] {
+    auto s = pyattach::try_attach();
+    s.release();
+    s.release();
+  });
+  std::printf("done\n");
+  return 0;
+}
+
 // ---- the tests ------------------------------------------------------------------------------
 
 USES_CHILD_CASE(misuse_double_release);
@@ -320,6 +553,13 @@ USES_CHILD_CASE(misuse_out_of_order);
 USES_CHILD_CASE(misuse_detach_without_attach);
 USES_CHILD_CASE(misuse_release_while_attached);
 USES_CHILD_CASE(misuse_custom_handler);
+USES_CHILD_CASE(misuse_other_interpreter);
+USES_CHILD_CASE(misuse_other_interpreter_nested);
+USES_CHILD_CASE(misuse_scope_outlived_interpreter);
+USES_CHILD_CASE(misuse_detach_scope_outlived_interpreter);
+USES_CHILD_CASE(misuse_scopes_open_from_finalized_interpreter);
+USES_CHILD_CASE(misuse_python_without_state);
+USES_CHILD_CASE(misuse_action_from_code);
 
 namespace {
 
@@ -387,5 +627,48 @@ TEST(Misuse, CustomHandlerReceivesTheReportFields) {
   EXPECT_NE(r.out.find("done\n"), std::string::npos) << r.describe();
   // The custom handler printed nothing; only the one report after restoring the default did.
   EXPECT_EQ(count_occurrences(r.err, "pyattach: misuse:"), 1u) << r.describe();
+  EXPECT_NE(r.err.find("pyattach: misuse: double_release"), std::string::npos) << r.describe();
+}
+
+TEST(Misuse, AttachWhileAnotherInterpreterIsAttached) {
+  check_misuse_child(uses_misuse_other_interpreter, "other_interpreter");
+}
+
+TEST(Misuse, NestedAttachUnderASubInterpreter) {
+  if (!pyattach::detail::compat::current_state_is_per_thread) {
+    GTEST_SKIP() << "CPython < 3.12 keeps one global current state: not detectable (documented)";
+  }
+  check_misuse_child(uses_misuse_other_interpreter_nested, "other_interpreter");
+}
+
+TEST(Misuse, AttachScopeOutlivesTheInterpreter) {
+  check_misuse_child(uses_misuse_scope_outlived_interpreter, "scope_outlived_interpreter");
+}
+
+TEST(Misuse, DetachScopeOutlivesTheInterpreter) {
+  check_misuse_child(uses_misuse_detach_scope_outlived_interpreter, "scope_outlived_interpreter");
+}
+
+TEST(Misuse, AttachWhileScopesOfAFinalizedInterpreterAreOpen) {
+  check_misuse_child(uses_misuse_scopes_open_from_finalized_interpreter, "other_interpreter");
+}
+
+TEST(Misuse, PythonWithoutAnAttachedState) {
+  check_misuse_child(uses_misuse_python_without_state, "python_without_state");
+}
+
+TEST(Misuse, AbortOptionSetFromCodeOverridesTheEnvironment) {
+  child_options abort_opts;
+  abort_opts.args = {"abort"};
+  auto r = run_child(uses_misuse_action_from_code, abort_opts);
+  EXPECT_EQ(r.term_signal, SIGABRT) << r.describe();
+  EXPECT_NE(r.err.find("pyattach: misuse: double_release"), std::string::npos) << r.describe();
+
+  child_options report_opts;
+  report_opts.args = {"report"};
+  report_opts.env = {{"PYATTACH_ON_MISUSE", "abort"}};
+  r = run_child(uses_misuse_action_from_code, report_opts);
+  EXPECT_TRUE(r.exited_cleanly()) << r.describe();
+  EXPECT_NE(r.out.find("done\n"), std::string::npos) << r.describe();
   EXPECT_NE(r.err.find("pyattach: misuse: double_release"), std::string::npos) << r.describe();
 }

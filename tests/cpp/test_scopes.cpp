@@ -5,10 +5,24 @@
 
 #include <atomic>
 #include <thread>
+#include <type_traits>
 
 #include "helpers.hpp"
 
 using namespace testutil;
+
+// "Using a moved-from scope" cannot happen: scopes can be neither moved nor copied, so such code
+// does not compile (diagnostics.hpp explains why there is no misuse kind for it).
+static_assert(!std::is_move_constructible_v<pyattach::attach_scope> &&
+                  !std::is_move_assignable_v<pyattach::attach_scope> &&
+                  !std::is_copy_constructible_v<pyattach::attach_scope> &&
+                  !std::is_copy_assignable_v<pyattach::attach_scope>,
+              "attach_scope must be neither movable nor copyable");
+static_assert(!std::is_move_constructible_v<pyattach::detach_scope> &&
+                  !std::is_move_assignable_v<pyattach::detach_scope> &&
+                  !std::is_copy_constructible_v<pyattach::detach_scope> &&
+                  !std::is_copy_assignable_v<pyattach::detach_scope>,
+              "detach_scope must be neither movable nor copyable");
 
 TEST(Scopes, NestedScopesOnlyTheOutermostDetaches) {
   const std::size_t baseline = thread_states();

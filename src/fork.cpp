@@ -1,0 +1,84 @@
+// src/fork.cpp — keeping pyattach's records right across fork().
+#include "pyattach/fork.hpp"
+
+#include <pthread.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <mutex>
+
+#include "internal.hpp"
+
+namespace pyattach {
+namespace detail {
+
+namespace {
+// Run around every fork() in the process (pthread_atfork). The locks are taken in prepare so
+// that no other thread is inside a registry or gate transition at the moment of the fork; the
+// child's only thread (the forking one) then owns them and unlocks them.
+void before_fork() {
+  gate_transition_mutex().lock();
+  registry().mutex.lock();
+}
+
+void after_fork_in_parent() {
+  registry().mutex.unlock();
+  gate_transition_mutex().unlock();
+}
+
+void after_fork_in_child() {
+  // Only this thread exists now. Drop the other threads' slots: their threads are gone and
+  // their thread states are CPython's to delete (PyOS_AfterFork_Child) or forget; never touch
+  // them. Freeing our own slot memory is safe: glibc's fork keeps malloc usable in the child.
+  slot* const mine = tls_slot;
+  auto& slots = registry().slots;
+  for (slot* s : slots) {
+    if (s != mine) delete s;
+  }
+  slots.clear();
+  if (mine != nullptr) slots.push_back(mine);  // no allocation: capacity is kept
+
+  // The gate: only this thread's passes are still held. A closer that was waiting in another
+  // thread is gone: finish its transition (the interpreter is on its way out in the parent's
+  // view too).
+  const std::uint64_t w = g_gate.word.load();
+  const bool mine_live = mine != nullptr && (mine->gen == (w >> 2)) && (w & 3) != phase_unbound;
+  g_gate.inside.store(mine_live ? mine->passes.load() : 0);
+  if ((w & 3) == phase_closing) g_gate.word.store(gate_word(w >> 2, phase_closed));
+
+  registry().mutex.unlock();
+  gate_transition_mutex().unlock();
+}
+}  // namespace
+
+void install_fork_handlers() noexcept {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    if (pthread_atfork(before_fork, after_fork_in_parent, after_fork_in_child) != 0) {
+      std::fputs("pyattach: pthread_atfork failed; forking with attached threads is unsafe\n",
+                 stderr);
+    }
+  });
+}
+
+}  // namespace detail
+
+pid_t fork_process(source_site site) {
+  attach_scope py(site);  // PyOS_BeforeFork and friends need the GIL (as os.fork holds it)
+  // What os.fork() does (Modules/posixmodule.c, 3.9–3.13): take the import lock and the
+  // runtime's locks, fork, then re-create the GIL and delete the other threads' states in the
+  // child, or release the locks in the parent.
+  PyOS_BeforeFork();
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    PyOS_AfterFork_Child();
+  } else {
+    const int saved_errno = errno;
+    PyOS_AfterFork_Parent();
+    errno = saved_errno;
+  }
+  return pid;
+}
+
+}  // namespace pyattach
