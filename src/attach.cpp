@@ -91,12 +91,20 @@ bool destroy_owned_state(slot* s) noexcept {
   }
   // Through the gate like an attach (DESIGN.md: a clean-up that re-attached after finalization
   // was ended inside a destructor and the process aborted).
+  const compat::interpreter_view view = g_gate.view.load();  // 3.15+; after w, before the pass
   if (!take_pass(w)) {
+    forget_state(s);
+    return false;
+  }
+  compat::entry_guard guard(view);  // 3.15+: refused once CPython started finalizing
+  if (!guard) {
+    g_gate.inside.fetch_sub(1, std::memory_order_seq_cst);
     forget_state(s);
     return false;
   }
   // Third-party code may have left it attached (PyGILState_Ensure without Release).
   if (compat::current_state_unchecked() != s->tstate) PyEval_RestoreThread(s->tstate);
+  guard.close();  // before PyThreadState_Clear, which may run arbitrary __del__ code
   drop_dummy_thread_entry();
   PyThreadState_Clear(s->tstate);  // threading.local data, trace functions, frames: freed here
   // Deletes the current state, unregisters it from PyGILState and releases the GIL.
@@ -242,11 +250,19 @@ void scope_access::attach_slow(attach_scope& sc, const source_site& site) noexce
       sc.status_ = refusal_status(w);
       return;
     }
+    const compat::interpreter_view view = g_gate.view.load();  // 3.15+; after w
     if (!take_pass(w)) {
       sc.status_ = attach_status::finalizing;
       return;
     }
+    compat::entry_guard guard(view);  // 3.15+: refused once CPython started finalizing
+    if (!guard) {
+      g_gate.inside.fetch_sub(1, std::memory_order_seq_cst);
+      sc.status_ = attach_status::finalizing;
+      return;
+    }
     sc.level_ = static_cast<std::uint32_t>(PyGILState_Ensure());  // inside the gate: safe
+    guard.close();
     sc.owner_ = &g_transient_owner;
     sc.kind_ = attach_scope::kind_transient;
     sc.status_ = attach_status::attached;
@@ -326,7 +342,16 @@ void scope_access::attach_slow(attach_scope& sc, const source_site& site) noexce
       refuse_other_interpreter(sc, s, gs, site);
       return;
     }
+    const compat::interpreter_view view = g_gate.view.load();  // 3.15+; after w, before the pass
     if (!take_pass(w)) continue;  // the gate moved: decide again
+    // 3.15+: a PEP 788 guard across the attach only. Refused: CPython has started finalizing
+    // although the gate reads open (its hook did not close it): refuse, never retry.
+    compat::entry_guard guard(view);
+    if (!guard) {
+      g_gate.inside.fetch_sub(1, std::memory_order_seq_cst);
+      sc.status_ = attach_status::finalizing;
+      return;
+    }
     s->phase.store(slot_phase::waiting, std::memory_order_relaxed);
     if (gs != nullptr) {
       // PyGILState knows a state for this thread (ours, or pybind11's/another library's that
@@ -344,6 +369,7 @@ void scope_access::attach_slow(attach_scope& sc, const source_site& site) noexce
       s->tstate = PyGILState_GetThisThreadState();
       s->owned = true;
     }
+    guard.close();  // entry only: a thread that stays inside never delays shutdown
     s->gen = gen;
     s->phase.store(slot_phase::attached, std::memory_order_relaxed);
     s->scopes.store(s->scopes.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
@@ -396,8 +422,20 @@ void scope_access::undo_level(slot* s, std::uint32_t level, const end_context* e
                            : "its interpreter was finalized; the thread stays detached");
       return;
     }
+    // 3.15+, for a thread that holds a pass (pyattach's own attach around it): a PEP 788 guard
+    // across the re-attach; refused once CPython started finalizing -> stay detached, as for a
+    // closed gate. A Python-created thread (no pass) is re-attached as CPython does it: its
+    // caller is Python code that needs the GIL back. No-op before 3.15.
+    compat::entry_guard guard(gated ? g_gate.view.load() : compat::interpreter_view{});
+    if (gated && !guard) {
+      s->anomaly_mask |= lost_bit;
+      report_outlived("its interpreter started finalizing; the thread stays detached and must "
+                      "not call Python again");
+      return;
+    }
     s->phase.store(slot_phase::waiting, std::memory_order_relaxed);
     PyEval_RestoreThread(s->tstate);
+    guard.close();
     s->phase.store(slot_phase::attached, std::memory_order_relaxed);
   }
 }

@@ -203,13 +203,19 @@ inline void attach_scope::attach_fast(const source_site& site) noexcept {
       } else if ((w & 3) == detail::phase_open &&
                  (!detail::compat::current_state_is_per_thread || cur == nullptr)) {
         // (3.12+: another state current on this thread — a sub-interpreter's — goes slow.)
+        // 3.15+: the view of w's generation (read after w, confirmed with it below); no-op before.
+        const detail::compat::interpreter_view view = detail::g_gate.view.load();
         // Take a pass first, then confirm the gate is still open (see detail/slot.hpp).
         detail::g_gate.inside.fetch_add(1, std::memory_order_seq_cst);
-        if (PYATTACH_LIKELY(detail::g_gate.word.load(std::memory_order_seq_cst) == w)) {
+        // 3.15+: a PEP 788 guard across the attach only; refused once CPython has started
+        // finalizing (then attach_slow refuses too). Before 3.15: empty, always true.
+        detail::compat::entry_guard guard(view);
+        if (PYATTACH_LIKELY(detail::g_gate.word.load(std::memory_order_seq_cst) == w && guard)) {
           s->phase.store(detail::slot_phase::waiting, std::memory_order_relaxed);
           // The gate is open and we hold a pass, so the interpreter cannot start finalizing
           // before this returns (the closer waits for passes): no pthread_exit, no hang.
           PyEval_RestoreThread(s->tstate);
+          guard.close();  // entry only: a thread that stays inside never delays shutdown
           s->phase.store(detail::slot_phase::attached, std::memory_order_relaxed);
           s->scopes.store(s->scopes.load(std::memory_order_relaxed) + 1,
                           std::memory_order_relaxed);  // single writer: no RMW needed

@@ -2,10 +2,13 @@
 //
 // Everything in pyattach that behaves differently between CPython 3.9 and 3.15 goes through the
 // functions below; no other file tests PY_VERSION_HEX. Each function says which versions do what.
+// docs/versions.md gives the sources (CPython docs, headers, PRs) for every claim made here.
 // Not part of the public API.
 #pragma once
 
 #include <Python.h>
+
+#include <atomic>
 
 #if PY_VERSION_HEX < 0x03090000
 #error "pyattach supports CPython 3.9 and later"
@@ -17,6 +20,18 @@
 #error "pyattach has not been validated on free-threaded (Py_GIL_DISABLED) builds yet"
 #endif
 
+// PEP 788 (interpreter views and guards) is used from 3.15.0b2 on. It was merged into CPython's
+// main branch at the 3.15 beta freeze (python/cpython#149116, May 2026); 3.15 alphas do not have
+// it, and 3.15.0b1 is not verified to, so earlier 3.15 pre-releases take the 3.14 path (the gate
+// alone, which is still correct there). -DPYATTACH_PEP788=1 forces it on a build that has it.
+#ifndef PYATTACH_PEP788
+#if PY_VERSION_HEX >= 0x030F00B2
+#define PYATTACH_PEP788 1
+#else
+#define PYATTACH_PEP788 0
+#endif
+#endif
+
 namespace pyattach::detail::compat {
 
 // The thread state attached on *this* OS thread, or nullptr. Never fails, never needs the GIL.
@@ -26,16 +41,19 @@ namespace pyattach::detail::compat {
 // Callers therefore only ever compare the result with a state they know belongs to this thread.
 inline PyThreadState* current_state_unchecked() noexcept {
 #if PY_VERSION_HEX >= 0x030D0000
-  return PyThreadState_GetUnchecked();  // public since 3.13
+  return PyThreadState_GetUnchecked();  // public since 3.13; unchanged in 3.14 and 3.15
 #else
   return _PyThreadState_UncheckedGet();  // private but exported 3.5–3.12
 #endif
 }
 
 // True once Py_FinalizeEx has marked the runtime finalizing (after atexit callbacks ran).
+// 3.13–3.15: Py_IsFinalizing() (public since 3.13, same meaning in 3.14 and 3.15). On 3.15 an
+// earlier point exists that this does not show: after the atexit callbacks and before this flag,
+// CPython stops handing out interpreter guards; only a failing entry_guard (below) sees it.
 inline bool runtime_is_finalizing() noexcept {
 #if PY_VERSION_HEX >= 0x030D0000
-  return Py_IsFinalizing() != 0;  // public since 3.13
+  return Py_IsFinalizing() != 0;
 #else
   return _Py_IsFinalizing() != 0;
 #endif
@@ -65,20 +83,150 @@ constexpr bool threading_keeps_stale_dummy_threads = PY_VERSION_HEX < 0x030D0000
 // thread, which registers them everywhere: DESIGN.md invariant 2.)
 constexpr bool current_state_is_per_thread = PY_VERSION_HEX >= 0x030C0000;
 
-// What a native thread that attaches while the runtime finalizes gets from CPython itself:
-//   3.9–3.12 and 3.13.0: ended with pthread_exit (C++ frames are force-unwound)
-//   3.13.x later patches and 3.14: hung forever (PyThread_hang_thread)
-//   3.15: PEP 788 guards/views can refuse cleanly
+// What a native thread that takes the GIL (PyEval_RestoreThread, PyGILState_Ensure,
+// Py_END_ALLOW_THREADS) while the runtime finalizes gets from CPython itself:
+//   3.9–3.12, 3.13.0: ended with pthread_exit (C++ frames are force-unwound; measured here)
+//   3.13.x after 3.13.0: pthread_exit, or a hang in a patch release that carries the backport of
+//                        gh-87135 (python/cpython#137827); not measured here
+//   3.14+: hung forever (PyThread_hang_thread; python/cpython#105805)
+//   3.15+: the same for those calls; PEP 788 guards (entry_guard below) are refused instead
 // pyattach's gate exists so that no thread ever reaches that point; see docs/versions.md.
 constexpr const char* finalizing_attach_behaviour =
-#if PY_VERSION_HEX >= 0x030F0000
-    "refused by PEP 788 views (3.15+)";
+#if PYATTACH_PEP788
+    "thread hangs forever (3.14+); a PEP 788 guard is refused instead, and pyattach takes one "
+    "before every attach through its gate (3.15+)";
 #elif PY_VERSION_HEX >= 0x030E0000
-    "thread hangs forever (3.14)";
+    "thread hangs forever (3.14+)";
 #elif PY_VERSION_HEX > 0x030D00F0
-    "thread hangs forever (3.13.1+)";
+    "thread ended by pthread_exit, or hung if this 3.13 patch release has the gh-87135 backport";
 #else
     "thread ended by pthread_exit (3.9-3.13.0)";
+#endif
+
+// ---- PEP 788: interpreter views and entry guards (3.15+; empty no-ops before) -----------------
+//
+// CPython 3.15 (PEP 788, "Protecting the C API from Interpreter Finalization"):
+//   PyInterpreterView_FromMain()      a view of the main interpreter; no attached state needed;
+//                                     NULL only when out of memory
+//   PyInterpreterGuard_FromView(view) a guard: finalization cannot start while one is held; NULL
+//                                     (no exception) once finalization has started, if the
+//                                     interpreter is gone, or out of memory; no attached state
+//                                     needed
+//   PyInterpreterGuard_Close(guard)   cannot fail; no attached state needed
+//   PyInterpreterView_Close(view)     cannot fail; no attached state needed
+// A guard that is never closed makes Py_FinalizeEx wait forever. pyattach therefore holds a guard
+// only *across the attach itself* (an entry guard) and closes it as soon as the thread is attached:
+// a thread that then stays inside never delays shutdown (PEP 788 shows the same pattern in its
+// "daemon thread" example). Threads still inside when the gate's bounded drain expires remain the
+// gate's documented limit. Intended use (gate bind, then every outermost entry through the gate):
+//
+//   bind (any thread, GIL not needed):   g_gate.view.exchange(compat::open_main_view());
+//   entry:  const compat::interpreter_view v = g_gate.view.load();   // after reading the word
+//           take a pass; confirm the word;
+//           compat::entry_guard guard(v);
+//           if (!guard) { return the pass; refuse as finalizing; }
+//           PyEval_RestoreThread(ts);   // or PyGILState_Ensure()
+//           guard.close();
+//
+// Before 3.15 every type below is empty, entry_guard converts to a constexpr `true` and every
+// function is an inline no-op: the code above compiles to exactly the 3.9–3.14 gate.
+
+constexpr bool has_interpreter_guards = PYATTACH_PEP788 != 0;
+
+// A view of the main interpreter: a plain, trivially copyable handle. Before 3.15: empty.
+struct interpreter_view {
+#if PYATTACH_PEP788
+  PyInterpreterView* handle = nullptr;
+  bool valid() const noexcept { return handle != nullptr; }
+#else
+  constexpr bool valid() const noexcept { return true; }
+#endif
+};
+
+// 3.15+: a new view of the main interpreter (invalid only when out of memory). Needs no GIL and
+// no attached thread state. Before 3.15: an empty, valid view.
+inline interpreter_view open_main_view() noexcept {
+#if PYATTACH_PEP788
+  return interpreter_view{PyInterpreterView_FromMain()};
+#else
+  return interpreter_view{};
+#endif
+}
+
+// 3.15+: closes (frees) the view. Only when no thread can still read it: an entry_guard made
+// from a closed view is a use after free. pyattach's gate never closes its views (one small
+// allocation per interpreter generation), because a thread the closer gave up on may still
+// hold one. Before 3.15: no-op.
+inline void close_view(interpreter_view& view) noexcept {
+#if PYATTACH_PEP788
+  if (view.handle != nullptr) PyInterpreterView_Close(view.handle);
+  view.handle = nullptr;
+#else
+  (void)view;
+#endif
+}
+
+// Where the gate keeps the current generation's view: written under the gate's transition mutex
+// before the generation is published (release), read lock-free by attaching threads (acquire).
+// Constant-initialized. Before 3.15: empty; load() is a constexpr empty view.
+class view_cell {
+ public:
+#if PYATTACH_PEP788
+  interpreter_view load() const noexcept {
+    return interpreter_view{handle_.load(std::memory_order_acquire)};
+  }
+  // Publishes `view`; returns the previous one (which the caller may leak or retire).
+  interpreter_view exchange(interpreter_view view) noexcept {
+    return interpreter_view{handle_.exchange(view.handle, std::memory_order_acq_rel)};
+  }
+
+ private:
+  std::atomic<PyInterpreterView*> handle_{nullptr};
+#else
+  constexpr interpreter_view load() const noexcept { return interpreter_view{}; }
+  interpreter_view exchange(interpreter_view) noexcept { return interpreter_view{}; }
+#endif
+};
+
+// An entry guard: taken just before a thread takes the GIL through the gate, closed right after
+// it is attached (or by the destructor). False if CPython refused the guard: the interpreter has
+// started finalizing (or is gone, or memory ran out), so the attach must be refused — taking the
+// GIL now would hang the thread. An invalid view also yields false (fail closed).
+// Needs no GIL and no attached thread state. Not copyable, not movable.
+// Before 3.15: empty, always true, close() does nothing.
+#if PYATTACH_PEP788
+class entry_guard {
+ public:
+  explicit entry_guard(interpreter_view view) noexcept
+      : guard_(view.handle != nullptr ? PyInterpreterGuard_FromView(view.handle) : nullptr) {}
+  ~entry_guard() { close(); }
+  entry_guard(const entry_guard&) = delete;
+  entry_guard& operator=(const entry_guard&) = delete;
+  entry_guard(entry_guard&&) = delete;
+  entry_guard& operator=(entry_guard&&) = delete;
+
+  explicit operator bool() const noexcept { return guard_ != nullptr; }
+  // Lets the interpreter finalize again (if no other guard remains). Idempotent.
+  void close() noexcept {
+    if (guard_ != nullptr) PyInterpreterGuard_Close(guard_);
+    guard_ = nullptr;
+  }
+
+ private:
+  PyInterpreterGuard* guard_;
+};
+#else
+class entry_guard {
+ public:
+  constexpr explicit entry_guard(interpreter_view) noexcept {}
+  entry_guard(const entry_guard&) = delete;
+  entry_guard& operator=(const entry_guard&) = delete;
+  entry_guard(entry_guard&&) = delete;
+  entry_guard& operator=(entry_guard&&) = delete;
+
+  constexpr explicit operator bool() const noexcept { return true; }
+  constexpr void close() noexcept {}
+};
 #endif
 
 }  // namespace pyattach::detail::compat

@@ -44,6 +44,9 @@ enum : std::uint64_t { phase_unbound = 0, phase_open = 1, phase_closing = 2, pha
 struct gate_state {
   std::atomic<std::uint64_t> word{0};
   std::atomic<std::int64_t> inside{0};
+  // 3.15+: the main interpreter's PEP 788 view for the bound generation, stored before `word`
+  // publishes the generation; empty (no code, no load) before 3.15. See compat::entry_guard.
+  compat::view_cell view;
 };
 extern gate_state g_gate;
 
