@@ -12,9 +12,38 @@
 #include <string>
 #include <thread>
 
+// ---- which sanitizer this test binary was built with (scripts/test.sh's sanitizer legs) ----
+#if defined(__SANITIZE_THREAD__)
+#define PYATTACH_TEST_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define PYATTACH_TEST_TSAN 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__)
+#define PYATTACH_TEST_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define PYATTACH_TEST_ASAN 1
+#endif
+#endif
+
 namespace testutil {
 
 using namespace std::chrono_literals;
+
+#ifdef PYATTACH_TEST_TSAN
+inline constexpr bool k_tsan = true;
+#else
+inline constexpr bool k_tsan = false;
+#endif
+#ifdef PYATTACH_TEST_ASAN
+inline constexpr bool k_asan = true;
+#else
+inline constexpr bool k_asan = false;
+#endif
+// Under either, every child starts and runs several times slower and memory figures are not ours.
+inline constexpr bool k_sanitized = k_tsan || k_asan;
 
 // ---- Python (PRECONDITION for all: the calling thread is attached) ----
 PyObject* new_globals();                                   // a fresh dict with __builtins__
