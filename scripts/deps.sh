@@ -10,6 +10,7 @@ packages=(
   libboost-dev                   # Boost.Asio thread pools (the seed's scenarios)
   libgtest-dev libgmock-dev      # GoogleTest
   pybind11-dev                   # interop tests with pybind11's GIL guards
+  libbenchmark-dev python3-matplotlib valgrind  # scripts/bench.sh: Google Benchmark, chart, callgrind
 )
 
 missing=()

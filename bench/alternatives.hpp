@@ -1,0 +1,220 @@
+// bench/alternatives.hpp — every way a native thread can get to run Python, behind one shape, so
+// that bench/attach_alternatives.cpp can run the same workload over each of them in one binary.
+//
+// Why these: they are what programs that call Python from C++ threads actually write
+//   gilstate_per_call   PyGILState_Ensure/Release around each call: the usual code. The outermost
+//                       Ensure creates a thread state and the matching Release destroys it.
+//   gilstate_pinned     the usual fix: one outer Ensure for the thread's life (its state is never
+//                       destroyed), the GIL released between calls, inner Ensure/Release pairs.
+//   floor               the least any correct attach can do: a persistent PyThreadState made once,
+//                       PyEval_RestoreThread/PyEval_SaveThread around each call. Every ratio in
+//                       docs/benchmarks.md is against this one, measured in the same run.
+//   pybind11_per_call   pybind11's gil_scoped_acquire per call (creates/destroys a state each time).
+//   pybind11_inc_ref    the same guard with the state pinned by one inc_ref() at thread start.
+//   pyattach            pyattach::attach_scope per call (the state persists, made on first use).
+//   pyattach_nested     an inner attach_scope per call inside an outer one held for the whole
+//                       batch: what a library function pays when its caller already attached.
+//   pyattach_detach     inside an attach_scope, a detach_scope per call (GIL released, state
+//                       kept, re-attached at its end), then the body attached.
+//   body_only           reference, not an alternative: the body alone, attached throughout (for
+//                       the empty body this is the cost of the measuring loop itself).
+//
+// Shape of an alternative (all run on one native std::thread, in this order):
+//   thread_begin()      once per thread; returns detached (GIL not held)
+//   batch_begin()       before a batch of iterations (warm-up, or the measured loop); the nested
+//                       and detach alternatives open their outer scope here, body_only attaches
+//   iteration(body)     one attach + body + detach, the unit every figure is per
+//   batch_end()         undoes batch_begin; returns detached
+//   thread_end()        once; destroys what thread_begin made (pyattach's state goes at thread exit)
+// keeps_state says whether the alternative claims one persistent thread state for the thread:
+// the harness then fails the benchmark (SkipWithError) if a threading.local value did not persist
+// or if a thread state was created after warm-up.
+#pragma once
+
+#include <pyattach/pyattach.hpp>
+
+#include <benchmark/benchmark.h>
+#include <pybind11/pybind11.h>
+
+#include <optional>
+
+namespace bench {
+
+struct gilstate_per_call {
+  static constexpr const char* name = "gilstate_per_call";
+  static constexpr bool keeps_state = false;
+  void thread_begin() {}
+  void batch_begin() {}
+  template <class Body>
+  void iteration(Body& body) {
+    // No state on this thread: Ensure creates one and attaches it (the gate-less raw API; the
+    // interpreter is alive for the whole benchmark, so it cannot be finalizing here).
+    const PyGILState_STATE g = PyGILState_Ensure();
+    body();
+    PyGILState_Release(g);  // the outermost Release: clears and deletes the state, drops the GIL
+  }
+  void batch_end() {}
+  void thread_end() {}
+};
+
+struct gilstate_pinned {
+  static constexpr const char* name = "gilstate_pinned";
+  static constexpr bool keeps_state = true;
+  void thread_begin() {
+    outer_ = PyGILState_Ensure();  // creates this thread's state; its count stays >= 1 until end
+    saved_ = PyEval_SaveThread();  // let go of the GIL between calls (else every thread stalls)
+  }
+  void batch_begin() {}
+  template <class Body>
+  void iteration(Body& body) {
+    // The pinned state is found (PyGILState's TSS) and re-attached: PyEval_RestoreThread inside.
+    const PyGILState_STATE g = PyGILState_Ensure();
+    body();
+    PyGILState_Release(g);  // count back to 1: not destroyed, the GIL is released
+  }
+  void batch_end() {}
+  void thread_end() {
+    PyEval_RestoreThread(saved_);  // Release must run attached, on the thread that made it
+    PyGILState_Release(outer_);    // count 0: the state is cleared and deleted here
+  }
+
+ private:
+  PyGILState_STATE outer_{};
+  PyThreadState* saved_ = nullptr;
+};
+
+struct floor_state {
+  static constexpr const char* name = "floor";
+  static constexpr bool keeps_state = true;
+  void thread_begin() {
+    // Made on the thread that uses it: PyGILState registers a thread's first PyThreadState_New
+    // state with its creating thread (every version), so nothing else makes a second one; the
+    // GIL is not needed to create a state.
+    ts_ = PyThreadState_New(PyInterpreterState_Main());
+  }
+  void batch_begin() {}
+  template <class Body>
+  void iteration(Body& body) {
+    PyEval_RestoreThread(ts_);  // takes the GIL; the interpreter outlives the benchmark
+    body();
+    PyEval_SaveThread();        // drops the GIL, keeps ts_
+  }
+  void batch_end() {}
+  void thread_end() {
+    PyEval_RestoreThread(ts_);
+    PyThreadState_Clear(ts_);       // attached: threading.local data is freed under the GIL
+    PyThreadState_DeleteCurrent();  // deletes ts_ and releases the GIL
+  }
+
+ private:
+  PyThreadState* ts_ = nullptr;
+};
+
+struct pybind11_per_call {
+  static constexpr const char* name = "pybind11_per_call";
+  static constexpr bool keeps_state = false;
+  void thread_begin() {}
+  void batch_begin() {}
+  template <class Body>
+  void iteration(Body& body) {
+    // No state known to pybind11 or PyGILState: PyThreadState_New + attach; the destructor's
+    // count reaches 0 and deletes it. (pybind11's internals were made on the main thread.)
+    pybind11::gil_scoped_acquire gil;
+    body();
+  }
+  void batch_end() {}
+  void thread_end() {}
+};
+
+struct pybind11_inc_ref {
+  static constexpr const char* name = "pybind11_inc_ref";
+  static constexpr bool keeps_state = true;
+  void thread_begin() {
+    pybind11::gil_scoped_acquire pin;
+    pin.inc_ref();  // count 2; the destructor leaves 1: the state survives, the GIL is released
+  }
+  void batch_begin() {}
+  template <class Body>
+  void iteration(Body& body) {
+    pybind11::gil_scoped_acquire gil;  // finds the pinned state in pybind11's TLS, re-attaches
+    body();
+  }
+  void batch_end() {}
+  void thread_end() {
+    pybind11::gil_scoped_acquire gil;
+    gil.dec_ref();  // count 1 -> the destructor's dec_ref reaches 0: cleared and deleted
+  }
+};
+
+struct pyattach_scope {
+  static constexpr const char* name = "pyattach";
+  static constexpr bool keeps_state = true;
+  void thread_begin() {}  // the first attach (in the warm-up) makes the state
+  void batch_begin() {}
+  template <class Body>
+  void iteration(Body& body) {
+    pyattach::attach_scope py;  // throws attach_error if refused; never here (gate open)
+    body();
+  }
+  void batch_end() {}
+  void thread_end() {}  // the state is destroyed on this thread when it exits
+};
+
+struct pyattach_nested {
+  static constexpr const char* name = "pyattach_nested";
+  static constexpr bool keeps_state = true;
+  void thread_begin() {}
+  void batch_begin() { outer_.emplace(pyattach::source_site::current()); }
+  template <class Body>
+  void iteration(Body& body) {
+    pyattach::attach_scope inner;  // already attached by outer_: counts a level, no CPython call
+    body();
+  }
+  void batch_end() { outer_.reset(); }
+  void thread_end() {}
+
+ private:
+  std::optional<pyattach::attach_scope> outer_;
+};
+
+struct pyattach_detach {
+  static constexpr const char* name = "pyattach_detach";
+  static constexpr bool keeps_state = true;
+  void thread_begin() {}
+  void batch_begin() { outer_.emplace(pyattach::source_site::current()); }
+  template <class Body>
+  void iteration(Body& body) {
+    {
+      pyattach::detach_scope blocking;  // GIL released, state kept (PyEval_SaveThread)
+      benchmark::ClobberMemory();       // where blocking C++ work would go
+    }                                   // re-attached here (PyEval_RestoreThread)
+    body();
+  }
+  void batch_end() { outer_.reset(); }
+  void thread_end() {}
+
+ private:
+  std::optional<pyattach::attach_scope> outer_;
+};
+
+struct body_only {
+  static constexpr const char* name = "body_only";
+  static constexpr bool keeps_state = true;
+  void thread_begin() { ts_ = PyThreadState_New(PyInterpreterState_Main()); }  // as floor
+  void batch_begin() { PyEval_RestoreThread(ts_); }  // attached for the whole batch
+  template <class Body>
+  void iteration(Body& body) {
+    body();
+  }
+  void batch_end() { PyEval_SaveThread(); }
+  void thread_end() {
+    PyEval_RestoreThread(ts_);
+    PyThreadState_Clear(ts_);
+    PyThreadState_DeleteCurrent();
+  }
+
+ private:
+  PyThreadState* ts_ = nullptr;
+};
+
+}  // namespace bench

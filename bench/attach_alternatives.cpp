@@ -1,0 +1,504 @@
+// bench/attach_alternatives.cpp — pyattach against every other way a native thread runs Python,
+// the same workloads over each, in one binary (pyattach_bench).
+//
+// What it compares and why
+//   The alternatives (alternatives.hpp: per-call PyGILState, pinned PyGILState, the floor,
+//   pybind11 per call and with inc_ref(), pyattach's scope, nested scope and detach scope) times
+//   the workloads (workloads.hpp: empty body, one Python call, a threading.local read+write).
+//   Users switch for speed and for state that persists; both are measured here, on the same
+//   machine, in the same run, so every ratio is against the floor measured next to it.
+//   Per iteration each run also counts the thread states CPython created after warm-up, and the
+//   threading.local workload checks that the value set on the previous iteration is still there.
+//
+// How a measurement runs (why not on Google Benchmark's own thread)
+//   Google Benchmark calls each benchmark function on the main thread, which embeds CPython
+//   (pyattach::interpreter) and which PyGILState already knows. The cases users have are native
+//   threads that Python never saw, so every run gets a fresh std::thread: the benchmark function
+//   starts it and hands it the benchmark::State; the thread sets its alternative up, warms up,
+//   waits while the main thread reads CPython's thread-state id counter, then runs the State loop
+//   itself (Google Benchmark's timer reads real time and the calling thread's CPU clock, so both
+//   belong to the native thread), tears down and exits; the main thread joins it and reads the
+//   counter again. A fresh thread per run means no alternative inherits another's thread state
+//   (a pinned or pyattach state would turn the next per-call PyGILState run into a counter
+//   increment). Thread start, warm-up and join are outside the timed loop.
+//
+// Modes
+//   pyattach_bench [Google Benchmark flags]     wall time: attach/<alternative>/<workload> and
+//                                               handoff/<alternative>, with min and max aggregates
+//   pyattach_bench --callgrind N [LABEL...]     N iterations of each attach/<alt>/<workload>
+//                                               (default: every alternative on empty and call),
+//                                               instrumented only around the loop: run under
+//                                               valgrind --tool=callgrind --instr-atstart=no; one
+//                                               dump per label (CALLGRIND_DUMP_STATS_AT)
+//   pyattach_bench --smoke                      CI: every benchmark for a few iterations and the
+//                                               counted mode for 10; exits 1 if any run failed
+//                                               (never on timings)
+#include <valgrind/callgrind.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+#include "alternatives.hpp"
+#include "workloads.hpp"
+
+#ifndef PYATTACH_BENCH_BUILD_TYPE
+#define PYATTACH_BENCH_BUILD_TYPE "unknown"
+#endif
+#ifndef PYATTACH_BENCH_PYTHON
+#define PYATTACH_BENCH_PYTHON "unknown"
+#endif
+
+namespace bench {
+namespace {
+
+struct options {
+  bool smoke = false;
+  bool counted = false;            // --callgrind
+  std::uint64_t counted_iterations = 20000;
+  std::vector<std::string> labels;  // --callgrind's selection; empty: the default set
+  int warmup = 200;                 // iterations (or hand-off rounds) before measuring
+};
+
+options g_options;
+python_objects g_py;
+std::atomic<bool> g_failed{false};  // some run reported an error: exit status 1
+
+// A one-shot signal between two threads.
+class handshake {
+ public:
+  void signal() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      done_ = true;
+    }
+    cv_.notify_all();
+  }
+  void wait() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    cv_.wait(lock, [&] { return done_; });
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  bool done_ = false;
+};
+
+// The id CPython gives the next thread state, read by making one. PyThreadState_GetID (3.9+)
+// returns the interpreter's creation counter, so the difference of two probes counts every state
+// created in between, even when malloc hands a new state the address of a deleted one.
+// Runs on the main thread, whose own state (made by Py_Initialize) PyGILState knows: Ensure only
+// re-attaches it, and the probe state is not registered as the thread's (it already has one).
+std::uint64_t probe_state_id() {
+  const PyGILState_STATE g = PyGILState_Ensure();
+  PyThreadState* probe = PyThreadState_New(PyInterpreterState_Main());
+  const std::uint64_t id = PyThreadState_GetID(probe);
+  PyThreadState_Clear(probe);   // never attached, nothing to free but itself; GIL held
+  PyThreadState_Delete(probe);  // not current: Delete, not DeleteCurrent
+  PyGILState_Release(g);
+  return id;
+}
+
+void fail(const std::string& what) {
+  g_failed.store(true);
+  std::fprintf(stderr, "pyattach_bench: %s\n", what.c_str());
+}
+
+// What one run on a native thread observed.
+struct run_outcome {
+  std::string error;               // empty: the run is valid
+  std::uint64_t states_created = 0;  // thread states created after warm-up, any thread
+  double kept = -1;                // local workload: share of iterations that found the value
+};
+
+// Checks a keeps_state alternative's claims; returns the error text or "".
+template <class Alt>
+std::string check_claims(const run_outcome& out, std::uint64_t lost) {
+  if (!Alt::keeps_state) return {};
+  if (lost > 0) {
+    return std::string(Alt::name) + ": threading.local value lost in " + std::to_string(lost) +
+           " iterations, but this alternative keeps one thread state";
+  }
+  if (out.states_created > 0) {
+    return std::string(Alt::name) + ": " + std::to_string(out.states_created) +
+           " thread states created after warm-up, but this alternative keeps one";
+  }
+  return {};
+}
+
+// Runs `measured(alt, body)` on a fresh native thread, after thread_begin, a warm-up batch and
+// the thread-state probe (see the header comment for why), and returns what it observed.
+template <class Alt, class Workload, class Measured>
+run_outcome run_on_native_thread(Measured&& measured) {
+  run_outcome out;
+  std::uint64_t lost = 0;
+  handshake warm;
+  handshake go;
+  std::thread worker([&] {
+    try {
+      Alt alt;
+      Workload body(g_py);
+      alt.thread_begin();
+      alt.batch_begin();
+      for (int i = 0; i < g_options.warmup; ++i) alt.iteration(body);
+      alt.batch_end();
+      body.reset_counts();
+      warm.signal();  // detached now: the main thread can take the GIL for its probe
+      go.wait();
+      alt.batch_begin();
+      measured(alt, body);
+      alt.batch_end();
+      alt.thread_end();
+      out.error = body.failure();
+      out.kept = body.kept_fraction();
+      if constexpr (std::is_same_v<Workload, local_body>) lost = body.lost();
+    } catch (const std::exception& e) {
+      out.error = std::string(Alt::name) + ": " + e.what();
+      warm.signal();
+    }
+  });
+  warm.wait();
+  const std::uint64_t before = probe_state_id();
+  go.signal();
+  worker.join();
+  out.states_created = probe_state_id() - before - 1;
+  if (out.error.empty()) out.error = check_claims<Alt>(out, lost);
+  return out;
+}
+
+template <class T>
+struct tag {
+  using type = T;
+};
+template <class... T>
+struct type_list {};
+template <class... T, class F>
+void for_each(type_list<T...>, F&& f) {
+  (f(tag<T>{}), ...);
+}
+
+using all_alternatives =
+    type_list<gilstate_per_call, gilstate_pinned, floor_state, pybind11_per_call,
+              pybind11_inc_ref, pyattach_scope, pyattach_nested, pyattach_detach, body_only>;
+using all_workloads = type_list<empty_body, call_body, local_body>;
+using counted_workloads = type_list<empty_body, call_body>;  // the callgrind default
+// The hand-off runs attach per call on two threads; nested, detach and body_only hold the GIL
+// across calls by design, and the pinned/pybind11 variants add nothing the floor does not show.
+using handoff_alternatives = type_list<gilstate_per_call, floor_state, pyattach_scope>;
+
+template <class Alt, class Workload>
+std::string label_of() {
+  return std::string("attach/") + Alt::name + "/" + Workload::name;
+}
+
+// ---- wall time -------------------------------------------------------------------------------
+
+template <class Alt, class Workload>
+void bm_attach(benchmark::State& state) {
+  const run_outcome out = run_on_native_thread<Alt, Workload>([&](Alt& alt, Workload& body) {
+    for (auto _ : state) alt.iteration(body);
+  });
+  state.counters["states_per_iter"] =
+      benchmark::Counter(static_cast<double>(out.states_created),
+                         benchmark::Counter::kAvgIterations);
+  if (out.kept >= 0) state.counters["kept"] = out.kept;
+  if (!out.error.empty()) {
+    fail(label_of<Alt, Workload>() + ": " + out.error);
+    state.SkipWithError(out.error.c_str());
+  }
+}
+
+// Two native threads take turns: each waits (detached) for its turn, attaches, calls Python,
+// passes the turn while still attached and then detaches, so the other thread's attach usually
+// waits for this thread's GIL release: the GIL changes hands twice per iteration. The State
+// loop runs on thread A (one iteration = one round: A's call, then B's).
+template <class Alt>
+void bm_handoff(benchmark::State& state) {
+  std::atomic<int> turn{0};  // 0: A's turn, 1: B's
+  std::atomic<bool> stop{false};
+  std::atomic<bool> broken{false};  // a thread failed: the other stops waiting
+  std::string error_a, error_b;
+  handshake warm, go;
+  auto wait_turn = [&](int me) {
+    while (turn.load(std::memory_order_acquire) != me) {
+      if (broken.load(std::memory_order_relaxed) || (me == 1 && stop.load())) return false;
+      std::this_thread::yield();
+    }
+    return true;
+  };
+  std::thread partner([&] {
+    try {
+      Alt alt;
+      call_body body(g_py);
+      alt.thread_begin();
+      auto play = [&] {
+        body();
+        turn.store(0, std::memory_order_release);
+      };
+      while (wait_turn(1)) alt.iteration(play);
+      alt.thread_end();
+      error_b = body.failure();
+    } catch (const std::exception& e) {
+      error_b = e.what();
+      broken.store(true);
+    }
+  });
+  std::thread measured([&] {
+    bool started = false;
+    try {
+      Alt alt;
+      call_body body(g_py);
+      alt.thread_begin();
+      auto play = [&] {
+        body();
+        turn.store(1, std::memory_order_release);
+      };
+      for (int i = 0; i < g_options.warmup && wait_turn(0); ++i) alt.iteration(play);
+      wait_turn(0);  // B answered the last warm-up round: both threads are detached
+      warm.signal();
+      go.wait();
+      started = true;
+      for (auto _ : state) {
+        if (!wait_turn(0)) {
+          state.SkipWithError("hand-off partner failed");
+          break;
+        }
+        alt.iteration(play);
+      }
+      wait_turn(0);
+      stop.store(true);
+      alt.thread_end();
+      error_a = body.failure();
+    } catch (const std::exception& e) {
+      error_a = e.what();
+      broken.store(true);
+      stop.store(true);
+      if (!started) warm.signal();
+    }
+  });
+  warm.wait();
+  const std::uint64_t before = probe_state_id();
+  go.signal();
+  measured.join();
+  partner.join();
+  const std::uint64_t created = probe_state_id() - before - 1;
+  state.counters["states_per_iter"] =
+      benchmark::Counter(static_cast<double>(created), benchmark::Counter::kAvgIterations);
+  run_outcome out;
+  out.states_created = created;
+  std::string error = !error_a.empty() ? error_a : !error_b.empty() ? error_b
+                                                                     : check_claims<Alt>(out, 0);
+  if (!error.empty()) {
+    fail(std::string("handoff/") + Alt::name + ": " + error);
+    if (!state.error_occurred()) state.SkipWithError(error.c_str());
+  }
+}
+
+double min_of(const std::vector<double>& v) {
+  double m = v.empty() ? 0 : v[0];
+  for (double x : v) m = x < m ? x : m;
+  return m;
+}
+double max_of(const std::vector<double>& v) {
+  double m = v.empty() ? 0 : v[0];
+  for (double x : v) m = x > m ? x : m;
+  return m;
+}
+
+void configure(benchmark::internal::Benchmark* b) {
+  b->UseRealTime()->Unit(benchmark::kNanosecond);
+  b->ComputeStatistics("min", min_of)->ComputeStatistics("max", max_of);
+  if (g_options.smoke) b->Iterations(20);
+}
+
+void register_benchmarks() {
+  for_each(all_workloads{}, [](auto w) {
+    using W = typename decltype(w)::type;
+    for_each(all_alternatives{}, [](auto a) {
+      using A = typename decltype(a)::type;
+      configure(benchmark::RegisterBenchmark(label_of<A, W>().c_str(), bm_attach<A, W>));
+    });
+  });
+  for_each(handoff_alternatives{}, [](auto a) {
+    using A = typename decltype(a)::type;
+    configure(benchmark::RegisterBenchmark((std::string("handoff/") + A::name).c_str(),
+                                           bm_handoff<A>));
+  });
+}
+
+// ---- instruction counts (callgrind) ----------------------------------------------------------
+
+template <class Alt, class Workload>
+void run_counted(std::uint64_t n) {
+  const std::string label = label_of<Alt, Workload>();
+  const run_outcome out = run_on_native_thread<Alt, Workload>([&](Alt& alt, Workload& body) {
+    // Collect only around the loop: instrumentation on, counters zeroed, the loop, off, one dump
+    // named after the label. Nothing in here is divided out later: the loop's own increment and
+    // branch are part of every figure (body_only/empty shows how much that is).
+    CALLGRIND_START_INSTRUMENTATION;
+    CALLGRIND_ZERO_STATS;
+    for (std::uint64_t i = 0; i < n; ++i) alt.iteration(body);
+    CALLGRIND_STOP_INSTRUMENTATION;
+    CALLGRIND_DUMP_STATS_AT(label.c_str());
+  });
+  std::printf("counted\t%s\t%llu\t%llu\t%s\t%s\n", label.c_str(),
+              static_cast<unsigned long long>(n),
+              static_cast<unsigned long long>(out.states_created),
+              out.kept < 0 ? "-" : std::to_string(out.kept).c_str(),
+              out.error.empty() ? "ok" : out.error.c_str());
+  std::fflush(stdout);
+  if (!out.error.empty()) fail(label + ": " + out.error);
+}
+
+bool selected(const std::string& label) {
+  if (g_options.labels.empty()) return true;
+  for (const std::string& l : g_options.labels) {
+    if (l == label) return true;
+  }
+  return false;
+}
+
+void run_counted_all(std::uint64_t n) {
+  if (!RUNNING_ON_VALGRIND) {
+    std::fprintf(stderr, "pyattach_bench: not running under valgrind: loops run, nothing is "
+                         "counted (valgrind --tool=callgrind --instr-atstart=no ...)\n");
+  }
+  std::printf("counted\tlabel\titerations\tstates_created\tkept\tstatus\n");
+  const auto each = [n](auto workloads) {
+    for_each(workloads, [n](auto w) {
+      using W = typename decltype(w)::type;
+      for_each(all_alternatives{}, [n](auto a) {
+        using A = typename decltype(a)::type;
+        if (selected(label_of<A, W>())) run_counted<A, W>(n);
+      });
+    });
+  };
+  if (g_options.labels.empty()) {
+    each(counted_workloads{});
+  } else {
+    each(all_workloads{});
+  }
+}
+
+// ---- set-up ----------------------------------------------------------------------------------
+
+// PRECONDITION: attached (the main thread, inside PyGILState_Ensure).
+bool make_python_objects() {
+  g_py.globals = PyDict_New();
+  if (g_py.globals == nullptr ||
+      PyDict_SetItemString(g_py.globals, "__builtins__", PyEval_GetBuiltins()) != 0) {
+    return false;
+  }
+  PyObject* r = PyRun_String(
+      "import threading\n"
+      "def noop():\n"
+      "    return None\n"
+      "local = threading.local()\n"
+      "tokens = (object(), object())\n",
+      Py_file_input, g_py.globals, g_py.globals);
+  if (r == nullptr) {
+    PyErr_Print();
+    return false;
+  }
+  Py_DECREF(r);
+  // Borrowed from globals, which lives until the end: every benchmark thread is joined by then.
+  g_py.noop = PyDict_GetItemString(g_py.globals, "noop");
+  g_py.local = PyDict_GetItemString(g_py.globals, "local");
+  PyObject* tokens = PyDict_GetItemString(g_py.globals, "tokens");
+  g_py.attr = PyUnicode_InternFromString("value");
+  if (g_py.noop == nullptr || g_py.local == nullptr || tokens == nullptr || g_py.attr == nullptr) {
+    return false;
+  }
+  g_py.tokens[0] = PyTuple_GET_ITEM(tokens, 0);
+  g_py.tokens[1] = PyTuple_GET_ITEM(tokens, 1);
+  // pybind11's internals (its TLS key for thread states) are made once, attached, here: the
+  // benchmark threads then only look them up.
+  (void)pybind11::detail::get_internals();
+  return true;
+}
+
+// Removes this binary's own flags from argv (Google Benchmark rejects unknown ones).
+bool parse_options(int& argc, char** argv) {
+  int out = 1;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--smoke") {
+      g_options.smoke = true;
+      g_options.warmup = 5;
+    } else if (a == "--callgrind") {
+      if (i + 1 >= argc) return false;
+      g_options.counted = true;
+      g_options.counted_iterations = std::strtoull(argv[++i], nullptr, 10);
+      if (g_options.counted_iterations == 0) return false;
+      while (i + 1 < argc && std::strncmp(argv[i + 1], "attach/", 7) == 0) {
+        g_options.labels.emplace_back(argv[++i]);
+      }
+    } else if (a.rfind("--warmup=", 0) == 0) {
+      g_options.warmup = std::atoi(a.c_str() + 9);
+    } else {
+      argv[out++] = argv[i];
+    }
+  }
+  argc = out;
+  argv[argc] = nullptr;
+  return true;
+}
+
+}  // namespace
+}  // namespace bench
+
+int main(int argc, char** argv) {
+  using namespace bench;
+  if (!parse_options(argc, argv)) {
+    std::fprintf(stderr, "usage: pyattach_bench [--smoke] [--warmup=N] [--callgrind N [LABEL...]] "
+                         "[Google Benchmark flags]\n");
+    return 2;
+  }
+  pyattach::interpreter python;  // Py_Initialize; the main thread is detached from here on
+  {
+    const PyGILState_STATE g = PyGILState_Ensure();  // the main thread's own state: no new one
+    const bool ok = make_python_objects();
+    PyGILState_Release(g);
+    if (!ok) {
+      std::fprintf(stderr, "pyattach_bench: could not set up the Python objects\n");
+      return 1;
+    }
+  }
+
+  if (g_options.counted) {
+    run_counted_all(g_options.counted_iterations);
+  } else {
+    benchmark::Initialize(&argc, argv);
+    if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 2;
+    benchmark::AddCustomContext("python_version", Py_GetVersion());
+    benchmark::AddCustomContext("python_executable", PYATTACH_BENCH_PYTHON);
+    benchmark::AddCustomContext("pybind11_version",
+                                std::to_string(PYBIND11_VERSION_MAJOR) + "." +
+                                    std::to_string(PYBIND11_VERSION_MINOR) + "." +
+                                    std::to_string(PYBIND11_VERSION_PATCH));
+    benchmark::AddCustomContext("compiler", __VERSION__);
+    benchmark::AddCustomContext("build_type", PYATTACH_BENCH_BUILD_TYPE);
+    register_benchmarks();
+    benchmark::RunSpecifiedBenchmarks();
+    benchmark::Shutdown();
+    if (g_options.smoke) run_counted_all(10);
+  }
+
+  {
+    const PyGILState_STATE g = PyGILState_Ensure();
+    Py_CLEAR(g_py.attr);
+    Py_CLEAR(g_py.globals);
+    PyGILState_Release(g);
+  }
+  return g_failed.load() ? 1 : 0;
+}

@@ -1,0 +1,562 @@
+#!/usr/bin/python3
+"""bench/report.py — turns pyattach_bench's results into docs/benchmarks.md and its chart.
+
+What it compares and why: every figure is an alternative's cost next to the floor (a persistent
+PyThreadState with PyEval_RestoreThread/SaveThread) measured in the same run on the same CPython,
+because this machine is shared and wall times drift between runs; the targets (issue 4) are
+judged on callgrind's instruction counts, which do not drift.
+
+Input: one result directory per CPython ("leg"), as scripts/bench.sh leaves them:
+  leg, python            the leg's name and interpreter path (one line each)
+  wall.json              Google Benchmark JSON (repetitions with median/min/max aggregates)
+  counted.tsv            the counted mode's lines (thread states created, kept, status)
+  callgrind.out.N        one callgrind dump per label (desc: Trigger: Client Request: LABEL)
+  status                 "ok" or what failed
+Output: the Markdown report and a PNG (matplotlib, Debian's python3-matplotlib).
+
+Run with Debian's /usr/bin/python3 (the PATH python3 may lack matplotlib):
+  /usr/bin/python3 bench/report.py --out docs/benchmarks.md --chart docs/benchmarks.png DIR...
+"""
+
+import argparse
+import datetime
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+
+ALTERNATIVES = [
+    ("gilstate_per_call", "per-call `PyGILState_Ensure`/`Release`"),
+    ("gilstate_pinned", "pinned outer `PyGILState_Ensure` + inner pairs"),
+    ("floor", "**floor**: persistent `PyThreadState`, `PyEval_RestoreThread`/`SaveThread`"),
+    ("pybind11_per_call", "pybind11 `gil_scoped_acquire` per call"),
+    ("pybind11_inc_ref", "pybind11 `gil_scoped_acquire`, state pinned by `inc_ref()`"),
+    ("pyattach", "pyattach `attach_scope`"),
+    ("pyattach_nested", "pyattach nested `attach_scope` (inside an outer one)"),
+    ("pyattach_detach", "pyattach `detach_scope` inside an `attach_scope`"),
+    ("body_only", "reference: the body alone, attached throughout (no attach per iteration)"),
+]
+WORKLOADS = [
+    ("empty", "empty body"),
+    ("call", "one call of a Python function returning `None`"),
+    ("local", "read + set a `threading.local` attribute"),
+]
+COUNTED_WORKLOADS = ["empty", "call"]
+HANDOFF = ["gilstate_per_call", "floor", "pyattach"]
+# Which of them claim to keep the thread's state (and so its threading.local data).
+KEEPS_STATE = {a: a not in ("gilstate_per_call", "pybind11_per_call") for a, _ in ALTERNATIVES}
+# The pyattach lines worth annotating, and the floor to read them against.
+ANNOTATED = ["pyattach/empty", "pyattach_nested/empty", "pyattach_detach/empty", "floor/empty"]
+
+
+def read_text(path, default=""):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip()
+    except OSError:
+        return default
+
+
+# ---- Google Benchmark ----------------------------------------------------------------------------
+
+def load_wall(path):
+    """{(kind, alt, workload): {"median","min","max","states","kept","error","reps"}}"""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return {}, {}
+    out = {}
+    for b in data.get("benchmarks", []):
+        run = b.get("run_name", b["name"])
+        parts = run.split("/")
+        if parts[-1] == "real_time":
+            parts = parts[:-1]
+        if parts[0] == "attach" and len(parts) == 3:
+            key = ("attach", parts[1], parts[2])
+        elif parts[0] == "handoff" and len(parts) == 2:
+            key = ("handoff", parts[1], "call")
+        else:
+            continue
+        entry = out.setdefault(key, {"error": None, "reps": 0})
+        scale = {"ns": 1.0, "us": 1e3, "ms": 1e6, "s": 1e9}[b.get("time_unit", "ns")]
+        if b.get("error_occurred"):
+            entry["error"] = b.get("error_message", "error")
+            continue
+        if b.get("run_type") == "iteration":
+            entry["reps"] += 1
+        elif b.get("run_type") == "aggregate" and b.get("aggregate_name") in ("median", "min", "max"):
+            entry[b["aggregate_name"]] = b["real_time"] * scale
+            if b["aggregate_name"] == "median":
+                entry["states"] = b.get("states_per_iter")
+                entry["kept"] = b.get("kept")
+    return out, data.get("context", {})
+
+
+# ---- callgrind -----------------------------------------------------------------------------------
+
+def dump_label(path):
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.startswith("desc: Trigger: Client Request: "):
+                return line.split("Client Request: ", 1)[1].strip()
+            if line.startswith("fn="):
+                break
+    return None
+
+
+def annotate(path, *extra):
+    return subprocess.run(["callgrind_annotate", *extra, path], capture_output=True, text=True,
+                          check=False).stdout
+
+
+def program_total(text):
+    m = re.search(r"^\s*([\d,]+)\s+(?:\([^)]*\)\s+)?PROGRAM TOTALS", text, re.M)
+    return int(m.group(1).replace(",", "")) if m else None
+
+
+def load_counted(directory):
+    """{(alt, workload): {"iterations","states","kept","status","ir","ir_per_iter","dump"}}"""
+    out = {}
+    for line in read_text(os.path.join(directory, "counted.tsv")).splitlines():
+        f = line.split("\t")
+        if len(f) != 6 or f[0] != "counted" or f[1] == "label":
+            continue
+        _, alt, workload = f[1].split("/")
+        out[(alt, workload)] = {"iterations": int(f[2]), "states": int(f[3]), "kept": f[4],
+                                "status": f[5]}
+    for dump in glob.glob(os.path.join(directory, "callgrind.out.*")):
+        label = dump_label(dump)
+        if not label or not label.startswith("attach/"):
+            continue
+        _, alt, workload = label.split("/")
+        entry = out.setdefault((alt, workload), {"iterations": None, "states": None,
+                                                  "kept": "-", "status": "no counted line"})
+        entry["dump"] = dump
+        total = program_total(annotate(dump, "--threshold=100"))
+        entry["ir"] = total
+        if total is not None and entry.get("iterations"):
+            entry["ir_per_iter"] = total / entry["iterations"]
+    return out
+
+
+def attribution(dump):
+    """Self instructions by where the code lives: pyattach's, the harness's, CPython's, libc's."""
+    text = annotate(dump, "--threshold=100")
+    total = program_total(text) or 0
+    buckets = {"pyattach (include/, src/)": 0, "benchmark harness (bench/)": 0,
+               "CPython (libpython)": 0, "libc / libstdc++": 0, "other": 0}
+    started = False
+    for line in text.splitlines():
+        if "file:function" in line:
+            started = True
+            continue
+        if not started:
+            continue
+        if line.startswith("----") and buckets and sum(buckets.values()) > 0:
+            break
+        m = re.match(r"^\s*([\d,]+)\s+\([^)]*\)\s+(\S.*)$", line)
+        if not m:
+            continue
+        ir = int(m.group(1).replace(",", ""))
+        where = m.group(2)
+        file, _, rest = where.partition(":")
+        if re.search(r"(^|/)include/pyattach/|(^|/)src/\w+\.(cpp|hpp)$", file) or (
+                "/usr/include/c++" in file and
+                ("pyattach::" in rest or re.search(r"pyattach_(scope|nested|detach)", rest))):
+            # pyattach's own lines, and the std::atomic code inlined into them
+            buckets["pyattach (include/, src/)"] += ir
+        elif re.search(r"(^|/)bench/", file):
+            buckets["benchmark harness (bench/)"] += ir
+        elif "libpython" in where or re.search(r"(^|/)(Python|Include|Objects|Modules)/", file):
+            buckets["CPython (libpython)"] += ir
+        elif "libc" in where or "nptl" in file or "csu" in file or "/usr/include/c++" in file \
+                or "libstdc++" in where or "glibc" in file or "sysdeps" in file:
+            buckets["libc / libstdc++"] += ir
+        else:
+            buckets["other"] += ir
+    return total, buckets
+
+
+def annotated_lines(dump, source_suffixes):
+    """The costed lines of pyattach's sources from callgrind_annotate --auto=yes."""
+    text = annotate(dump, "--threshold=100", "--auto=yes", "--context=0")
+    out, current = [], None
+    for line in text.splitlines():
+        m = re.match(r"^-- Auto-annotated source: (.*)$", line)
+        if m:
+            current = m.group(1) if m.group(1).endswith(source_suffixes) else None
+            if current:
+                out.append(f"## {current.split('/work/main/')[-1]}")
+            continue
+        if current is None or line.startswith("-- line") or not line.strip():
+            continue
+        if re.match(r"^\s*\.\s", line) or line.startswith("----") or line.startswith("Ir"):
+            continue
+        if re.match(r"^\s*[\d,]+", line):
+            out.append(line.rstrip())
+    return out
+
+
+# ---- formatting ------------------------------------------------------------------------------------
+
+def ns(x):
+    if x is None:
+        return "—"
+    if x >= 100:
+        return f"{x:,.0f}"
+    if x >= 10:
+        return f"{x:.1f}"
+    return f"{x:.2f}"
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0:
+        return "—"
+    r = a / b
+    return f"{r:,.0f}×" if r >= 100 else f"{r:.2f}×"
+
+
+def met(ok):
+    return "**met**" if ok else "**missed**"
+
+
+def machine():
+    model, cores = "?", 0
+    for line in read_text("/proc/cpuinfo").splitlines():
+        if line.startswith("model name") and model == "?":
+            model = line.split(":", 1)[1].strip()
+        if line.startswith("processor"):
+            cores += 1
+    mem = "?"
+    for line in read_text("/proc/meminfo").splitlines():
+        if line.startswith("MemTotal"):
+            mem = f"{int(line.split()[1]) / 1048576:.1f} GiB"
+    return model, cores, os.uname().release, mem
+
+
+def tool_version(cmd):
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, check=False).stdout.strip() \
+            .splitlines()[0]
+    except (OSError, IndexError):
+        return "?"
+
+
+# ---- the report ------------------------------------------------------------------------------------
+
+def leg_report(leg):
+    """Markdown lines for one interpreter, and its target verdicts."""
+    wall, counted, ctx = leg["wall"], leg["counted"], leg["context"]
+    lines = []
+    version = ctx.get("python_version", "?").split(" ")[0]
+    lines.append(f"### {leg['name']}: CPython {version} (`{leg['python']}`)")
+    lines.append("")
+    if leg["status"] != "ok":
+        lines.append(f"Run status: **{leg['status']}**")
+        lines.append("")
+
+    # Instruction counts.
+    lines.append(f"Instructions per iteration (callgrind, {leg['iterations']:,} iterations after "
+                 "warm-up, collected only around the loop; nothing subtracted, so the loop's own "
+                 "increment and branch are in every figure: `body_only`/empty shows how much):")
+    lines.append("")
+    lines.append("| alternative | empty | × floor | call | × floor | thread states per iteration "
+                 "(empty / call) |")
+    lines.append("|---|---:|---:|---:|---:|---|")
+    floor = {w: counted.get(("floor", w), {}).get("ir_per_iter") for w in COUNTED_WORKLOADS}
+    for alt, text in ALTERNATIVES:
+        cells = []
+        states = []
+        for w in COUNTED_WORKLOADS:
+            c = counted.get((alt, w), {})
+            ir = c.get("ir_per_iter")
+            cells += [f"{ir:,.1f}" if ir is not None else "—",
+                      ratio(ir, floor[w]) if alt != "body_only" else ""]
+            st = c.get("states")
+            n = c.get("iterations")
+            states.append(f"{st / n:g}" if st is not None and n else "—")
+            if c.get("status", "ok") != "ok":
+                states[-1] += f" ({c['status']})"
+        lines.append(f"| {text} | " + " | ".join(cells) + " | " + " / ".join(states) + " |")
+    lines.append("")
+
+    # Wall time.
+    lines.append("Wall time per iteration, ns: median (min–max) over "
+                 f"{leg['repetitions']} repetitions; × floor = median ÷ the floor's median "
+                 "for the same workload in this run:")
+    lines.append("")
+    head = "| alternative |"
+    rule = "|---|"
+    for _, wtext in WORKLOADS:
+        head += f" {wtext} | × floor |"
+        rule += "---:|---:|"
+    head += " states / iter | `threading.local` kept |"
+    rule += "---:|---|"
+    lines.append(head)
+    lines.append(rule)
+    wfloor = {w: wall.get(("attach", "floor", w), {}).get("median") for w, _ in WORKLOADS}
+    for alt, text in ALTERNATIVES:
+        row = f"| {text} |"
+        states = []
+        for w, _ in WORKLOADS:
+            e = wall.get(("attach", alt, w), {})
+            if e.get("error"):
+                row += f" error: {e['error']} | |"
+            else:
+                row += (f" {ns(e.get('median'))} ({ns(e.get('min'))}–{ns(e.get('max'))}) | "
+                        f"{ratio(e.get('median'), wfloor[w]) if alt != 'body_only' else ''} |")
+            if e.get("states") is not None:
+                states.append(f"{e['states']:g}")
+        kept = wall.get(("attach", alt, "local"), {})
+        if kept.get("error"):
+            kept_text = "error"
+        elif kept.get("kept") is None:
+            kept_text = "—"
+        else:
+            kept_text = "yes" if kept["kept"] >= 1.0 else ("no" if kept["kept"] == 0 else
+                                                           f"partly ({kept['kept']:.0%})")
+        row += f" {'/'.join(sorted(set(states))) or '—'} | {kept_text} |"
+        lines.append(row)
+    lines.append("")
+
+    # Hand-off.
+    lines.append("GIL hand-off (two native threads take turns: attach, call, pass the turn, "
+                 "detach; one iteration = one round = two calls, two hand-offs), ns:")
+    lines.append("")
+    lines.append("| alternative | median (min–max) | × floor | thread states per round |")
+    lines.append("|---|---:|---:|---:|")
+    hfloor = wall.get(("handoff", "floor", "call"), {}).get("median")
+    for alt in HANDOFF:
+        e = wall.get(("handoff", alt, "call"), {})
+        text = dict(ALTERNATIVES)[alt]
+        if e.get("error"):
+            lines.append(f"| {text} | error: {e['error']} | | |")
+            continue
+        st = e.get("states")
+        lines.append(f"| {text} | {ns(e.get('median'))} ({ns(e.get('min'))}–{ns(e.get('max'))}) "
+                     f"| {ratio(e.get('median'), hfloor)} | {'—' if st is None else f'{st:g}'} |")
+    lines.append("")
+
+    # Targets.
+    def ir(alt, w):
+        return counted.get((alt, w), {}).get("ir_per_iter")
+
+    def wmed(alt, w):
+        return wall.get(("attach", alt, w), {}).get("median")
+
+    verdicts = []
+    p, f = ir("pyattach", "empty"), ir("floor", "empty")
+    if p and f:
+        verdicts.append(("attach+detach ≤ 1.05× the floor (instructions, empty body)",
+                         p / f <= 1.05, f"{p:,.1f} vs {f:,.1f}: {p / f:.3f}×; ≤ 1.05× allows "
+                         f"{1.05 * f:,.1f}, so {max(0.0, p - 1.05 * f):,.1f} over"))
+    n = ir("pyattach_nested", "empty")
+    if n:
+        verdicts.append(("nested attach when already attached ≤ 15 instructions", n <= 15,
+                         f"{n:,.1f} per nested pair (incl. the loop's "
+                         f"{ir('body_only', 'empty') or 0:,.1f})"))
+    pc, pa, pf = wmed("gilstate_per_call", "call"), wmed("pyattach", "call"), wmed("floor", "call")
+    if pc and pa:
+        floor_text = f"; the floor itself: {pc / pf:,.1f}×" if pf else ""
+        verdicts.append(("trivial call ≥ 300× faster than per-call PyGILState (wall)",
+                         pc / pa >= 300,
+                         f"{ns(pc)} ns vs {ns(pa)} ns: {pc / pa:,.1f}×{floor_text}"))
+    pci, pai, pfi = ir("gilstate_per_call", "call"), ir("pyattach", "call"), ir("floor", "call")
+    if pci and pai:
+        floor_text = f"; the floor itself: {pci / pfi:.2f}×" if pfi else ""
+        verdicts.append(("trivial call ≥ 2.5× fewer instructions than per-call PyGILState",
+                         pci / pai >= 2.5, f"{pci:,.1f} vs {pai:,.1f}: {pci / pai:.2f}×{floor_text}"))
+    states = []
+    for alt in ("pyattach", "pyattach_nested", "pyattach_detach"):
+        for w in COUNTED_WORKLOADS:
+            c = counted.get((alt, w), {})
+            if c.get("states") is not None:
+                states.append(c["states"])
+        for w, _ in WORKLOADS:
+            e = wall.get(("attach", alt, w), {})
+            if e.get("states") is not None:
+                states.append(e["states"])
+    h = wall.get(("handoff", "pyattach", "call"), {}).get("states")
+    if h is not None:
+        states.append(h)
+    if states:
+        verdicts.append(("zero thread states created per iteration after warm-up",
+                         all(s == 0 for s in states),
+                         f"{len(states)} pyattach runs, max {max(states):g} per iteration"))
+    lines.append("Targets:")
+    lines.append("")
+    lines.append("| target | verdict | figures |")
+    lines.append("|---|---|---|")
+    for name, ok, figures in verdicts:
+        lines.append(f"| {name} | {met(ok)} | {figures} |")
+    lines.append("")
+    return lines, verdicts
+
+
+def where_it_goes(leg, with_lines):
+    """Annotated evidence: where pyattach's instructions go on this leg (source lines: if asked)."""
+    lines = [f"#### {leg['name']}: callgrind_annotate on the pyattach rows (empty body)", ""]
+    lines.append("Self instructions per iteration by where the code lives "
+                 "(callgrind_annotate's file:function list, summed):")
+    lines.append("")
+    lines.append("| row | total | pyattach | harness | CPython | libc, libstdc++, other |")
+    lines.append("|---|---:|---:|---:|---:|---:|")
+    for label in ANNOTATED:
+        alt, w = label.split("/")
+        c = leg["counted"].get((alt, w), {})
+        if "dump" not in c or not c.get("iterations"):
+            continue
+        total, b = attribution(c["dump"])
+        n = c["iterations"]
+        lines.append(f"| {label} | {total / n:,.1f} | {b['pyattach (include/, src/)'] / n:,.1f} | "
+                     f"{b['benchmark harness (bench/)'] / n:,.1f} | "
+                     f"{b['CPython (libpython)'] / n:,.1f} | "
+                     f"{(b['libc / libstdc++'] + b['other']) / n:,.1f} |")
+    lines.append("")
+    for label in ANNOTATED[:3] if with_lines else []:
+        alt, w = label.split("/")
+        c = leg["counted"].get((alt, w), {})
+        if "dump" not in c:
+            continue
+        n = c["iterations"]
+        lines.append(f"<details><summary>{label}: pyattach's source lines, instructions for "
+                     f"{n:,} iterations (divide by {n:,})</summary>")
+        lines.append("")
+        lines.append("```")
+        lines += annotated_lines(c["dump"], ("attach.hpp", "slot.hpp", "compat.hpp",
+                                             "attach.cpp"))
+        lines.append("```")
+        lines.append("</details>")
+        lines.append("")
+    return lines
+
+
+def chart(legs, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    alts = [a for a, _ in ALTERNATIVES]
+    fig, axes = plt.subplots(3, 1, figsize=(13, 13))
+    width = 0.8 / max(1, len(legs))
+    panels = [
+        ("instructions per iteration, empty body (callgrind)",
+         lambda leg, a: leg["counted"].get((a, "empty"), {}).get("ir_per_iter"), False),
+        ("instructions per iteration, one Python call (callgrind)",
+         lambda leg, a: leg["counted"].get((a, "call"), {}).get("ir_per_iter"), False),
+        ("wall time per iteration, one Python call, ns (median; log scale)",
+         lambda leg, a: leg["wall"].get(("attach", a, "call"), {}).get("median"), True),
+    ]
+    for ax, (title, get, log) in zip(axes, panels):
+        for i, leg in enumerate(legs):
+            xs, ys = [], []
+            for j, a in enumerate(alts):
+                v = get(leg, a)
+                if v is not None:
+                    xs.append(j + (i - (len(legs) - 1) / 2) * width)
+                    ys.append(v)
+            version = leg["context"].get("python_version", "?").split(" ")[0]
+            ax.bar(xs, ys, width, label=f"{leg['name']} ({version})")
+        ax.set_title(title)
+        ax.set_xticks(range(len(alts)))
+        ax.set_xticklabels(alts, rotation=20, ha="right")
+        if log:
+            ax.set_yscale("log")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=8, ncol=3)
+    fig.suptitle("pyattach vs the alternatives: cost per attach + body + detach on a native thread")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--chart", required=True)
+    ap.add_argument("--command", default="bash scripts/bench.sh")
+    ap.add_argument("dirs", nargs="+")
+    args = ap.parse_args()
+
+    legs = []
+    for d in args.dirs:
+        wall, ctx = load_wall(os.path.join(d, "wall.json"))
+        counted = load_counted(d)
+        iterations = next((c["iterations"] for c in counted.values() if c.get("iterations")), 0)
+        reps = max((e.get("reps", 0) for e in wall.values()), default=0)
+        legs.append({"name": read_text(os.path.join(d, "leg"), os.path.basename(d)),
+                     "python": read_text(os.path.join(d, "python"), "?"),
+                     "status": read_text(os.path.join(d, "status"), "unknown"),
+                     "wall": wall, "counted": counted, "context": ctx,
+                     "iterations": iterations, "repetitions": reps})
+
+    model, cores, kernel, mem = machine()
+    ctx0 = next((leg["context"] for leg in legs if leg["context"]), {})
+    out = []
+    out.append("# Benchmarks: pyattach against the alternatives")
+    out.append("")
+    out.append(f"Generated by `{args.command}` (bench/report.py) on "
+               f"{datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}. "
+               "Do not edit by hand: rerun the command.")
+    out.append("")
+    out.append(f"- Machine: {model}, {cores} cores, {mem} RAM, Linux {kernel}; shared with other "
+               f"work while measuring (load average at the first leg's start: "
+               f"{', '.join(f'{x:.2f}' for x in ctx0.get('load_avg', [])) or '?'}), so wall "
+               "times are noisy: compare rows of one table (same run), and read the targets "
+               "from the instruction counts")
+    out.append(f"- Build: Release (-O3 -g), {ctx0.get('compiler', '?')} (GCC), pybind11 "
+               f"{ctx0.get('pybind11_version', '?')}, Google Benchmark 1.7.1 (Debian's, built "
+               f"as {ctx0.get('library_build_type', '?')}), {tool_version(['valgrind', '--version'])}")
+    out.append("- CPython: " + "; ".join(
+        f"{leg['name']} = {leg['context'].get('python_version', '?').split(' ')[0]}"
+        for leg in legs))
+    out.append("- Every run is on a fresh native `std::thread` (not the main thread, which "
+               "embeds CPython with `pyattach::interpreter`); thread start, set-up and a 200 "
+               "iteration warm-up are outside the measurement. Thread states are counted with "
+               "CPython's own creation counter (`PyThreadState_GetID` of a probe state made "
+               "before and after the loop).")
+    out.append("")
+    out.append("![cost per alternative](benchmarks.png)")
+    out.append("")
+
+    # Summary of targets across interpreters.
+    bodies, verdict_rows = [], []
+    for leg in legs:
+        body, verdicts = leg_report(leg)
+        bodies.append(body)
+        verdict_rows.append((leg, verdicts))
+    out.append("## Targets (issue 4), per interpreter")
+    out.append("")
+    names = [v[0] for v in verdict_rows[0][1]] if verdict_rows and verdict_rows[0][1] else []
+    out.append("| target | " + " | ".join(leg["name"] for leg, _ in verdict_rows) + " |")
+    out.append("|---|" + "---|" * len(verdict_rows))
+    for name in names:
+        cells = []
+        for _, verdicts in verdict_rows:
+            v = next((x for x in verdicts if x[0] == name), None)
+            cells.append("—" if v is None else f"{'met' if v[1] else 'MISSED'}: {v[2]}")
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    out.append("")
+    out.append("## Per interpreter")
+    out.append("")
+    for body in bodies:
+        out += body
+    out.append("## Where pyattach's instructions go")
+    out.append("")
+    out.append("Source-line annotation (callgrind_annotate --auto=yes) for the first interpreter; "
+               "the dumps of every leg stay in build/bench-<leg>/results/ for the others.")
+    out.append("")
+    for i, leg in enumerate(legs):
+        out += where_it_goes(leg, with_lines=(i == 0))
+
+    with open(args.out, "w", encoding="utf-8") as f:
+        f.write("\n".join(out) + "\n")
+    chart(legs, args.chart)
+    print(f"report: wrote {args.out} and {args.chart} ({len(legs)} interpreters)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# The benchmarks, in one command: install what is needed, then for Debian's python3.11 and every
+# pyenv CPython 3.9–3.13 present, build pyattach_bench in Release (build/bench-<leg>), run the
+# wall-time suite (Google Benchmark, repetitions with median/min/max) and the instruction counts
+# (callgrind, collected only around each measured loop), and write docs/benchmarks.md and
+# docs/benchmarks.png (bench/report.py, with Debian's /usr/bin/python3 and python3-matplotlib).
+# Benchmarks are not tests: nothing here fails on a timing; it fails if a build or a run fails.
+#   PYATTACH_BENCH_LEGS="debian-3.11 pyenv-3.12.1"   only those legs (names as printed)
+#   PYATTACH_BENCH_REPETITIONS (default 7), PYATTACH_BENCH_MIN_TIME (seconds per repetition,
+#   default 0.05), PYATTACH_BENCH_CALLGRIND_ITERATIONS (default 20000)
+set -uo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+bash "$root/scripts/deps.sh" || exit 1
+jobs="$(nproc)"
+repetitions="${PYATTACH_BENCH_REPETITIONS:-7}"
+min_time="${PYATTACH_BENCH_MIN_TIME:-0.05}"
+iterations="${PYATTACH_BENCH_CALLGRIND_ITERATIONS:-20000}"
+
+# The legs, "name:python": Debian's python3.11, then each pyenv CPython with a shared libpython
+# (the same discovery as scripts/test.sh).
+legs=("debian-3.11:/usr/bin/python3.11")
+pyenv_root="$(pyenv root 2>/dev/null || echo "${PYENV_ROOT:-$HOME/.pyenv}")"
+for minor in 9 10 11 12 13; do
+  found=""
+  for dir in "$pyenv_root"/versions/3."$minor".*; do
+    [ -x "$dir/bin/python3.$minor" ] || continue
+    ls "$dir"/lib/libpython3."$minor"*.so >/dev/null 2>&1 || continue
+    found="$dir/bin/python3.$minor"
+  done
+  if [ -n "$found" ]; then
+    legs+=("pyenv-$(basename "$(dirname "$(dirname "$found")")"):$found")
+  else
+    echo "bench: no pyenv CPython 3.$minor with a shared libpython under $pyenv_root/versions: skipped"
+  fi
+done
+if [ -n "${PYATTACH_BENCH_LEGS:-}" ]; then
+  selected=()
+  for leg in "${legs[@]}"; do
+    for want in $PYATTACH_BENCH_LEGS; do
+      [ "${leg%%:*}" = "$want" ] && selected+=("$leg")
+    done
+  done
+  legs=("${selected[@]}")
+fi
+
+failed=0
+result_dirs=()
+for leg in "${legs[@]}"; do
+  IFS=: read -r name python <<<"$leg"
+  build="$root/build/bench-$name"
+  out="$build/results"
+  echo "=== $name ($python)"
+  start=$SECONDS
+  rm -rf "$out"
+  mkdir -p "$out"
+  echo "$name" >"$out/leg"
+  echo "$python" >"$out/python"
+  # -g only adds debug info (callgrind_annotate's source lines); the code is Release's -O3.
+  if ! cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS=-g \
+         -DPYATTACH_PYTHON="$python" -DPYATTACH_BUILD_TESTS=OFF -DPYATTACH_BUILD_EXAMPLES=OFF \
+         -DPYATTACH_BUILD_BENCH=ON >"$out/configure.log" 2>&1 \
+     || ! cmake --build "$build" -j"$jobs" --target pyattach_bench >"$out/build.log" 2>&1; then
+    tail -30 "$out/configure.log" "$out/build.log"
+    echo "build failed" >"$out/status"
+    failed=1
+    continue
+  fi
+  built=$SECONDS
+  bin="$build/bench/pyattach_bench"
+  status="ok"
+  if ! "$bin" --benchmark_repetitions="$repetitions" --benchmark_min_time="$min_time" \
+         --benchmark_out="$out/wall.json" --benchmark_out_format=json >"$out/wall.txt" 2>&1; then
+    grep -i "error" "$out/wall.txt" | head -10
+    status="wall-time run reported errors (results/wall.txt)"
+  fi
+  walled=$SECONDS
+  if ! valgrind --tool=callgrind --instr-atstart=no --dump-instr=yes \
+         --callgrind-out-file="$out/callgrind.out" "$bin" --callgrind "$iterations" \
+         >"$out/counted.tsv" 2>"$out/callgrind.log"; then
+    tail -10 "$out/callgrind.log"
+    failure="callgrind run failed (results/callgrind.log)"
+    if [ "$status" = "ok" ]; then status="$failure"; else status="$status; $failure"; fi
+  fi
+  echo "$status" >"$out/status"
+  [ "$status" = "ok" ] || failed=1
+  echo "status: $status; time: build $((built - start)) s, wall $((walled - built)) s," \
+       "callgrind $((SECONDS - walled)) s"
+  result_dirs+=("$out")
+done
+
+if [ ${#result_dirs[@]} -eq 0 ]; then
+  echo "bench: nothing ran"
+  exit 1
+fi
+/usr/bin/python3 "$root/bench/report.py" --out "$root/docs/benchmarks.md" \
+  --chart "$root/docs/benchmarks.png" "${result_dirs[@]}" || failed=1
+exit "$failed"
