@@ -35,6 +35,7 @@ const char* to_string(misuse_kind kind) noexcept {
     case misuse_kind::other_interpreter: return "other_interpreter";
     case misuse_kind::scope_outlived_interpreter: return "scope_outlived_interpreter";
     case misuse_kind::python_without_state: return "python_without_state";
+    case misuse_kind::pool_call_from_worker: return "pool_call_from_worker";
   }
   return "unknown";
 }
@@ -139,6 +140,11 @@ void report_misuse(const misuse_details& d) noexcept {
         text = std::string("Python is about to be called at ") + r.misused_at +
                " on a thread with no attached thread state (" + r.other + "; its last pyattach "
                "scope was made at " + made + "); open a pyattach::attach_scope first";
+        break;
+      case misuse_kind::pool_call_from_worker:
+        // made_at: where the pool was made; other: which call, on which of its workers.
+        text = r.other + ", called at " + r.misused_at + " (pool made at " + made +
+               "), would wait for itself; refused with pool_error(called_from_worker)";
         break;
     }
     r.message = std::string("pyattach: misuse: ") + to_string(d.kind) + ": " + text;

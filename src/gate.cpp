@@ -158,6 +158,10 @@ close_result close_gate_impl(std::chrono::milliseconds timeout) noexcept {
     g_gate.word.store(gate_word(w >> 2, phase_closing), std::memory_order_seq_cst);
   }
 
+  // Every thread_pool stops taking work: queued tasks complete with pool_error(finalizing) now,
+  // running ones finish (a Python one holds a pass, which the wait below is for).
+  stop_pools_for_finalization();
+
   // Passes held by the caller itself (an attach scope around the shutdown) do not block it.
   const slot* self = tls_slot;
   const std::int64_t own =

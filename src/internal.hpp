@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "pyattach/attach.hpp"
@@ -38,6 +39,13 @@ close_result close_gate_impl(std::chrono::milliseconds timeout) noexcept;
 std::chrono::milliseconds default_close_timeout() noexcept;
 // Serializes bind, close and the end-of-finalize hook (gate.cpp); fork.cpp holds it across fork.
 std::mutex& gate_transition_mutex();
+
+// ---- pools (pool.cpp) ----
+// Stops every thread_pool for the interpreter's end: refuses submissions, completes queued
+// tasks with pool_error(finalizing). Never blocks on a task. Called by the gate's closer.
+void stop_pools_for_finalization() noexcept;
+// (OS thread id, pool name) of every pool worker that has started, for the thread report.
+std::vector<std::pair<std::uint64_t, std::string>> pool_workers();
 
 // ---- fork (fork.cpp) ----
 // Registers pyattach's pthread_atfork handlers, once per process.

@@ -115,6 +115,13 @@ thread_report make_thread_report() {
     ti.scopes = slots[i].scopes;
     r.threads.push_back(std::move(ti));
   }
+  // Which pool each worker belongs to, by OS thread id.
+  const auto workers = detail::pool_workers();
+  for (thread_info& ti : r.threads) {
+    for (const auto& w : workers) {
+      if (ti.os_tid != 0 && w.first == ti.os_tid) ti.pool = w.second;
+    }
+  }
   return r;
 }
 
@@ -128,19 +135,19 @@ std::string to_string(const thread_report& r) {
                 static_cast<unsigned long long>(r.generation), r.thread_states,
                 static_cast<unsigned long long>(r.misuse_reports));
   out += line;
-  std::snprintf(line, sizeof line, "  %-20s %-9s %-8s %-9s %-9s %s\n", "python name", "os tid",
-                "state", "pyattach", "scopes", "");
+  std::snprintf(line, sizeof line, "  %-20s %-9s %-8s %-9s %-9s %-14s %s\n", "python name",
+                "os tid", "state", "pyattach", "scopes", "pool", "");
   out += line;
   for (const thread_info& t : r.threads) {
     const char* who = t.made_by_pyattach    ? "made"
                       : t.known_to_pyattach ? "reused"
                                             : "-";
-    std::snprintf(line, sizeof line, "  %-20s %-9llu %-8s %-9s %-9llu %s%s\n",
+    std::snprintf(line, sizeof line, "  %-20s %-9llu %-8s %-9s %-9llu %-14s %s\n",
                   t.python_name.empty() ? "(none)" : t.python_name.c_str(),
                   static_cast<unsigned long long>(t.os_tid),
                   t.has_thread_state ? to_string(t.state) : "no-state", who,
-                  static_cast<unsigned long long>(t.scopes), t.is_caller ? "<- caller" : "",
-                  t.has_thread_state ? "" : "");
+                  static_cast<unsigned long long>(t.scopes), t.pool.empty() ? "-" : t.pool.c_str(),
+                  t.is_caller ? "<- caller" : "");
     out += line;
   }
   return out;

@@ -50,6 +50,8 @@ enum class misuse_kind : std::uint8_t {
   scope_outlived_interpreter,  // a scope ended after its interpreter started finalizing or was
                                // finalized; its CPython call was skipped
   python_without_state,   // expect_attached() found no attached thread state on this thread
+  pool_call_from_worker,  // thread_pool::wait() or shutdown() (or its destructor) on one of that
+                          // pool's own workers, which would wait for itself (pool.hpp)
 };
 // There is no "moved-from scope" kind: attach_scope and detach_scope are neither copyable nor
 // movable, so using a moved-from scope does not compile (tests/cpp/test_scopes.cpp checks it).

@@ -2,6 +2,7 @@
 //
 //   attach.hpp       attach_scope, try_attach, detach_scope, release_thread_state
 //   interpreter.hpp  interpreter (embedding helper), the gate (close_gate, phases)
+//   pool.hpp         thread_pool: named workers that keep their thread state, detached when idle
 //   report.hpp       make_thread_report: every thread state, joined with pyattach's records
 //   diagnostics.hpp  misuse kinds, reports and the replaceable handler
 //   fork.hpp         fork_process: fork like os.fork(); what is safe in the child
@@ -11,6 +12,7 @@
 #include "pyattach/diagnostics.hpp"
 #include "pyattach/fork.hpp"
 #include "pyattach/interpreter.hpp"
+#include "pyattach/pool.hpp"
 #include "pyattach/report.hpp"
 
 #define PYATTACH_VERSION_MAJOR 0

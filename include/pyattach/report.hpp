@@ -33,6 +33,7 @@ struct thread_info {
   thread_attachment state = thread_attachment::detached;
   std::uint64_t scopes = 0;        // outermost attach scopes it has run through pyattach
   bool is_caller = false;          // the thread that made the report
+  std::string pool;                // the thread_pool it is a worker of ("" if none)
 };
 
 struct thread_report {

@@ -1,0 +1,728 @@
+// src/pool.cpp — thread_pool: the queue, the worker loop, shutdown, and the finalization stop.
+// The contract and the worker loop in pseudo-code are in include/pyattach/pool.hpp.
+#include "pyattach/pool.hpp"
+
+#include <pthread.h>
+
+#include <algorithm>
+#include <condition_variable>
+#include <cstdio>
+#include <mutex>
+#include <optional>
+#include <thread>
+
+#include "internal.hpp"
+
+namespace pyattach {
+
+// ---- errors ------------------------------------------------------------------------------------
+
+python_error::python_error(std::string type_name, std::string message, std::string traceback)
+    : std::runtime_error(type_name + ": " + message),
+      type_name_(std::move(type_name)),
+      message_(std::move(message)),
+      traceback_(std::move(traceback)) {}
+
+namespace {
+// str(obj), or `fallback` if that fails (the failure is cleared). PRECONDITION: attached.
+std::string str_of(PyObject* obj, const char* fallback) {
+  PyObject* s = obj ? PyObject_Str(obj) : nullptr;
+  const char* utf8 = s ? PyUnicode_AsUTF8(s) : nullptr;
+  std::string out = utf8 ? utf8 : fallback;
+  Py_XDECREF(s);
+  if (utf8 == nullptr) PyErr_Clear();
+  return out;
+}
+}  // namespace
+
+python_error python_error::fetch() {
+  PyObject *type, *value, *tb;
+  PyErr_Fetch(&type, &value, &tb);
+  if (type == nullptr) return python_error("SystemError", "no Python exception was set", "");
+  PyErr_NormalizeException(&type, &value, &tb);
+  if (tb != nullptr && value != nullptr) PyException_SetTraceback(value, tb);
+  std::string name = PyType_Check(type) ? reinterpret_cast<PyTypeObject*>(type)->tp_name : "?";
+  std::string message = str_of(value, "<str() failed>");
+  // "".join(traceback.format_exception(type, value, tb)): what Python itself would print.
+  std::string text;
+  PyObject* mod = PyImport_ImportModule("traceback");
+  PyObject* lines = mod ? PyObject_CallMethod(mod, "format_exception", "OOO", type,
+                                              value ? value : Py_None, tb ? tb : Py_None)
+                        : nullptr;
+  PyObject* empty = lines ? PyUnicode_FromString("") : nullptr;
+  PyObject* joined = empty ? PyUnicode_Join(empty, lines) : nullptr;
+  text = joined ? str_of(joined, "") : name + ": " + message + "\n";
+  if (joined == nullptr) PyErr_Clear();
+  Py_XDECREF(joined);
+  Py_XDECREF(empty);
+  Py_XDECREF(lines);
+  Py_XDECREF(mod);
+  Py_XDECREF(type);
+  Py_XDECREF(value);
+  Py_XDECREF(tb);
+  return python_error(std::move(name), std::move(message), std::move(text));
+}
+
+const char* to_string(pool_errc code) noexcept {
+  switch (code) {
+    case pool_errc::shut_down: return "shut_down";
+    case pool_errc::cancelled: return "cancelled";
+    case pool_errc::finalizing: return "finalizing";
+    case pool_errc::queue_full: return "queue_full";
+    case pool_errc::start_hook_failed: return "start_hook_failed";
+    case pool_errc::called_from_worker: return "called_from_worker";
+  }
+  return "unknown";
+}
+
+pool_error::pool_error(pool_errc code, const std::string& what)
+    : std::runtime_error(what), code_(code) {}
+
+namespace detail {
+
+std::exception_ptr take_python_error() noexcept {
+  if (PyErr_Occurred() == nullptr) return nullptr;
+  try {
+    return std::make_exception_ptr(python_error::fetch());
+  } catch (...) {
+    PyErr_Clear();
+    return std::current_exception();  // std::bad_alloc while describing it
+  }
+}
+
+// ---- the pool's shared state -------------------------------------------------------------------
+
+using steady = std::chrono::steady_clock;
+
+// One worker. Protected by: `thread` and `hooks_started` are set by the constructor before any
+// other thread reads them; the atomics are written only by the worker (plain load+store) and read
+// relaxed by stats(); os_tid is published before the start report (under the pool mutex).
+struct worker_rec {
+  std::string name;     // "<pool>-<index>"
+  std::string os_name;  // the same, shortened to 15 characters for the kernel
+  std::thread thread;
+  std::atomic<std::uint64_t> os_tid{0};
+  std::atomic<std::uint64_t> tasks{0}, completed{0}, failed{0}, refused{0};
+  std::atomic<std::int64_t> busy_ns{0}, attach_wait_ns{0}, attached_ns{0};
+  std::atomic<bool> named_in_python{false};
+  std::uint64_t named_generation = 0;  // worker-only: the generation its Python name was set in
+};
+
+class pool_core : public std::enable_shared_from_this<pool_core> {
+ public:
+  pool_core(pool_options options, source_site site);
+  void start();
+  void enqueue(std::unique_ptr<pool_task> task);
+  void wait(const source_site& site);
+  void shutdown(shutdown_mode mode, const source_site& site);
+  void destroy(void* code) noexcept;  // ~thread_pool; `code`: the code that destroyed it
+  void stop_for_finalization() noexcept;
+  pool_stats stats() const;
+  bool on_worker() const noexcept;
+  void worker_tids(std::vector<std::pair<std::uint64_t, std::string>>& out) const;
+
+  const pool_options opts;
+  const source_site site;             // where the pool was made
+  const std::uint64_t creator_tid;    // the thread that made it
+
+ private:
+  void worker_main(std::size_t index);
+  void run_task(worker_rec& w, std::size_t index, std::unique_ptr<pool_task> task);
+  std::exception_ptr run_hook(const std::function<void(const worker_context&)>& hook, bool python,
+                              worker_rec& w, std::size_t index);
+  void name_in_python(worker_rec& w) noexcept;
+  void report_failure(std::size_t index, const char* where, std::exception_ptr e) noexcept;
+  void abandon_all(pool_task* list, pool_errc code, const char* why) noexcept;
+  // Reports misuse_kind::pool_call_from_worker (at `at`, or else at code address `code`).
+  void report_from_worker(const char* call, const source_site* at, void* code) noexcept;
+  [[noreturn]] void refuse_from_worker(const char* call, const source_site& at);
+  void join_workers();
+
+  // Protected by m: everything below up to `workers`.
+  mutable std::mutex m;
+  std::condition_variable work_cv;   // workers: a task was queued, or stop
+  std::condition_variable space_cv;  // submitters blocked on max_queued
+  std::condition_variable idle_cv;   // wait(): queue empty and nothing running
+  std::condition_variable state_cv;  // start reports, shutdown finished
+  pool_task* head = nullptr;         // FIFO, linked through pool_task::next
+  pool_task* tail = nullptr;
+  std::size_t queued = 0;
+  std::size_t running = 0;           // tasks popped and not yet finished
+  std::size_t idle_workers = 0;      // workers waiting on work_cv
+  std::size_t wakeups_pending = 0;   // notify_one calls whose worker has not woken yet
+  std::size_t blocked_submitters = 0;
+  std::size_t waiters = 0;           // threads in wait()
+  std::size_t start_reports = 0;
+  std::exception_ptr start_error;
+  std::size_t start_error_worker = 0;
+  bool accepting = true;
+  bool stopping = false;             // workers leave once the queue is empty
+  bool finalizing = false;           // stopped by the gate: refusals say "finalizing"
+  bool shutdown_started = false, shutdown_done = false;
+  std::uint64_t submitted = 0, cancelled = 0;
+
+  std::vector<worker_rec> workers;   // sized once in the constructor
+};
+
+// Every pool, for the gate's finalization stop and the thread report. Protected by its mutex.
+struct pool_registry {
+  std::mutex mutex;
+  std::vector<std::weak_ptr<pool_core>> pools;
+};
+pool_registry& pools() {
+  static auto* r = new pool_registry;  // never destroyed: workers may outlive main()
+  return *r;
+}
+
+// The pool whose worker this thread is (nullptr elsewhere), and which worker.
+thread_local const pool_core* tls_worker_of = nullptr;
+thread_local std::size_t tls_worker_index = 0;
+
+// Releases the GIL for the lifetime of the object if the calling thread holds it, so that a
+// blocking wait cannot starve a worker's Python task. Must be made before any pool lock is taken
+// and end after it is released: taking the GIL back while holding the pool mutex would invert
+// the lock order with a worker that holds the GIL and wants the mutex.
+class gil_released {
+ public:
+  explicit gil_released(const source_site& site) {
+    if (is_attached()) nogil_.emplace(site);
+  }
+
+ private:
+  std::optional<detach_scope> nogil_;
+};
+
+std::string shorten_for_kernel(const std::string& name, const std::string& suffix) {
+  // The kernel keeps 15 characters (TASK_COMM_LEN 16 with the NUL); keep the index visible.
+  const std::size_t room = suffix.size() >= 15 ? 0 : 15 - suffix.size();
+  return name.substr(0, room) + suffix;
+}
+
+pool_core::pool_core(pool_options options, source_site made_at)
+    : opts(std::move(options)), site(made_at), creator_tid(this_os_tid()), workers(opts.workers) {
+  for (std::size_t i = 0; i < workers.size(); ++i) {
+    const std::string suffix = "-" + std::to_string(i);
+    workers[i].name = opts.name + suffix;
+    workers[i].os_name = shorten_for_kernel(opts.name, suffix);
+  }
+}
+
+void pool_core::start() {
+  {
+    std::lock_guard<std::mutex> lock(pools().mutex);
+    pools().pools.push_back(weak_from_this());
+  }
+  std::size_t launched = 0;
+  try {
+    for (; launched < workers.size(); ++launched) {
+      // The thread holds the core: a pool destroyed from its own worker cannot free it early.
+      workers[launched].thread =
+          std::thread([self = shared_from_this(), launched] { self->worker_main(launched); });
+    }
+  } catch (...) {
+    // std::system_error: stop what started (their start reports still come), then rethrow.
+    {
+      std::lock_guard<std::mutex> lock(m);
+      accepting = false;
+      stopping = true;
+    }
+    work_cv.notify_all();
+    join_workers();
+    throw;
+  }
+  std::exception_ptr failed;
+  std::size_t failed_worker = 0;
+  {
+    gil_released nogil(site);  // start hooks that ask for Python need the GIL
+    std::unique_lock<std::mutex> lock(m);
+    state_cv.wait(lock, [&] { return start_reports == workers.size(); });
+    failed = start_error;
+    failed_worker = start_error_worker;
+  }
+  if (failed) {
+    std::string what = "unknown exception";
+    try {
+      std::rethrow_exception(failed);
+    } catch (const std::exception& e) {
+      what = e.what();
+    } catch (...) {
+    }
+    shutdown(shutdown_mode::drain, site);  // the others run their stop hooks, exactly once
+    throw pool_error(pool_errc::start_hook_failed,
+                     "pyattach::thread_pool '" + opts.name + "': the start hook of worker " +
+                         workers[failed_worker].name + " threw: " + what +
+                         "; the pool was stopped");
+  }
+}
+
+// ---- the worker ----------------------------------------------------------------------------------
+
+void pool_core::worker_main(std::size_t index) {
+  worker_rec& w = workers[index];
+  tls_worker_of = this;
+  tls_worker_index = index;
+  pthread_setname_np(pthread_self(), w.os_name.c_str());
+  w.os_tid.store(this_os_tid(), std::memory_order_relaxed);
+
+  std::exception_ptr start_failed;
+  if (opts.on_start) start_failed = run_hook(opts.on_start, opts.start_hook_python, w, index);
+  {
+    std::lock_guard<std::mutex> lock(m);
+    if (start_failed && !start_error) {
+      start_error = start_failed;
+      start_error_worker = index;
+    }
+    ++start_reports;
+  }
+  state_cv.notify_all();
+  if (start_failed) return;  // never started: no tasks, no stop hook
+
+  std::unique_ptr<pool_task> task;
+  bool finished_one = false;
+  for (;;) {
+    {
+      std::unique_lock<std::mutex> lock(m);
+      if (finished_one) {  // the previous task's end, under the same lock as the next pop
+        finished_one = false;
+        --running;
+        if (waiters > 0 && running == 0 && head == nullptr) idle_cv.notify_all();
+      }
+      while (head == nullptr && !stopping) {
+        ++idle_workers;
+        work_cv.wait(lock);  // idle: no GIL held here (invariant 3)
+        --idle_workers;
+        if (wakeups_pending > 0) --wakeups_pending;  // (a spurious wake-up may take one: harmless)
+      }
+      if (head == nullptr) break;  // stopping, and nothing left to drain
+      task.reset(head);
+      head = head->next;
+      if (head == nullptr) tail = nullptr;
+      --queued;
+      ++running;
+      if (blocked_submitters > 0) space_cv.notify_one();
+    }
+    run_task(w, index, std::move(task));
+    finished_one = true;
+  }
+  if (opts.on_stop) {
+    if (std::exception_ptr e = run_hook(opts.on_stop, opts.stop_hook_python, w, index)) {
+      report_failure(index, "stop hook", e);
+    }
+  }
+  tls_worker_of = nullptr;
+  // Thread exit next: the core's clean-up destroys this worker's thread state on this thread
+  // (and, <= 3.12, its threading._active entry), through the gate (attach.cpp).
+}
+
+void pool_core::run_task(worker_rec& w, std::size_t index, std::unique_ptr<pool_task> task) {
+  w.tasks.store(w.tasks.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  const bool has_future = task->has_future();
+  const auto t0 = steady::now();
+  std::exception_ptr failure;
+  bool refused = false;
+  // The counters are updated before the future is made ready (complete()), so that whoever saw
+  // every future ready also sees them in stats().
+  auto count = [&](const steady::time_point end) {
+    w.busy_ns.store(w.busy_ns.load(std::memory_order_relaxed) + (end - t0).count(),
+                    std::memory_order_relaxed);
+    std::atomic<std::uint64_t>& c = refused ? w.refused : failure ? w.failed : w.completed;
+    c.store(c.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  };
+  if (task->python()) {
+    const bool measure = opts.measure_python_time;
+    attach_scope py(nothrow);
+    const auto t1 = measure ? steady::now() : t0;
+    if (py) {
+      name_in_python(w);
+      failure = task->run();
+      const auto t2 = steady::now();
+      if (measure) {
+        w.attach_wait_ns.store(w.attach_wait_ns.load(std::memory_order_relaxed) + (t1 - t0).count(),
+                               std::memory_order_relaxed);
+        w.attached_ns.store(w.attached_ns.load(std::memory_order_relaxed) + (t2 - t1).count(),
+                            std::memory_order_relaxed);
+      }
+      count(t2);
+      task->complete();
+      task.reset();  // the callable (and what it captured) is destroyed while attached
+    } else {
+      // The gate refused: the interpreter is finalizing or gone. Never run Python without a state.
+      refused = true;
+      failure = std::make_exception_ptr(pool_error(
+          pool_errc::finalizing, "pyattach::thread_pool '" + opts.name + "': the task was not run: "
+                                 "attaching to Python was refused (" + to_string(py.status()) + ")"));
+      count(steady::now());
+      task->abandon(failure);
+      task.reset();
+    }
+  } else {
+    failure = task->run();
+    count(steady::now());
+    task->complete();
+    task.reset();
+  }
+  if (failure && !has_future) report_failure(index, "task", failure);
+}
+
+std::exception_ptr pool_core::run_hook(const std::function<void(const worker_context&)>& hook,
+                                       bool python, worker_rec& w, std::size_t index) {
+  const auto t0 = steady::now();
+  std::exception_ptr e;
+  if (python) {
+    attach_scope py(nothrow);
+    if (py) name_in_python(w);
+    const worker_context ctx{opts.name, index, w.name, py.status()};
+    try {
+      hook(ctx);
+    } catch (...) {
+      e = std::current_exception();
+    }
+    if (py) {
+      std::exception_ptr py_err = take_python_error();
+      if (!e) e = py_err;
+    }
+  } else {
+    const worker_context ctx{opts.name, index, w.name, attach_status::not_initialized};
+    try {
+      hook(ctx);
+    } catch (...) {
+      e = std::current_exception();
+    }
+  }
+  w.busy_ns.store(w.busy_ns.load(std::memory_order_relaxed) + (steady::now() - t0).count(),
+                  std::memory_order_relaxed);
+  return e;
+}
+
+void pool_core::name_in_python(worker_rec& w) noexcept {
+  // Once per interpreter lifetime: a re-initialized interpreter gives the worker a new state.
+  const std::uint64_t gen = current_generation();
+  if (w.named_generation == gen) return;
+  w.named_generation = gen;
+  // threading.current_thread() makes a _DummyThread for a foreign thread; its name is what
+  // threading.enumerate(), tracebacks and py-spy show. PRECONDITION: attached (the caller's scope).
+  PyObject *type, *value, *tb;
+  PyErr_Fetch(&type, &value, &tb);
+  PyObject* threading = PyImport_ImportModule("threading");
+  PyObject* current = threading ? PyObject_CallMethod(threading, "current_thread", nullptr) : nullptr;
+  PyObject* name = current ? PyUnicode_FromString(w.name.c_str()) : nullptr;
+  const bool ok = name != nullptr && PyObject_SetAttrString(current, "name", name) == 0;
+  if (!ok) PyErr_Clear();
+  Py_XDECREF(name);
+  Py_XDECREF(current);
+  Py_XDECREF(threading);
+  PyErr_Restore(type, value, tb);
+  w.named_in_python.store(ok, std::memory_order_relaxed);
+}
+
+void pool_core::report_failure(std::size_t index, const char* where, std::exception_ptr e) noexcept {
+  try {
+    task_failure f{opts.name, index, where, e, "unknown exception"};
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& ex) {
+      f.what = ex.what();
+    } catch (...) {
+    }
+    if (opts.on_error) {
+      opts.on_error(f);
+    } else {
+      std::fprintf(stderr, "pyattach: thread_pool '%s' worker %s: %s failed: %s\n", opts.name.c_str(),
+                   index < workers.size() ? workers[index].name.c_str() : "(none)", where,
+                   f.what.c_str());
+    }
+  } catch (...) {
+    std::fputs("pyattach: thread_pool: a failure could not be reported\n", stderr);
+  }
+}
+
+// ---- submitting, waiting, stopping ---------------------------------------------------------------
+
+void pool_core::enqueue(std::unique_ptr<pool_task> task) {
+  std::unique_lock<std::mutex> lock(m);
+  auto refuse_if_closed = [&] {
+    if (accepting) return;
+    throw pool_error(finalizing ? pool_errc::finalizing : pool_errc::shut_down,
+                     "pyattach::thread_pool '" + opts.name + "': " +
+                         (finalizing ? "the interpreter is finalizing; the pool was stopped"
+                                     : "submitted after shutdown()"));
+  };
+  refuse_if_closed();
+  if (opts.max_queued != 0 && queued >= opts.max_queued) {
+    // On its own worker a blocking submit could wait for itself: fail instead.
+    if (opts.when_full == full_policy::fail || tls_worker_of == this) {
+      throw pool_error(pool_errc::queue_full, "pyattach::thread_pool '" + opts.name + "': " +
+                                                  std::to_string(queued) + " tasks queued (max_queued)");
+    }
+    lock.unlock();
+    {
+      gil_released nogil(site);  // before the lock, see gil_released
+      std::unique_lock<std::mutex> relock(m);
+      ++blocked_submitters;
+      space_cv.wait(relock, [&] { return !accepting || queued < opts.max_queued; });
+      --blocked_submitters;
+      lock = std::move(relock);
+      refuse_if_closed();
+      lock.unlock();  // the GIL comes back (end of nogil) without the pool mutex held
+    }
+    lock.lock();
+    refuse_if_closed();
+    // Another submitter may have taken the room meanwhile: over by at most the blocked ones.
+  }
+  pool_task* t = task.release();
+  t->next = nullptr;
+  if (tail != nullptr) {
+    tail->next = t;
+  } else {
+    head = t;
+  }
+  tail = t;
+  ++queued;
+  ++submitted;
+  // Wake a sleeping worker unless enough are already being woken: a notify_one per task while
+  // the woken worker has not yet taken the lock would be a futex call each for nothing.
+  const bool wake = idle_workers > wakeups_pending;
+  if (wake) ++wakeups_pending;
+  lock.unlock();
+  if (wake) work_cv.notify_one();
+}
+
+void pool_core::report_from_worker(const char* call, const source_site* at, void* code) noexcept {
+  try {
+    // PRECONDITION: on one of this pool's workers (tls_worker_index is its index).
+    misuse_details d{misuse_kind::pool_call_from_worker, "thread_pool", site, at, code,
+                     std::string("thread_pool '") + opts.name + "'::" + call + " on worker " +
+                         workers[tls_worker_index].name,
+                     creator_tid};
+    report_misuse(d);
+  } catch (...) {
+    std::fputs("pyattach: misuse: pool_call_from_worker (details unavailable)\n", stderr);
+  }
+}
+
+void pool_core::refuse_from_worker(const char* call, const source_site& at) {
+  report_from_worker(call, &at, nullptr);
+  throw pool_error(pool_errc::called_from_worker,
+                   "pyattach::thread_pool '" + opts.name + "': " + call +
+                       " called on the pool's own worker would wait for itself");
+}
+
+void pool_core::wait(const source_site& at) {
+  if (tls_worker_of == this) refuse_from_worker("wait()", at);
+  gil_released nogil(at);
+  std::unique_lock<std::mutex> lock(m);
+  ++waiters;
+  idle_cv.wait(lock, [&] { return head == nullptr && running == 0; });
+  --waiters;
+}
+
+void pool_core::abandon_all(pool_task* list, pool_errc code, const char* why) noexcept {
+  if (list == nullptr) return;
+  std::exception_ptr e;
+  try {
+    e = std::make_exception_ptr(pool_error(code, "pyattach::thread_pool '" + opts.name + "': " + why));
+  } catch (...) {
+    e = std::current_exception();
+  }
+  std::size_t n = 0;
+  while (list != nullptr) {
+    std::unique_ptr<pool_task> t(list);
+    list = list->next;
+    t->abandon(e);
+    if (!t->has_future()) report_failure(static_cast<std::size_t>(-1), "task", e);
+    ++n;
+  }
+  std::lock_guard<std::mutex> lock(m);
+  cancelled += n;
+  if (waiters > 0 && running == 0 && head == nullptr) idle_cv.notify_all();
+}
+
+void pool_core::shutdown(shutdown_mode mode, const source_site& at) {
+  if (tls_worker_of == this) refuse_from_worker("shutdown()", at);
+  gil_released nogil(at);  // joined workers may be finishing a Python task
+  pool_task* cancelled_list = nullptr;
+  {
+    std::unique_lock<std::mutex> lock(m);
+    if (shutdown_started) {
+      state_cv.wait(lock, [&] { return shutdown_done; });  // a second caller waits for the first
+      return;
+    }
+    shutdown_started = true;
+    accepting = false;
+    stopping = true;
+    if (mode == shutdown_mode::cancel) {
+      cancelled_list = head;
+      head = tail = nullptr;
+      queued = 0;
+    }
+  }
+  work_cv.notify_all();
+  space_cv.notify_all();
+  abandon_all(cancelled_list, pool_errc::cancelled, "cancelled by shutdown() before it started");
+  join_workers();
+  {
+    std::lock_guard<std::mutex> lock(m);
+    shutdown_done = true;
+  }
+  state_cv.notify_all();
+  std::lock_guard<std::mutex> lock(pools().mutex);
+  auto& v = pools().pools;
+  v.erase(std::remove_if(v.begin(), v.end(),
+                         [&](const std::weak_ptr<pool_core>& p) {
+                           auto sp = p.lock();
+                           return !sp || sp.get() == this;
+                         }),
+          v.end());
+}
+
+void pool_core::join_workers() {
+  for (auto& w : workers) {
+    if (w.thread.joinable()) w.thread.join();
+  }
+}
+
+void pool_core::destroy(void* code) noexcept {
+  if (tls_worker_of != this) {
+    try {
+      shutdown(shutdown_mode::drain, source_site{"~thread_pool", 0, "~thread_pool"});
+    } catch (...) {
+      // Only std::system_error from join can get here; the workers hold the core alive.
+    }
+    return;
+  }
+  // Destroyed from its own worker: report, stop the others, and let this worker finish on its
+  // own (it holds the core); it cannot join itself.
+  report_from_worker("~thread_pool()", nullptr, code);
+  {
+    std::lock_guard<std::mutex> lock(m);
+    shutdown_started = true;
+    accepting = false;
+    stopping = true;
+  }
+  work_cv.notify_all();
+  space_cv.notify_all();
+  const std::thread::id self = std::this_thread::get_id();
+  for (auto& w : workers) {
+    if (!w.thread.joinable()) continue;
+    if (w.thread.get_id() == self) {
+      w.thread.detach();
+    } else {
+      w.thread.join();
+    }
+  }
+}
+
+void pool_core::stop_for_finalization() noexcept {
+  pool_task* list = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(m);
+    if (!accepting && !finalizing && shutdown_started) return;  // already shut down
+    accepting = false;
+    stopping = true;
+    finalizing = true;
+    list = head;
+    head = tail = nullptr;
+    queued = 0;
+  }
+  work_cv.notify_all();
+  space_cv.notify_all();
+  abandon_all(list, pool_errc::finalizing, "the interpreter is finalizing: the task was not run");
+}
+
+pool_stats pool_core::stats() const {
+  pool_stats s;
+  s.name = opts.name;
+  std::uint64_t refused = 0;
+  for (const auto& w : workers) {
+    worker_stats ws;
+    ws.name = w.name;
+    ws.os_tid = w.os_tid.load(std::memory_order_relaxed);
+    ws.tasks = w.tasks.load(std::memory_order_relaxed);
+    ws.busy = std::chrono::nanoseconds(w.busy_ns.load(std::memory_order_relaxed));
+    ws.attach_wait = std::chrono::nanoseconds(w.attach_wait_ns.load(std::memory_order_relaxed));
+    ws.attached = std::chrono::nanoseconds(w.attached_ns.load(std::memory_order_relaxed));
+    ws.named_in_python = w.named_in_python.load(std::memory_order_relaxed);
+    s.started += ws.tasks;
+    s.completed += w.completed.load(std::memory_order_relaxed);
+    s.failed += w.failed.load(std::memory_order_relaxed);
+    refused += w.refused.load(std::memory_order_relaxed);
+    s.workers.push_back(std::move(ws));
+  }
+  std::lock_guard<std::mutex> lock(m);
+  s.submitted = submitted;
+  s.cancelled = cancelled + refused;
+  s.queued = queued;
+  return s;
+}
+
+bool pool_core::on_worker() const noexcept { return tls_worker_of == this; }
+
+void pool_core::worker_tids(std::vector<std::pair<std::uint64_t, std::string>>& out) const {
+  for (const auto& w : workers) {
+    const std::uint64_t tid = w.os_tid.load(std::memory_order_relaxed);
+    if (tid != 0) out.emplace_back(tid, opts.name);
+  }
+}
+
+// ---- what the gate and the report use (internal.hpp) --------------------------------------------
+
+void stop_pools_for_finalization() noexcept {
+  std::vector<std::shared_ptr<pool_core>> live;
+  {
+    std::lock_guard<std::mutex> lock(pools().mutex);
+    for (const auto& p : pools().pools) {
+      if (auto sp = p.lock()) live.push_back(std::move(sp));
+    }
+  }
+  for (const auto& p : live) p->stop_for_finalization();
+}
+
+std::vector<std::pair<std::uint64_t, std::string>> pool_workers() {
+  std::vector<std::shared_ptr<pool_core>> live;
+  {
+    std::lock_guard<std::mutex> lock(pools().mutex);
+    for (const auto& p : pools().pools) {
+      if (auto sp = p.lock()) live.push_back(std::move(sp));
+    }
+  }
+  std::vector<std::pair<std::uint64_t, std::string>> out;
+  for (const auto& p : live) p->worker_tids(out);
+  return out;
+}
+
+}  // namespace detail
+
+// ---- thread_pool ---------------------------------------------------------------------------------
+
+namespace {
+pool_options named(std::string name, std::size_t workers) {
+  pool_options o;
+  o.name = std::move(name);
+  o.workers = workers;
+  return o;
+}
+}  // namespace
+
+thread_pool::thread_pool(pool_options options, source_site site) {
+  if (options.workers == 0) throw std::invalid_argument("pyattach::thread_pool: workers must be >= 1");
+  core_ = std::make_shared<detail::pool_core>(std::move(options), site);
+  core_->start();
+}
+
+thread_pool::thread_pool(std::string name, std::size_t workers, source_site site)
+    : thread_pool(named(std::move(name), workers), site) {}
+
+thread_pool::~thread_pool() {
+  // Its own return address is the code that destroyed the pool (for a misuse report).
+  if (core_) core_->destroy(__builtin_return_address(0));
+}
+
+void thread_pool::enqueue(std::unique_ptr<detail::pool_task> task) { core_->enqueue(std::move(task)); }
+void thread_pool::wait(source_site site) { core_->wait(site); }
+void thread_pool::shutdown(shutdown_mode mode, source_site site) { core_->shutdown(mode, site); }
+pool_stats thread_pool::stats() const { return core_->stats(); }
+const std::string& thread_pool::name() const noexcept { return core_->opts.name; }
+std::size_t thread_pool::size() const noexcept { return core_->opts.workers; }
+bool thread_pool::on_worker() const noexcept { return core_->on_worker(); }
+
+}  // namespace pyattach
