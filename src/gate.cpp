@@ -130,6 +130,15 @@ attach_status refusal_status(std::uint64_t word) noexcept {
 }
 
 close_result close_gate_impl(std::chrono::milliseconds timeout) noexcept {
+  // Every thread_pool first, while the gate is still open: queued tasks complete with
+  // pool_error(finalizing), running ones finish and each worker runs its stop hook, which may
+  // attach (bounded by `timeout`; GIL released meanwhile, the workers may need it). Idempotent.
+  if ((g_gate.word.load() & 3) == phase_open) {
+    PyThreadState* saved = attached_here(tls_slot) ? PyEval_SaveThread() : nullptr;
+    stop_pools_for_finalization(timeout);
+    if (saved != nullptr) PyEval_RestoreThread(saved);  // not finalizing yet: the hook runs first
+  }
+
   std::uint64_t w;
   {
     std::unique_lock<std::mutex> lock(gate_transition_mutex());
@@ -157,10 +166,6 @@ close_result close_gate_impl(std::chrono::milliseconds timeout) noexcept {
     // Store `closing` before reading `inside` (see detail/slot.hpp).
     g_gate.word.store(gate_word(w >> 2, phase_closing), std::memory_order_seq_cst);
   }
-
-  // Every thread_pool stops taking work: queued tasks complete with pool_error(finalizing) now,
-  // running ones finish (a Python one holds a pass, which the wait below is for).
-  stop_pools_for_finalization();
 
   // Passes held by the caller itself (an attach scope around the shutdown) do not block it.
   const slot* self = tls_slot;

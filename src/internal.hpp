@@ -1,6 +1,7 @@
 // src/internal.hpp — what the compiled core's files share. Not installed.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <mutex>
 #include <string>
@@ -42,8 +43,10 @@ std::mutex& gate_transition_mutex();
 
 // ---- pools (pool.cpp) ----
 // Stops every thread_pool for the interpreter's end: refuses submissions, completes queued
-// tasks with pool_error(finalizing). Never blocks on a task. Called by the gate's closer.
-void stop_pools_for_finalization() noexcept;
+// tasks with pool_error(finalizing), then waits (at most `bound`) for their workers to finish
+// their running task and their stop hook. Called by the gate's closer before it closes,
+// without the GIL.
+void stop_pools_for_finalization(std::chrono::milliseconds bound) noexcept;
 // (OS thread id, pool name) of every pool worker that has started, for the thread report.
 std::vector<std::pair<std::uint64_t, std::string>> pool_workers();
 

@@ -117,6 +117,9 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
   void shutdown(shutdown_mode mode, const source_site& site);
   void destroy(void* code) noexcept;  // ~thread_pool; `code`: the code that destroyed it
   void stop_for_finalization() noexcept;
+  // Waits until every worker is past its stop hook, or `deadline`. PRECONDITION: not on one of
+  // this pool's workers, and no GIL held (a stop hook may need it).
+  void wait_workers_done(std::chrono::steady_clock::time_point deadline) noexcept;
   pool_stats stats() const;
   bool on_worker() const noexcept;
   void worker_tids(std::vector<std::pair<std::uint64_t, std::string>>& out) const;
@@ -137,6 +140,7 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
   void report_from_worker(const char* call, const source_site* at, void* code) noexcept;
   [[noreturn]] void refuse_from_worker(const char* call, const source_site& at);
   void join_workers();
+  void mark_done() noexcept;
 
   // Protected by m: everything below up to `workers`.
   mutable std::mutex m;
@@ -153,6 +157,7 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
   std::size_t blocked_submitters = 0;
   std::size_t waiters = 0;           // threads in wait()
   std::size_t start_reports = 0;
+  std::size_t workers_done = 0;      // workers past their stop hook (or their failed start)
   std::exception_ptr start_error;
   std::size_t start_error_worker = 0;
   bool accepting = true;
@@ -275,7 +280,10 @@ void pool_core::worker_main(std::size_t index) {
     ++start_reports;
   }
   state_cv.notify_all();
-  if (start_failed) return;  // never started: no tasks, no stop hook
+  if (start_failed) {  // never started: no tasks, no stop hook
+    mark_done();
+    return;
+  }
 
   std::unique_ptr<pool_task> task;
   bool finished_one = false;
@@ -309,6 +317,7 @@ void pool_core::worker_main(std::size_t index) {
       report_failure(index, "stop hook", e);
     }
   }
+  mark_done();
   tls_worker_of = nullptr;
   // Thread exit next: the core's clean-up destroys this worker's thread state on this thread
   // (and, <= 3.12, its threading._active entry), through the gate (attach.cpp).
@@ -612,6 +621,19 @@ void pool_core::destroy(void* code) noexcept {
   }
 }
 
+void pool_core::mark_done() noexcept {
+  {
+    std::lock_guard<std::mutex> lock(m);
+    ++workers_done;
+  }
+  state_cv.notify_all();
+}
+
+void pool_core::wait_workers_done(std::chrono::steady_clock::time_point deadline) noexcept {
+  std::unique_lock<std::mutex> lock(m);
+  state_cv.wait_until(lock, deadline, [&] { return workers_done == workers.size(); });
+}
+
 void pool_core::stop_for_finalization() noexcept {
   pool_task* list = nullptr;
   {
@@ -666,15 +688,24 @@ void pool_core::worker_tids(std::vector<std::pair<std::uint64_t, std::string>>& 
 
 // ---- what the gate and the report use (internal.hpp) --------------------------------------------
 
-void stop_pools_for_finalization() noexcept {
+void stop_pools_for_finalization(std::chrono::milliseconds bound) noexcept {
   std::vector<std::shared_ptr<pool_core>> live;
-  {
+  try {
     std::lock_guard<std::mutex> lock(pools().mutex);
     for (const auto& p : pools().pools) {
       if (auto sp = p.lock()) live.push_back(std::move(sp));
     }
+  } catch (...) {
+    // Out of memory: the pools are then only stopped by the gate's refusals.
   }
   for (const auto& p : live) p->stop_for_finalization();
+  // Then let their workers finish the running task and run their stop hooks while Python can
+  // still be attached (a stop hook may need it); bounded, so that a task blocked in C++ cannot
+  // hold up the interpreter's shutdown for ever. A worker cannot wait for itself.
+  const auto deadline = std::chrono::steady_clock::now() + bound;
+  for (const auto& p : live) {
+    if (tls_worker_of != p.get()) p->wait_workers_done(deadline);
+  }
 }
 
 std::vector<std::pair<std::uint64_t, std::string>> pool_workers() {

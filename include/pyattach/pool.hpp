@@ -38,11 +38,13 @@
 //   own worker, a submit to a full queue fails with queue_full instead of blocking.
 // - The GIL: submitting, waiting and shutting down from a thread that holds the GIL release it
 //   while they block (a worker's Python task may need it) and take it back before returning.
-// - Finalization: pyattach's gate (interpreter.hpp) stops every pool before the interpreter
-//   finalizes: submissions are refused with pool_error(finalizing), tasks still queued complete
-//   with pool_error(finalizing) without running, running tasks finish (a Python one holds a gate
-//   pass, which the closer waits for, within its bound). The pool's threads are joined later, by
-//   shutdown() or the destructor. A pool does not outlive the interpreter it ran under.
+// - Finalization: pyattach's gate (interpreter.hpp) stops every pool before it closes, while
+//   Python can still be attached: submissions are refused with pool_error(finalizing), tasks
+//   still queued complete with pool_error(finalizing) without running, and the closer waits
+//   (GIL released, within its close timeout) for each worker to finish its running task and run
+//   its stop hook. A worker still busy when that bound expires runs its stop hook later, with
+//   worker_context::python == finalizing if it asked for Python. The pool's threads are joined
+//   by shutdown() or the destructor. A pool does not outlive the interpreter it ran under.
 // - Captured Python objects: a task's callable is destroyed on the worker, right after it ran,
 //   while attached for a Python task. A task that is cancelled or refused is destroyed without
 //   the GIL: do not capture owned Python references in tasks that may be cancelled.
