@@ -1,5 +1,6 @@
 // demo.hpp — what the scenario demo's files share: observation lines, timing, the scenario
-// entry points, the Python snippets both variants run, and the child-process runner.
+// entry points, the Python snippets every variant runs, what the two pyattach variants (scopes
+// on Boost.Asio pools, and pyattach::thread_pool) share, and the child-process runner.
 #pragma once
 
 #include <Python.h>
@@ -18,6 +19,10 @@
 #include <thread>
 #include <utility>
 #include <vector>
+
+namespace pyattach {
+class interpreter;
+}
 
 namespace demo {
 
@@ -44,6 +49,7 @@ void obs(const std::string& key, double value);
 // Milliseconds since the child started (steady clock).
 double now_ms();
 void sleep_ms(int ms);
+void sleep_until_ms(double t);  // until now_ms() >= t (returns at once if it already is)
 std::string fmt_ms(double ms);
 
 // Ends the child with `code` after `ms` unless disarmed: prints "OBS watchdog=<phase>" first.
@@ -64,14 +70,20 @@ void py_define_helpers();                   // thread_local = threading.local(),
 void py_set_name(const std::string& name);  // thread_local.name = name
 std::string py_get_name();                  // thread_local.name, or the AttributeError text
 void py_print(const std::string& text);     // print() from Python, flushed
+std::string py_thread_name();               // threading.current_thread().name
 // What CPython issue 130394's script does in each init: issue_local = threading.local() (a new
 // object, rebinding the module-level name), then issue_local.name = name; and read it back.
 void py_issue130394_init(const std::string& name);
 std::string py_issue130394_get();
+// The seed's init_python_thread on a pool's worker: thread_local.name = pool_name (and, with
+// issue_script, #130394's init), then a print. The later task reads them back:
+// OBS <key>=thread_local.name and, with issue_script, issue_local_in_release_<pool_name>=...
+void py_init_pool_thread(const std::string& pool_name, bool issue_script);
+void obs_names(const std::string& key, const std::string& pool_name, bool issue_script);
 // Thread idents of every thread state of the main interpreter (the list py-spy walks).
 std::vector<unsigned long> py_thread_state_idents();
 
-unsigned long this_thread_ident();
+unsigned long this_thread_ident();  // what CPython records as thread_id for this thread
 
 // One attempt by another thread to run Python: when it asked, and when it got to run.
 struct probe {
@@ -81,11 +93,34 @@ struct probe {
 // Waits until p.got is set or bound_ms passed; returns the wait (got - asked) or nullopt.
 std::optional<double> wait_probe(const probe& p, int bound_ms);
 // "12.3" or "blocked (>1500 ms)".
-std::string wait_text(const std::optional<double>& wait, int bound_ms);  // what CPython records as thread_id for this thread
+std::string wait_text(const std::optional<double>& wait, int bound_ms);
+// wait_text for a moment `ran` (< 0: not yet) that was asked for at `asked`.
+std::string wait_text_since(double ran, double asked, int bound_ms);
 
-// Entry points: run scenario n (1..7) in this process. Return the exit status.
+// ---- child side, the pyattach and pool variants (they link pyattach; the raw ones do not use it)
+
+// Misuse reports become OBS lines (misuse, misuse_message); then the Python helpers are defined.
+void pyattach_setup();
+// Ends the interpreter (~interpreter), then OBS finalize=ok and misuse_count. Returns 0.
+int pyattach_finish(std::optional<pyattach::interpreter>& interp);
+// A probe asked for now: the thread it is handed to sets got = probe_python() once attached.
+std::shared_ptr<probe> new_probe();
+double probe_python();  // PRECONDITION: attached. Returns now_ms(), then prints from Python.
+// A fresh std::thread asks for Python now (an attach_scope); it destroys its thread state
+// before it sets got, so a thread report made after wait_probe() no longer lists it.
+std::shared_ptr<probe> start_thread_probe();
+// From pyattach's thread report: OBS states_<phase> (how many thread states) and, for a worker
+// ident, worker_listed_<phase> (has a thread state), worker_state_<phase> (attached, waiting,
+// detached) and, when threading/pyattach know them, worker_name_<phase> (threading's name, what
+// py-spy shows) and worker_pool_<phase> (the thread_pool it works for).
+void obs_report(const std::string& phase, unsigned long worker = 0);
+void obs_state_count(const std::string& phase);  // OBS states_<phase>: count_thread_states()
+
+// Entry points: run scenario n in this process (1..7; the pool variant: 2..6). Return the exit
+// status.
 int run_raw(int n);
 int run_pyattach(int n);
+int run_pool(int n);
 
 // ---- parent side ------------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-// demo_common.cpp — observation lines, timing, Python snippets and the child-process runner.
+// demo_common.cpp — observation lines, timing, Python snippets, what the pyattach and pool
+// variants share, and the child-process runner.
 #include "demo.hpp"
 
 #include <fcntl.h>
@@ -14,6 +15,8 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+
+#include <pyattach/pyattach.hpp>
 
 extern char** environ;
 
@@ -57,6 +60,11 @@ double now_ms() {
 }
 
 void sleep_ms(int ms) { std::this_thread::sleep_for(std::chrono::milliseconds(ms)); }
+
+void sleep_until_ms(double t) {
+  const double left = t - now_ms();
+  if (left > 0) std::this_thread::sleep_for(std::chrono::duration<double, std::milli>(left));
+}
 
 std::string fmt_ms(double ms) {
   char buf[32];
@@ -106,6 +114,10 @@ std::string wait_text(const std::optional<double>& wait, int bound_ms) {
   return wait ? fmt_ms(*wait) : "blocked (>" + std::to_string(bound_ms) + " ms)";
 }
 
+std::string wait_text_since(double ran, double asked, int bound_ms) {
+  return wait_text(ran >= 0 ? std::optional<double>(ran - asked) : std::nullopt, bound_ms);
+}
+
 unsigned long this_thread_ident() { return static_cast<unsigned long>(pthread_self()); }
 
 void py_define_helpers() {
@@ -148,8 +160,21 @@ void py_issue130394_init(const std::string& name) {
 
 std::string py_issue130394_get() { return py_eval_str("tl_get_from(issue_local)"); }
 
+std::string py_thread_name() { return py_eval_str("threading.current_thread().name"); }
+
 void py_print(const std::string& text) {
   py_exec("print(" + std::string("'") + text + "', flush=True)\n");
+}
+
+void py_init_pool_thread(const std::string& pool_name, bool issue_script) {
+  py_set_name(pool_name);
+  if (issue_script) py_issue130394_init(pool_name);
+  py_print("Hello from " + pool_name + " in init_python_thread");
+}
+
+void obs_names(const std::string& key, const std::string& pool_name, bool issue_script) {
+  obs(key, py_get_name());
+  if (issue_script) obs("issue_local_in_release_" + pool_name, py_issue130394_get());
 }
 
 std::vector<unsigned long> py_thread_state_idents() {
@@ -159,6 +184,80 @@ std::vector<unsigned long> py_thread_state_idents() {
     ids.push_back(ts->thread_id);
   }
   return ids;
+}
+
+// ---- the pyattach and pool variants ------------------------------------------------------------
+
+namespace {
+// Misuse reports become observations (the handler must not call Python or pyattach).
+void print_misuse(const pyattach::misuse_report& r) noexcept {
+  obs("misuse", pyattach::to_string(r.kind));
+  obs("misuse_message", r.message);
+}
+}  // namespace
+
+void pyattach_setup() {
+  pyattach::set_misuse_handler(print_misuse);
+  pyattach::attach_scope py;
+  py_define_helpers();
+}
+
+int pyattach_finish(std::optional<pyattach::interpreter>& interp) {
+  set_phase("~interpreter");
+  interp.reset();
+  obs("finalize", "ok");
+  obs("misuse_count", std::to_string(pyattach::misuse_count()));
+  return 0;
+}
+
+std::shared_ptr<probe> new_probe() {
+  auto p = std::make_shared<probe>();
+  p->asked = now_ms();
+  return p;
+}
+
+double probe_python() {
+  const double got = now_ms();
+  py_print("Hello from the other thread while the worker is idle");
+  return got;
+}
+
+std::shared_ptr<probe> start_thread_probe() {
+  auto p = new_probe();
+  std::thread([p] {
+    double got = -1;
+    {
+      pyattach::attach_scope py;
+      got = probe_python();
+    }
+    pyattach::release_thread_state();  // gone before the probe reports: the counts are exact
+    p->got = got;
+  }).detach();
+  return p;
+}
+
+void obs_report(const std::string& phase, unsigned long worker) {
+  const pyattach::thread_report r = pyattach::make_thread_report();
+  if (!r.interpreter_available) {
+    obs("states_" + phase, "unavailable");
+    return;
+  }
+  obs("states_" + phase, std::to_string(r.thread_states));
+  if (worker == 0) return;
+  const pyattach::thread_info* w = nullptr;
+  for (const auto& t : r.threads) {
+    if (t.has_thread_state && t.ident == worker) w = &t;
+  }
+  obs("worker_listed_" + phase, w ? "yes" : "no");
+  if (w == nullptr) return;
+  obs("worker_state_" + phase, pyattach::to_string(w->state));
+  if (!w->python_name.empty()) obs("worker_name_" + phase, w->python_name);
+  if (!w->pool.empty()) obs("worker_pool_" + phase, w->pool);
+}
+
+void obs_state_count(const std::string& phase) {
+  const auto n = pyattach::count_thread_states();
+  obs("states_" + phase, n ? std::to_string(*n) : "unavailable");
 }
 
 // ---- parent side ------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
-// demo_main.cpp — pyattach-demo: runs each seed scenario twice (raw C API, pyattach), each in a
+// demo_main.cpp — pyattach-demo: runs each seed scenario in up to three variants (raw C API;
+// pyattach scopes on Boost.Asio pools; pyattach::thread_pool, for scenarios 2–6), each in a
 // child process with a timeout, judges what the child observed, and prints a table or JSON.
 //
-//   pyattach-demo [--json] [--scenario N]     the driver
-//   pyattach-demo --child N raw|pyattach      one run (what the driver spawns)
+//   pyattach-demo [--json] [--scenario N]         the driver
+//   pyattach-demo --child N raw|pyattach|pool     one run (what the driver spawns)
 #include <dlfcn.h>
 #include <signal.h>
 #include <string.h>
@@ -51,7 +52,7 @@ struct row {
   std::string expected;
   std::string observed;
   std::string verdict;
-  bool correct = false;  // pyattach rows: the verdict is "correct"
+  bool correct = false;  // pyattach and pool rows: the verdict is "correct"
   child_result child;
   observations obs;
 };
@@ -183,9 +184,53 @@ void judge_raw(row& r) {
   r.verdict = shown ? "pitfall shown" : "pitfall not reproduced";
 }
 
+// What the pyattach and the pool variants must both show in scenarios 2–6 (judge_pool adds the
+// pool's own checks). Returns whether it was shown; `t` receives what was observed.
+bool attach_criteria(const row& r, std::string& t) {
+  const observations& o = r.obs;
+  switch (r.scenario) {
+    case 2:
+      t = "other thread waited " + ms_text(o, "other_thread_wait_ms") + " of " +
+          ms_text(o, "idle_window_ms") + " idle; worker listed between: " +
+          o.get("worker_listed_between_tasks") + " (" + o.get("states_before") + "->" +
+          o.get("states_between_tasks") + " states); name: " +
+          name_text(o.get("name_in_release_task"));
+      return prompt(o.ms("other_thread_wait_ms"), o.ms("idle_window_ms")) &&
+             o.get("worker_listed_between_tasks") == "yes" &&
+             o.get("name_in_release_task") == "default_pool";
+    case 3:
+    case 4:
+    case 5:
+      t = "custom_pool waited " + ms_text(o, "custom_init_wait_ms") + " of " +
+          ms_text(o, "idle_window_ms") + "; worker listed: " +
+          o.get("worker_listed_while_idle") + "; names later: " +
+          name_text(o.get("name_in_release_default_pool")) + ", " +
+          name_text(o.get("name_in_release_custom_pool")) + ", " +
+          name_text(o.get("name_after_release_default_pool")) + issue_text(o);
+      return prompt(o.ms("custom_init_wait_ms"), o.ms("idle_window_ms")) &&
+             o.get("worker_listed_while_idle") == "yes" &&
+             o.get("name_in_release_default_pool") == "default_pool" &&
+             o.get("name_in_release_custom_pool") == "custom_pool" &&
+             o.get("name_after_release_default_pool") == "default_pool";
+    case 6:
+      t = "name in later task: " + name_text(o.get("name_in_later_task")) +
+          "; custom_pool waited " + ms_text(o, "other_pool_wait_ms");
+      return o.get("name_in_later_task") == "default_pool" &&
+             prompt(o.ms("other_pool_wait_ms"), kWindowMs) && o.get("finalize") == "ok";
+  }
+  return false;
+}
+
+// A pyattach or pool row is correct if what it showed holds and the child exited 0.
+void settle(row& r, bool ok, const std::string& t) {
+  ok = ok && exited_ok(r.child);
+  r.observed = t + "; " + fate(r.child, r.obs);
+  r.correct = ok;
+  r.verdict = ok ? "correct" : "NOT CORRECT";
+}
+
 void judge_pyattach(row& r) {
   const observations& o = r.obs;
-  const child_result& c = r.child;
   bool ok = false;
   std::string t;
   switch (r.scenario) {
@@ -198,39 +243,18 @@ void judge_pyattach(row& r) {
           (o.get("finalize") == "ok" ? "ok" : "?");
       break;
     case 2:
-      ok = prompt(o.ms("other_thread_wait_ms"), o.ms("idle_window_ms")) &&
-           o.get("worker_listed_between_tasks") == "yes" &&
-           o.get("name_in_release_task") == "default_pool";
-      t = "other thread waited " + ms_text(o, "other_thread_wait_ms") + " of " +
-          ms_text(o, "idle_window_ms") + " idle; worker listed between: " +
-          o.get("worker_listed_between_tasks") + " (" + o.get("states_before") + "->" +
-          o.get("states_between_tasks") + " states); name: " +
-          name_text(o.get("name_in_release_task"));
-      break;
     case 3:
     case 4:
     case 5:
-      ok = prompt(o.ms("custom_init_wait_ms"), o.ms("idle_window_ms")) &&
-           o.get("worker_listed_while_idle") == "yes" &&
-           o.get("name_in_release_default_pool") == "default_pool" &&
-           o.get("name_in_release_custom_pool") == "custom_pool" &&
-           o.get("name_after_release_default_pool") == "default_pool";
-      t = "custom_pool waited " + ms_text(o, "custom_init_wait_ms") + " of " +
-          ms_text(o, "idle_window_ms") + "; worker listed: " +
-          o.get("worker_listed_while_idle") + "; names later: " +
-          name_text(o.get("name_in_release_default_pool")) + ", " +
-          name_text(o.get("name_in_release_custom_pool")) + ", " +
-          name_text(o.get("name_after_release_default_pool")) + issue_text(o);
+      ok = attach_criteria(r, t);
       break;
     case 6:
-      ok = o.get("name_in_later_task") == "default_pool" &&
-           prompt(o.ms("other_pool_wait_ms"), kWindowMs) && o.get("misuse") == "wrong_thread" &&
-           prompt(o.ms("python_after_misuse_wait_ms"), kWindowMs) && o.get("finalize") == "ok";
-      t = "name in later task: " + name_text(o.get("name_in_later_task")) + "; misuse: " +
-          (o.has("misuse") ? o.get("misuse") : "none") +
-          "; owner still attached after its next task: " +
-          o.get("owner_attached_after_next_task") + "; another thread's wait for Python: " +
-          ms_text(o, "python_after_misuse_wait_ms");
+      ok = attach_criteria(r, t) && o.get("misuse") == "wrong_thread" &&
+           prompt(o.ms("python_after_misuse_wait_ms"), kWindowMs);
+      t += "; misuse: " + (o.has("misuse") ? o.get("misuse") : "none") +
+           "; owner still attached after its next task: " +
+           o.get("owner_attached_after_next_task") + "; another thread's wait for Python: " +
+           ms_text(o, "python_after_misuse_wait_ms");
       break;
     case 7: {
       const std::string msg = o.get("misuse_message");
@@ -247,45 +271,111 @@ void judge_pyattach(row& r) {
       break;
     }
   }
-  ok = ok && exited_ok(c);
-  r.observed = t + "; " + fate(c, o);
-  r.correct = ok;
-  r.verdict = ok ? "correct" : "NOT CORRECT";
+  settle(r, ok, t);
 }
 
-const char* expected_text(int n, bool raw) {
-  static const char* const texts[8][2] = {
-      {"", ""},
+// The pool variant (scenarios 2–6): what the pyattach variant shows, plus the pool's own
+// promises: workers named "<pool>-<index>" in Python (what py-spy and threading.enumerate()
+// show) and in the thread report, idle workers detached, their states gone after shutdown(), C++
+// tasks never attached, hooks that replace the seed's releaser (once each, on the worker, in
+// order, attached as asked), and no misuse reported.
+void judge_pool(row& r) {
+  const observations& o = r.obs;
+  std::string t;
+  bool ok = attach_criteria(r, t) && o.get("misuse_count") == "0";
+  switch (r.scenario) {
+    case 2:
+      ok = ok && o.get("worker_state_between_tasks") == "detached" &&
+           o.get("worker_name_between_tasks") == "default_pool-0" &&
+           o.get("thread_name_in_release_task") == "default_pool-0";
+      t += "; idle worker " + o.get("worker_state_between_tasks") + ", Python name " +
+           name_text(o.get("worker_name_between_tasks")) + " (later task: " +
+           name_text(o.get("thread_name_in_release_task")) + ")";
+      break;
+    case 3:
+    case 4:
+    case 5:
+      ok = ok && o.get("worker_state_while_idle") == "detached" &&
+           o.get("worker_name_while_idle") == "default_pool-0" &&
+           o.get("worker_pool_while_idle") == "default_pool" &&
+           o.get("thread_name_custom_pool") == "custom_pool-0" &&
+           !o.get("states_before").empty() &&
+           o.get("states_after_shutdown") == o.get("states_before");
+      t += "; Python names: " + name_text(o.get("worker_name_while_idle")) + ", " +
+           name_text(o.get("thread_name_custom_pool")) + "; states after shutdown: " +
+           o.get("states_after_shutdown") + " (before: " + o.get("states_before") + ")";
+      if (r.scenario == 5) {
+        ok = ok && o.get("attached_in_cpp_task") == "no" &&
+             o.get("custom_ran_while_blocked") == "yes";
+        t += "; C++ task attached: " + o.get("attached_in_cpp_task") +
+             "; custom_pool ran while it blocked: " + o.get("custom_ran_while_blocked");
+      }
+      break;
+    case 6:
+      ok = ok && o.get("hook_order") == "start,task,stop" && o.get("hooks_on_worker") == "yes" &&
+           o.get("start_hook_attach") == "attached" && o.get("stop_hook_attach") == "attached" &&
+           o.get("thread_name_in_start_hook") == "default_pool-0" &&
+           o.get("name_in_stop_hook") == "default_pool";
+      t += "; on the worker, in order: " + o.get("hook_order") + " (" +
+           (o.get("hooks_on_worker") == "yes" ? "one thread" : "NOT one worker thread") +
+           "); stop hook read: " + name_text(o.get("name_in_stop_hook"));
+      break;
+    default:
+      ok = false;
+  }
+  settle(r, ok, t);
+}
+
+const char* expected_text(int n, const std::string& variant) {
+  static const char* const texts[8][3] = {
+      // pyattach, raw, pool
+      {"", "", ""},
       {"C++ thread unlisted; others run Python at once during the sleep; shutdown exits 0",
        "C++ thread unlisted; others wait out the Python thread's sleep (GIL held); "
-       "Py_FinalizeEx without RestoreThread crashes (3.9-3.12)"},
+       "Py_FinalizeEx without RestoreThread crashes (3.9-3.12)",
+       ""},
       {"worker keeps its state, not the GIL: another thread runs Python at once",
-       "worker keeps its state AND the GIL: another thread waits the whole idle window"},
+       "worker keeps its state AND the GIL: another thread waits the whole idle window",
+       "as pyattach, with no scope in sight; the idle worker is detached and named "
+       "default_pool-0 in Python"},
       {"pools never block each other; threading.local survives across tasks",
-       "custom_pool waits for default_pool's release; threading.local gone after Release"},
+       "custom_pool waits for default_pool's release; threading.local gone after Release",
+       "as pyattach; workers named default_pool-0 and custom_pool-0 in Python"},
       {"same as 3 (#130394's script still loses its local: it re-creates it; Python, not C API)",
-       "no stall; threading.local may vanish before release (CPython #130394)"},
+       "no stall; threading.local may vanish before release (CPython #130394)",
+       "same as 3 (#130394's script still loses its local, as with pyattach)"},
       {"custom_pool runs Python at once while default_pool blocks in a detach_scope",
-       "custom_pool stalls while default_pool is blocked in C++ holding the GIL"},
+       "custom_pool stalls while default_pool is blocked in C++ holding the GIL",
+       "custom_pool runs Python at once while default_pool blocks in a C++-only submit() "
+       "task: the pool never attaches it, so there is no GIL to forget to release"},
       {"state persists with no releaser; wrong-thread end reported as wrong_thread, no crash",
-       "releaser works on the same thread; from another thread: fatal error"},
+       "releaser works on the same thread; from another thread: fatal error",
+       "releaser replaced by start/stop hooks: once each, on the worker, in order; the stop "
+       "hook reads the start hook's threading.local"},
       {"double_release reported with both source lines; exit 0",
-       "second PyGILState_Release crashes (SIGSEGV) or aborts"},
+       "second PyGILState_Release crashes (SIGSEGV) or aborts",
+       ""},
   };
-  return texts[n][raw ? 1 : 0];
+  const int column = variant == "pyattach" ? 0 : variant == "raw" ? 1 : 2;
+  return texts[n][column];
 }
 
-row run_row(int n, bool raw) {
+// Scenarios the pool variant has (the others are not about pools).
+bool has_pool_variant(int n) { return n >= 2 && n <= 6; }
+
+row run_row(int n, const std::string& variant) {
   row r;
   r.scenario = n;
-  r.variant = raw ? "raw" : "pyattach";
-  r.expected = expected_text(n, raw);
+  r.variant = variant;
+  r.expected = expected_text(n, variant);
   r.child = run_child({"--child", std::to_string(n), r.variant}, kChildTimeoutMs);
   r.obs.items = parse_observations(r.child.out);
-  if (raw) {
+  if (variant == "raw") {
     judge_raw(r);
-  } else {
+  } else if (variant == "pyattach") {
     judge_pyattach(r);
+  } else {
+    judge_pool(r);
   }
   return r;
 }
@@ -413,7 +503,7 @@ std::string libpython_path() {
 int usage() {
   std::fprintf(stderr,
                "usage: pyattach-demo [--json] [--scenario N]\n"
-               "       pyattach-demo --child N raw|pyattach\n");
+               "       pyattach-demo --child N raw|pyattach|pool\n");
   return 2;
 }
 
@@ -421,6 +511,7 @@ int child_main(int n, const std::string& variant) {
   arm_watchdog(kWatchdogMs);
   if (variant == "raw") return run_raw(n);
   if (variant == "pyattach") return run_pyattach(n);
+  if (variant == "pool" && has_pool_variant(n)) return run_pool(n);
   return usage();
 }
 
@@ -446,26 +537,28 @@ int main(int argc, char** argv) {
   ::signal(SIGPIPE, SIG_IGN);
   const std::string python = python_version();
   if (!json) {
-    std::printf("pyattach-demo: seven scenarios, raw C API vs pyattach, each in a child process\n");
+    std::printf("pyattach-demo: seven scenarios in three variants (raw C API, pyattach scopes, "
+                "pyattach::thread_pool for 2-6), each in a child process\n");
     std::printf("CPython %s\nlibpython: %s\n\n", python.c_str(), libpython_path().c_str());
     std::fflush(stdout);
   }
   std::vector<row> rows;
   for (int n = 1; n <= 7; ++n) {
     if (only != 0 && n != only) continue;
-    rows.push_back(run_row(n, true));
-    rows.push_back(run_row(n, false));
+    rows.push_back(run_row(n, "raw"));
+    rows.push_back(run_row(n, "pyattach"));
+    if (has_pool_variant(n)) rows.push_back(run_row(n, "pool"));
   }
   bool all_correct = true;
   for (const row& r : rows) {
-    if (r.variant == "pyattach") all_correct = all_correct && r.correct;
+    if (r.variant != "raw") all_correct = all_correct && r.correct;
   }
   if (json) {
     print_json(rows, python);
   } else {
     print_table(rows);
-    std::printf("\n%s\n", all_correct ? "every pyattach row is correct"
-                                       : "SOME pyattach ROWS ARE NOT CORRECT");
+    std::printf("\n%s\n", all_correct ? "every pyattach and pool row is correct"
+                                       : "SOME pyattach OR pool ROWS ARE NOT CORRECT");
   }
   return all_correct ? 0 : 1;
 }

@@ -4,7 +4,6 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/thread_pool.hpp>
 
-#include <algorithm>
 #include <future>
 #include <memory>
 #include <optional>
@@ -16,66 +15,20 @@
 namespace demo {
 
 namespace {
-// Misuse reports become observations (the handler must not call Python or pyattach).
-void print_misuse(const pyattach::misuse_report& r) noexcept {
-  obs("misuse", pyattach::to_string(r.kind));
-  obs("misuse_message", r.message);
-}
-
-void setup() {
-  pyattach::set_misuse_handler(print_misuse);
-  pyattach::attach_scope py;
-  py_define_helpers();
-}
-
-// Another thread (a fresh one, or a task on `other`) asks for Python now.
-std::shared_ptr<probe> start_probe(pool* other = nullptr) {
-  auto p = std::make_shared<probe>();
-  p->asked = now_ms();
-  auto body = [p] {
+// Another thread asks for Python now: a task on the Boost.Asio pool `other`.
+std::shared_ptr<probe> start_pool_probe(pool& other) {
+  auto p = new_probe();
+  boost::asio::post(other, [p] {
     pyattach::attach_scope py;
-    p->got = now_ms();
-    py_print("Hello from the other thread while the worker is idle");
-  };
-  if (other != nullptr) {
-    boost::asio::post(*other, body);
-  } else {
-    std::thread(body).detach();
-  }
+    p->got = probe_python();
+  });
   return p;
-}
-
-void obs_states(const std::string& phase, unsigned long worker = 0) {
-  const pyattach::thread_report r = pyattach::make_thread_report();
-  if (!r.interpreter_available) {
-    obs("states_" + phase, "unavailable");
-    return;
-  }
-  obs("states_" + phase, std::to_string(r.thread_states));
-  if (worker != 0) {
-    bool listed = false;
-    for (const auto& t : r.threads) listed |= t.has_thread_state && t.ident == worker;
-    obs("worker_listed_" + phase, listed ? "yes" : "no");
-  }
-}
-
-void obs_count(const std::string& phase) {
-  const auto n = pyattach::count_thread_states();
-  obs("states_" + phase, n ? std::to_string(*n) : "unavailable");
-}
-
-int finish(std::optional<pyattach::interpreter>& interp) {
-  set_phase("~interpreter");
-  interp.reset();
-  obs("finalize", "ok");
-  obs("misuse_count", std::to_string(pyattach::misuse_count()));
-  return 0;
 }
 
 // 1: a thread runs Python in a scope per iteration and sleeps outside it; another only prints.
 int scenario1() {
   std::optional<pyattach::interpreter> interp(std::in_place);
-  setup();
+  pyattach_setup();
   std::atomic<bool> stop{false};
   std::atomic<unsigned long> cpp_ident{0}, py_ident{0};
   std::atomic<int> iterations{0};
@@ -100,7 +53,7 @@ int scenario1() {
   while (iterations == 0) sleep_ms(1);
   sleep_ms(5);
   set_phase("another thread asks for Python");
-  auto p = start_probe();
+  auto p = start_thread_probe();
   obs("sleep_ms", kWindowMs);
   obs("other_thread_wait_ms", wait_text(wait_probe(*p, kBoundMs), kBoundMs));
   const pyattach::thread_report r = pyattach::make_thread_report();
@@ -115,15 +68,15 @@ int scenario1() {
   stop = true;
   cpp_thread.join();
   py_thread.join();
-  return finish(interp);
+  return pyattach_finish(interp);
 }
 
 // 2: the worker keeps its thread state between tasks without holding the GIL.
 int scenario2() {
   std::optional<pyattach::interpreter> interp(std::in_place);
-  setup();
+  pyattach_setup();
   pool default_pool(1);
-  obs_count("before");
+  obs_state_count("before");
   unsigned long worker = 0;
   post_task(default_pool, [&] {
     pyattach::attach_scope py;
@@ -132,10 +85,10 @@ int scenario2() {
     py_print("Hello from the default_pool in init_python_thread");
   }).wait();
   const double idle_start = now_ms();
-  auto p = start_probe();
+  auto p = start_thread_probe();
   const auto wait = wait_probe(*p, kBoundMs);
-  obs_states("between_tasks", worker);
-  sleep_ms(static_cast<int>(std::max(0.0, kWindowMs - (now_ms() - idle_start))));
+  obs_report("between_tasks", worker);
+  sleep_until_ms(idle_start + kWindowMs);
   post_task(default_pool, [&] {
     pyattach::attach_scope py;
     obs("name_in_release_task", py_get_name());
@@ -143,25 +96,23 @@ int scenario2() {
   obs("idle_window_ms", now_ms() - idle_start);
   obs("other_thread_wait_ms", wait_text(wait, kBoundMs));
   default_pool.join();
-  return finish(interp);
+  return pyattach_finish(interp);
 }
 
 // 3 and 4 (the same program: the pattern packaged), and 5 (blocking C++ in a detach_scope).
 // issue_script: also run CPython issue 130394's Python code (a threading.local per init).
 int two_pools(bool blocking, bool issue_script) {
   std::optional<pyattach::interpreter> interp(std::in_place);
-  setup();
+  pyattach_setup();
   pool default_pool(1), custom_pool(1);
-  obs_count("before");
+  obs_state_count("before");
   std::atomic<double> def_ran{-1}, cus_ran{-1};
   std::atomic<unsigned long> def_ident{0};
   auto def_init = post_task(default_pool, [&] {
     pyattach::attach_scope py;
     def_ran = now_ms();
     def_ident = this_thread_ident();
-    py_set_name("default_pool");
-    if (issue_script) py_issue130394_init("default_pool");
-    py_print("Hello from default_pool in init_python_thread");
+    py_init_pool_thread("default_pool", issue_script);
     if (blocking) {
       pyattach::detach_scope wait;  // blocking C++ work: the GIL is free, the state kept
       sleep_ms(kWindowMs);
@@ -176,48 +127,44 @@ int two_pools(bool blocking, bool issue_script) {
   auto cus_init = post_task(custom_pool, [&] {
     pyattach::attach_scope py;
     cus_ran = now_ms();
-    py_set_name("custom_pool");
-    if (issue_script) py_issue130394_init("custom_pool");
-    py_print("Hello from custom_pool in init_python_thread");
+    py_init_pool_thread("custom_pool", issue_script);
   });
   cus_init.wait_for(std::chrono::milliseconds(kBoundMs));
-  obs_states("while_idle", def_ident);
+  obs_report("while_idle", def_ident);
   def_init.wait();
-  const double left = kWindowMs - (now_ms() - asked);
-  if (left > 0) sleep_ms(static_cast<int>(left));
+  sleep_until_ms(asked + kWindowMs);
   const double window = now_ms() - asked;
-  auto read_name = [issue_script](const std::string& key, const char* pool_name) {
+  auto read_names = [issue_script](const std::string& key, const char* pool_name) {
     pyattach::attach_scope py;
-    obs(key, py_get_name());
-    if (issue_script) obs(std::string("issue_local_in_release_") + pool_name, py_issue130394_get());
+    obs_names(key, pool_name, issue_script);
   };
-  post_task(default_pool, [&] { read_name("name_in_release_default_pool", "default_pool"); })
+  post_task(default_pool, [&] { read_names("name_in_release_default_pool", "default_pool"); })
       .wait();
   obs("idle_window_ms", window);
-  obs("custom_init_wait_ms", cus_ran >= 0 ? fmt_ms(cus_ran - asked)
-                                          : "blocked (>" + std::to_string(kBoundMs) + " ms)");
-  post_task(custom_pool, [&] { read_name("name_in_release_custom_pool", "custom_pool"); }).wait();
+  obs("custom_init_wait_ms", wait_text_since(cus_ran, asked, kBoundMs));
+  post_task(custom_pool, [&] { read_names("name_in_release_custom_pool", "custom_pool"); })
+      .wait();
   post_task(default_pool, [] {
     pyattach::attach_scope py;
     obs("name_after_release_default_pool", py_get_name());
   }).wait();
-  obs_states("after_release", def_ident);
+  obs_report("after_release", def_ident);
   default_pool.join();
   custom_pool.join();
-  obs_count("after_join");
-  return finish(interp);
+  obs_state_count("after_join");
+  return pyattach_finish(interp);
 }
 
 // 6: no releaser needed; then a heap-held scope ended on the wrong thread.
 int scenario6() {
   std::optional<pyattach::interpreter> interp(std::in_place);
-  setup();
+  pyattach_setup();
   pool default_pool(1), custom_pool(1);
   post_task(default_pool, [] {
     pyattach::attach_scope py;
     py_set_name("default_pool");
   }).wait();
-  auto p = start_probe(&custom_pool);
+  auto p = start_pool_probe(custom_pool);
   obs("other_pool_wait_ms", wait_text(wait_probe(*p, kBoundMs), kBoundMs));
   post_task(default_pool, [] {
     pyattach::attach_scope py;
@@ -240,20 +187,20 @@ int scenario6() {
     obs("owner_attached_after_next_task", pyattach::is_attached() ? "yes" : "no");
   }).wait();
   set_phase("another thread asks for Python after the misuse");
-  auto after = start_probe();
+  auto after = start_thread_probe();
   const auto wait = wait_probe(*after, kBoundMs);
   obs("python_after_misuse_wait_ms", wait_text(wait, kBoundMs));
   set_phase("shutdown after the misuse");
   if (!wait) arm_watchdog(kBoundMs);  // a thread keeps the GIL: shutting down may hang
   default_pool.join();
   custom_pool.join();
-  return finish(interp);
+  return pyattach_finish(interp);
 }
 
 // 7: release() twice on the same scope.
 int scenario7() {
   std::optional<pyattach::interpreter> interp(std::in_place);
-  setup();
+  pyattach_setup();
   pool default_pool(1), custom_pool(1);
   post_task(default_pool, [] {
     pyattach::attach_scope py;
@@ -264,7 +211,7 @@ int scenario7() {
     py.release();
     obs("second_release", "returned");
   }).wait();
-  auto p = start_probe(&custom_pool);
+  auto p = start_pool_probe(custom_pool);
   obs("other_pool_wait_ms", wait_text(wait_probe(*p, kBoundMs), kBoundMs));
   post_task(default_pool, [] {
     pyattach::attach_scope py;
@@ -272,7 +219,7 @@ int scenario7() {
   }).wait();
   default_pool.join();
   custom_pool.join();
-  return finish(interp);
+  return pyattach_finish(interp);
 }
 }  // namespace
 
