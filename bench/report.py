@@ -12,6 +12,8 @@ Input: one result directory per CPython ("leg"), as scripts/bench.sh leaves them
   counted.tsv            the counted mode's lines (thread states created, kept, status)
   callgrind.out.N        one callgrind dump per label (desc: Trigger: Client Request: LABEL)
   status                 "ok" or what failed
+  pool.json              pyattach_pool_bench's Google Benchmark JSON (the "Pools" section, issue 5):
+                         throughput per repetition, latency percentiles; absent: no Pools section
 Output: the Markdown report and a PNG (matplotlib, Debian's python3-matplotlib).
 
 Run with Debian's /usr/bin/python3 (the PATH python3 may lack matplotlib):
@@ -49,6 +51,29 @@ HANDOFF = ["gilstate_per_call", "floor", "pyattach"]
 KEEPS_STATE = {a: a not in ("gilstate_per_call", "pybind11_per_call") for a, _ in ALTERNATIVES}
 # The pyattach lines worth annotating, and the floor to read them against.
 ANNOTATED = ["pyattach/empty", "pyattach_nested/empty", "pyattach_detach/empty", "floor/empty"]
+
+# pyattach_pool_bench's rows (pool_alternatives.cpp), in table order, and the no-op row each
+# Python row is read against (the same pool's own C++ tasks).
+POOL_NOOP = [
+    ("asio_post", "`boost::asio::thread_pool(2)` + `boost::asio::post`"),
+    ("pyattach_post", "`pyattach::thread_pool` (2 workers) + `post`"),
+    ("pyattach_submit", "`pyattach::thread_pool` (2 workers) + `submit`, every future kept, then `get()`"),
+]
+POOL_PYTHON = [
+    ("asio_gilstate", "asio(2) + `PyGILState_Ensure`/`Release` per task", "asio_post"),
+    ("asio_floor", "asio(2) + persistent per-thread `PyThreadState` (`thread_local`), "
+                   "`PyEval_RestoreThread`/`SaveThread` per task", "asio_post"),
+    ("pyattach_post_python", "`pyattach::thread_pool` (2) + `post_python`", "pyattach_post"),
+    ("pyattach_submit_python", "`pyattach::thread_pool` (2) + `submit_python`, futures",
+     "pyattach_submit"),
+]
+# Latency rows, and the asio row with the same kind of task each is read against.
+POOL_LATENCY = [
+    ("asio_post", "asio(2) + `post`, C++ task", "asio_post"),
+    ("pyattach_post", "`pyattach::thread_pool` + `post`, C++ task", "asio_post"),
+    ("asio_floor", "asio(2) + persistent state, Python task", "asio_floor"),
+    ("pyattach_post_python", "`pyattach::thread_pool` + `post_python`, Python task", "asio_floor"),
+]
 
 
 def read_text(path, default=""):
@@ -92,6 +117,52 @@ def load_wall(path):
             if b["aggregate_name"] == "median":
                 entry["states"] = b.get("states_per_iter")
                 entry["kept"] = b.get("kept")
+    return out, data.get("context", {})
+
+
+def median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    if n == 0:
+        return None
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+
+def load_pool(path):
+    """{(group, alt): {...}}: throughput rows ("noop", "python") with rates = items_per_second per
+    repetition and median/min/max of them; latency rows with the percentiles; "error" if a run
+    failed. And the run's context. ({}, {}) if there is no file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return {}, {}
+    out = {}
+    families = [b.get("family_index", 0) for b in data.get("benchmarks", [])
+                if b.get("run_type") == "iteration"]
+    # Run with --benchmark_enable_random_interleaving: the repetitions' order is not by row.
+    data.setdefault("context", {})["interleaved"] = families != sorted(families)
+    for b in data.get("benchmarks", []):
+        parts = b.get("run_name", b["name"]).split("/")
+        if parts[0] != "pool" or len(parts) < 3 or b.get("run_type") != "iteration":
+            continue
+        entry = out.setdefault((parts[1], parts[2]), {"error": None, "rates": []})
+        if b.get("error_occurred"):
+            entry["error"] = b.get("error_message", "error")
+            continue
+        if parts[1] == "latency":
+            for k in ("min", "median", "p90", "p99", "max"):
+                entry[k] = b.get(f"latency_{k}_ns")
+            entry["probes"] = b.get("probes")
+        else:
+            entry["rates"].append(b.get("items_per_second"))
+            entry["tasks"] = b.get("tasks")
+            entry.setdefault("states_warmup", []).append(b.get("states_warmup"))
+            entry.setdefault("states_measured", []).append(b.get("states_measured"))
+    for (group, _), entry in out.items():
+        rates = [r for r in entry["rates"] if r is not None]
+        if group != "latency" and rates:
+            entry["median"], entry["min"], entry["max"] = median(rates), min(rates), max(rates)
     return out, data.get("context", {})
 
 
@@ -434,13 +505,198 @@ def where_it_goes(leg, with_lines):
     return lines
 
 
+# ---- the Pools section (pyattach_pool_bench) -------------------------------------------------------
+
+def rate(x):
+    if x is None:
+        return "—"
+    if x >= 1e6:
+        return f"{x / 1e6:.2f} M"
+    if x >= 1e3:
+        return f"{x / 1e3:.1f} k"
+    return f"{x:.0f}"
+
+
+def us(x):
+    return "—" if x is None else f"{x / 1e3:,.1f}"
+
+
+def states_text(values):
+    vals = sorted({int(v) for v in values if v is not None})
+    return "/".join(f"{v:,}" for v in vals) or "—"
+
+
+def pool_verdicts(pool):
+    """The issue 5 targets for one leg: [(name, ok, figures)]."""
+    def med(group, alt):
+        e = pool.get((group, alt), {})
+        return None if e.get("error") else e.get("median")
+
+    verdicts = []
+    a, p, sub = med("noop", "asio_post"), med("noop", "pyattach_post"), med("noop", "pyattach_submit")
+    if a and p:
+        extra = f"; `submit` with futures: {rate(sub)}/s, {sub / a:.2f}×" if sub else ""
+        verdicts.append(("pool no-op throughput ≥ 1.0× asio's (same run, medians)", p / a >= 1.0,
+                         f"`post` {rate(p)}/s vs asio {rate(a)}/s: {p / a:.2f}×{extra}"))
+    pp, sp = med("python", "pyattach_post_python"), med("python", "pyattach_submit_python")
+    if pp and p:
+        extra = (f"; `submit_python` vs `submit`: {rate(sp)}/s vs {rate(sub)}/s, {sp / sub:.2f}×"
+                 if sp and sub else "")
+        verdicts.append(("Python-task throughput ≥ 0.9× the pool's own no-op throughput (medians)",
+                         pp / p >= 0.9,
+                         f"`post_python` {rate(pp)}/s vs `post` {rate(p)}/s: {pp / p:.2f}×{extra}"))
+    return verdicts
+
+
+def pool_report(leg):
+    """Markdown lines for one interpreter's pool benchmarks, and its target verdicts."""
+    pool, ctx = leg["pool"], leg["pool_context"]
+    version = ctx.get("python_version", "?").split(" ")[0]
+    lines = [f"### {leg['name']}: CPython {version} (`{leg['python']}`)", ""]
+    reps = max((len(e["rates"]) for k, e in pool.items() if k[0] != "latency"), default=0)
+
+    def noop_median(alt):
+        e = pool.get(("noop", alt), {})
+        return None if e.get("error") else e.get("median")
+
+    asio = noop_median("asio_post")
+    lines.append(f"C++ no-op tasks ({int(float(ctx.get('noop_tasks', 0))):,} per repetition, "
+                 f"{ctx.get('workers', '?')} workers), tasks per second: median (min–max) over "
+                 f"{reps} repetitions; × asio = median ÷ asio's median in this run:")
+    lines.append("")
+    lines.append("| pool | tasks/s | × asio | thread states: pool + warm-up / measured run |")
+    lines.append("|---|---:|---:|---|")
+    for alt, text in POOL_NOOP:
+        e = pool.get(("noop", alt), {})
+        if e.get("error"):
+            lines.append(f"| {text} | error: {e['error']} | | |")
+            continue
+        lines.append(f"| {text} | {rate(e.get('median'))} ({rate(e.get('min'))}–{rate(e.get('max'))})"
+                     f" | {ratio(e.get('median'), asio)} | {states_text(e.get('states_warmup', []))}"
+                     f" / {states_text(e.get('states_measured', []))} |")
+    lines.append("")
+
+    floor = pool.get(("python", "asio_floor"), {}).get("median")
+    lines.append(f"Tasks calling a Python function that returns `None` "
+                 f"({int(float(ctx.get('python_tasks', 0))):,} per repetition), tasks per second: "
+                 f"median (min–max); × asio = ÷ asio's no-op median; × asio + state = ÷ the "
+                 f"asio + persistent state row; × own no-op = ÷ the same pool's no-op median "
+                 f"(asio's rows: asio `post`):")
+    lines.append("")
+    lines.append("| pool | tasks/s | × asio | × asio + state | × own no-op | thread states: pool + "
+                 "warm-up / measured run (per task) |")
+    lines.append("|---|---:|---:|---:|---:|---|")
+    for alt, text, own in POOL_PYTHON:
+        e = pool.get(("python", alt), {})
+        if e.get("error"):
+            lines.append(f"| {text} | error: {e['error']} | | | | |")
+            continue
+        m = e.get("median")
+        measured = [v for v in e.get("states_measured", []) if v is not None]
+        per_task = (f" ({max(measured) / e['tasks']:g} per task)"
+                    if measured and e.get("tasks") else "")
+        lines.append(f"| {text} | {rate(m)} ({rate(e.get('min'))}–{rate(e.get('max'))}) | "
+                     f"{ratio(m, asio)} | {ratio(m, floor)} | {ratio(m, noop_median(own))} | "
+                     f"{states_text(e.get('states_warmup', []))} / "
+                     f"{states_text(measured)}{per_task} |")
+    lines.append("")
+
+    probes = next((int(e["probes"]) for k, e in pool.items()
+                   if k[0] == "latency" and e.get("probes")), 0)
+    lines.append(f"Submit→start latency on an idle pool ({probes:,} probes, one run; the submitter "
+                 "sleeps 1 ms before each; latency = the task's first `steady_clock` reading − the "
+                 "reading just before the submit; a Python task's start is after its attach), µs; "
+                 "× asio = ÷ asio's figure for the same kind of task (C++: `post`; Python: "
+                 "+ persistent state):")
+    lines.append("")
+    lines.append("| pool, task | median | p90 | p99 | max | × asio (median) | × asio (p90) |")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|")
+    for alt, text, base in POOL_LATENCY:
+        e = pool.get(("latency", alt), {})
+        b = pool.get(("latency", base), {})
+        if e.get("error"):
+            lines.append(f"| {text} | error: {e['error']} | | | | | |")
+            continue
+        lines.append(f"| {text} | {us(e.get('median'))} | {us(e.get('p90'))} | {us(e.get('p99'))} | "
+                     f"{us(e.get('max'))} | {ratio(e.get('median'), b.get('median'))} | "
+                     f"{ratio(e.get('p90'), b.get('p90'))} |")
+    lines.append("")
+
+    verdicts = pool_verdicts(pool)
+    lines.append("Targets (issue 5; wall medians of this run, never asserted):")
+    lines.append("")
+    lines.append("| target | verdict | figures |")
+    lines.append("|---|---|---|")
+    for name, ok, figures in verdicts:
+        lines.append(f"| {name} | {met(ok)} | {figures} |")
+    lines.append("")
+    return lines, verdicts
+
+
+def pools_section(legs):
+    """The whole "Pools" section: method, targets across interpreters, then one block per leg."""
+    legs = [leg for leg in legs if leg["pool"]]
+    if not legs:
+        return []
+    ctx = legs[0]["pool_context"]
+    out = ["## Pools (issue 5): `pyattach::thread_pool` against `boost::asio::thread_pool`", ""]
+    out.append(f"- Binary: `pyattach_pool_bench` (bench/pool_alternatives.cpp), built with the "
+               f"same Release flags, Boost {ctx.get('boost_version', '?').replace('_', '.')}. Every "
+               f"pool has {ctx.get('workers', '?')} workers; the submitter is the main thread "
+               "(it embeds CPython with `pyattach::interpreter` and is detached while it submits).")
+    out.append("- Each repetition makes a fresh pool, warms it up (one task on each worker, held at "
+               "a barrier until both run; a Python pool's workers make their thread states here), "
+               "then times one batch: submit every task, then wait for all (asio `join()`, the "
+               "pool's `wait()`, or every future's `get()`). Making the pool, the warm-up and its "
+               "destruction are outside the timing."
+               + (" The repetitions of all rows ran interleaved in random order "
+                  "(`--benchmark_enable_random_interleaving`), so a burst of load from other work "
+                  "lands on several rows rather than on one." if ctx.get("interleaved") else ""))
+    out.append("- Every task counts itself (a per-thread counter on its own cache line, read "
+               "after the wait): a lost or duplicated task, a Python call that raised, pool stats "
+               "that disagree, or a thread state made where the alternative keeps one, fails the "
+               "run (shown as an error below). Thread states are counted with CPython's creation "
+               "counter, as above: *pool + warm-up* from before the pool was made to after its "
+               "warm-up, *measured run* around the timed batch.")
+    out.append("- How to read the throughput: one submitter posts as fast as it can, so when the "
+               "workers keep up, a row's rate is its submit path's rate; Python tasks also depend "
+               "on whether both workers are busy (trading the GIL on every task) or one drains the "
+               "queue alone, so their repetitions can differ several-fold (see min–max).")
+    out.append("- 2 cores shared with other work: three busy threads (submitter + 2 workers) "
+               "on 2 cores, so these wall figures are noisy; read ratios within one table.")
+    out.append("")
+    bodies, verdict_rows = [], []
+    for leg in legs:
+        body, verdicts = pool_report(leg)
+        bodies.append(body)
+        verdict_rows.append((leg, verdicts))
+    out.append("### Pool targets (issue 5), per interpreter")
+    out.append("")
+    names = []
+    for _, verdicts in verdict_rows:
+        names += [v[0] for v in verdicts if v[0] not in names]
+    out.append("| target | " + " | ".join(leg["name"] for leg, _ in verdict_rows) + " |")
+    out.append("|---|" + "---|" * len(verdict_rows))
+    for name in names:
+        cells = []
+        for _, verdicts in verdict_rows:
+            v = next((x for x in verdicts if x[0] == name), None)
+            cells.append("—" if v is None else f"{'met' if v[1] else 'MISSED'}: {v[2]}")
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    out.append("")
+    for body in bodies:
+        out += body
+    return out
+
+
 def chart(legs, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     alts = [a for a, _ in ALTERNATIVES]
-    fig, axes = plt.subplots(3, 1, figsize=(13, 13))
+    with_pools = any(leg["pool"] for leg in legs)  # a fourth panel: the Pools section's rows
+    fig, axes = plt.subplots(4 if with_pools else 3, 1, figsize=(13, 17.5 if with_pools else 13))
     width = 0.8 / max(1, len(legs))
     panels = [
         ("instructions per iteration, empty body (callgrind)",
@@ -466,6 +722,24 @@ def chart(legs, path):
         if log:
             ax.set_yscale("log")
         ax.grid(axis="y", alpha=0.3)
+    if with_pools:
+        ax = axes[3]
+        rows = [("noop", a) for a, _ in POOL_NOOP] + [("python", a) for a, _, _ in POOL_PYTHON]
+        for i, leg in enumerate(legs):
+            xs, ys = [], []
+            for j, key in enumerate(rows):
+                e = leg["pool"].get(key, {})
+                if e.get("median") is not None and not e.get("error"):
+                    xs.append(j + (i - (len(legs) - 1) / 2) * width)
+                    ys.append(e["median"])
+            version = leg["context"].get("python_version", "?").split(" ")[0]
+            ax.bar(xs, ys, width, label=f"{leg['name']} ({version})")
+        ax.set_title("pools, 2 workers: tasks per second (median; log scale; higher is better): "
+                     "C++ no-op tasks, then tasks calling Python")
+        ax.set_xticks(range(len(rows)))
+        ax.set_xticklabels([f"{g}/{a}" for g, a in rows], rotation=20, ha="right")
+        ax.set_yscale("log")
+        ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize=8, ncol=3)
     fig.suptitle("pyattach vs the alternatives: cost per attach + body + detach on a native thread")
     fig.tight_layout()
@@ -486,11 +760,13 @@ def main():
         counted = load_counted(d)
         iterations = next((c["iterations"] for c in counted.values() if c.get("iterations")), 0)
         reps = max((e.get("reps", 0) for e in wall.values()), default=0)
+        pool, pool_ctx = load_pool(os.path.join(d, "pool.json"))
         legs.append({"name": read_text(os.path.join(d, "leg"), os.path.basename(d)),
                      "python": read_text(os.path.join(d, "python"), "?"),
                      "status": read_text(os.path.join(d, "status"), "unknown"),
                      "wall": wall, "counted": counted, "context": ctx,
-                     "iterations": iterations, "repetitions": reps})
+                     "iterations": iterations, "repetitions": reps,
+                     "pool": pool, "pool_context": pool_ctx})
 
     model, cores, kernel, mem = machine()
     ctx0 = next((leg["context"] for leg in legs if leg["context"]), {})
@@ -550,6 +826,7 @@ def main():
     out.append("")
     for i, leg in enumerate(legs):
         out += where_it_goes(leg, with_lines=(i == 0))
+    out += pools_section(legs)
 
     with open(args.out, "w", encoding="utf-8") as f:
         f.write("\n".join(out) + "\n")

@@ -4,6 +4,9 @@
 # wall-time suite (Google Benchmark, repetitions with median/min/max) and the instruction counts
 # (callgrind, collected only around each measured loop), and write docs/benchmarks.md and
 # docs/benchmarks.png (bench/report.py, with Debian's /usr/bin/python3 and python3-matplotlib).
+# Each leg also builds and runs pyattach_pool_bench (pyattach::thread_pool against
+# boost::asio::thread_pool: no-op and Python-task throughput, idle submit→start latency; the
+# report's "Pools" section), with the same repetitions.
 # Benchmarks are not tests: nothing here fails on a timing; it fails if a build or a run fails.
 #   PYATTACH_BENCH_LEGS="debian-3.11 pyenv-3.12.1"   only those legs (names as printed)
 #   PYATTACH_BENCH_REPETITIONS (default 7), PYATTACH_BENCH_MIN_TIME (seconds per repetition,
@@ -59,8 +62,9 @@ for leg in "${legs[@]}"; do
   if ! cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS=-g \
          -DPYATTACH_PYTHON="$python" -DPYATTACH_BUILD_TESTS=OFF -DPYATTACH_BUILD_EXAMPLES=OFF \
          -DPYATTACH_BUILD_BENCH=ON >"$out/configure.log" 2>&1 \
-     || ! cmake --build "$build" -j"$jobs" --target pyattach_bench >"$out/build.log" 2>&1; then
-    tail -30 "$out/configure.log" "$out/build.log"
+     || ! cmake --build "$build" -j"$jobs" --target pyattach_bench pyattach_pool_bench \
+            >"$out/build.log" 2>&1; then
+    tail -n 30 "$out/configure.log" "$out/build.log"
     echo "build failed" >"$out/status"
     failed=1
     continue
@@ -74,17 +78,33 @@ for leg in "${legs[@]}"; do
     status="wall-time run reported errors (results/wall.txt)"
   fi
   walled=$SECONDS
+  # The pools: every repetition is one fresh pool and one batch of tasks (fixed sizes, so
+  # --benchmark_min_time does not apply); the latency probes run once. The repetitions of all
+  # rows run interleaved in random order, so a burst of load from other work lands on several
+  # rows instead of making one row look slow. A hung pool must not hang the whole script:
+  # 20 minutes is many times what a leg takes.
+  timeout 1200 "$build/bench/pyattach_pool_bench" --benchmark_repetitions="$repetitions" \
+    --benchmark_enable_random_interleaving=true \
+    --benchmark_out="$out/pool.json" --benchmark_out_format=json >"$out/pool.txt" 2>&1
+  pool_rc=$?
+  if [ "$pool_rc" -ne 0 ]; then
+    grep -i "error" "$out/pool.txt" | head -10
+    failure="pool run reported errors (results/pool.txt)"
+    [ "$pool_rc" -eq 124 ] && failure="pool run timed out after 1200 s (results/pool.txt)"
+    if [ "$status" = "ok" ]; then status="$failure"; else status="$status; $failure"; fi
+  fi
+  pooled=$SECONDS
   if ! valgrind --tool=callgrind --instr-atstart=no --dump-instr=yes \
          --callgrind-out-file="$out/callgrind.out" "$bin" --callgrind "$iterations" \
          >"$out/counted.tsv" 2>"$out/callgrind.log"; then
-    tail -10 "$out/callgrind.log"
+    tail -n 10 "$out/callgrind.log"
     failure="callgrind run failed (results/callgrind.log)"
     if [ "$status" = "ok" ]; then status="$failure"; else status="$status; $failure"; fi
   fi
   echo "$status" >"$out/status"
   [ "$status" = "ok" ] || failed=1
   echo "status: $status; time: build $((built - start)) s, wall $((walled - built)) s," \
-       "callgrind $((SECONDS - walled)) s"
+       "pools $((pooled - walled)) s, callgrind $((SECONDS - pooled)) s"
   result_dirs+=("$out")
 done
 

@@ -1,0 +1,683 @@
+// bench/pool_alternatives.cpp — pyattach::thread_pool against boost::asio::thread_pool, the same
+// workloads over each pool, in one binary (pyattach_pool_bench).
+//
+// What it compares and why
+//   Ray-style services run their C++ and Python tasks on boost::asio pools; pyattach's pool must
+//   not cost more than the pool it replaces, and its Python tasks must cost about what its C++
+//   tasks cost (a persistent thread state per worker, attached only around the task). So, on 2
+//   workers each, in the same run:
+//     noop     1,000,000 C++ tasks that only count themselves
+//                asio_post            boost::asio::thread_pool(2) + boost::asio::post
+//                pyattach_post        pyattach::thread_pool (2 workers) + post
+//                pyattach_submit      the same pool + submit, every future kept and then get()
+//     python   200,000 tasks that each call a Python function returning None
+//                asio_gilstate        asio + PyGILState_Ensure/Release per task (the usual code:
+//                                     a thread state made and destroyed per task)
+//                asio_floor           asio + one PyThreadState per asio thread (thread_local,
+//                                     made on its first task), PyEval_RestoreThread/SaveThread
+//                                     per task: the least any correct attach can do
+//                pyattach_post_python / pyattach_submit_python
+//     latency  submit→start of one task on an idle pool (the submitter sleeps 1 ms between
+//              probes): asio_post, pyattach_post (C++ tasks), asio_floor and
+//              pyattach_post_python (Python tasks; the start is after the attach)
+//   Every task counts itself in a per-thread counter (its own cache line: no shared atomic to
+//   bounce between the workers), so a lost or duplicated task fails the run, and the no-op is a
+//   store the compiler cannot drop (the counters are read afterwards). Thread states are counted
+//   with CPython's creation counter (PyThreadState_GetID of a probe state, as in
+//   attach_alternatives.cpp): before the pool is made, after its warm-up, after the measured run.
+//
+// How a measurement runs
+//   Google Benchmark calls each benchmark on the main thread, which embeds CPython
+//   (pyattach::interpreter: detached) and is the submitter. Each repetition makes a fresh pool
+//   (threads started), warms it up (one task on each worker, held at a barrier until both run,
+//   detached while waiting; a Python pool's workers make their thread states here), then the
+//   timed loop (one iteration: submit every task, then wait for all: asio join(), pool wait(),
+//   or every future's get()), then checks the counts; making and destroying the pool are outside
+//   the timing. Throughput is items_per_second (tasks per wall second) per repetition.
+//
+// Modes
+//   pyattach_pool_bench [Google Benchmark flags]  pool/noop/<alt>, pool/python/<alt>
+//                                                 (repetitions: --benchmark_repetitions), and
+//                                                 pool/latency/<alt> (one run of 2,000 probes)
+//   pyattach_pool_bench --smoke                   CI: a few tasks and probes each; exits 1 if a
+//                                                 run failed (never on timings)
+//   --noop-tasks=N --python-tasks=N --probes=N    override the sizes
+#include <Python.h>
+
+#include <benchmark/benchmark.h>
+#include <boost/asio/post.hpp>
+#include <boost/asio/thread_pool.hpp>
+#include <boost/version.hpp>
+#include <pyattach/pyattach.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <future>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+#ifndef PYATTACH_BENCH_BUILD_TYPE
+#define PYATTACH_BENCH_BUILD_TYPE "unknown"
+#endif
+#ifndef PYATTACH_BENCH_PYTHON
+#define PYATTACH_BENCH_PYTHON "unknown"
+#endif
+
+namespace bench {
+namespace {
+
+constexpr std::size_t kWorkers = 2;
+
+struct options {
+  bool smoke = false;
+  std::uint64_t noop_tasks = 1000000;
+  std::uint64_t python_tasks = 200000;
+  int probes = 2000;
+};
+
+options g_options;
+PyObject* g_globals = nullptr;  // owns the namespace below
+PyObject* g_noop = nullptr;     // def noop(): return None (borrowed from g_globals)
+std::atomic<bool> g_failed{false};
+
+void fail(const std::string& what) {
+  g_failed.store(true);
+  std::fprintf(stderr, "pyattach_pool_bench: %s\n", what.c_str());
+}
+
+// ---- counting tasks --------------------------------------------------------------------------
+
+// One per worker thread, on its own cache line. Written only by its thread (a relaxed load and
+// store: a plain increment, no lock prefix); read by the main thread after the pool's wait,
+// join or future get(), which orders the reads after the last task's writes.
+struct alignas(64) task_counter {
+  std::atomic<std::uint64_t> tasks{0};
+  std::atomic<std::uint64_t> failures{0};  // Python calls that raised
+};
+constexpr std::size_t kCounters = 4096;  // every worker thread of the run gets its own
+task_counter g_counters[kCounters];
+std::atomic<std::size_t> g_counters_used{0};
+
+task_counter& my_counter() {
+  thread_local task_counter* mine = [] {
+    const std::size_t i = g_counters_used.fetch_add(1);
+    if (i >= kCounters) {
+      std::fprintf(stderr, "pyattach_pool_bench: more than %zu worker threads\n", kCounters);
+      std::abort();
+    }
+    return &g_counters[i];
+  }();
+  return *mine;
+}
+
+void bump(std::atomic<std::uint64_t>& c) {
+  c.store(c.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+}
+
+struct totals {
+  std::uint64_t tasks = 0, failures = 0;
+};
+totals count_all() {
+  totals t;
+  const std::size_t n = std::min(g_counters_used.load(), kCounters);
+  for (std::size_t i = 0; i < n; ++i) {
+    t.tasks += g_counters[i].tasks.load(std::memory_order_relaxed);
+    t.failures += g_counters[i].failures.load(std::memory_order_relaxed);
+  }
+  return t;
+}
+
+// The workloads. Both capture nothing, so every pool moves the same empty callable.
+struct noop_task {
+  void operator()() const { bump(my_counter().tasks); }
+};
+struct python_task {
+  // PRECONDITION: attached (every Python alternative's task runs attached).
+  void operator()() const {
+    PyObject* r = PyObject_CallNoArgs(g_noop);  // g_noop lives until after every pool is gone
+    task_counter& c = my_counter();
+    if (__builtin_expect(r == nullptr, 0)) {
+      PyErr_Clear();
+      bump(c.failures);
+    } else {
+      Py_DECREF(r);
+    }
+    bump(c.tasks);
+  }
+};
+
+// ---- counting thread states (as attach_alternatives.cpp) --------------------------------------
+
+// The id CPython gives the next thread state; two probes' difference (minus the later probe's
+// own) counts every state made in between. On the main thread: PyGILState re-attaches its own
+// state (no new one), and the probe is never registered as the thread's.
+std::uint64_t probe_state_id() {
+  const PyGILState_STATE g = PyGILState_Ensure();
+  PyThreadState* probe = PyThreadState_New(PyInterpreterState_Main());
+  const std::uint64_t id = PyThreadState_GetID(probe);
+  PyThreadState_Clear(probe);   // never attached; GIL held
+  PyThreadState_Delete(probe);  // not current: Delete, not DeleteCurrent
+  PyGILState_Release(g);
+  return id;
+}
+
+// ---- the alternatives ------------------------------------------------------------------------
+//
+// Shape: the constructor starts kWorkers threads; submit(f) runs f as one task of this kind
+// (attached for a Python alternative); blocking(f), inside a task, runs f with the GIL released;
+// finish() returns once every submitted task has run (asio: join(), so it is the last call);
+// pool() is the pyattach pool, for its stats (nullptr for asio).
+// warm_states: thread states the warm-up (one task per worker) is expected to create;
+// per_task_states: whether the measured run creates one per task (else it must create none).
+
+struct asio_post {
+  static constexpr const char* name = "asio_post";
+  static constexpr bool python = false;
+  static constexpr int warm_states = 0;
+  static constexpr bool per_task_states = false;
+  template <class F>
+  void submit(F f) {
+    boost::asio::post(pool_, std::move(f));
+  }
+  template <class F>
+  static void blocking(F&& f) {
+    f();
+  }
+  void finish() { pool_.join(); }  // no stop(): waits until the pool has no outstanding work
+  pyattach::thread_pool* pool() { return nullptr; }
+
+ private:
+  boost::asio::thread_pool pool_{kWorkers};
+};
+
+struct asio_gilstate {
+  static constexpr const char* name = "asio_gilstate";
+  static constexpr bool python = true;
+  static constexpr int warm_states = kWorkers;  // one per warm-up task, destroyed at its end
+  static constexpr bool per_task_states = true;
+  template <class F>
+  void submit(F f) {
+    boost::asio::post(pool_, [f = std::move(f)] {
+      // No state on an asio thread: Ensure makes one and attaches it; the outermost Release
+      // clears and deletes it and drops the GIL. The interpreter outlives every pool here.
+      const PyGILState_STATE g = PyGILState_Ensure();
+      f();
+      PyGILState_Release(g);
+    });
+  }
+  template <class F>
+  static void blocking(F&& f) {
+    PyThreadState* s = PyEval_SaveThread();  // attached inside a task: let go of the GIL
+    f();
+    PyEval_RestoreThread(s);
+  }
+  void finish() { pool_.join(); }
+  pyattach::thread_pool* pool() { return nullptr; }
+
+ private:
+  boost::asio::thread_pool pool_{kWorkers};
+};
+
+// The floor's state for the calling asio thread: made on its first task, deleted at thread exit.
+struct floor_state {
+  PyThreadState* ts = nullptr;
+  ~floor_state() {
+    if (ts == nullptr) return;
+    PyEval_RestoreThread(ts);       // the interpreter outlives every pool's threads
+    PyThreadState_Clear(ts);        // attached: its data is freed under the GIL
+    PyThreadState_DeleteCurrent();  // deletes ts and releases the GIL
+  }
+};
+PyThreadState* my_floor_state() {
+  thread_local floor_state s;
+  // Made on the thread that uses it (PyGILState registers it as this thread's); no GIL needed.
+  if (s.ts == nullptr) s.ts = PyThreadState_New(PyInterpreterState_Main());
+  return s.ts;
+}
+
+struct asio_floor {
+  static constexpr const char* name = "asio_floor";
+  static constexpr bool python = true;
+  static constexpr int warm_states = kWorkers;  // one per asio thread, kept
+  static constexpr bool per_task_states = false;
+  template <class F>
+  void submit(F f) {
+    boost::asio::post(pool_, [f = std::move(f)] {
+      PyEval_RestoreThread(my_floor_state());  // takes the GIL
+      f();
+      PyEval_SaveThread();  // drops it, keeps the state
+    });
+  }
+  template <class F>
+  static void blocking(F&& f) {
+    PyThreadState* s = PyEval_SaveThread();
+    f();
+    PyEval_RestoreThread(s);
+  }
+  void finish() { pool_.join(); }
+  pyattach::thread_pool* pool() { return nullptr; }
+
+ private:
+  boost::asio::thread_pool pool_{kWorkers};
+};
+
+pyattach::pool_options pool_options_for_bench() {
+  pyattach::pool_options o;
+  o.name = "pool_bench";
+  o.workers = kWorkers;
+  o.on_error = [](const pyattach::task_failure& f) {
+    fail("thread_pool on_error: " + std::string(f.where) + ": " + f.what);
+  };
+  return o;
+}
+
+struct pyattach_post {
+  static constexpr const char* name = "pyattach_post";
+  static constexpr bool python = false;
+  static constexpr int warm_states = 0;  // C++ tasks never attach
+  static constexpr bool per_task_states = false;
+  template <class F>
+  void submit(F f) {
+    pool_.post(std::move(f));
+  }
+  template <class F>
+  static void blocking(F&& f) {
+    f();
+  }
+  void finish() { pool_.wait(); }
+  pyattach::thread_pool* pool() { return &pool_; }
+
+ private:
+  pyattach::thread_pool pool_{pool_options_for_bench()};
+};
+
+struct pyattach_submit {
+  static constexpr const char* name = "pyattach_submit";
+  static constexpr bool python = false;
+  static constexpr int warm_states = 0;
+  static constexpr bool per_task_states = false;
+  pyattach_submit() { futures_.reserve(g_options.noop_tasks + 16); }  // not timed
+  template <class F>
+  void submit(F f) {
+    futures_.push_back(pool_.submit(std::move(f)));
+  }
+  template <class F>
+  static void blocking(F&& f) {
+    f();
+  }
+  void finish() {
+    for (auto& f : futures_) f.get();  // rethrows what a task threw: none here
+    futures_.clear();
+  }
+  pyattach::thread_pool* pool() { return &pool_; }
+
+ private:
+  std::vector<std::future<void>> futures_;
+  pyattach::thread_pool pool_{pool_options_for_bench()};  // destroyed before futures_
+};
+
+struct pyattach_post_python {
+  static constexpr const char* name = "pyattach_post_python";
+  static constexpr bool python = true;
+  static constexpr int warm_states = kWorkers;  // each worker's, on its first Python task
+  static constexpr bool per_task_states = false;
+  template <class F>
+  void submit(F f) {
+    pool_.post_python(std::move(f));
+  }
+  template <class F>
+  static void blocking(F&& f) {
+    pyattach::detach_scope nogil;  // inside the pool's attach_scope: GIL released, state kept
+    f();
+  }
+  void finish() { pool_.wait(); }
+  pyattach::thread_pool* pool() { return &pool_; }
+
+ private:
+  pyattach::thread_pool pool_{pool_options_for_bench()};
+};
+
+struct pyattach_submit_python {
+  static constexpr const char* name = "pyattach_submit_python";
+  static constexpr bool python = true;
+  static constexpr int warm_states = kWorkers;
+  static constexpr bool per_task_states = false;
+  pyattach_submit_python() { futures_.reserve(g_options.python_tasks + 16); }
+  template <class F>
+  void submit(F f) {
+    futures_.push_back(pool_.submit_python(std::move(f)));
+  }
+  template <class F>
+  static void blocking(F&& f) {
+    pyattach::detach_scope nogil;
+    f();
+  }
+  void finish() {
+    for (auto& f : futures_) f.get();
+    futures_.clear();
+  }
+  pyattach::thread_pool* pool() { return &pool_; }
+
+ private:
+  std::vector<std::future<void>> futures_;
+  pyattach::thread_pool pool_{pool_options_for_bench()};
+};
+
+// ---- the harness -----------------------------------------------------------------------------
+
+// Blocks each caller until `parties` have arrived (C++17 has no std::barrier).
+class barrier {
+ public:
+  explicit barrier(std::size_t parties) : left_(parties) {}
+  void arrive_and_wait() {
+    std::unique_lock<std::mutex> lock(m_);
+    if (--left_ == 0) {
+      cv_.notify_all();
+    } else {
+      cv_.wait(lock, [&] { return left_ == 0; });
+    }
+  }
+
+ private:
+  std::mutex m_;
+  std::condition_variable cv_;
+  std::size_t left_;
+};
+
+// One task of this alternative's kind on each worker, running the workload once: each is held at
+// a barrier (GIL released) until all have started, so every worker gets exactly one. Returns once
+// every warm-up task has finished its workload (the pool is idle again soon after). The barriers
+// are shared with the tasks: a task may still be leaving one after this function returned.
+template <class Alt, class Work>
+void warm_up(Alt& alt) {
+  auto all_started = std::make_shared<barrier>(kWorkers);
+  auto all_done = std::make_shared<barrier>(kWorkers + 1);  // + the main thread
+  for (std::size_t i = 0; i < kWorkers; ++i) {
+    alt.submit([all_started, all_done] {
+      Work{}();
+      Alt::blocking([&] {
+        all_started->arrive_and_wait();
+        all_done->arrive_and_wait();
+      });
+    });
+  }
+  all_done->arrive_and_wait();
+}
+
+std::string pool_claims(const pyattach::pool_stats& before, const pyattach::pool_stats& after,
+                        std::uint64_t n) {
+  const std::uint64_t completed = after.completed - before.completed;
+  const std::uint64_t started = after.started - before.started;
+  if (completed != n || started != n || after.failed != before.failed ||
+      after.cancelled != before.cancelled || after.queued != 0) {
+    return "pool stats: " + std::to_string(started) + " started, " + std::to_string(completed) +
+           " completed of " + std::to_string(n) + " submitted, " +
+           std::to_string(after.failed - before.failed) + " failed, " +
+           std::to_string(after.cancelled - before.cancelled) + " cancelled, " +
+           std::to_string(after.queued) + " still queued";
+  }
+  return {};
+}
+
+std::string name_of(const char* group, const char* alt) {
+  return std::string("pool/") + group + "/" + alt;
+}
+
+// pool/noop/<alt> and pool/python/<alt>: one iteration = n tasks submitted, then all awaited.
+template <class Alt>
+void bm_throughput(benchmark::State& state) {
+  using Work = std::conditional_t<Alt::python, python_task, noop_task>;
+  const std::uint64_t n = Alt::python ? g_options.python_tasks : g_options.noop_tasks;
+  const char* group = Alt::python ? "python" : "noop";
+  std::string error;
+
+  const std::uint64_t s0 = probe_state_id();
+  std::optional<Alt> alt;
+  alt.emplace();
+  warm_up<Alt, Work>(*alt);
+  if (alt->pool() != nullptr) alt->pool()->wait();
+  const std::uint64_t s1 = probe_state_id();
+  std::optional<pyattach::pool_stats> stats_before;
+  if (alt->pool() != nullptr) stats_before = alt->pool()->stats();
+  const totals t0 = count_all();
+
+  std::uint64_t submitted = 0;
+  for (auto _ : state) {
+    for (std::uint64_t i = 0; i < n; ++i) alt->submit(Work{});
+    alt->finish();
+    submitted += n;
+  }
+
+  const totals t1 = count_all();
+  if (alt->pool() != nullptr) {
+    error = pool_claims(*stats_before, alt->pool()->stats(), submitted);
+  }
+  const std::uint64_t s2 = probe_state_id();
+  alt.reset();  // joins the pool's threads (outside the timing)
+
+  const std::uint64_t warm_states = s1 - s0 - 1;
+  const std::uint64_t measured_states = s2 - s1 - 1;
+  const std::uint64_t ran = t1.tasks - t0.tasks;
+  if (error.empty() && ran != submitted) {
+    error = std::to_string(ran) + " tasks ran of " + std::to_string(submitted) + " submitted";
+  }
+  if (error.empty() && t1.failures != t0.failures) {
+    error = std::to_string(t1.failures - t0.failures) + " Python calls raised";
+  }
+  if (error.empty() && !Alt::per_task_states) {
+    if (warm_states != static_cast<std::uint64_t>(Alt::warm_states)) {
+      error = std::to_string(warm_states) + " thread states created by the pool and its warm-up, "
+              "expected " + std::to_string(Alt::warm_states);
+    } else if (measured_states != 0) {
+      error = std::to_string(measured_states) + " thread states created during the measured run, "
+              "expected 0";
+    }
+  }
+
+  state.SetItemsProcessed(static_cast<std::int64_t>(submitted));
+  state.counters["tasks"] = static_cast<double>(submitted);
+  state.counters["states_warmup"] = static_cast<double>(warm_states);
+  state.counters["states_measured"] = static_cast<double>(measured_states);
+  if (!error.empty()) {
+    fail(name_of(group, Alt::name) + ": " + error);
+    state.SkipWithError(error.c_str());
+  }
+}
+
+// pool/latency/<alt>: one iteration = one probe on an idle pool.
+template <class Alt>
+void bm_latency(benchmark::State& state) {
+  using clock = std::chrono::steady_clock;
+  std::optional<Alt> alt;
+  alt.emplace();
+  using Work = std::conditional_t<Alt::python, python_task, noop_task>;
+  warm_up<Alt, Work>(*alt);
+  std::atomic<std::int64_t> started{0};  // the task's clock reading at its start; 0: not yet
+  std::vector<std::int64_t> latencies;
+  latencies.reserve(static_cast<std::size_t>(g_options.probes));
+  const totals t0 = count_all();
+  for (auto _ : state) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));  // the pool goes idle
+    const clock::time_point submit = clock::now();
+    alt->submit([&started] {
+      started.store(clock::now().time_since_epoch().count(), std::memory_order_release);
+      Work{}();  // the Python one calls noop: a real Python task
+    });
+    std::int64_t s;
+    while ((s = started.load(std::memory_order_acquire)) == 0) std::this_thread::yield();
+    started.store(0, std::memory_order_relaxed);
+    latencies.push_back(s - submit.time_since_epoch().count());
+  }
+  alt->finish();
+  const totals t1 = count_all();
+  alt.reset();
+  std::string error;
+  if (t1.tasks - t0.tasks != latencies.size()) {
+    error = std::to_string(t1.tasks - t0.tasks) + " tasks ran of " +
+            std::to_string(latencies.size()) + " probes";
+  } else if (t1.failures != t0.failures) {
+    error = std::to_string(t1.failures - t0.failures) + " Python calls raised";
+  }
+  std::sort(latencies.begin(), latencies.end());
+  const auto at = [&](double q) {
+    if (latencies.empty()) return 0.0;
+    const std::size_t i = std::min(latencies.size() - 1,
+                                   static_cast<std::size_t>(q * static_cast<double>(latencies.size())));
+    return static_cast<double>(latencies[i]);
+  };
+  state.counters["probes"] = static_cast<double>(latencies.size());
+  state.counters["latency_min_ns"] = at(0.0);
+  state.counters["latency_median_ns"] = at(0.5);
+  state.counters["latency_p90_ns"] = at(0.9);
+  state.counters["latency_p99_ns"] = at(0.99);
+  state.counters["latency_max_ns"] = latencies.empty() ? 0.0 : static_cast<double>(latencies.back());
+  if (!error.empty()) {
+    fail(name_of("latency", Alt::name) + ": " + error);
+    state.SkipWithError(error.c_str());
+  }
+}
+
+double min_of(const std::vector<double>& v) {
+  return v.empty() ? 0 : *std::min_element(v.begin(), v.end());
+}
+double max_of(const std::vector<double>& v) {
+  return v.empty() ? 0 : *std::max_element(v.begin(), v.end());
+}
+
+template <class Alt>
+void add_throughput() {
+  auto* b = benchmark::RegisterBenchmark(name_of(Alt::python ? "python" : "noop", Alt::name).c_str(),
+                                         bm_throughput<Alt>);
+  // One iteration per repetition: each repetition is one fresh pool and one batch of n tasks.
+  b->UseRealTime()->Unit(benchmark::kMillisecond)->Iterations(1);
+  b->ComputeStatistics("min", min_of)->ComputeStatistics("max", max_of);
+}
+
+template <class Alt>
+void add_latency() {
+  auto* b = benchmark::RegisterBenchmark(name_of("latency", Alt::name).c_str(), bm_latency<Alt>);
+  // One run of all the probes: the percentiles are over every probe, not per repetition.
+  b->UseRealTime()->Unit(benchmark::kMicrosecond)->Iterations(g_options.probes)->Repetitions(1);
+}
+
+void register_benchmarks() {
+  add_throughput<asio_post>();
+  add_throughput<pyattach_post>();
+  add_throughput<pyattach_submit>();
+  add_throughput<asio_gilstate>();
+  add_throughput<asio_floor>();
+  add_throughput<pyattach_post_python>();
+  add_throughput<pyattach_submit_python>();
+  add_latency<asio_post>();
+  add_latency<pyattach_post>();
+  add_latency<asio_floor>();
+  add_latency<pyattach_post_python>();
+}
+
+// PRECONDITION: attached (the main thread, inside PyGILState_Ensure).
+bool make_python_objects() {
+  g_globals = PyDict_New();
+  if (g_globals == nullptr ||
+      PyDict_SetItemString(g_globals, "__builtins__", PyEval_GetBuiltins()) != 0) {
+    return false;
+  }
+  PyObject* r = PyRun_String("def noop():\n    return None\n", Py_file_input, g_globals, g_globals);
+  if (r == nullptr) {
+    PyErr_Print();
+    return false;
+  }
+  Py_DECREF(r);
+  g_noop = PyDict_GetItemString(g_globals, "noop");  // borrowed: g_globals lives until the end
+  return g_noop != nullptr;
+}
+
+bool parse_size(const std::string& a, const char* flag, std::uint64_t& out) {
+  const std::string f = flag;
+  if (a.rfind(f, 0) != 0) return false;
+  out = std::strtoull(a.c_str() + f.size(), nullptr, 10);
+  return true;
+}
+
+// Removes this binary's own flags from argv (Google Benchmark rejects unknown ones).
+bool parse_options(int& argc, char** argv) {
+  int out = 1;
+  std::uint64_t probes = 0;
+  bool sized_noop = false, sized_python = false, sized_probes = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--smoke") {
+      g_options.smoke = true;
+    } else if (parse_size(a, "--noop-tasks=", g_options.noop_tasks)) {
+      sized_noop = true;
+    } else if (parse_size(a, "--python-tasks=", g_options.python_tasks)) {
+      sized_python = true;
+    } else if (parse_size(a, "--probes=", probes)) {
+      sized_probes = true;
+      g_options.probes = static_cast<int>(probes);
+    } else {
+      argv[out++] = argv[i];
+    }
+  }
+  if (g_options.smoke) {
+    if (!sized_noop) g_options.noop_tasks = 2000;
+    if (!sized_python) g_options.python_tasks = 500;
+    if (!sized_probes) g_options.probes = 20;
+  }
+  argc = out;
+  argv[argc] = nullptr;
+  return g_options.noop_tasks > 0 && g_options.python_tasks > 0 && g_options.probes > 0;
+}
+
+}  // namespace
+}  // namespace bench
+
+int main(int argc, char** argv) {
+  using namespace bench;
+  if (!parse_options(argc, argv)) {
+    std::fprintf(stderr, "usage: pyattach_pool_bench [--smoke] [--noop-tasks=N] [--python-tasks=N] "
+                         "[--probes=N] [Google Benchmark flags]\n");
+    return 2;
+  }
+  pyattach::interpreter python;  // Py_Initialize; the main thread is detached from here on
+  {
+    const PyGILState_STATE g = PyGILState_Ensure();  // the main thread's own state: no new one
+    const bool ok = make_python_objects();
+    PyGILState_Release(g);
+    if (!ok) {
+      std::fprintf(stderr, "pyattach_pool_bench: could not set up the Python objects\n");
+      return 1;
+    }
+  }
+
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 2;
+  benchmark::AddCustomContext("python_version", Py_GetVersion());
+  benchmark::AddCustomContext("python_executable", PYATTACH_BENCH_PYTHON);
+  benchmark::AddCustomContext("compiler", __VERSION__);
+  benchmark::AddCustomContext("build_type", PYATTACH_BENCH_BUILD_TYPE);
+  benchmark::AddCustomContext("boost_version", BOOST_LIB_VERSION);
+  benchmark::AddCustomContext("workers", std::to_string(kWorkers));
+  benchmark::AddCustomContext("noop_tasks", std::to_string(g_options.noop_tasks));
+  benchmark::AddCustomContext("python_tasks", std::to_string(g_options.python_tasks));
+  benchmark::AddCustomContext("probes", std::to_string(g_options.probes));
+  register_benchmarks();
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+
+  {
+    const PyGILState_STATE g = PyGILState_Ensure();
+    Py_CLEAR(g_globals);
+    PyGILState_Release(g);
+  }
+  return g_failed.load() ? 1 : 0;
+}
