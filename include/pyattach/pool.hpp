@@ -43,8 +43,8 @@
 //   still queued complete with pool_error(finalizing) without running, and the closer waits
 //   (GIL released, within its close timeout) for each worker to finish its running task and run
 //   its stop hook. A worker still busy when that bound expires runs its stop hook later, with
-//   worker_context::python == finalizing or finalized if it asked for Python. The threads are joined
-//   by shutdown() or the destructor. A pool does not outlive the interpreter it ran under.
+//   worker_context::python == finalizing or finalized if it asked for Python. The threads are
+//   joined by shutdown() or the destructor. A pool does not outlive the interpreter it ran under.
 // - Captured Python objects: a task's callable is destroyed on the worker, right after it ran,
 //   while attached for a Python task. A task that is cancelled or refused is destroyed without
 //   the GIL: do not capture owned Python references in tasks that may be cancelled.
