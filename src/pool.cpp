@@ -141,6 +141,11 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
   [[noreturn]] void refuse_from_worker(const char* call, const source_site& at);
   void join_workers();
   void mark_done() noexcept;
+  // Stops taking work: workers leave once the queue is empty. Returns the queue, emptied, if
+  // `take_queue` (the caller abandons it, outside the lock). PRECONDITION: m held.
+  pool_task* stop_locked(bool take_queue) noexcept;
+  // After stop_locked, with m released: wakes the idle workers and the blocked submitters.
+  void wake_all() noexcept;
 
   // Protected by m: everything below up to `workers`.
   mutable std::mutex m;
@@ -228,10 +233,9 @@ void pool_core::start() {
     // std::system_error: stop what started (their start reports still come), then rethrow.
     {
       std::lock_guard<std::mutex> lock(m);
-      accepting = false;
-      stopping = true;
+      stop_locked(false);
     }
-    work_cv.notify_all();
+    wake_all();
     join_workers();
     throw;
   }
@@ -466,14 +470,11 @@ void pool_core::enqueue(std::unique_ptr<pool_task> task) {
     lock.unlock();
     {
       gil_released nogil(site);  // before the lock, see gil_released
-      std::unique_lock<std::mutex> relock(m);
+      std::unique_lock<std::mutex> wait_lock(m);
       ++blocked_submitters;
-      space_cv.wait(relock, [&] { return !accepting || queued < opts.max_queued; });
+      space_cv.wait(wait_lock, [&] { return !accepting || queued < opts.max_queued; });
       --blocked_submitters;
-      lock = std::move(relock);
-      refuse_if_closed();
-      lock.unlock();  // the GIL comes back (end of nogil) without the pool mutex held
-    }
+    }  // the pool mutex is released before the GIL is taken back (the end of nogil)
     lock.lock();
     refuse_if_closed();
     // Another submitter may have taken the room meanwhile: over by at most the blocked ones.
@@ -557,16 +558,9 @@ void pool_core::shutdown(shutdown_mode mode, const source_site& at) {
       return;
     }
     shutdown_started = true;
-    accepting = false;
-    stopping = true;
-    if (mode == shutdown_mode::cancel) {
-      cancelled_list = head;
-      head = tail = nullptr;
-      queued = 0;
-    }
+    cancelled_list = stop_locked(mode == shutdown_mode::cancel);
   }
-  work_cv.notify_all();
-  space_cv.notify_all();
+  wake_all();
   abandon_all(cancelled_list, pool_errc::cancelled, "cancelled by shutdown() before it started");
   join_workers();
   {
@@ -605,11 +599,9 @@ void pool_core::destroy(void* code) noexcept {
   {
     std::lock_guard<std::mutex> lock(m);
     shutdown_started = true;
-    accepting = false;
-    stopping = true;
+    stop_locked(false);
   }
-  work_cv.notify_all();
-  space_cv.notify_all();
+  wake_all();
   const std::thread::id self = std::this_thread::get_id();
   for (auto& w : workers) {
     if (!w.thread.joinable()) continue;
@@ -619,6 +611,21 @@ void pool_core::destroy(void* code) noexcept {
       w.thread.join();
     }
   }
+}
+
+pool_task* pool_core::stop_locked(bool take_queue) noexcept {
+  accepting = false;
+  stopping = true;
+  if (!take_queue) return nullptr;
+  pool_task* list = head;
+  head = tail = nullptr;
+  queued = 0;
+  return list;
+}
+
+void pool_core::wake_all() noexcept {
+  work_cv.notify_all();
+  space_cv.notify_all();
 }
 
 void pool_core::mark_done() noexcept {
@@ -639,15 +646,10 @@ void pool_core::stop_for_finalization() noexcept {
   {
     std::lock_guard<std::mutex> lock(m);
     if (!accepting && !finalizing && shutdown_started) return;  // already shut down
-    accepting = false;
-    stopping = true;
     finalizing = true;
-    list = head;
-    head = tail = nullptr;
-    queued = 0;
+    list = stop_locked(true);
   }
-  work_cv.notify_all();
-  space_cv.notify_all();
+  wake_all();
   abandon_all(list, pool_errc::finalizing, "the interpreter is finalizing: the task was not run");
 }
 
@@ -688,13 +690,22 @@ void pool_core::worker_tids(std::vector<std::pair<std::uint64_t, std::string>>& 
 
 // ---- what the gate and the report use (internal.hpp) --------------------------------------------
 
+namespace {
+// Every pool still alive, held so that none is freed while the caller uses it.
+std::vector<std::shared_ptr<pool_core>> live_pools() {
+  std::vector<std::shared_ptr<pool_core>> live;
+  std::lock_guard<std::mutex> lock(pools().mutex);
+  for (const auto& p : pools().pools) {
+    if (auto sp = p.lock()) live.push_back(std::move(sp));
+  }
+  return live;
+}
+}  // namespace
+
 void stop_pools_for_finalization(std::chrono::milliseconds bound) noexcept {
   std::vector<std::shared_ptr<pool_core>> live;
   try {
-    std::lock_guard<std::mutex> lock(pools().mutex);
-    for (const auto& p : pools().pools) {
-      if (auto sp = p.lock()) live.push_back(std::move(sp));
-    }
+    live = live_pools();
   } catch (...) {
     // Out of memory: the pools are then only stopped by the gate's refusals.
   }
@@ -709,15 +720,8 @@ void stop_pools_for_finalization(std::chrono::milliseconds bound) noexcept {
 }
 
 std::vector<std::pair<std::uint64_t, std::string>> pool_workers() {
-  std::vector<std::shared_ptr<pool_core>> live;
-  {
-    std::lock_guard<std::mutex> lock(pools().mutex);
-    for (const auto& p : pools().pools) {
-      if (auto sp = p.lock()) live.push_back(std::move(sp));
-    }
-  }
   std::vector<std::pair<std::uint64_t, std::string>> out;
-  for (const auto& p : live) p->worker_tids(out);
+  for (const auto& p : live_pools()) p->worker_tids(out);
   return out;
 }
 
