@@ -245,7 +245,7 @@ void scope_access::attach_slow(attach_scope& sc, const source_site& site) noexce
   slot* s = tls_slot;
   if (s == nullptr && tls_exited) {
     // After this thread's clean-up: a one-off state, destroyed when this scope ends.
-    const std::uint64_t w = bind_gate();
+    const std::uint64_t w = bind_here();  // binds only if this thread holds the GIL
     if ((w & 3) != phase_open) {
       sc.status_ = refusal_status(w);
       return;
@@ -295,10 +295,9 @@ void scope_access::attach_slow(attach_scope& sc, const source_site& site) noexce
     //    code that called PyGILState_Ensure. Reuse it as it is; never make a second state.
     PyThreadState* const gs = initialized ? PyGILState_GetThisThreadState() : nullptr;
     if (initialized && attached_here(s)) {
-      if (phase == phase_unbound) {
-        w = bind_gate();  // the first pyattach use in this interpreter: we hold the GIL, bind
-        if ((w & 3) == phase_open) register_gate_hooks(w >> 2);
-      }
+      // We hold the GIL: bind and arm the gate if that has not happened (a first pyattach call
+      // from Python, or an extension module's pending bind that has not run yet).
+      w = bind_here();
       PyThreadState* const cur = compat::current_state_unchecked();
       // A sub-interpreter's state is attached here (Py_NewInterpreter, or a swap): attaching the
       // main interpreter's state on top would deadlock or run code in the wrong interpreter.
@@ -315,18 +314,12 @@ void scope_access::attach_slow(attach_scope& sc, const source_site& site) noexce
       return;
     }
 
-    // 2. Not attached: we would have to take the GIL, which only the gate makes safe.
+    // 2. Not attached: we would have to take the GIL, which only a bound gate makes safe. This
+    //    thread cannot bind it: without the GIL it cannot register the close hook before the
+    //    interpreter might finalize (gate.cpp). Refuse (not_bound) rather than guess.
     if (phase == phase_unbound) {
-      if (!initialized) {
-        sc.status_ = refusal_status(w);
-        return;
-      }
-      const std::uint64_t bound = bind_gate();
-      if ((bound & 3) == phase_unbound) {
-        sc.status_ = attach_status::finalizing;  // initialized but already finalizing
-        return;
-      }
-      continue;  // re-read the gate
+      sc.status_ = refusal_status(w);
+      return;
     }
     // A thread that already holds a pass (inside a detach scope) may re-enter while a closer
     // waits for it; every other attach is refused once closing starts.
@@ -375,7 +368,6 @@ void scope_access::attach_slow(attach_scope& sc, const source_site& site) noexce
     s->scopes.store(s->scopes.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     s->passes.store(s->passes.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     push(sc, s, attach_scope::kind_restored, site);
-    register_gate_hooks(gen);
     return;
   }
 }
@@ -546,13 +538,9 @@ void scope_access::detach_begin(detach_scope& sc) noexcept {
     return;
   }
   PyThreadState* const cur = compat::current_state_unchecked();
-  std::uint64_t w = g_gate.word.load(std::memory_order_seq_cst);
-  if ((w & 3) == phase_unbound) {
-    // First pyattach use in this interpreter, from a Python thread: we hold the GIL, so bind
-    // (the end of this scope checks that the state's interpreter still exists).
-    w = bind_gate();
-    if ((w & 3) == phase_open) register_gate_hooks(w >> 2);
-  }
+  // Attached, so we hold the GIL: bind if this is the first pyattach use in this interpreter
+  // (the end of this scope checks that the state's interpreter still exists).
+  const std::uint64_t w = bind_here();
   if (s->depth == 0 && s->tstate != cur) {
     // A Python-created (or third-party) state, attached: record it to re-attach it later.
     s->tstate = cur;
@@ -594,6 +582,7 @@ const char* to_string(attach_status status) noexcept {
   switch (status) {
     case attach_status::attached: return "attached";
     case attach_status::not_initialized: return "not_initialized";
+    case attach_status::not_bound: return "not_bound";
     case attach_status::finalizing: return "finalizing";
     case attach_status::finalized: return "finalized";
     case attach_status::other_interpreter: return "other_interpreter";
@@ -601,13 +590,26 @@ const char* to_string(attach_status status) noexcept {
   return "unknown";
 }
 
+namespace {
+const char* status_reason(attach_status status) noexcept {
+  switch (status) {
+    case attach_status::not_initialized: return " (the interpreter has not been initialized)";
+    case attach_status::not_bound:
+      return " (pyattach is not bound to this interpreter: call pyattach::bind() on a thread that "
+             "holds the GIL right after Py_InitializeEx; extension modules bind when imported)";
+    case attach_status::finalizing: return " (the interpreter is shutting down)";
+    case attach_status::finalized: return " (the interpreter has been finalized)";
+    case attach_status::other_interpreter:
+      return " (this thread is attached to another interpreter)";
+    case attach_status::attached: break;
+  }
+  return "";
+}
+}  // namespace
+
 attach_error::attach_error(attach_status status)
     : std::runtime_error(std::string("pyattach: cannot attach to Python: ") + to_string(status) +
-                         (status == attach_status::not_initialized
-                              ? " (the interpreter has not been initialized)"
-                              : status == attach_status::finalizing
-                                    ? " (the interpreter is shutting down)"
-                                    : " (the interpreter has been finalized)")),
+                         status_reason(status)),
       status_(status) {}
 
 __attribute__((noinline)) detach_scope::detach_scope(source_site site) noexcept : site_(site) {

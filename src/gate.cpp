@@ -5,6 +5,23 @@
 // aborts the process) or hangs forever (3.13.1+, 3.14). The gate refuses such attaches before
 // they reach CPython (DESIGN.md invariants 4 and 5; the protocol is in detail/slot.hpp).
 //
+// Binding (interpreter.hpp lists the calls that bind). Invariant: a generation is never open
+// without its close hook either registered or queued to run before CPython's atexit callbacks
+// ("armed"), so a native thread that finds the gate open may take the GIL. Only a thread that
+// holds the GIL binds, because only then can the interpreter not finalize between the check and
+// the hook's registration; a native thread that finds the gate unbound is refused (not_bound).
+// - bind_here(): on a thread holding the GIL. Imports `threading` if nobody has (3.9–3.12: the
+//   first importer becomes threading's main thread, and a persistent state there hangs
+//   Py_FinalizeEx), registers the hooks for the next generation, then opens it.
+// - bind_at_load(): when a shared object holding pyattach (an extension module) is loaded into a
+//   running interpreter by a thread holding the GIL, as `import` does. That runs inside dlopen,
+//   under the dynamic loader's lock, where running Python code could deadlock (bytecode or I/O
+//   may hand the GIL to a thread that then blocks in dlopen on that lock). So it only opens the
+//   gate and queues the rest with Py_AddPendingCall, which needs no Python code. The pending call
+//   runs on the main thread at its next bytecode boundary (in practice before `import` returns),
+//   and in any case before the atexit callbacks: Py_FinalizeEx runs pending calls between
+//   joining threading's threads and calling atexit (pylifecycle.c, 3.9 through 3.15).
+//
 // Hooks, per interpreter generation:
 // - atexit.register(close): Python runs atexit callbacks in Py_FinalizeEx after joining
 //   non-daemon threading.Threads and before marking the runtime finalizing, on 3.9–3.13 (measured
@@ -32,7 +49,7 @@ std::mutex& gate_transition_mutex() {
 
 namespace {
 close_result g_last_close;      // protected by gate_transition_mutex()
-std::atomic<std::uint64_t> g_hooks_generation{0};
+std::atomic<std::uint64_t> g_hooks_generation{0};   // the generation whose hooks are registered
 std::atomic<long long> g_close_timeout_ms{-1};  // -1: not read from the environment yet
 
 PyObject* on_atexit(PyObject*, PyObject*) {
@@ -49,7 +66,76 @@ void on_runtime_gone() {
   const std::uint64_t w = g_gate.word.load();
   g_gate.word.store(gate_word(w >> 2, phase_unbound), std::memory_order_seq_cst);
 }
+
+// True if the calling thread holds the GIL with a main-interpreter state of its own: then the
+// interpreter cannot start finalizing under us (Py_FinalizeEx needs the GIL to get there).
+bool holds_gil_in_main() noexcept {
+  if (Py_IsInitialized() == 0) return false;
+  PyThreadState* const cur = compat::current_state_unchecked();
+  if (cur == nullptr) return false;
+  // ≤3.11: the current state is the global GIL holder; it is ours only if PyGILState says so.
+  if (!compat::current_state_is_per_thread && cur != PyGILState_GetThisThreadState()) return false;
+  return PyThreadState_GetInterpreter(cur) == PyInterpreterState_Main();
+}
+
+// Imports `threading` on this thread unless some thread already has (see the top of the file).
+// PRECONDITION: holds_gil_in_main(). Keeps a Python exception the caller may be handling.
+void import_threading_here() noexcept {
+  PyObject *type, *value, *traceback;
+  PyErr_Fetch(&type, &value, &traceback);
+  PyObject* modules = PyImport_GetModuleDict();  // borrowed
+  if (modules != nullptr && PyDict_GetItemString(modules, "threading") == nullptr) {
+    PyObject* threading = PyImport_ImportModule("threading");
+    if (threading == nullptr) {
+      PyErr_Print();
+      std::fputs("pyattach: could not import threading while binding\n", stderr);
+    }
+    Py_XDECREF(threading);
+  }
+  PyErr_Restore(type, value, traceback);
+}
+
+// Py_AddPendingCall's callback for bind_at_load: on the main thread, GIL held, from the eval loop
+// or from Py_FinalizeEx's pending-call flush. Must leave no exception set and return 0.
+int finish_bind_at_load(void*) {
+  import_threading_here();
+  bind_here();
+  return 0;
+}
+
+void bind_at_load() noexcept {
+  // Before main() in an executable (not initialized yet), or loaded by a thread without the GIL
+  // (e.g. a C++ plugin loader): nothing to do; the first pyattach call with the GIL binds.
+  if (!holds_gil_in_main() || compat::runtime_is_finalizing()) return;
+  if ((g_gate.word.load() & 3) != phase_unbound) return;
+  // Queue the hooks first: a gate open without them queued would break the invariant. Queued
+  // calls cannot run before this returns (they run on the main thread between bytecodes, and
+  // this thread holds the GIL).
+  if (Py_AddPendingCall(finish_bind_at_load, nullptr) != 0) return;  // queue full: stay unbound
+  bind_gate();
+}
+
+// Runs when the object file is loaded: at program start for an executable, at dlopen for an
+// extension module (gate.cpp is always linked: the inline attach path refers to g_gate).
+const bool g_bound_at_load = (bind_at_load(), true);
 }  // namespace
+
+std::uint64_t bind_here() noexcept {
+  std::uint64_t w = g_gate.word.load();
+  if ((w & 3) != phase_unbound && g_hooks_generation.load() == (w >> 2)) return w;  // armed
+  if (!holds_gil_in_main()) return w;
+  if ((w & 3) == phase_unbound) {
+    if (compat::runtime_is_finalizing()) return w;
+    import_threading_here();
+    // Arm, then open (the invariant at the top of the file). Only bind_gate starts a generation,
+    // and binders hold the GIL, so the next one is (w >> 2) + 1.
+    if (!register_gate_hooks((w >> 2) + 1)) return w;  // stays unbound; the error was printed
+    return bind_gate();
+  }
+  // Open (or closing) without registered hooks: bound at load, its pending call not run yet.
+  register_gate_hooks(w >> 2);
+  return w;
+}
 
 std::chrono::milliseconds default_close_timeout() noexcept {
   long long ms = g_close_timeout_ms.load(std::memory_order_relaxed);
@@ -121,10 +207,12 @@ attach_status refusal_status(std::uint64_t word) noexcept {
     case phase_closed: return attach_status::finalizing;
     default: break;
   }
-  // Unbound: initialized but not bindable means it is finalizing. CPython's finalizing flag stays
-  // set after Py_FinalizeEx returns (3.9–3.13), so it also tells "finalized" from "never started"
-  // when pyattach was never bound to that interpreter.
-  if (Py_IsInitialized() != 0) return attach_status::finalizing;
+  // Unbound while initialized: finalizing already, or never bound (nobody holding the GIL called
+  // pyattach). CPython's finalizing flag stays set after Py_FinalizeEx returns (3.9–3.13), so it
+  // also tells "finalized" from "never started" when pyattach was never bound to that interpreter.
+  if (Py_IsInitialized() != 0) {
+    return compat::runtime_is_finalizing() ? attach_status::finalizing : attach_status::not_bound;
+  }
   if ((word >> 2) != 0 || compat::runtime_is_finalizing()) return attach_status::finalized;
   return attach_status::not_initialized;
 }

@@ -27,9 +27,13 @@ std::uint64_t this_os_tid() noexcept;
 std::string thread_label(std::uint64_t os_tid);
 
 // ---- gate (gate.cpp) ----
-// Binds the gate to the running interpreter if it is unbound and CPython is initialized and not
-// finalizing. Needs no GIL. Returns the gate word after the attempt.
+// Opens a new generation if the gate is unbound and CPython is initialized and not finalizing.
+// Needs no GIL. Returns the gate word after the attempt. Only for callers that armed the close
+// hooks first (bind_here, bind_at_load) or close the gate at once (close_gate_impl): gate.cpp.
 std::uint64_t bind_gate() noexcept;
+// Binds and arms the gate if the calling thread holds the GIL with a main-interpreter state (see
+// gate.cpp); otherwise, or if it is bound and armed already, only returns the gate word.
+std::uint64_t bind_here() noexcept;
 // Registers the atexit/Py_AtExit hooks for generation `gen`, once; true if they are in place.
 // PRECONDITION: GIL held.
 bool register_gate_hooks(std::uint64_t gen) noexcept;

@@ -45,16 +45,11 @@ interpreter::interpreter(options opts) : opts_(std::move(opts)) {
     if (path == nullptr || dir == nullptr || PyList_Insert(path, 0, dir) != 0) PyErr_Print();
     Py_XDECREF(dir);
   }
-  // Import threading on this (the main) thread now: Python's shutdown then joins its threads
-  // before the atexit hook closes the gate (DESIGN.md, "The gate, as measured").
-  PyObject* threading = PyImport_ImportModule("threading");
-  if (threading == nullptr) PyErr_Print();
-  Py_XDECREF(threading);
-
-  // The atexit hook closes the gate inside Py_FinalizeEx with this bound.
+  // The atexit hook closes the gate inside Py_FinalizeEx with this bound. Binding imports
+  // threading on this (the main) thread: Python's shutdown then joins its threads before the
+  // atexit hook closes the gate (DESIGN.md, "The gate, as measured").
   set_close_timeout(opts_.close_timeout);
-  const std::uint64_t w = detail::bind_gate();
-  if ((w & 3) == detail::phase_open) detail::register_gate_hooks(w >> 2);
+  detail::bind_here();
 
   creator_tid_ = detail::this_os_tid();
   // Detach the main thread so that other threads can attach (scenario 1 forgot this, or forgot
@@ -86,5 +81,7 @@ interpreter::~interpreter() {
 }
 
 close_result interpreter::close_gate() { return detail::close_gate_impl(opts_.close_timeout); }
+
+gate_phase bind() noexcept { return static_cast<gate_phase>(detail::bind_here() & 3); }
 
 }  // namespace pyattach

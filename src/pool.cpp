@@ -740,6 +740,9 @@ pool_options named(std::string name, std::size_t workers) {
 
 thread_pool::thread_pool(pool_options options, source_site site) {
   if (options.workers == 0) throw std::invalid_argument("pyattach::thread_pool: workers must be >= 1");
+  // Made by a thread that holds the GIL: bind the gate now, so that the workers' Python tasks
+  // can attach (interpreter.hpp, "Binding"); does nothing otherwise.
+  detail::bind_here();
   core_ = std::make_shared<detail::pool_core>(std::move(options), site);
   core_->start();
 }

@@ -31,6 +31,11 @@
 //   forever, ends the thread, or crashes because the interpreter is finalizing: once pyattach's
 //   gate closes (an atexit hook, or interpreter's destructor), every attach that would need to
 //   take the GIL returns attach_status::finalizing, and after Py_FinalizeEx ::finalized.
+// - Binding (interpreter.hpp, "Binding"): an attach that must take the GIL needs the gate bound
+//   to the running interpreter first. pyattach::interpreter, an extension module's import, and
+//   pyattach::bind() bind it; so does this scope when the calling thread already holds the GIL.
+//   A native thread that finds it unbound is refused with attach_status::not_bound and never
+//   touches CPython: an embedder that calls Py_InitializeEx itself calls pyattach::bind() first.
 // - Thread exit: the state pyattach made is destroyed on its own thread when the thread exits
 //   (or by release_thread_state()), through the gate; a state whose interpreter is finalizing or
 //   gone is only forgotten, never touched.
@@ -55,6 +60,10 @@ namespace pyattach {
 enum class attach_status : std::uint8_t {
   attached,         // success: the thread is attached until the scope ends
   not_initialized,  // no interpreter has been initialized in this process yet
+  not_bound,        // CPython runs, but pyattach was never bound to it and this thread does not
+                    // hold the GIL, so nothing guarantees the interpreter will not finalize under
+                    // the attach: call pyattach::bind() (interpreter.hpp) on a thread holding the
+                    // GIL first. Extension modules and pyattach::interpreter bind by themselves.
   finalizing,       // the interpreter is shutting down: pyattach's gate is closed
   finalized,        // the interpreter was finalized and no new one has been initialized
   other_interpreter,  // refused as misuse_kind::other_interpreter: this thread is attached to

@@ -13,6 +13,7 @@
 //   works; every thread then gets a fresh thread state on its next attach.
 // - PRECONDITION: construct and destroy on the same thread (CPython finalizes on the thread that
 //   initialized it). The destructor on another thread reports it to stderr and does not finalize.
+// - Binding: the constructor binds pyattach's gate (see "Binding" below for the other ways).
 // - Threads that outlive the interpreter: their attaches return attach_status::finalizing while it
 //   finalizes and ::finalized after; their thread states are forgotten, never touched.
 // - Thread-safety: the constructor and destructor must not race with each other; everything else
@@ -65,10 +66,41 @@ class interpreter {
   std::uint64_t creator_tid_ = 0;
 };
 
-// The gate, for programs that initialize and finalize CPython themselves or load pyattach in an
-// extension module. pyattach binds it on the first attach and closes it from an atexit callback
-// (which runs after Python joins its non-daemon threads and before the runtime starts tearing
-// thread states down); call close_gate() yourself to close it earlier.
+enum class gate_phase : std::uint8_t { unbound, open, closing, closed };
+
+// ---- Binding: which calls bind pyattach's gate to a running interpreter ----------------------
+// A native thread may only take the GIL through pyattach once the gate is bound to the running
+// interpreter, because binding registers the hook that closes the gate (an atexit callback,
+// which runs after Python joins its non-daemon threads and before the runtime starts tearing
+// thread states down). Only a thread that holds the GIL can bind: then the interpreter cannot
+// start finalizing before the hook is in place. These bind, each acting only when the calling
+// thread holds the GIL with a main-interpreter thread state:
+//   1. pyattach::interpreter's constructor (it starts CPython itself);
+//   2. loading an extension module (or any shared object) that contains pyattach into a running
+//      interpreter: `import` holds the GIL while it loads the module, and pyattach binds then, with
+//      no call from the module's code. Inside the loader only the gate is opened; threading and
+//      the atexit hook are set up by a pending call on the main thread that runs before any more
+//      Python code runs there, and in any case before CPython runs its atexit callbacks;
+//   3. pyattach::bind(), below — for an embedder that calls Py_InitializeEx itself: call it right
+//      after, on the same (main) thread, before starting threads that attach;
+//   4. any other pyattach call made with the GIL held: an attach_scope or detach_scope on a thread
+//      that is already attached (a Python thread, a callback from Python), or a thread_pool
+//      constructed by such a thread.
+// Binding also imports `threading` on the binding thread if no thread has: on 3.9–3.12 the first
+// importer becomes threading's main thread, and a persistent thread state there would hang
+// Py_FinalizeEx. So bind on the main thread.
+// A native thread that finds the gate unbound never binds and never takes the GIL: its attach is
+// refused with attach_status::not_bound (a thrown attach_error names this fix).
+
+// Binds the gate to the running interpreter (see above); idempotent and cheap once bound.
+// PRECONDITION: the calling thread holds the GIL with a main-interpreter thread state, and
+// CPython is initialized and not finalizing. Otherwise it does nothing. Returns the gate's phase
+// after the call: open on success (or closing/closed if it is already being shut down).
+// Thread-safety: any thread; concurrent binds are serialized.
+gate_phase bind() noexcept;
+
+// ---- Closing --------------------------------------------------------------------------------
+// The gate closes from the atexit hook registered at binding; call close_gate() to close earlier.
 // PRECONDITION for close_gate: the interpreter is initialized. The calling thread may hold the
 // GIL (it is released while waiting) or not. Idempotent; the second caller waits for the first.
 close_result close_gate(std::chrono::milliseconds timeout);
@@ -76,7 +108,6 @@ close_result close_gate(std::chrono::milliseconds timeout);
 // The bound used by the atexit hook (default 2000 ms; PYATTACH_CLOSE_TIMEOUT_MS overrides).
 void set_close_timeout(std::chrono::milliseconds timeout) noexcept;
 
-enum class gate_phase : std::uint8_t { unbound, open, closing, closed };
 const char* to_string(gate_phase phase) noexcept;
 gate_phase current_gate_phase() noexcept;
 // Which interpreter lifetime (Py_Initialize..Py_FinalizeEx) the gate is bound to; 0 before any.
