@@ -33,6 +33,7 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "child_process.hpp"
@@ -154,28 +155,88 @@ constexpr const char* k_race_code =
 }  // namespace
 
 // ---- 1. native threads racing Py_FinalizeEx -------------------------------------------------
-// args: run index (the seed of the delay before finalizing).
+// args: run index (the seed of the delay before finalizing), then optionally
+//   shape:   "helper"    pyattach::interpreter starts and finalizes CPython (the default)
+//            "embed"     the program calls Py_InitializeEx, pyattach::bind(), PyEval_SaveThread,
+//                        and later PyEval_RestoreThread + Py_FinalizeEx itself
+//            "embed_gil" the same, but the main thread keeps the GIL from Py_InitializeEx until
+//                        Py_FinalizeEx (the threads only get it while main runs bytecode)
+//   variant: "plain"     the attach loop as is (the default)
+//            "catch_all" the loop inside try { } catch (...) { }: a pthread_exit through it aborts
+//            "noexcept"  the loop behind a noexcept function: a pthread_exit through it aborts
+
+namespace {
+enum class race_shape { helper, embed, embed_gil };
+enum class race_variant { plain, catch_all, noexcept_fn };
+
+void loop_noexcept(thread_tally& t) noexcept {
+  attach_until_refused(t, 0, k_race_code, /*with_detach=*/true);
+}
+
+void race_thread_body(thread_tally& t, race_variant v) {
+  switch (v) {
+    case race_variant::plain: attach_until_refused(t, 0, k_race_code, true); break;
+    case race_variant::catch_all:
+      try {
+        attach_until_refused(t, 0, k_race_code, true);
+      } catch (...) {  // swallows abi::__forced_unwind too: the process aborts if one comes
+        t.python_errors.fetch_add(1);
+      }
+      break;
+    case race_variant::noexcept_fn: loop_noexcept(t); break;
+  }
+}
+}  // namespace
 
 CHILD_CASE(stress_finalize_race) {
   constexpr int k_threads = 8;
   const unsigned seed = static_cast<unsigned>(arg_long(args, 0, 0));
+  const std::string shape_name = args.size() > 1 ? args[1] : "helper";
+  const std::string variant_name = args.size() > 2 ? args[2] : "plain";
+  const race_shape shape = shape_name == "embed"       ? race_shape::embed
+                           : shape_name == "embed_gil" ? race_shape::embed_gil
+                                                       : race_shape::helper;
+  const race_variant variant = variant_name == "catch_all" ? race_variant::catch_all
+                               : variant_name == "noexcept" ? race_variant::noexcept_fn
+                                                            : race_variant::plain;
   std::mt19937 rng(seed);
   const int delay_us = std::uniform_int_distribution<int>(0, 20000)(rng);
 
-  auto py = std::make_unique<pyattach::interpreter>();
+  std::unique_ptr<pyattach::interpreter> py;
+  PyThreadState* main_state = nullptr;
+  if (shape == race_shape::helper) {
+    py = std::make_unique<pyattach::interpreter>();
+  } else {
+    Py_InitializeEx(0);
+    CHILD_CHECK(pyattach::bind() == pyattach::gate_phase::open);
+    if (shape == race_shape::embed) main_state = PyEval_SaveThread();
+  }
   thread_tally t;
   std::atomic<int> started{0};
   std::vector<std::thread> threads;
   for (int i = 0; i < k_threads; ++i) {
     threads.emplace_back([&] {
       started.fetch_add(1);
-      attach_until_refused(t, 0, k_race_code, /*with_detach=*/true);
+      race_thread_body(t, variant);
     });
   }
   while (started.load() < k_threads) std::this_thread::yield();
-  std::this_thread::sleep_for(std::chrono::microseconds(delay_us));
+  if (shape == race_shape::embed_gil) {
+    // Main keeps the GIL and runs bytecode: the threads get it only at switch intervals.
+    const std::string busy = "import time\n_end = time.monotonic() + " +
+                             std::to_string(delay_us / 1e6) +
+                             "\nwhile time.monotonic() < _end: pass\n";
+    CHILD_CHECK(PyRun_SimpleString(busy.c_str()) == 0);
+  } else {
+    std::this_thread::sleep_for(std::chrono::microseconds(delay_us));
+  }
   const auto fin_start = std::chrono::steady_clock::now();
-  py.reset();  // Py_FinalizeEx while the threads keep attaching
+  if (shape == race_shape::helper) {
+    py.reset();  // Py_FinalizeEx while the threads keep attaching
+  } else {
+    if (main_state != nullptr) PyEval_RestoreThread(main_state);
+    CHILD_CHECK(Py_FinalizeEx() == 0);
+  }
   const double fin_ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - fin_start).count();
   for (auto& th : threads) th.join();
@@ -569,10 +630,10 @@ std::string seconds_text(double s) {
 }
 }  // namespace
 
-// Runs the finalize race PYATTACH_STRESS_RUNS times, 3 children at a time, and fails on any hang,
-// crash, pthread_exit or refusal status other than finalizing/finalized.
-TEST(Stress, FinalizeRaceManyRuns) {
-  const long runs = env_long("PYATTACH_STRESS_RUNS", size_default(100, 30));
+// Runs the finalize race `runs` times in one shape and variant, 3 children at a time, and fails
+// on any hang, crash, abort, pthread_exit or refusal status other than finalizing/finalized.
+namespace {
+void finalize_race_many_runs(long runs, const std::string& shape, const std::string& variant) {
   const long seed_base = env_long("PYATTACH_STRESS_SEED", 0);
   constexpr int k_parallel = 3;
 
@@ -595,7 +656,7 @@ TEST(Stress, FinalizeRaceManyRuns) {
       }
       child_options o;
       o.timeout = k_child_deadline;
-      o.args = {std::to_string(index + seed_base)};
+      o.args = {std::to_string(index + seed_base), shape, variant};
       o.env = k_debug_allocator;
       const child_result r = run_child(uses_stress_finalize_race, o);
       std::lock_guard<std::mutex> g(m);
@@ -631,11 +692,11 @@ TEST(Stress, FinalizeRaceManyRuns) {
   const double secs =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
-  std::printf("STRESS finalize_race runs=%ld requested=%ld hangs=%ld crashes=%ld failed_checks=%ld "
+  std::printf("STRESS finalize_race shape=%s variant=%s runs=%ld requested=%ld hangs=%ld crashes=%ld failed_checks=%ld "
               "pthread_exit=%ld bad_status=%ld python_errors=%ld lost_reattach=%ld "
               "refused_finalizing=%ld refused_finalized=%ld attached_ok=%ld seconds=%s "
               "slowest_child=%s\n",
-              done, runs, hangs, crashes, failed_checks, pthread_exits, bad_status, python_errors,
+              shape.c_str(), variant.c_str(), done, runs, hangs, crashes, failed_checks, pthread_exits, bad_status, python_errors,
               lost_reattach, refused_finalizing, refused_finalized, attached_ok,
               seconds_text(secs).c_str(), seconds_text(slowest).c_str());
   std::fflush(stdout);
@@ -651,6 +712,32 @@ TEST(Stress, FinalizeRaceManyRuns) {
   // 8 threads per run, each refused exactly once.
   EXPECT_EQ(refused_finalizing + refused_finalized, 8 * done);
 }
+}  // namespace
+
+TEST(Stress, FinalizeRaceManyRuns) {
+  finalize_race_many_runs(env_long("PYATTACH_STRESS_RUNS", size_default(100, 30)), "helper",
+                          "plain");
+}
+
+// The same race when the program initializes and finalizes CPython itself and binds pyattach
+// with pyattach::bind() (issue 9: 5 aborts in 2,330 runs, and 80 of 80 aborted when the main
+// thread kept the GIL, before binding was required), and with loops whose frames turn a
+// pthread_exit into an abort. A fifth of PYATTACH_STRESS_RUNS per shape and variant.
+class FinalizeRaceShapes
+    : public ::testing::TestWithParam<std::tuple<const char*, const char*>> {};
+
+TEST_P(FinalizeRaceShapes, RefusedNeverKilled) {
+  const long runs = std::max(1L, env_long("PYATTACH_STRESS_RUNS", size_default(100, 30)) / 5);
+  finalize_race_many_runs(runs, std::get<0>(GetParam()), std::get<1>(GetParam()));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Stress, FinalizeRaceShapes,
+    ::testing::Combine(::testing::Values("helper", "embed", "embed_gil"),
+                       ::testing::Values("plain", "catch_all", "noexcept")),
+    [](const ::testing::TestParamInfo<FinalizeRaceShapes::ParamType>& info) {
+      return std::string(std::get<0>(info.param)) + "_" + std::get<1>(info.param);
+    });
 
 // The positive control of FinalizeRaceManyRuns: the same race through the raw API must show, in
 // at least one of a few runs, what that test counts as failure (ANCHORS.md: 96% of such threads

@@ -1,0 +1,241 @@
+// tests/cpp/test_binding.cpp — which calls bind pyattach's gate, and what a native thread gets
+// before anything did (interpreter.hpp, "Binding"). Every case is an embedder that calls
+// Py_InitializeEx/Py_FinalizeEx itself, in a child process: the shared test interpreter is bound.
+// (Binding at module load is tested from Python: tests/python/.)
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdio>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "child_process.hpp"
+#include "helpers.hpp"
+
+using namespace testutil;
+using pyattach::attach_status;
+using pyattach::gate_phase;
+
+namespace {
+
+bool threading_imported() {  // PRECONDITION: attached
+  PyObject* modules = PyImport_GetModuleDict();
+  return PyDict_GetItemString(modules, "threading") != nullptr;
+}
+
+// threading.main_thread().ident, or 0. PRECONDITION: attached.
+long threading_main_ident() {
+  PyObject* g = new_globals();
+  const long id = py_eval_long("__import__('threading').main_thread().ident", g, 0);
+  Py_XDECREF(g);
+  return id;
+}
+
+// A native thread that keeps its thread state after it leaves Python and stays alive until told
+// to go: the shape of a pool worker. Its body runs `attach`, which returns with the thread
+// detached (or never attached).
+class parked_thread {
+ public:
+  template <class F>
+  explicit parked_thread(F attach) {
+    t_ = std::thread([this, attach] {
+      attach();
+      ready_.set();
+      std::unique_lock<std::mutex> g(m_);
+      cv_.wait(g, [&] { return go_; });
+    });
+    ready_.wait();
+  }
+  ~parked_thread() {
+    {
+      std::lock_guard<std::mutex> g(m_);
+      go_ = true;
+    }
+    cv_.notify_all();
+    t_.join();
+  }
+
+ private:
+  latch ready_;
+  std::mutex m_;
+  std::condition_variable cv_;
+  bool go_ = false;
+  std::thread t_;
+};
+
+}  // namespace
+
+// ---- nothing bound: a native thread is refused and touches nothing ---------------------------
+
+CHILD_CASE(binding_unbound_native_thread_is_refused) {
+  Py_InitializeEx(0);
+  CHILD_CHECK(pyattach::current_gate_phase() == gate_phase::unbound);
+  PyThreadState* main_state = PyEval_SaveThread();
+  attach_status st = attach_status::attached;
+  std::string what;
+  gate_phase bound_from_native = gate_phase::open;
+  bool made_state = true;
+  std::thread([&] {
+    st = pyattach::try_attach().status();
+    try {
+      pyattach::attach_scope s;
+    } catch (const pyattach::attach_error& e) {
+      what = e.what();
+    }
+    // bind() without the GIL does nothing: it cannot make the close hook safe.
+    bound_from_native = pyattach::bind();
+    // Never reached CPython: no thread state was made for this thread.
+    made_state = PyGILState_GetThisThreadState() != nullptr;
+  }).join();
+  std::printf("status=%s what=%s\n", pyattach::to_string(st), what.c_str());
+  CHILD_CHECK(st == attach_status::not_bound);
+  CHILD_CHECK(what.find("not_bound") != std::string::npos);
+  CHILD_CHECK(what.find("pyattach::bind()") != std::string::npos);
+  CHILD_CHECK(bound_from_native == gate_phase::unbound);
+  CHILD_CHECK(!made_state);
+  CHILD_CHECK(pyattach::current_gate_phase() == gate_phase::unbound);
+  PyEval_RestoreThread(main_state);
+  CHILD_CHECK(Py_FinalizeEx() == 0);
+  std::printf("done\n");
+  return child_exit_code();
+}
+
+// ---- pyattach::bind(): arms the gate, imports threading on the main thread, idempotent ------
+
+CHILD_CASE(binding_explicit_bind) {
+  Py_InitializeEx(0);
+  const bool had_threading = threading_imported();
+  CHILD_CHECK(pyattach::bind() == gate_phase::open);
+  const std::uint64_t gen = pyattach::current_generation();
+  CHILD_CHECK(gen != 0);
+  CHILD_CHECK(threading_imported());
+  CHILD_CHECK(threading_main_ident() == static_cast<long>(PyThread_get_thread_ident()));
+  CHILD_CHECK(pyattach::bind() == gate_phase::open);  // idempotent: same generation
+  CHILD_CHECK(pyattach::current_generation() == gen);
+  std::printf("threading imported before bind: %d\n", had_threading ? 1 : 0);
+  PyThreadState* main_state = PyEval_SaveThread();
+  attach_status st = attach_status::not_bound;
+  std::thread([&] {
+    pyattach::attach_scope s(pyattach::nothrow);
+    st = s.status();
+    if (s) CHILD_CHECK(PyRun_SimpleString("_bound = 1\n") == 0);
+  }).join();
+  CHILD_CHECK(st == attach_status::attached);
+  PyEval_RestoreThread(main_state);
+  CHILD_CHECK(Py_FinalizeEx() == 0);
+  // The hook registered by bind() closed the gate, and Py_AtExit unbound it.
+  CHILD_CHECK(pyattach::current_gate_phase() == gate_phase::unbound);
+  CHILD_CHECK(pyattach::try_attach().status() == attach_status::finalized);
+  std::printf("done\n");
+  return child_exit_code();
+}
+
+// ---- a thread_pool made by a thread that holds the GIL binds -------------------------------
+
+CHILD_CASE(binding_pool_made_with_the_gil) {
+  Py_InitializeEx(0);
+  const long main_ident = static_cast<long>(PyThread_get_thread_ident());
+  auto pool = std::make_unique<pyattach::thread_pool>("bindpool", 1);  // GIL held: binds
+  CHILD_CHECK(pyattach::current_gate_phase() == gate_phase::open);
+  PyThreadState* main_state = PyEval_SaveThread();
+  long seen_main = -1;
+  auto f = pool->submit_python([&] {
+    PyObject* g = new_globals();
+    seen_main = py_eval_long("__import__('threading').main_thread().ident", g, 0);
+    Py_XDECREF(g);
+  });
+  f.get();
+  CHILD_CHECK(seen_main == main_ident);  // threading was imported on main, not on the worker
+  PyEval_RestoreThread(main_state);
+  // The pool is still alive: the gate's atexit hook stops it before closing.
+  CHILD_CHECK(Py_FinalizeEx() == 0);
+  pool.reset();
+  std::printf("done\n");
+  return child_exit_code();
+}
+
+// ---- 3.9–3.12: the first importer of threading is its main thread ----------------------------
+// A native thread that keeps a persistent state and is the first to import threading makes
+// Py_FinalizeEx wait forever for that state's end (threading._shutdown joins "its main thread").
+// args[0]: "raw" (PyGILState_Ensure and no Release: the positive control, hangs on ≤3.12) or
+// "pyattach" (pyattach::bind() on main first, then an attach_scope on the worker: never hangs).
+
+CHILD_CASE(binding_worker_imports_threading) {
+  const bool raw = !args.empty() && args[0] == "raw";
+  Py_InitializeEx(0);
+  const bool had_threading = threading_imported();
+  std::printf("threading imported at start: %d\n", had_threading ? 1 : 0);
+  if (!raw) CHILD_CHECK(pyattach::bind() == gate_phase::open);
+  PyThreadState* main_state = PyEval_SaveThread();
+  {
+    parked_thread worker([&] {
+      if (raw) {
+        PyGILState_Ensure();  // never released: the state persists, as a pool worker's would
+        CHILD_CHECK(PyRun_SimpleString("import threading\n_tl = threading.local()\n") == 0);
+        PyEval_SaveThread();
+      } else {
+        pyattach::attach_scope s;
+        CHILD_CHECK(PyRun_SimpleString("import threading\n_tl = threading.local()\n") == 0);
+      }
+    });
+    PyEval_RestoreThread(main_state);
+    std::printf("finalizing\n");
+    std::fflush(stdout);
+    CHILD_CHECK(Py_FinalizeEx() == 0);
+  }
+  std::printf("done\n");
+  return child_exit_code();
+}
+
+USES_CHILD_CASE(binding_unbound_native_thread_is_refused);
+USES_CHILD_CASE(binding_explicit_bind);
+USES_CHILD_CASE(binding_pool_made_with_the_gil);
+USES_CHILD_CASE(binding_worker_imports_threading);
+
+namespace {
+void expect_child_clean(const child_result& r) {
+  EXPECT_TRUE(r.exited_cleanly()) << r.describe();
+  EXPECT_EQ(r.out.find("CHILD-FAIL"), std::string::npos) << r.describe();
+  EXPECT_NE(r.out.find("done\n"), std::string::npos) << r.describe();
+}
+}  // namespace
+
+TEST(Binding, UnboundNativeThreadIsRefusedWithNotBound) {
+  expect_child_clean(run_child(uses_binding_unbound_native_thread_is_refused));
+}
+
+TEST(Binding, ExplicitBindArmsTheGateAndImportsThreadingOnMain) {
+  expect_child_clean(run_child(uses_binding_explicit_bind));
+}
+
+TEST(Binding, PoolMadeWithTheGilBinds) {
+  expect_child_clean(run_child(uses_binding_pool_made_with_the_gil));
+}
+
+TEST(Binding, WorkerImportingThreadingFirstDoesNotHangFinalize) {
+  child_options o;
+  o.timeout = std::chrono::seconds(20);
+  o.args = {"pyattach"};
+  expect_child_clean(run_child(uses_binding_worker_imports_threading, o));
+}
+
+// The positive control: the same shape through the raw API hangs Py_FinalizeEx on 3.9–3.12
+// (3.13+ asks _thread which thread is the main one), unless something imported threading
+// on the main thread at start-up (then the case proves nothing here and says so).
+TEST(Binding, RawWorkerImportingThreadingFirstHangsFinalizeBefore313) {
+  child_options o;
+  o.timeout = std::chrono::seconds(5);
+  o.args = {"raw"};
+  const child_result r = run_child(uses_binding_worker_imports_threading, o);
+  if (r.out.find("threading imported at start: 1") != std::string::npos) {
+    GTEST_SKIP() << "this interpreter imports threading at start-up (a .pth file?): no hazard";
+  }
+  if (PY_VERSION_HEX < 0x030D0000) {
+    EXPECT_TRUE(r.timed_out) << r.describe();
+    EXPECT_NE(r.out.find("finalizing\n"), std::string::npos) << r.describe();
+  } else {
+    expect_child_clean(r);
+  }
+}
