@@ -132,6 +132,34 @@ CHILD_CASE(binding_explicit_bind) {
   return child_exit_code();
 }
 
+// ---- any scope opened by a thread that holds the GIL binds ------------------------------------
+// args[0]: "attach" (an attach_scope on the attached main thread) or "detach" (a detach_scope).
+
+CHILD_CASE(binding_scope_with_the_gil) {
+  const bool detach = !args.empty() && args[0] == "detach";
+  Py_InitializeEx(0);
+  CHILD_CHECK(pyattach::current_gate_phase() == gate_phase::unbound);
+  if (detach) {
+    pyattach::detach_scope nogil;  // binds first, then releases the GIL for the scope
+    CHILD_CHECK(nogil.is_valid());
+  } else {
+    pyattach::attach_scope s;  // already attached: only counts, and binds
+    CHILD_CHECK(!s.made_current());
+  }
+  CHILD_CHECK(pyattach::current_gate_phase() == gate_phase::open);
+  CHILD_CHECK(threading_imported());
+  CHILD_CHECK(threading_main_ident() == static_cast<long>(PyThread_get_thread_ident()));
+  PyThreadState* main_state = PyEval_SaveThread();
+  attach_status st = attach_status::not_bound;
+  std::thread([&] { st = pyattach::try_attach().status(); }).join();
+  CHILD_CHECK(st == attach_status::attached);
+  PyEval_RestoreThread(main_state);
+  CHILD_CHECK(Py_FinalizeEx() == 0);
+  CHILD_CHECK(pyattach::current_gate_phase() == gate_phase::unbound);  // the hooks ran
+  std::printf("done\n");
+  return child_exit_code();
+}
+
 // ---- a thread_pool made by a thread that holds the GIL binds -------------------------------
 
 CHILD_CASE(binding_pool_made_with_the_gil) {
@@ -191,6 +219,7 @@ CHILD_CASE(binding_worker_imports_threading) {
 
 USES_CHILD_CASE(binding_unbound_native_thread_is_refused);
 USES_CHILD_CASE(binding_explicit_bind);
+USES_CHILD_CASE(binding_scope_with_the_gil);
 USES_CHILD_CASE(binding_pool_made_with_the_gil);
 USES_CHILD_CASE(binding_worker_imports_threading);
 
@@ -208,6 +237,18 @@ TEST(Binding, UnboundNativeThreadIsRefusedWithNotBound) {
 
 TEST(Binding, ExplicitBindArmsTheGateAndImportsThreadingOnMain) {
   expect_child_clean(run_child(uses_binding_explicit_bind));
+}
+
+TEST(Binding, AttachScopeWithTheGilBinds) {
+  child_options o;
+  o.args = {"attach"};
+  expect_child_clean(run_child(uses_binding_scope_with_the_gil, o));
+}
+
+TEST(Binding, DetachScopeWithTheGilBinds) {
+  child_options o;
+  o.args = {"detach"};
+  expect_child_clean(run_child(uses_binding_scope_with_the_gil, o));
 }
 
 TEST(Binding, PoolMadeWithTheGilBinds) {
