@@ -80,7 +80,9 @@ enum class gate_phase : std::uint8_t { unbound, open, closing, closed };
 //      interpreter: `import` holds the GIL while it loads the module, and pyattach binds then, with
 //      no call from the module's code. Inside the loader only the gate is opened; threading and
 //      the atexit hook are set up by a pending call on the main thread that runs before any more
-//      Python code runs there, and in any case before CPython runs its atexit callbacks;
+//      Python code runs there, and in any case before CPython runs its atexit callbacks. (So on
+//      3.9–3.12, a C++ host that loads such a module itself and then runs no Python on its main
+//      thread should import threading there first: see "Binding also imports" below.);
 //   3. pyattach::bind(), below — for an embedder that calls Py_InitializeEx itself: call it right
 //      after, on the same (main) thread, before starting threads that attach;
 //   4. any other pyattach call made with the GIL held: an attach_scope or detach_scope on a thread

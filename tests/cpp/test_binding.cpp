@@ -1,8 +1,12 @@
 // tests/cpp/test_binding.cpp — which calls bind pyattach's gate, and what a native thread gets
 // before anything did (interpreter.hpp, "Binding"). Every case is an embedder that calls
 // Py_InitializeEx/Py_FinalizeEx itself, in a child process: the shared test interpreter is bound.
-// (Binding at module load is tested from Python: tests/python/.)
+// Binding at module load: a shared object with its own copy of pyattach (load_probe.cpp) is
+// dlopen'ed by a thread holding the GIL, as `import` loads an extension module; the real modules
+// are tested from Python (tests/python/).
 #include <gtest/gtest.h>
+
+#include <dlfcn.h>
 
 #include <atomic>
 #include <condition_variable>
@@ -217,6 +221,63 @@ CHILD_CASE(binding_worker_imports_threading) {
   return child_exit_code();
 }
 
+// ---- binding at load: a shared object containing pyattach, loaded with the GIL held ---------
+// args[0]: "bytecode" (the main thread runs Python after the load, so the queued pending call
+// runs then) or "no_bytecode" (it never does: Py_FinalizeEx's pending-call flush, which comes
+// before the atexit callbacks, must register the hook in time). args[1]: the delay seed.
+// The probe's threads do not import threading: with no bytecode on the main thread, the pending
+// call that imports it there has not run when they start, and on 3.9–3.12 a native thread that
+// imports threading first becomes its main thread and hangs Py_FinalizeEx (interpreter.hpp,
+// "Binding", item 2; measured here before this case was narrowed).
+
+CHILD_CASE(binding_at_load) {
+  const bool bytecode = !args.empty() && args[0] == "bytecode";
+  const unsigned delay_us = args.size() > 1 ? static_cast<unsigned>(std::stoul(args[1])) % 20000 : 0;
+  Py_InitializeEx(0);
+  void* h = dlopen(PYATTACH_LOAD_PROBE_PATH, RTLD_NOW | RTLD_LOCAL);  // with the GIL, as import
+  CHILD_CHECK(h != nullptr);
+  if (h == nullptr) {
+    std::printf("dlopen: %s\n", dlerror());
+    return child_exit_code();
+  }
+  auto phase = reinterpret_cast<int (*)()>(dlsym(h, "probe_gate_phase"));
+  auto start = reinterpret_cast<void (*)(int)>(dlsym(h, "probe_start_threads"));
+  auto counts =
+      reinterpret_cast<void (*)(long*, long*, long*, long*, long*, long*)>(dlsym(h, "probe_counts"));
+  CHILD_CHECK(phase && start && counts);
+  // The probe's copy bound at load; this binary's own copy did not (nothing here called it).
+  CHILD_CHECK(phase() == static_cast<int>(gate_phase::open));
+  CHILD_CHECK(pyattach::current_gate_phase() == gate_phase::unbound);
+  if (bytecode) {
+    CHILD_CHECK(PyRun_SimpleString("_x = [i for i in range(1000)]\n") == 0);
+    CHILD_CHECK(threading_imported());  // imported by the pending call, on this (main) thread
+    CHILD_CHECK(threading_main_ident() == static_cast<long>(PyThread_get_thread_ident()));
+  }
+  PyThreadState* main_state = PyEval_SaveThread();
+  constexpr int k_threads = 8;
+  start(k_threads);
+  std::this_thread::sleep_for(std::chrono::microseconds(delay_us));
+  PyEval_RestoreThread(main_state);
+  CHILD_CHECK(Py_FinalizeEx() == 0);
+  // Each detached thread returns after one refusal; give them a moment to record it.
+  long started = 0, attached = 0, ok = 0, other = 0, unwound = 0, errors = 0;
+  for (int i = 0; i < 500; ++i) {
+    counts(&started, &attached, &ok, &other, &unwound, &errors);
+    if (ok + other + unwound >= k_threads) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  std::printf("RESULT started=%ld attached=%ld refused_ok=%ld refused_other=%ld pthread_exit=%ld "
+              "python_errors=%ld\n",
+              started, attached, ok, other, unwound, errors);
+  CHILD_CHECK(started == k_threads);
+  CHILD_CHECK(ok == k_threads);  // every thread refused with finalizing/finalized, none lost
+  CHILD_CHECK(other == 0 && unwound == 0 && errors == 0);
+  CHILD_CHECK(phase() == static_cast<int>(gate_phase::unbound));  // its hooks ran
+  std::printf("done\n");
+  return child_exit_code();
+}
+
+USES_CHILD_CASE(binding_at_load);
 USES_CHILD_CASE(binding_unbound_native_thread_is_refused);
 USES_CHILD_CASE(binding_explicit_bind);
 USES_CHILD_CASE(binding_scope_with_the_gil);
@@ -278,5 +339,21 @@ TEST(Binding, RawWorkerImportingThreadingFirstHangsFinalizeBefore313) {
     EXPECT_NE(r.out.find("finalizing\n"), std::string::npos) << r.describe();
   } else {
     expect_child_clean(r);
+  }
+}
+
+// Loading a shared object that contains pyattach binds its gate; the hook is in place before the
+// atexit callbacks whether or not the main thread runs Python after the load. 10 runs each, with
+// 0-20 ms between starting the threads and finalizing.
+TEST(Binding, SharedObjectLoadedWithTheGilBindsAndClosesInTime) {
+  for (const char* mode : {"bytecode", "no_bytecode"}) {
+    for (int run = 0; run < 10; ++run) {
+      child_options o;
+      o.timeout = std::chrono::seconds(20);
+      o.args = {mode, std::to_string(run * 2654435761u)};
+      const child_result r = run_child(uses_binding_at_load, o);
+      expect_child_clean(r);
+      if (!r.exited_cleanly()) return;  // one failure says it; the rest would repeat it
+    }
   }
 }
