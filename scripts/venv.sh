@@ -10,7 +10,7 @@ python="$1"
 name="${2:-$(basename "$python")}"
 venv="$root/build/venv-$name"
 req="$root/requirements/python-test.txt"
-want="$(sha256sum "$req" | cut -d' ' -f1) $("$python" -c 'import sys; print(sys.version)' | head -1)"
+want="$(sha256sum "$req" | cut -d' ' -f1) $("$python" -c 'import sys; print(sys.version.splitlines()[0])')"
 if [ -x "$venv/bin/python" ] && [ "$(cat "$venv/.pyattach-req" 2>/dev/null)" = "$want" ] &&
    "$venv/bin/python" -c 'import pytest, scikit_build_core' 2>/dev/null; then
   echo "$venv"
