@@ -395,7 +395,7 @@ inline void exit_report() {
   std::fprintf(stderr,
                "pyattach-example-exit: flavour=%s variant=%s threads=%d started=%d "
                "iterations=%lld refused_finalizing=%d refused_finalized=%d "
-               "refused_not_initialized=%d refused_other_interpreter=%d exited=%d in_attach=%d "
+               "refused_not_initialized=%d refused_not_bound=%d refused_other_interpreter=%d exited=%d in_attach=%d "
                "in_python=%d in_cpp=%d not_started=%d caught=%d settle_ms=%lld "
                "pool_posted=%lld pool_post_refused=%lld pool_ran=%lld pool_finished=%lld "
                "pool_python_errors=%lld pool_refused=%lld pool_other_errors=%lld gate=%s\n",
@@ -404,6 +404,7 @@ inline void exit_report() {
                refused_as(pyattach::attach_status::finalizing),
                refused_as(pyattach::attach_status::finalized),
                refused_as(pyattach::attach_status::not_initialized),
+               refused_as(pyattach::attach_status::not_bound),
                refused_as(pyattach::attach_status::other_interpreter), count[refused],
                count[in_attach], count[in_python], count[in_cpp], count[not_started],
                g_background.caught.load(), waited, g_pool.posted.load(),
