@@ -71,6 +71,7 @@ const char* to_string(pool_errc code) noexcept {
     case pool_errc::queue_full: return "queue_full";
     case pool_errc::start_hook_failed: return "start_hook_failed";
     case pool_errc::called_from_worker: return "called_from_worker";
+    case pool_errc::not_bound: return "not_bound";
   }
   return "unknown";
 }
@@ -359,10 +360,12 @@ void pool_core::run_task(worker_rec& w, std::size_t index, std::unique_ptr<pool_
       task->complete();
       task.reset();  // the callable (and what it captured) is destroyed while attached
     } else {
-      // The gate refused: the interpreter is finalizing or gone. Never run Python without a state.
+      // The gate refused: the interpreter is finalizing or gone (or pyattach was never bound to
+      // it). Never run Python without a state.
       refused = true;
       failure = std::make_exception_ptr(pool_error(
-          pool_errc::finalizing, "pyattach::thread_pool '" + opts.name + "': the task was not run: "
+          py.status() == attach_status::not_bound ? pool_errc::not_bound : pool_errc::finalizing,
+          "pyattach::thread_pool '" + opts.name + "': the task was not run: "
                                  "attaching to Python was refused (" + to_string(py.status()) + ")"));
       count(steady::now());
       task->abandon(failure);

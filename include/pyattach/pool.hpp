@@ -38,6 +38,10 @@
 //   own worker, a submit to a full queue fails with queue_full instead of blocking.
 // - The GIL: submitting, waiting and shutting down from a thread that holds the GIL release it
 //   while they block (a worker's Python task may need it) and take it back before returning.
+// - Binding: a pool constructed by a thread that holds the GIL binds pyattach's gate
+//   (interpreter.hpp, "Binding"). In a program that initializes CPython itself, a pool made
+//   without the GIL before anything bound the gate cannot run Python tasks: they complete with
+//   pool_error(not_bound) until pyattach::bind() is called.
 // - Finalization: pyattach's gate (interpreter.hpp) stops every pool before it closes, while
 //   Python can still be attached: submissions are refused with pool_error(finalizing), tasks
 //   still queued complete with pool_error(finalizing) without running, and the closer waits
@@ -93,6 +97,8 @@ enum class pool_errc : std::uint8_t {
   queue_full,          // options.max_queued reached and options.when_full == full_policy::fail
   start_hook_failed,   // a worker's start hook threw: the constructor stopped the pool
   called_from_worker,  // wait() or shutdown() on one of this pool's own workers (would deadlock)
+  not_bound,           // a Python task's attach was refused with attach_status::not_bound: the
+                       // pool was made before pyattach was bound (interpreter.hpp, "Binding")
 };
 const char* to_string(pool_errc code) noexcept;
 

@@ -188,6 +188,35 @@ CHILD_CASE(binding_pool_made_with_the_gil) {
   return child_exit_code();
 }
 
+// ---- a pool made before anything bound: Python tasks fail with not_bound until bind() --------
+
+CHILD_CASE(binding_pool_before_bind) {
+  Py_InitializeEx(0);
+  PyThreadState* main_state = PyEval_SaveThread();
+  auto pool = std::make_unique<pyattach::thread_pool>("early", 1);  // no GIL: does not bind
+  CHILD_CHECK(pyattach::current_gate_phase() == gate_phase::unbound);
+  bool ran = false;
+  pyattach::pool_errc code = pyattach::pool_errc::shut_down;
+  try {
+    pool->submit_python([&] { ran = true; }).get();
+  } catch (const pyattach::pool_error& e) {
+    code = e.code();
+    std::printf("refused: %s\n", e.what());
+  }
+  CHILD_CHECK(!ran);
+  CHILD_CHECK(code == pyattach::pool_errc::not_bound);
+  PyEval_RestoreThread(main_state);
+  CHILD_CHECK(pyattach::bind() == gate_phase::open);
+  main_state = PyEval_SaveThread();
+  pool->submit_python([&] { ran = PyRun_SimpleString("_late = 1\n") == 0; }).get();
+  CHILD_CHECK(ran);  // the same worker attaches now
+  PyEval_RestoreThread(main_state);
+  CHILD_CHECK(Py_FinalizeEx() == 0);
+  pool.reset();
+  std::printf("done\n");
+  return child_exit_code();
+}
+
 // ---- 3.9–3.12: the first importer of threading is its main thread ----------------------------
 // A native thread that keeps a persistent state and is the first to import threading makes
 // Py_FinalizeEx wait forever for that state's end (threading._shutdown joins "its main thread").
@@ -282,6 +311,7 @@ USES_CHILD_CASE(binding_unbound_native_thread_is_refused);
 USES_CHILD_CASE(binding_explicit_bind);
 USES_CHILD_CASE(binding_scope_with_the_gil);
 USES_CHILD_CASE(binding_pool_made_with_the_gil);
+USES_CHILD_CASE(binding_pool_before_bind);
 USES_CHILD_CASE(binding_worker_imports_threading);
 
 namespace {
@@ -314,6 +344,12 @@ TEST(Binding, DetachScopeWithTheGilBinds) {
 
 TEST(Binding, PoolMadeWithTheGilBinds) {
   expect_child_clean(run_child(uses_binding_pool_made_with_the_gil));
+}
+
+TEST(Binding, PoolMadeBeforeBindRefusesPythonTasksUntilBound) {
+  const child_result r = run_child(uses_binding_pool_before_bind);
+  expect_child_clean(r);
+  EXPECT_NE(r.out.find("(not_bound)"), std::string::npos) << r.describe();
 }
 
 TEST(Binding, WorkerImportingThreadingFirstDoesNotHangFinalize) {

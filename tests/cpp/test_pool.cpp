@@ -59,25 +59,13 @@ constexpr std::chrono::milliseconds k_wait = k_sanitized ? 60s : 20s;
 // "Promptly": what a short Python task on an idle pool must take at most.
 constexpr std::chrono::milliseconds k_prompt = k_sanitized ? 5s : 2s;
 
-const char* code_name(pool_errc c) {
-  switch (c) {
-    case pool_errc::shut_down: return "shut_down";
-    case pool_errc::cancelled: return "cancelled";
-    case pool_errc::finalizing: return "finalizing";
-    case pool_errc::queue_full: return "queue_full";
-    case pool_errc::start_hook_failed: return "start_hook_failed";
-    case pool_errc::called_from_worker: return "called_from_worker";
-  }
-  return "?";
-}
-
 // How an exception_ptr / a ready future ended, as text for comparisons and messages:
 // "value", "pool_error:<code>", "python_error:<type>:<message>", "exception:<what>", "unknown".
 std::string describe_error(std::exception_ptr e) {
   try {
     std::rethrow_exception(e);
   } catch (const pool_error& x) {
-    return std::string("pool_error:") + code_name(x.code());
+    return std::string("pool_error:") + pyattach::to_string(x.code());
   } catch (const python_error& x) {
     return "python_error:" + x.type_name() + ":" + x.message();
   } catch (const std::exception& x) {
@@ -1217,7 +1205,7 @@ CHILD_CASE(pool_start_hook_failure) {
     std::printf("constructor returned\n");
   } catch (const pool_error& e) {
     threw = true;
-    std::printf("pool_error %s: %s\n", code_name(e.code()), e.what());
+    std::printf("pool_error %s: %s\n", pyattach::to_string(e.code()), e.what());
     CHILD_CHECK(e.code() == pool_errc::start_hook_failed);
     CHILD_CHECK(contains(e.what(), "start hook 2 failed"));
   } catch (const std::exception& e) {
@@ -1413,7 +1401,7 @@ TEST(Pool, ShutdownDrainRunsEveryQueuedTask) {
   run_with_deadline("shutdown(drain)", [&] { pool.shutdown(shutdown_mode::drain); });
   releaser.join();
   ASSERT_TRUE(refusal.has_value()) << "submit was never refused while shutdown ran";
-  EXPECT_STREQ(code_name(*refusal), "shut_down");
+  EXPECT_STREQ(pyattach::to_string(*refusal), "shut_down");
   EXPECT_EQ(ran.load(), 200) << "shutdown(drain) did not run every queued task";
   ASSERT_TRUE(is_ready(blocker));
   EXPECT_EQ(blocker.get(), 1);
@@ -1461,7 +1449,7 @@ TEST(Pool, ShutdownCancelCompletesQueuedTasksWithCancelledAndReportsCancelledPos
   run_with_deadline("shutdown(cancel)", [&] { pool.shutdown(shutdown_mode::cancel); });
   releaser.join();
   ASSERT_TRUE(refusal.has_value());
-  EXPECT_STREQ(code_name(*refusal), "shut_down");
+  EXPECT_STREQ(pyattach::to_string(*refusal), "shut_down");
   ASSERT_TRUE(is_ready(blocker));
   EXPECT_EQ(blocker.get(), 1) << "the running task must finish";
   EXPECT_EQ(ran.load(), 0) << "shutdown(cancel) ran a queued task";
@@ -1563,7 +1551,7 @@ TEST(Pool, SubmitAfterShutdownThrowsShutDownAndShutdownIsIdempotent) {
       fn();
       return "accepted";
     } catch (const pool_error& e) {
-      return std::string("pool_error:") + code_name(e.code());
+      return std::string("pool_error:") + pyattach::to_string(e.code());
     } catch (...) {
       return describe_error(std::current_exception());
     }
@@ -1748,7 +1736,7 @@ CHILD_CASE(pool_wait_or_shutdown_from_own_worker) {
       fn();
       return "returned";
     } catch (const pool_error& e) {
-      return std::string("pool_error:") + code_name(e.code());
+      return std::string("pool_error:") + pyattach::to_string(e.code());
     } catch (...) {
       return describe_error(std::current_exception());
     }
@@ -1957,7 +1945,7 @@ CHILD_CASE(pool_interpreter_destroyed_with_queued_tasks) {
       if (kind == 2) pool->post([] {});
       if (kind == 3) pool->post_python([] {});
     } catch (const pool_error& e) {
-      how = code_name(e.code());
+      how = pyattach::to_string(e.code());
     } catch (...) {
       how = describe_error(std::current_exception());
     }
@@ -1997,7 +1985,7 @@ CHILD_CASE(pool_interpreter_destroyed_with_queued_tasks) {
     try {
       pool->submit_python([] { return 0; });
     } catch (const pool_error& e) {
-      how2 = code_name(e.code());
+      how2 = pyattach::to_string(e.code());
     }
     std::printf("submit under a new interpreter: %s\n", how2.c_str());
     CHILD_CHECK(how2 == "finalizing");
@@ -2063,7 +2051,7 @@ CHILD_CASE(pool_queue_full_fail) {
       if (kind == 3) pool.post_python([] {});
       std::printf("kind %d accepted with a full queue\n", kind);
     } catch (const pool_error& e) {
-      std::printf("kind %d: %s\n", kind, code_name(e.code()));
+      std::printf("kind %d: %s\n", kind, pyattach::to_string(e.code()));
       refused += e.code() == pool_errc::queue_full;
     }
   }
@@ -2160,7 +2148,7 @@ CHILD_CASE(pool_queue_full_submit_from_own_worker) {
     try {
       for (int i = 0; i < 3; ++i) inner.push_back(pool.submit([i] { return i; }));
     } catch (const pool_error& e) {
-      how = code_name(e.code());
+      how = pyattach::to_string(e.code());
     }
     return how;
   });
@@ -2352,7 +2340,7 @@ int classify(std::future<long>& f, long i, std::string* bad) {
     if (e.type_name() == "IndexError" && e.message() == std::to_string(i)) return k_py_thrown;
     *bad = "python_error " + e.type_name() + ": " + e.message();
   } catch (const pool_error& e) {
-    *bad = std::string("pool_error ") + code_name(e.code());
+    *bad = std::string("pool_error ") + pyattach::to_string(e.code());
   } catch (const std::runtime_error& e) {
     if (e.what() == std::to_string(i)) return k_cpp_throw;
     *bad = std::string("runtime_error ") + e.what();
