@@ -1,77 +1,64 @@
-# Configures, builds and runs tests/cmake_consumer against pyattach (cmake -P script, run by CTest).
-#   MODE=installed     cmake --install the main build into WORK_DIR/prefix, then find_package it
-#   MODE=subdirectory  add_subdirectory the pyattach source tree
-# Inputs: PYATTACH_SOURCE_DIR PYATTACH_BUILD_DIR CONSUMER_SOURCE_DIR WORK_DIR PYTHON
-#         EXPECT_PYTHON_VERSION GENERATOR CXX_COMPILER BUILD_TYPE
+# The embedder consumer (this directory's CMakeLists.txt, linking pyattach::embed): configures,
+# builds and runs it (cmake -P script, run by CTest).
+#   MODE=install       the fixture: cmake --install the main build (PYATTACH_BUILD_DIR) into PREFIX,
+#                      shared by every test that finds an installed pyattach
+#   MODE=installed     find_package the pyattach installed in PREFIX
+#   MODE=subdirectory  add_subdirectory the pyattach source tree (PYATTACH_SOURCE_DIR)
+# The executable must link libpython (readelf -d; when it is a shared library) and run Python on
+# a native thread.
+# Inputs: MODE WORK_DIR PYTHON GENERATOR [CXX_COMPILER BUILD_TYPE EXPECT_PYTHON_VERSION]
+#         [EMBED_LINKS_SHARED_LIBPYTHON READELF],
+#         and PREFIX, PYATTACH_BUILD_DIR or PYATTACH_SOURCE_DIR as the mode needs.
 cmake_minimum_required(VERSION 3.18)
+include("${CMAKE_CURRENT_LIST_DIR}/common.cmake")
 
-foreach(v MODE PYATTACH_SOURCE_DIR PYATTACH_BUILD_DIR CONSUMER_SOURCE_DIR WORK_DIR PYTHON GENERATOR)
-  if(NOT DEFINED ${v} OR "${${v}}" STREQUAL "")
-    message(FATAL_ERROR "run_consumer.cmake: ${v} is not set")
+if(MODE STREQUAL "install")
+  file(REMOVE_RECURSE "${PREFIX}")
+  consumer_run("install" ${CMAKE_COMMAND} --install "${PYATTACH_BUILD_DIR}" --prefix "${PREFIX}"
+               --config ${BUILD_TYPE})
+  file(GLOB_RECURSE config "${PREFIX}/*/pyattachConfig.cmake")
+  if(NOT config)
+    message(FATAL_ERROR "no pyattachConfig.cmake under ${PREFIX}")
   endif()
-endforeach()
-if(NOT BUILD_TYPE)
-  set(BUILD_TYPE Debug)
+  return()
 endif()
-
-function(run step)
-  execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
-  if(NOT rc EQUAL 0)
-    message(FATAL_ERROR "consumer (${MODE}): ${step} failed (${rc})\n"
-                        "command: ${ARGN}\n--- stdout ---\n${out}\n--- stderr ---\n${err}")
-  endif()
-  message(STATUS "consumer (${MODE}): ${step}: ok")
-  set(last_output "${out}" PARENT_SCOPE)
-endfunction()
 
 file(REMOVE_RECURSE "${WORK_DIR}")
-file(MAKE_DIRECTORY "${WORK_DIR}")
 set(build "${WORK_DIR}/build")
-set(common -G "${GENERATOR}" -DCMAKE_BUILD_TYPE=${BUILD_TYPE} -DPYATTACH_PYTHON=${PYTHON}
-           -DPython_EXECUTABLE=${PYTHON})
-if(CXX_COMPILER)
-  list(APPEND common -DCMAKE_CXX_COMPILER=${CXX_COMPILER})
-endif()
-
+set(source "${CMAKE_CURRENT_LIST_DIR}")
+list(APPEND consumer_common -DPYATTACH_PYTHON=${PYTHON} -DPython_EXECUTABLE=${PYTHON})
 if(MODE STREQUAL "installed")
-  set(prefix "${WORK_DIR}/prefix")
-  run("install" ${CMAKE_COMMAND} --install "${PYATTACH_BUILD_DIR}" --prefix "${prefix}"
-      --config ${BUILD_TYPE})
-  file(GLOB_RECURSE config "${prefix}/*/pyattachConfig.cmake")
-  if(NOT config)
-    message(FATAL_ERROR "consumer (installed): no pyattachConfig.cmake under ${prefix}")
-  endif()
-  run("configure" ${CMAKE_COMMAND} -S "${CONSUMER_SOURCE_DIR}" -B "${build}" ${common}
-      "-DCMAKE_PREFIX_PATH=${prefix}")
+  consumer_run("configure" ${CMAKE_COMMAND} -S "${source}" -B "${build}" ${consumer_common}
+               "-DCMAKE_PREFIX_PATH=${PREFIX}")
   # It must have used the installed package, not the build tree.
   file(STRINGS "${build}/CMakeCache.txt" dir_line REGEX "^pyattach_DIR:")
-  string(FIND "${dir_line}" "${prefix}" at)
+  string(FIND "${dir_line}" "${PREFIX}" at)
   if(at EQUAL -1)
-    message(FATAL_ERROR "consumer (installed): found pyattach elsewhere: ${dir_line}")
+    message(FATAL_ERROR "found pyattach elsewhere: ${dir_line}")
   endif()
+  set(how "find_package")
 elseif(MODE STREQUAL "subdirectory")
-  run("configure" ${CMAKE_COMMAND} -S "${CONSUMER_SOURCE_DIR}" -B "${build}" ${common}
-      "-DPYATTACH_CONSUMER_SOURCE_DIR=${PYATTACH_SOURCE_DIR}")
+  consumer_run("configure" ${CMAKE_COMMAND} -S "${source}" -B "${build}" ${consumer_common}
+               "-DPYATTACH_CONSUMER_SOURCE_DIR=${PYATTACH_SOURCE_DIR}")
+  set(how "add_subdirectory")
 else()
   message(FATAL_ERROR "run_consumer.cmake: unknown MODE ${MODE}")
 endif()
 
-run("build" ${CMAKE_COMMAND} --build "${build}" --config ${BUILD_TYPE})
+consumer_run("build" ${CMAKE_COMMAND} --build "${build}" --config ${BUILD_TYPE} --parallel 2)
 
 find_program(consumer_exe NAMES consumer PATHS "${build}" "${build}/${BUILD_TYPE}" NO_DEFAULT_PATH)
 if(NOT consumer_exe)
-  message(FATAL_ERROR "consumer (${MODE}): the consumer executable was not built")
+  message(FATAL_ERROR "the consumer executable was not built")
 endif()
-run("run" "${consumer_exe}")
+if(EMBED_LINKS_SHARED_LIBPYTHON)  # not with a static libpython
+  consumer_check_libpython("${consumer_exe}" NEEDED)
+endif()
+consumer_run("run" "${consumer_exe}")
 message(STATUS "${last_output}")
-if(MODE STREQUAL "installed")
-  set(how "find_package")
-else()
-  set(how "add_subdirectory")
-endif()
 if(NOT last_output MATCHES "consumer \\(${how}\\): attached on Python ([0-9.]+)")
-  message(FATAL_ERROR "consumer (${MODE}): unexpected output:\n${last_output}")
+  message(FATAL_ERROR "unexpected output:\n${last_output}")
 endif()
 if(EXPECT_PYTHON_VERSION AND NOT CMAKE_MATCH_1 VERSION_EQUAL EXPECT_PYTHON_VERSION)
-  message(FATAL_ERROR "consumer (${MODE}): ran on Python ${CMAKE_MATCH_1}, expected ${EXPECT_PYTHON_VERSION}")
+  message(FATAL_ERROR "ran on Python ${CMAKE_MATCH_1}, expected ${EXPECT_PYTHON_VERSION}")
 endif()
