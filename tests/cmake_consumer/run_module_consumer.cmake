@@ -11,6 +11,9 @@
 #                                "venv", and nanobind
 #         PYTHON_FROM_VENV       ON: the project's Python is VENV's python instead of PYTHON (another
 #                                path to it, as in a scikit-build-core build's isolated venv)
+#         PYBIND11_FINDPYTHON    ON: -DPYBIND11_FINDPYTHON=ON (pybind11 finds Python with FindPython;
+#                                otherwise, found before Python, it uses its classic mode)
+#         EXTRA_ARGS             more configure arguments, "|"-separated
 #         CHOOSE_PYTHON          ON: -DPython_EXECUTABLE=PYTHON (and PYTHON_EXECUTABLE, for
 #                                pybind11's classic mode); OFF: no Python chosen, so pyattach's
 #                                recorded one (which must be PYTHON) is used
@@ -31,6 +34,13 @@ else()
 endif()
 if(CHOOSE_PYTHON)
   list(APPEND args "-DPython_EXECUTABLE=${PYTHON}" "-DPYTHON_EXECUTABLE=${PYTHON}")
+endif()
+if(EXTRA_ARGS)
+  string(REPLACE "|" ";" extra "${EXTRA_ARGS}")
+  list(APPEND args ${extra})
+endif()
+if(PYBIND11_FINDPYTHON)
+  list(APPEND args -DPYBIND11_FINDPYTHON=ON)
 endif()
 if(PYBIND11_DIR STREQUAL "venv")
   consumer_run("pybind11 --cmakedir" "${VENV}/bin/python" -m pybind11 --cmakedir)
