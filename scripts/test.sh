@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # The whole test suite: install what is needed, then build and run every test against Debian's
 # python3.11 and against every pyenv CPython 3.9–3.13 that is present (the version matrix), then
-# against Debian's python3.11 again with AddressSanitizer+UBSan and with ThreadSanitizer.
+# the Python-side suite (tests/python: the extension-module example, pip-installed, under pytest)
+# on the same interpreters, then Debian's python3.11 again with AddressSanitizer+UBSan and with
+# ThreadSanitizer.
 # Prints which interpreters ran and a closing "N passed, N failed" line; fails if any test fails.
-# PYATTACH_TEST_LEGS="asan-ubsan-3.11 tsan-3.11" (leg names, space-separated) runs only those legs.
+# PYATTACH_TEST_LEGS="asan-ubsan-3.11 tsan-3.11" (leg names, space-separated) runs only those legs;
+# the pytest legs are named pytest-<interpreter leg>, e.g. "pytest-debian-3.11 pytest-pyenv-3.12.1".
+# PYATTACH_EXIT_RUNS (default 10) sets the pytest legs' exit-race runs (tests/python/test_exit_race.py).
 set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 bash "$root/scripts/deps.sh" || exit 1
@@ -12,6 +16,10 @@ jobs="$(nproc)"
 # The legs, "name:python[:sanitizers]": Debian's python3.11 first (it also runs the CMake consumer
 # tests), its Py_DEBUG build, then pyenv's, then the sanitizer builds (last: the slowest).
 legs=("debian-3.11:/usr/bin/python3.11" "debian-3.11-dbg:/usr/bin/python3.11-dbg")
+# The pytest legs (tests/python) run on Debian's python3.11 (libpython linked statically into the
+# executable: the case that must not load a second CPython) and on every pyenv CPython found.
+# Not on python3.11-dbg: PyPI's pybind11/nanobind wheels and pip builds target release ABIs.
+pytest_legs=("pytest-debian-3.11:/usr/bin/python3.11")
 pyenv_root="$(pyenv root 2>/dev/null || echo "${PYENV_ROOT:-$HOME/.pyenv}")"
 for minor in 9 10 11 12 13; do
   found=""
@@ -22,10 +30,12 @@ for minor in 9 10 11 12 13; do
   done
   if [ -n "$found" ]; then
     legs+=("pyenv-$(basename "$(dirname "$(dirname "$found")")"):$found")
+    pytest_legs+=("pytest-pyenv-$(basename "$(dirname "$(dirname "$found")")"):$found")
   else
-    echo "matrix: no pyenv CPython 3.$minor with a shared libpython under $pyenv_root/versions: leg skipped"
+    echo "matrix: no pyenv CPython 3.$minor with a shared libpython under $pyenv_root/versions: legs pyenv-3.$minor and pytest-pyenv-3.$minor skipped"
   fi
 done
+legs+=("${pytest_legs[@]}")
 
 # Sanitizer legs: pyattach, the tests and the demo built with -DPYATTACH_SANITIZE (CMakeLists.txt)
 # against Debian's python3.11, whose libpython is not instrumented. The runtime options below are
@@ -74,12 +84,73 @@ fi
 
 mkdir -p "$root/build"
 summary=()
+exit_race_rows=()
 total_pass=0
 total_fail=0
+
+# A pytest leg: the interpreter's venv (scripts/venv.sh: pinned pybind11, nanobind,
+# scikit-build-core, ninja, cmake, pytest), `pip install` of examples/extension built against this
+# checkout (not an installed pyattach) in a build directory kept between runs (incremental), then
+# pytest on tests/python from outside the source tree. A failed venv or build fails the leg.
+pytest_leg() {
+  local name="$1" python="$2"
+  local short="${name#pytest-}"
+  local log="$root/build/$name"
+  local leg_start=$SECONDS venv
+  if ! venv="$(bash "$root/scripts/venv.sh" "$python" "$short" 2>"$log.venv.log")"; then
+    tail -30 "$log.venv.log"
+    summary+=("$name: VENV FAILED ($log.venv.log)")
+    total_fail=$((total_fail + 1))
+    return
+  fi
+  if ! CMAKE_BUILD_PARALLEL_LEVEL="$jobs" "$venv/bin/python" -m pip install --no-build-isolation \
+         --no-deps --disable-pip-version-check --config-settings=build-dir="$root/build/ext-$short" \
+         --config-settings=cmake.define.CMAKE_DISABLE_FIND_PACKAGE_pyattach=ON \
+         "$root/examples/extension" >"$log.pip.log" 2>&1; then
+    tail -40 "$log.pip.log"
+    summary+=("$name: BUILD FAILED (pip install ./examples/extension, $log.pip.log)")
+    total_fail=$((total_fail + 1))
+    return
+  fi
+  local built=$SECONDS
+  rm -f "$log.junit.xml"
+  (cd "$root/build" && "$venv/bin/python" -m pytest "$root/tests/python" -p no:cacheprovider -q \
+     -rfEsx --junitxml="$log.junit.xml") >"$log.pytest.log" 2>&1
+  grep -E "^(FAILED|ERROR|SKIPPED|XFAIL|XPASS)|^[0-9]+ (passed|failed)|exit-race-row:|[0-9]+ (passed|failed).* in [0-9.]+s" \
+    "$log.pytest.log" | grep -v "^exit-race-row:" | head -40
+  echo "time: venv+build $((built - leg_start)) s, pytest $((SECONDS - built)) s"
+  # Counts from the JUnit report: passed, failed (failures, errors, strict XPASS), skipped, and
+  # xfailed (expected failures, which JUnit files under skipped).
+  local counts pass fail skip xfail
+  counts="$("$venv/bin/python" - "$log.junit.xml" <<'PY' 2>/dev/null
+import sys, xml.etree.ElementTree as ET
+root = ET.parse(sys.argv[1]).getroot()
+cases = list(root.iter("testcase"))
+kinds = [next((c.tag for c in case if c.tag in ("failure", "error", "skipped")), "passed") for case in cases]
+xfail = sum(1 for case in cases for c in case if c.tag == "skipped" and c.get("type") == "pytest.xfail")
+print(kinds.count("passed"), kinds.count("failure") + kinds.count("error"),
+      kinds.count("skipped") - xfail, xfail)
+PY
+)"
+  read -r pass fail skip xfail <<<"$counts"
+  if [ -z "$pass" ] || [ "$((pass + fail))" -eq 0 ]; then  # no report, or no test ran
+    tail -30 "$log.pytest.log"
+    pass=0 fail=1 skip=0 xfail=0
+  fi
+  total_pass=$((total_pass + pass))
+  total_fail=$((total_fail + fail))
+  summary+=("$name: $pass passed, $fail failed, $skip skipped, $xfail expected failures")
+  while IFS= read -r row; do exit_race_rows+=("${row#exit-race-row: }"); done \
+    < <(grep -E "^exit-race-row:" "$log.pytest.log")
+}
+
 for leg in "${legs[@]}"; do
   IFS=: read -r name python sanitize <<<"$leg"
   build="$root/build/test-$name"
   echo "=== $name ($python)"
+  case "$name" in
+    pytest-*) pytest_leg "$name" "$python"; continue ;;
+  esac
   labels=()
   [ "$name" = "debian-3.11" ] || labels=(-LE consumer)  # consumer builds: once is enough
   # The benchmark binary's smoke run (ctest -L bench) proves it still works: once is enough too
@@ -123,6 +194,14 @@ for leg in "${legs[@]}"; do
 done
 
 echo
+if [ "${#exit_race_rows[@]}" -gt 0 ]; then
+  echo "=== exit race (tests/python/test_exit_race.py; PYATTACH_EXIT_RUNS=${PYATTACH_EXIT_RUNS:-10} per row)"
+  printf '  %-16s %-9s %-10s %-7s %s\n' interpreter flavour variant exit counts
+  for r in "${exit_race_rows[@]}"; do
+    read -r interp flavour variant timing rest <<<"$r"
+    printf '  %-16s %-9s %-10s %-7s %s\n' "$interp" "$flavour" "$variant" "$timing" "$rest"
+  done
+fi
 echo "=== version matrix"
 for s in "${summary[@]}"; do echo "  $s"; done
 echo "matrix: $total_pass passed, $total_fail failed"
