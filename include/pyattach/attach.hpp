@@ -60,14 +60,15 @@ namespace pyattach {
 enum class attach_status : std::uint8_t {
   attached,         // success: the thread is attached until the scope ends
   not_initialized,  // no interpreter has been initialized in this process yet
-  not_bound,        // CPython runs, but pyattach was never bound to it and this thread does not
-                    // hold the GIL, so nothing guarantees the interpreter will not finalize under
-                    // the attach: call pyattach::bind() (interpreter.hpp) on a thread holding the
-                    // GIL first. Extension modules and pyattach::interpreter bind by themselves.
   finalizing,       // the interpreter is shutting down: pyattach's gate is closed
   finalized,        // the interpreter was finalized and no new one has been initialized
   other_interpreter,  // refused as misuse_kind::other_interpreter: this thread is attached to
                       // another interpreter, or still has scopes open from a finalized one
+  not_bound,          // CPython runs, but pyattach was never bound to it and this thread does
+                      // not hold the GIL, so nothing guarantees that the interpreter will not
+                      // finalize under the attach: call pyattach::bind() (interpreter.hpp) on a
+                      // thread that holds the GIL first. Extension modules and
+                      // pyattach::interpreter bind by themselves.
 };
 
 const char* to_string(attach_status status) noexcept;
