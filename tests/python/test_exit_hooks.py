@@ -69,7 +69,8 @@ def test_module_pool_alive_at_exit(flavour):
 # PyEval_RestoreThread while Py_FinalizeEx runs, CPython ends the thread with pthread_exit, and
 # the forced unwind through the scope's (noexcept) destructor calls std::terminate. Aborts in
 # about 6 of 10 runs on every interpreter here. Not pyattach-specific: with nanobind's
-# gil_scoped_release in place of the detach_scope, 11 of 20 runs aborted the same way (3.11). Strict: once the core parks such threads, the 10 runs are clean, this XPASSes and
+# gil_scoped_release in place of the detach_scope, 11 of 20 runs aborted the same way (3.11).
+# Issue 10. Strict: once the core parks such threads, the 10 runs are clean, this XPASSes and
 # fails, and the marker must go.
 @pytest.mark.xfail(strict=True, reason="core: a Python thread's detach_scope ending during "
                    "finalization is killed by CPython (pthread_exit through a noexcept destructor)")
