@@ -152,6 +152,20 @@ bool os_thread_count_becomes(std::size_t expected, std::chrono::milliseconds tim
   return true;
 }
 
+// The thread count once it has stopped changing (the same value 10 polls in a row, 2 ms apart;
+// at most 1 s): a baseline taken right after a join may still count the joined thread.
+std::size_t settled_os_thread_count() {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+  std::size_t last = os_thread_count();
+  for (int same = 0; same < 10 && std::chrono::steady_clock::now() < end;) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    const std::size_t n = os_thread_count();
+    same = n == last ? same + 1 : 0;
+    last = n;
+  }
+  return last;
+}
+
 bool ends_with(const std::string& s, const std::string& tail) {
   return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
 }
@@ -1173,7 +1187,7 @@ CHILD_CASE(pool_start_hook_failure) {
   // A first thread, joined: TSan starts its background thread at the first pthread_create, and
   // it must be in the baseline, not counted as a worker left behind.
   std::thread([] {}).join();
-  const std::size_t baseline_threads = os_thread_count();
+  const std::size_t baseline_threads = settled_os_thread_count();
   const std::size_t baseline_states = thread_states();
   constexpr std::size_t k_workers = 4;
   std::mutex m;
