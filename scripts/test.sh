@@ -29,8 +29,9 @@ for minor in 9 10 11 12 13; do
     found="$dir/bin/python3.$minor"
   done
   if [ -n "$found" ]; then
-    legs+=("pyenv-$(basename "$(dirname "$(dirname "$found")")"):$found")
-    pytest_legs+=("pytest-pyenv-$(basename "$(dirname "$(dirname "$found")")"):$found")
+    version="$(basename "$(dirname "$(dirname "$found")")")"  # e.g. 3.12.1
+    legs+=("pyenv-$version:$found")
+    pytest_legs+=("pytest-pyenv-$version:$found")
   else
     echo "matrix: no pyenv CPython 3.$minor with a shared libpython under $pyenv_root/versions: legs pyenv-3.$minor and pytest-pyenv-3.$minor skipped"
   fi

@@ -120,13 +120,7 @@ CHILD_CASE(binding_explicit_bind) {
   CHILD_CHECK(pyattach::current_generation() == gen);
   std::printf("threading imported before bind: %d\n", had_threading ? 1 : 0);
   PyThreadState* main_state = PyEval_SaveThread();
-  attach_status st = attach_status::not_bound;
-  std::thread([&] {
-    pyattach::attach_scope s(pyattach::nothrow);
-    st = s.status();
-    if (s) CHILD_CHECK(PyRun_SimpleString("_bound = 1\n") == 0);
-  }).join();
-  CHILD_CHECK(st == attach_status::attached);
+  CHILD_CHECK(other_thread_can_run_python());
   PyEval_RestoreThread(main_state);
   CHILD_CHECK(Py_FinalizeEx() == 0);
   // The hook registered by bind() closed the gate, and Py_AtExit unbound it.
@@ -154,9 +148,7 @@ CHILD_CASE(binding_scope_with_the_gil) {
   CHILD_CHECK(threading_imported());
   CHILD_CHECK(threading_main_ident() == static_cast<long>(PyThread_get_thread_ident()));
   PyThreadState* main_state = PyEval_SaveThread();
-  attach_status st = attach_status::not_bound;
-  std::thread([&] { st = pyattach::try_attach().status(); }).join();
-  CHILD_CHECK(st == attach_status::attached);
+  CHILD_CHECK(other_thread_can_run_python());
   PyEval_RestoreThread(main_state);
   CHILD_CHECK(Py_FinalizeEx() == 0);
   CHILD_CHECK(pyattach::current_gate_phase() == gate_phase::unbound);  // the hooks ran
