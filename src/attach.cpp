@@ -5,6 +5,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdio>
 #include <string>
 
@@ -21,6 +22,7 @@ namespace {
 PYATTACH_TLS bool tls_exited = false;
 // The owner_ of such a one-off scope: never equal to tls_slot, so its end takes end_slow.
 slot g_transient_owner;
+std::atomic<std::uint64_t> g_parked{0};  // threads park() has parked
 
 // The gate's entry protocol (detail/slot.hpp): take a pass, then confirm the gate still reads
 // `w`. Returns false, holding no pass, if it moved.
@@ -34,6 +36,18 @@ bool take_pass(std::uint64_t w) noexcept {
 // True while the interpreter generation the slot's state belongs to exists (bound, any phase).
 bool generation_live(const slot* s, std::uint64_t w) noexcept {
   return (w >> 2) == s->gen && (w & 3) != phase_unbound;
+}
+
+// Takes a pass for a thread that is already attached (other code made its state current), so
+// that a closer waits for the pyattach scope at `level` (slot::pass_mask). Open or closing: such
+// a thread is already inside Python, like one that re-enters while a closer waits (attach_slow).
+void take_extra_pass(slot* s, std::uint32_t level, std::uint64_t w) noexcept {
+  const std::uint64_t phase = w & 3;
+  if (s->passes.load(std::memory_order_relaxed) != 0 || level_bit(level) == 0) return;
+  if (phase != phase_open && phase != phase_closing) return;
+  if (!take_pass(w)) return;  // the gate moved: go on without one, as before it was bound
+  s->pass_mask |= level_bit(level);
+  s->passes.store(s->passes.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
 }
 
 // The main interpreter, or the id of the one `ts` belongs to, for other_interpreter reports.
@@ -177,7 +191,10 @@ class scope_access {
   static void attach_slow(attach_scope& sc, const source_site& site) noexcept;
   static void end_slow(attach_scope& sc, const source_site* at, void* code) noexcept;
   static void detach_begin(detach_scope& sc) noexcept;
-  static void detach_end(detach_scope& sc, const source_site* at, void* code) noexcept;
+  // reattached: nullptr from the destructor and release(), which park a thread that could not
+  // re-attach; from reattach(), receives whether the thread is attached again.
+  static void detach_end(detach_scope& sc, const source_site* at, void* code,
+                         bool* reattached) noexcept;
 
  private:
   static void push(attach_scope& sc, slot* s, std::uint8_t kind, const source_site& site) noexcept {
@@ -195,11 +212,12 @@ class scope_access {
     const source_site* at;
     void* code;
   };
-  static void undo_level(slot* s, std::uint32_t level, const end_context* ended) noexcept;
-  static void pop_and_unwind(slot* s, const end_context& ended) noexcept;
+  // These return false if a detach scope among the levels undone could not re-attach.
+  static bool undo_level(slot* s, std::uint32_t level, const end_context* ended) noexcept;
+  static bool pop_and_unwind(slot* s, const end_context& ended) noexcept;
   static void refuse_other_interpreter(attach_scope& sc, slot* s, PyThreadState* ts,
                                        const source_site& site) noexcept;
-  static void unwind_ended(slot* s) noexcept;
+  static bool unwind_ended(slot* s) noexcept;
 
  public:
   // Takes over levels other threads ended (wrong_thread) and undoes the innermost ended levels.
@@ -212,6 +230,55 @@ class scope_access {
 };
 
 namespace {
+// The thread exits with scopes open (a scope leaked on the heap, or a scope object that is never
+// destroyed): misuse_kind::scope_outlived_thread. A dead thread must not keep the GIL (every
+// other attach, and Py_FinalizeEx, would wait for it for ever) nor its gate passes (the closer
+// would wait its whole bound). Gives both back, then destroys the state as at a normal exit, or
+// only forgets it if its interpreter is finalizing or gone.
+void exit_with_open_scopes(slot* s) noexcept {
+  static const source_site k_exit{"<thread exit>", 0, "the thread's exit"};
+  std::string other;
+  try {
+    other = open_scopes_text(s) + " still open; pyattach released the GIL and the thread state "
+            "for it";
+  } catch (...) {
+  }
+  misuse_details d{misuse_kind::scope_outlived_thread, "attach_scope", s->outer_site, &k_exit,
+                   nullptr, other, s->os_tid};
+  report_misuse(d);
+
+  const std::uint64_t w = g_gate.word.load(std::memory_order_seq_cst);
+  const bool live = generation_live(s, w);
+  // Attached (holds the GIL with its state current). Not possible for a state whose interpreter
+  // is gone: Py_FinalizeEx could not have finished without the GIL this thread holds.
+  const bool holds = live && s->tstate != nullptr && compat::current_state_unchecked() == s->tstate;
+  const std::uint32_t passes = s->passes.load(std::memory_order_relaxed);
+  if (holds) {
+    if (s->owned && passes > 0 && (w & 3) != phase_closed) {
+      // Its own pass keeps the interpreter from finalizing (the closer waits for it): the same
+      // clean-up as destroy_owned_state, which also releases the GIL.
+      drop_dummy_thread_entry();
+      PyThreadState_Clear(s->tstate);
+      PyThreadState_DeleteCurrent();
+      forget_state(s);
+    } else {
+      // Someone else's state, or the closer gave up on this thread (finalization may be waiting
+      // for this GIL): only hand the GIL back; dropping it never ends the thread.
+      PyEval_SaveThread();
+    }
+  }
+  if (live && passes > 0) g_gate.inside.fetch_sub(passes, std::memory_order_seq_cst);
+  s->passes.store(0, std::memory_order_relaxed);
+  s->phase.store(slot_phase::detached, std::memory_order_relaxed);
+  s->depth = 0;
+  s->restored_mask = s->detached_mask = s->pass_mask = s->anomaly_mask = 0;
+  if (s->tstate != nullptr && s->owned) {
+    destroy_owned_state(s);  // through the gate; only forgets it unless the gate is open
+  } else {
+    forget_state(s);
+  }
+}
+
 slot_owner::~slot_owner() {
   slot* s = tls_slot;
   tls_exited = true;
@@ -220,11 +287,7 @@ slot_owner::~slot_owner() {
   if (s->depth == 0) {
     destroy_owned_state(s);
   } else {
-    // The thread ends inside a scope (pthread_exit, or a scope leaked on the heap). Its state
-    // stays attached or referenced: leave it for the interpreter's own clean-up.
-    std::fprintf(stderr, "pyattach: thread %llu exits with %u scope(s) open; its thread "
-                 "state is left to the interpreter\n",
-                 static_cast<unsigned long long>(s->os_tid), s->depth);
+    exit_with_open_scopes(s);
   }
   {
     std::lock_guard<std::mutex> lock(registry().mutex);
@@ -310,7 +373,15 @@ void scope_access::attach_slow(attach_scope& sc, const source_site& site) noexce
         s->owned = false;  // someone else's state: reuse, never destroy
       }
       s->gen = w >> 2;
+      // The first pyattach scope on a thread that other code attached takes a pass, so that a
+      // closer waits for the native code under it, which may drop and re-take the GIL (rule 6 in
+      // docs/safety.md, "Exit"). Nested inside another pyattach scope, it only counts.
+      const bool first = s->passes.load(std::memory_order_relaxed) == 0;
       push(sc, s, attach_scope::kind_nested, site);
+      if (first) {
+        take_extra_pass(s, sc.level_, w);
+        if (s->pass_mask & level_bit(sc.level_)) sc.kind_ = attach_scope::kind_passed;
+      }
       return;
     }
 
@@ -372,18 +443,64 @@ void scope_access::attach_slow(attach_scope& sc, const source_site& site) noexce
   }
 }
 
+// Re-attaches the state that the detach scope at `level` released, inside the gate. Returns
+// false, leaving the thread detached, when that is not safe: the interpreter is gone, or the
+// closer gave up on this thread (gate closed while it held a pass) and finalization may be under
+// way, where taking the GIL would end the thread (pthread_exit, 3.9-3.13.0) or hang it (3.14+).
+bool reattach_level(slot* s, std::uint32_t level, std::uint64_t w, bool live) noexcept {
+  if (!live) return false;
+  const std::uint64_t phase = w & 3;
+  if (phase == phase_closed && is_finalizing_thread(w >> 2)) {
+    // An atexit callback that runs after pyattach's, on the thread finalizing the interpreter:
+    // it holds the GIL again when its callback returns, as CPython expects.
+    s->phase.store(slot_phase::waiting, std::memory_order_relaxed);
+    PyEval_RestoreThread(s->tstate);
+    s->phase.store(slot_phase::attached, std::memory_order_relaxed);
+    return true;
+  }
+  bool took = false;
+  if (s->passes.load(std::memory_order_relaxed) > 0) {
+    if (phase == phase_closed) return false;  // open, or closing: the closer waits for this pass
+  } else {
+    // No pass: the gate was not open when the scope began. Take one like a thread that is
+    // already inside (a closing gate admits it; a closed one does not).
+    if (phase != phase_open && phase != phase_closing) return false;
+    if (!take_pass(w)) return false;  // it moved: closed now
+    took = true;
+  }
+  // 3.15+: a PEP 788 guard across the re-attach; refused once CPython started finalizing
+  // although the gate did not show it. No-op before 3.15.
+  compat::entry_guard guard(g_gate.view.load());
+  if (!guard) {
+    if (took) g_gate.inside.fetch_sub(1, std::memory_order_seq_cst);
+    return false;
+  }
+  s->phase.store(slot_phase::waiting, std::memory_order_relaxed);
+  PyEval_RestoreThread(s->tstate);  // inside the gate: the runtime is not finalizing
+  guard.close();
+  s->phase.store(slot_phase::attached, std::memory_order_relaxed);
+  if (took) {
+    // Keep the pass until the scope around this one ends, so that the closer also waits for the
+    // code after this scope; with none around it, the caller's own code is not ours to cover.
+    if (level > 1 && level_bit(level - 1) != 0) {
+      s->pass_mask |= level_bit(level - 1);
+      s->passes.store(s->passes.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    } else {
+      g_gate.inside.fetch_sub(1, std::memory_order_seq_cst);
+    }
+  }
+  return true;
+}
+
 // Undoes what the scope at `level` did to the thread's attachment. `ended` describes the scope
 // being ended when it is this level (nullptr for a deferred level, which is not reported again).
-void scope_access::undo_level(slot* s, std::uint32_t level, const end_context* ended) noexcept {
+// Returns false only for a detach scope that could not re-attach (see reattach_level): the
+// thread is then detached and lost_bit is set, so the scopes around it do not detach again.
+bool scope_access::undo_level(slot* s, std::uint32_t level, const end_context* ended) noexcept {
   const std::uint64_t bit = level_bit(level);
   const std::uint64_t w = g_gate.word.load(std::memory_order_seq_cst);
   const bool live = generation_live(s, w);
-  const auto report_outlived = [&](const char* after) {
-    if (ended == nullptr) return;
-    misuse_details d{misuse_kind::scope_outlived_interpreter, ended->what, ended->made, ended->at,
-                     ended->code, after, s->os_tid};
-    report_misuse(d);
-  };
+  bool ok = true;
   if (s->restored_mask & bit) {
     s->restored_mask &= ~bit;
     s->passes.store(s->passes.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
@@ -393,43 +510,29 @@ void scope_access::undo_level(slot* s, std::uint32_t level, const end_context* e
     } else if (!live) {
       // Its interpreter was finalized while the scope was open (the state is freed): never
       // touch it. Not attached either: finalization took the GIL.
-      report_outlived("its interpreter was finalized");
-      return;  // the pass belonged to that generation; bind_gate reset the count
+      if (ended != nullptr) {
+        misuse_details d{misuse_kind::scope_outlived_interpreter, ended->what, ended->made,
+                         ended->at, ended->code, "its interpreter was finalized", s->os_tid};
+        report_misuse(d);
+      }
+      return true;  // the pass belonged to that generation; bind_gate reset the count
     } else {
       PyEval_SaveThread();
     }
     if (live) g_gate.inside.fetch_sub(1, std::memory_order_seq_cst);
-  } else if (s->detached_mask & bit) {
-    s->detached_mask &= ~bit;
-    // Re-attach the state this detach scope released (found as the slot's state), unless its
-    // interpreter is gone, or the closer gave up waiting for this thread (closed while it held a
-    // pass) and finalization may be under way: taking the GIL then could end the thread
-    // (pthread_exit, 3.9-3.13.0) or hang it (3.13.1+). Stay detached instead.
-    const bool gated = s->passes.load(std::memory_order_relaxed) > 0;
-    if (!live || (gated && (w & 3) == phase_closed)) {
-      s->anomaly_mask |= lost_bit;
-      report_outlived(live ? "its interpreter started finalizing (the gate closed while this "
-                             "thread was inside); the thread stays detached and must not call "
-                             "Python again"
-                           : "its interpreter was finalized; the thread stays detached");
-      return;
-    }
-    // 3.15+, for a thread that holds a pass (pyattach's own attach around it): a PEP 788 guard
-    // across the re-attach; refused once CPython started finalizing -> stay detached, as for a
-    // closed gate. A Python-created thread (no pass) is re-attached as CPython does it: its
-    // caller is Python code that needs the GIL back. No-op before 3.15.
-    compat::entry_guard guard(gated ? g_gate.view.load() : compat::interpreter_view{});
-    if (gated && !guard) {
-      s->anomaly_mask |= lost_bit;
-      report_outlived("its interpreter started finalizing; the thread stays detached and must "
-                      "not call Python again");
-      return;
-    }
-    s->phase.store(slot_phase::waiting, std::memory_order_relaxed);
-    PyEval_RestoreThread(s->tstate);
-    guard.close();
-    s->phase.store(slot_phase::attached, std::memory_order_relaxed);
+    return true;
   }
+  if (s->detached_mask & bit) {
+    s->detached_mask &= ~bit;
+    ok = reattach_level(s, level, w, live);
+    if (!ok) s->anomaly_mask |= lost_bit;
+  }
+  if (s->pass_mask & bit) {
+    s->pass_mask &= ~bit;
+    s->passes.store(s->passes.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
+    if (live) g_gate.inside.fetch_sub(1, std::memory_order_seq_cst);
+  }
+  return ok;
 }
 
 void scope_access::refuse_other_interpreter(attach_scope& sc, slot* s, PyThreadState* ts,
@@ -448,27 +551,31 @@ void scope_access::refuse_other_interpreter(attach_scope& sc, slot* s, PyThreadS
 }
 
 // Undoes every innermost level that already ended (out of order, or on another thread).
-void scope_access::unwind_ended(slot* s) noexcept {
+bool scope_access::unwind_ended(slot* s) noexcept {
+  bool ok = true;
   while (s->depth > 0 && (s->anomaly_mask & level_bit(s->depth))) {
     s->anomaly_mask &= ~level_bit(s->depth);
-    undo_level(s, s->depth, nullptr);
+    ok = undo_level(s, s->depth, nullptr) && ok;
     --s->depth;
   }
   if (s->depth == 0) s->anomaly_mask = 0;
+  return ok;
 }
 
 void scope_access::absorb_remote_orphans(slot* s) noexcept {
   const std::uint64_t remote = s->remote_orphans.exchange(0, std::memory_order_acq_rel);
   if (remote == 0) return;
   s->anomaly_mask |= remote & ~lost_bit;
+  // A detach scope ended on another thread that cannot re-attach here leaves this thread
+  // detached (lost_bit): it is in a pyattach call that then attaches afresh or is refused.
   unwind_ended(s);
 }
 
 // Ends the innermost level, then every level above it that ended early.
-void scope_access::pop_and_unwind(slot* s, const end_context& ended) noexcept {
-  undo_level(s, s->depth, &ended);
+bool scope_access::pop_and_unwind(slot* s, const end_context& ended) noexcept {
+  const bool ok = undo_level(s, s->depth, &ended);
   --s->depth;
-  unwind_ended(s);
+  return unwind_ended(s) && ok;
 }
 
 // Shared checks for ending a scope: returns true if the caller may pop its level now.
@@ -551,19 +658,71 @@ void scope_access::detach_begin(detach_scope& sc) noexcept {
   sc.level_ = ++s->depth;
   if (sc.level_ == 1) s->outer_site = sc.site_;
   s->detached_mask |= level_bit(sc.level_);
+  // Hold a pass across the detached time unless this thread holds one already (rule 6): a
+  // closer then waits for the scope to end, and its end re-attaches inside the gate.
+  take_extra_pass(s, sc.level_, w);
   s->phase.store(slot_phase::detached, std::memory_order_relaxed);
   sc.saved_ = PyEval_SaveThread();  // keeps the state, hands the GIL to others
   sc.active_ = true;
 }
 
-void scope_access::detach_end(detach_scope& sc, const source_site* at, void* code) noexcept {
+void scope_access::detach_end(detach_scope& sc, const source_site* at, void* code,
+                              bool* reattached) noexcept {
   slot* s = tls_slot;
   if (s != nullptr && s == sc.owner_) absorb_remote_orphans(s);
   const bool ok = check_end(s, sc.owner_, sc.released_, sc.level_, "detach_scope", sc.site_, at,
                             code);
   sc.released_ = true;
   sc.active_ = false;
-  if (ok) pop_and_unwind(s, end_context{"detach_scope", sc.site_, at, code});
+  if (!ok) {
+    if (reattached != nullptr) *reattached = attached_here(s);
+    return;
+  }
+  if (pop_and_unwind(s, end_context{"detach_scope", sc.site_, at, code})) {
+    if (reattached != nullptr) *reattached = true;
+    return;
+  }
+  // Could not re-attach: the interpreter began finalizing while this thread was inside and the
+  // closer gave up on it. The code after this scope would run Python without a thread state.
+  // reattach() may say so instead, when an attach_scope of pyattach's made the state current
+  // (restored_mask): its caller can leave, and those scopes end without touching CPython.
+  if (reattached != nullptr && s->restored_mask != 0) {
+    *reattached = false;
+    return;
+  }
+  std::string why;
+  try {
+    why = "its detach_scope made at " + site_text(sc.site_) + " ended after the interpreter "
+          "began finalizing (the gate closed while it was inside), and the code after it would "
+          "run Python without a thread state";
+  } catch (...) {
+  }
+  park(s, why);
+}
+
+[[noreturn]] void park(slot* s, const std::string& why) noexcept {
+  // Blocks for good without the GIL: nothing above this frame runs again, so nothing can call
+  // Python without a state or be unwound by CPython. exit() does not wait for this thread.
+  s->phase.store(slot_phase::parked, std::memory_order_relaxed);
+  g_parked.fetch_add(1, std::memory_order_relaxed);
+  note_worker_parked();
+  try {
+    std::fprintf(stderr, "pyattach: thread %s parked for good: %s; the process exits without it\n",
+                 thread_label(s->os_tid).c_str(), why.c_str());
+  } catch (...) {
+  }
+  for (;;) ::pause();  // returns after each signal handler: wait again
+}
+
+int park_tracer(PyObject*, PyFrameObject*, int, PyObject*) noexcept {
+  slot* s = tls_slot;
+  if (s == nullptr || !s->must_park.load(std::memory_order_acquire)) return 0;
+  // The closer gave up on this thread while it runs Python, and asked it to leave in vain: park
+  // it between two lines, before CPython may finalize under it. The gate is still closing (the
+  // closer waits for this), so releasing the GIL here is safe.
+  PyEval_SaveThread();
+  park(s, "it was still running Python when the close bound and the grace after the shutdown "
+          "request expired");
 }
 
 // The out-of-line entry points named in attach.hpp. noinline: end_slow's return address must be
@@ -618,13 +777,24 @@ __attribute__((noinline)) detach_scope::detach_scope(source_site site) noexcept 
 
 __attribute__((noinline)) detach_scope::~detach_scope() {
   if (active_ && !released_) {
-    detail::scope_access::detach_end(*this, nullptr, __builtin_return_address(0));
+    detail::scope_access::detach_end(*this, nullptr, __builtin_return_address(0), nullptr);
   }
 }
 
 __attribute__((noinline)) void detach_scope::release(source_site site) noexcept {
   if (!active_ && !released_) return;  // constructor found nothing to detach
-  detail::scope_access::detach_end(*this, &site, __builtin_return_address(0));
+  detail::scope_access::detach_end(*this, &site, __builtin_return_address(0), nullptr);
+}
+
+__attribute__((noinline)) bool detach_scope::reattach(source_site site) noexcept {
+  if (!active_ && !released_) return is_attached();  // constructor found nothing to detach
+  bool attached = false;
+  detail::scope_access::detach_end(*this, &site, __builtin_return_address(0), &attached);
+  return attached;
+}
+
+std::uint64_t parked_thread_count() noexcept {
+  return detail::g_parked.load(std::memory_order_relaxed);
 }
 
 bool is_attached() noexcept { return detail::attached_here(detail::tls_slot); }

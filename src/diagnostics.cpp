@@ -20,10 +20,11 @@ std::atomic<std::uint64_t> g_count{0};
 // -1: not decided yet (read PYATTACH_ON_MISUSE at first use); else a misuse_action.
 std::atomic<int> g_action{-1};
 
-std::string site_text(const source_site& site) {
+}  // namespace
+
+std::string detail::site_text(const source_site& site) {
   return std::string(site.file) + ":" + std::to_string(site.line) + " in " + site.function;
 }
-}  // namespace
 
 const char* to_string(misuse_kind kind) noexcept {
   switch (kind) {
@@ -34,6 +35,7 @@ const char* to_string(misuse_kind kind) noexcept {
     case misuse_kind::release_while_attached: return "release_while_attached";
     case misuse_kind::other_interpreter: return "other_interpreter";
     case misuse_kind::scope_outlived_interpreter: return "scope_outlived_interpreter";
+    case misuse_kind::scope_outlived_thread: return "scope_outlived_thread";
     case misuse_kind::python_without_state: return "python_without_state";
     case misuse_kind::pool_call_from_worker: return "pool_call_from_worker";
   }
@@ -140,6 +142,11 @@ void report_misuse(const misuse_details& d) noexcept {
         text = std::string("Python is about to be called at ") + r.misused_at +
                " on a thread with no attached thread state (" + r.other + "; its last pyattach "
                "scope was made at " + made + "); open a pyattach::attach_scope first";
+        break;
+      case misuse_kind::scope_outlived_thread:
+        // made_at: the outermost open scope; other: how many, and what pyattach did instead.
+        text = "thread " + std::to_string(r.made_on_thread) + " exited while " + r.other +
+               " (the outermost made at " + made + ")";
         break;
       case misuse_kind::pool_call_from_worker:
         // made_at: where the pool was made; other: which call, on which of its workers.

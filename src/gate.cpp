@@ -52,8 +52,15 @@ close_result g_last_close;      // protected by gate_transition_mutex()
 std::atomic<std::uint64_t> g_hooks_generation{0};   // the generation whose hooks are registered
 std::atomic<long long> g_close_timeout_ms{-1};  // -1: not read from the environment yet
 
+// The thread running Py_FinalizeEx for a generation: it runs the atexit hook. CPython never ends
+// that thread for taking the GIL (it is the finalizing one), so it may re-attach after the close.
+std::atomic<std::uint64_t> g_finalizer_tid{0};
+std::atomic<std::uint64_t> g_finalizer_gen{0};
+
 PyObject* on_atexit(PyObject*, PyObject*) {
   // Runs on the finalizing thread with the GIL held; close_gate_impl releases it while waiting.
+  g_finalizer_tid.store(this_os_tid());
+  g_finalizer_gen.store(g_gate.word.load() >> 2);
   close_gate_impl(default_close_timeout());
   Py_RETURN_NONE;
 }
@@ -119,6 +126,10 @@ void bind_at_load() noexcept {
 // extension module (gate.cpp is always linked: the inline attach path refers to g_gate).
 const bool g_bound_at_load = (bind_at_load(), true);
 }  // namespace
+
+bool is_finalizing_thread(std::uint64_t gen) noexcept {
+  return g_finalizer_gen.load() == gen && g_finalizer_tid.load() == this_os_tid();
+}
 
 std::uint64_t bind_here() noexcept {
   std::uint64_t w = g_gate.word.load();
@@ -217,6 +228,117 @@ attach_status refusal_status(std::uint64_t word) noexcept {
   return attach_status::not_initialized;
 }
 
+namespace {
+// The wait after the shutdown request (rule 4): long enough for Python code to unwind out of a
+// scope, short enough that exit stays within the close bound plus a small margin.
+std::chrono::milliseconds leave_grace(std::chrono::milliseconds timeout) noexcept {
+  return std::clamp(timeout / 4, std::chrono::milliseconds(50), std::chrono::milliseconds(500));
+}
+
+// Runs `fn` with the GIL: the closer's own state if it held the GIL before waiting (`saved`),
+// else a PyGILState pair. The runtime is not finalizing while the gate is closing (the atexit
+// hook that precedes it is this closer, or waits for it); checked anyway: if it is, skip.
+template <typename Fn>
+void with_gil(PyThreadState* saved, Fn fn) noexcept {
+  if (saved != nullptr) {
+    PyEval_RestoreThread(saved);
+    fn();
+    PyEval_SaveThread();
+    return;
+  }
+  if (compat::runtime_is_finalizing()) return;
+  const PyGILState_STATE st = PyGILState_Ensure();
+  fn();
+  PyGILState_Release(st);
+}
+
+// The threads of generation `gen`, other than `self`, that hold a pass and are not parked.
+// PRECONDITION: registry().mutex held.
+template <typename Fn>
+void for_each_inside(const slot* self, std::uint64_t gen, Fn fn) {
+  for (slot* s : registry().slots) {
+    if (s == self || s->gen != gen || s->passes.load(std::memory_order_relaxed) == 0) continue;
+    if (s->phase.load(std::memory_order_relaxed) == slot_phase::parked) continue;
+    fn(s);
+  }
+}
+
+// Rule 4 (docs/safety.md, "Exit"): the threads still inside when the close bound expired are
+// asked to leave with an asynchronous pyattach.InterpreterShutdown, waited for `grace`, and the
+// ones still running Python after that are parked by a trace function, waited for `grace` again.
+// PRECONDITION: the gate is closing, and this thread does not hold the GIL (`saved`: its state
+// if it held the GIL before). Returns true if every pass but `own` was returned.
+bool ask_threads_to_leave(const slot* self, std::uint64_t gen, std::int64_t own,
+                          PyThreadState* saved, std::chrono::milliseconds grace) noexcept {
+  const auto drained = [&] { return g_gate.inside.load(std::memory_order_seq_cst) - own <= 0; };
+  const auto wait = [&](auto done) {
+    const auto until = std::chrono::steady_clock::now() + grace;
+    while (!done()) {
+      if (std::chrono::steady_clock::now() >= until) return false;
+      std::this_thread::sleep_for(std::chrono::microseconds(500));
+    }
+    return true;
+  };
+  with_gil(saved, [&] {
+    // A BaseException, so that `except Exception` handlers let it through; SystemExit would make
+    // PyErr_Print() (which embedders call on errors) exit the process from that thread.
+    PyObject* type = PyErr_NewExceptionWithDoc(
+        "pyattach.InterpreterShutdown",
+        "Raised asynchronously in a thread still inside a pyattach scope when the interpreter "
+        "finalizes: leave the scope.",
+        PyExc_BaseException, nullptr);
+    if (type == nullptr) {
+      PyErr_Clear();
+      return;
+    }
+    // GIL, then the registry mutex: the order every thread that holds both takes them in.
+    std::lock_guard<std::mutex> lock(registry().mutex);
+    for_each_inside(self, gen, [&](slot* s) {
+      // Delivered at the thread's next bytecode boundary (or when it runs Python again); the
+      // state is looked up by thread id under CPython's own lock, so a gone thread is skipped.
+      PyThreadState_SetAsyncExc(s->py_ident, type);
+    });
+    Py_DECREF(type);  // each state that got it holds its own reference
+  });
+  if (wait(drained)) return true;
+  if (!compat::park_tracer_needed) return false;
+
+  // Still running Python (attached, or waiting for the GIL to run it): park at the next line.
+  bool flagged = false;
+  with_gil(saved, [&] {
+    std::lock_guard<std::mutex> lock(registry().mutex);
+    PyInterpreterState* const interp = PyInterpreterState_Main();
+    for_each_inside(self, gen, [&](slot* s) {
+      if (s->phase.load(std::memory_order_relaxed) == slot_phase::detached) return;
+      // Found by thread id in the interpreter's list: a state in it cannot be deleted while we
+      // hold the GIL (its thread needs the GIL to delete its current state).
+      for (PyThreadState* ts = PyInterpreterState_ThreadHead(interp); ts != nullptr;
+           ts = PyThreadState_Next(ts)) {
+        if (ts->thread_id != s->py_ident) continue;
+        s->must_park.store(true, std::memory_order_release);
+        compat::install_park_tracer(ts, park_tracer);
+        flagged = true;
+        break;
+      }
+    });
+  });
+  if (!flagged) return false;
+  const auto parked_or_left = [&] {
+    std::lock_guard<std::mutex> lock(registry().mutex);
+    bool all = true;
+    for_each_inside(self, gen, [&](slot* s) {
+      if (s->must_park.load(std::memory_order_relaxed)) all = false;
+    });
+    return all;
+  };
+  const bool all_parked = wait(parked_or_left);
+  // 3.13: the tracer was set on every thread; take it off again unless a flagged thread has yet
+  // to reach it (it parks at its next line, even after finalization started).
+  if (all_parked) with_gil(saved, [] { compat::clear_park_tracers(); });
+  return drained();
+}
+}  // namespace
+
 close_result close_gate_impl(std::chrono::milliseconds timeout) noexcept {
   // Every thread_pool first, while the gate is still open: queued tasks complete with
   // pool_error(finalizing), running ones finish and each worker runs its stop hook, which may
@@ -277,6 +399,7 @@ close_result close_gate_impl(std::chrono::milliseconds timeout) noexcept {
     std::this_thread::sleep_for(pause);
     pause = std::min(pause * 2, std::chrono::microseconds(1000));
   }
+  if (!drained) drained = ask_threads_to_leave(self, w >> 2, own, saved, leave_grace(timeout));
   close_result result;
   result.drained = drained;
   result.waited =
@@ -284,9 +407,9 @@ close_result close_gate_impl(std::chrono::milliseconds timeout) noexcept {
   if (!drained) {
     std::lock_guard<std::mutex> lock(registry().mutex);
     for (const slot* s : registry().slots) {
-      if (s != self && s->passes.load(std::memory_order_relaxed) > 0) {
-        result.still_inside.push_back(thread_label(s->os_tid));
-      }
+      if (s == self || s->gen != (w >> 2) || s->passes.load(std::memory_order_relaxed) == 0) continue;
+      const bool parked = s->phase.load(std::memory_order_relaxed) == slot_phase::parked;
+      (parked ? result.parked : result.still_inside).push_back(thread_label(s->os_tid));
     }
   }
 
@@ -296,12 +419,14 @@ close_result close_gate_impl(std::chrono::milliseconds timeout) noexcept {
     g_last_close = result;
   }
   if (!drained) {
-    std::string names;
+    std::string names, parked;
     for (const auto& n : result.still_inside) names += " " + n;
+    for (const auto& n : result.parked) parked += " " + n;
     std::fprintf(stderr,
-                 "pyattach: gate closed after %lld ms with threads still attached:%s; they must "
-                 "not call Python again\n",
-                 static_cast<long long>(timeout.count()), names.c_str());
+                 "pyattach: gate closed after %lld ms with threads still inside:%s%s%s; they are "
+                 "parked if they come back to Python\n",
+                 static_cast<long long>(result.waited.count() / 1000), names.c_str(),
+                 parked.empty() ? "" : "; parked:", parked.c_str());
   }
   if (saved != nullptr) PyEval_RestoreThread(saved);  // the runtime is not finalizing yet
   return result;

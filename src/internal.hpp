@@ -37,6 +37,9 @@ std::uint64_t bind_here() noexcept;
 // Registers the atexit/Py_AtExit hooks for generation `gen`, once; true if they are in place.
 // PRECONDITION: GIL held.
 bool register_gate_hooks(std::uint64_t gen) noexcept;
+// True on the thread that runs Py_FinalizeEx for generation `gen` (it ran the atexit hook): it
+// may take the GIL after the gate closed, since CPython never ends the finalizing thread.
+bool is_finalizing_thread(std::uint64_t gen) noexcept;
 // The status for a refused attach, given the gate word.
 attach_status refusal_status(std::uint64_t word) noexcept;
 // Closes the gate (see interpreter.hpp), from any thread, GIL held or not.
@@ -58,6 +61,17 @@ std::vector<std::pair<std::uint64_t, std::string>> pool_workers();
 // Registers pyattach's pthread_atfork handlers, once per process.
 void install_fork_handlers() noexcept;
 
+// ---- parking (attach.cpp; docs/safety.md, "Exit") ----
+// Blocks the calling thread for good: it must not continue (the code above it would run Python
+// without a thread state). PRECONDITION: the thread does not hold the GIL. Marks its slot parked,
+// tells its pool (if it is a worker), prints one line with `why`, and never returns.
+[[noreturn]] void park(slot* s, const std::string& why) noexcept;
+// The trace function a closer installs on threads still running Python when it gives up on them
+// (compat::install_park_tracer): parks the thread if its slot's must_park is set.
+int park_tracer(PyObject* obj, PyFrameObject* frame, int what, PyObject* arg) noexcept;
+// A pool worker about to park: its pool stops waiting to join it (pool.cpp). No-op elsewhere.
+void note_worker_parked() noexcept;
+
 // True if the calling thread is attached with a thread state, as far as can be known without
 // the GIL on this version (see compat::current_state_unchecked).
 bool attached_here(const slot* s) noexcept;
@@ -73,6 +87,7 @@ struct misuse_details {
   std::uint64_t made_on_thread;
 };
 void report_misuse(const misuse_details& details) noexcept;
+std::string site_text(const source_site& site);
 std::string describe_code_address(void* address);
 
 }  // namespace pyattach::detail

@@ -107,6 +107,9 @@ struct worker_rec {
   std::atomic<std::int64_t> busy_ns{0}, attach_wait_ns{0}, attached_ns{0};
   std::atomic<bool> named_in_python{false};
   std::uint64_t named_generation = 0;  // worker-only: the generation its Python name was set in
+  pool_task* current = nullptr;        // worker-only: the task it is running
+  bool done = false;                   // protected by pool_core::m: past its stop hook
+  bool parked = false;                 // protected by pool_core::m: parked for good (attach.cpp)
 };
 
 class pool_core : public std::enable_shared_from_this<pool_core> {
@@ -121,6 +124,7 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
   // Waits until every worker is past its stop hook, or `deadline`. PRECONDITION: not on one of
   // this pool's workers, and no GIL held (a stop hook may need it).
   void wait_workers_done(std::chrono::steady_clock::time_point deadline) noexcept;
+  void worker_parked() noexcept;  // on a worker that pyattach parks (note_worker_parked)
   pool_stats stats() const;
   bool on_worker() const noexcept;
   void worker_tids(std::vector<std::pair<std::uint64_t, std::string>>& out) const;
@@ -141,7 +145,7 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
   void report_from_worker(const char* call, const source_site* at, void* code) noexcept;
   [[noreturn]] void refuse_from_worker(const char* call, const source_site& at);
   void join_workers();
-  void mark_done() noexcept;
+  void mark_done(worker_rec& w) noexcept;
   // Stops taking work: workers leave once the queue is empty. Returns the queue, emptied, if
   // `take_queue` (the caller abandons it, outside the lock). PRECONDITION: m held.
   pool_task* stop_locked(bool take_queue) noexcept;
@@ -186,7 +190,7 @@ pool_registry& pools() {
 }
 
 // The pool whose worker this thread is (nullptr elsewhere), and which worker.
-thread_local const pool_core* tls_worker_of = nullptr;
+thread_local pool_core* tls_worker_of = nullptr;
 thread_local std::size_t tls_worker_index = 0;
 
 // Releases the GIL for the lifetime of the object if the calling thread holds it, so that a
@@ -286,7 +290,7 @@ void pool_core::worker_main(std::size_t index) {
   }
   state_cv.notify_all();
   if (start_failed) {  // never started: no tasks, no stop hook
-    mark_done();
+    mark_done(w);
     return;
   }
 
@@ -322,7 +326,7 @@ void pool_core::worker_main(std::size_t index) {
       report_failure(index, "stop hook", e);
     }
   }
-  mark_done();
+  mark_done(w);
   tls_worker_of = nullptr;
   // Thread exit next: the core's clean-up destroys this worker's thread state on this thread
   // (and, <= 3.12, its threading._active entry), through the gate (attach.cpp).
@@ -348,7 +352,9 @@ void pool_core::run_task(worker_rec& w, std::size_t index, std::unique_ptr<pool_
     const auto t1 = measure ? steady::now() : t0;
     if (py) {
       name_in_python(w);
+      w.current = task.get();  // if the task parks this worker, worker_parked() fails it
       failure = task->run();
+      w.current = nullptr;
       const auto t2 = steady::now();
       if (measure) {
         w.attach_wait_ns.store(w.attach_wait_ns.load(std::memory_order_relaxed) + (t1 - t0).count(),
@@ -372,7 +378,9 @@ void pool_core::run_task(worker_rec& w, std::size_t index, std::unique_ptr<pool_
       task.reset();
     }
   } else {
+    w.current = task.get();  // its own scopes may park this worker too
     failure = task->run();
+    w.current = nullptr;
     count(steady::now());
     task->complete();
     task.reset();
@@ -583,7 +591,20 @@ void pool_core::shutdown(shutdown_mode mode, const source_site& at) {
 
 void pool_core::join_workers() {
   for (auto& w : workers) {
-    if (w.thread.joinable()) w.thread.join();
+    if (!w.thread.joinable()) continue;
+    bool parked;
+    {
+      // A worker that started returns after mark_done, unless pyattach parked it (it never
+      // returns then: let it go instead of waiting for ever).
+      std::unique_lock<std::mutex> lock(m);
+      state_cv.wait(lock, [&] { return w.done || w.parked; });
+      parked = w.parked;
+    }
+    if (parked) {
+      w.thread.detach();
+    } else {
+      w.thread.join();
+    }
   }
 }
 
@@ -608,7 +629,13 @@ void pool_core::destroy(void* code) noexcept {
   const std::thread::id self = std::this_thread::get_id();
   for (auto& w : workers) {
     if (!w.thread.joinable()) continue;
-    if (w.thread.get_id() == self) {
+    bool parked = w.thread.get_id() == self;  // (this one: it cannot join itself)
+    if (!parked) {
+      std::unique_lock<std::mutex> lock(m);
+      state_cv.wait(lock, [&] { return w.done || w.parked; });  // as in join_workers
+      parked = w.parked;
+    }
+    if (parked) {
       w.thread.detach();
     } else {
       w.thread.join();
@@ -631,12 +658,33 @@ void pool_core::wake_all() noexcept {
   space_cv.notify_all();
 }
 
-void pool_core::mark_done() noexcept {
+void pool_core::mark_done(worker_rec& w) noexcept {
   {
     std::lock_guard<std::mutex> lock(m);
     ++workers_done;
+    w.done = true;
   }
   state_cv.notify_all();
+}
+
+void pool_core::worker_parked() noexcept {
+  // On the worker itself, which park() never lets return: its running task (if any) will never
+  // finish, so fail its future now, and count the worker as done so that nothing waits for it.
+  worker_rec& w = workers[tls_worker_index];
+  {
+    std::lock_guard<std::mutex> lock(m);
+    w.parked = true;
+    ++workers_done;
+    if (w.current != nullptr && running > 0) --running;
+    if (waiters > 0 && running == 0 && head == nullptr) idle_cv.notify_all();
+  }
+  state_cv.notify_all();
+  if (w.current != nullptr) {
+    w.current->abandon(std::make_exception_ptr(pool_error(
+        pool_errc::finalizing, "pyattach::thread_pool '" + opts.name + "': worker " + w.name +
+                                   " was parked while running this task: the interpreter began "
+                                   "finalizing while it was inside")));
+  }
 }
 
 void pool_core::wait_workers_done(std::chrono::steady_clock::time_point deadline) noexcept {
@@ -720,6 +768,10 @@ void stop_pools_for_finalization(std::chrono::milliseconds bound) noexcept {
   for (const auto& p : live) {
     if (tls_worker_of != p.get()) p->wait_workers_done(deadline);
   }
+}
+
+void note_worker_parked() noexcept {
+  if (tls_worker_of != nullptr) tls_worker_of->worker_parked();
 }
 
 std::vector<std::pair<std::uint64_t, std::string>> pool_workers() {

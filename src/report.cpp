@@ -30,6 +30,7 @@ thread_attachment from_phase(detail::slot_phase p) {
   switch (p) {
     case detail::slot_phase::attached: return thread_attachment::attached;
     case detail::slot_phase::waiting: return thread_attachment::waiting;
+    case detail::slot_phase::parked: return thread_attachment::parked;
     case detail::slot_phase::detached: break;
   }
   return thread_attachment::detached;
@@ -57,6 +58,7 @@ const char* to_string(thread_attachment state) noexcept {
     case thread_attachment::attached: return "attached";
     case thread_attachment::waiting: return "waiting";
     case thread_attachment::detached: return "detached";
+    case thread_attachment::parked: return "parked";
   }
   return "unknown";
 }

@@ -18,6 +18,19 @@
 //   PyGILState_Ensure) is reused as it is and is not detached when the scope ends.
 // - detach_scope: inside Python-facing code, releases the GIL for blocking C++ work and keeps the
 //   thread state; the end of the scope re-attaches. Also valid on a Python-created thread.
+// - Exit (docs/safety.md, "Exit"): the outermost pyattach scope on a thread holds a gate pass
+//   (an attach_scope that took the GIL, or the first scope on a thread that other code attached),
+//   so a closing gate waits for the thread to leave, for at most its close bound. Then threads
+//   still running Python are asked to leave with an asynchronous pyattach.InterpreterShutdown
+//   exception (a BaseException: `except Exception` does not stop it) and waited for a little
+//   longer; a thread that still runs Python after that is parked at its next traced line.
+//   A thread that cannot safely continue is PARKED: it blocks in pyattach for good without the
+//   GIL, one line on stderr names it, the thread report shows it as parked, and the process exits
+//   without it (exit() does not wait for threads; neither do pyattach's closer, its interpreter
+//   and its pools). Never join a thread that may park (detach it, or use reattach()).
+// - A thread that exits with scopes still open (a scope leaked on the heap) is reported as
+//   misuse_kind::scope_outlived_thread; pyattach releases the GIL it held and destroys (or, if its
+//   interpreter is finalizing or gone, forgets) its state.
 // - Scopes are neither copyable nor movable: a scope belongs to the thread and the C++ block that
 //   made it. End scopes on the thread that made them, innermost first; a scope that ends on the
 //   wrong thread, out of order or twice is reported (diagnostics.hpp) and its CPython call skipped
@@ -27,10 +40,11 @@
 // - Source sites are captured by a defaulted argument: a scope built inside std::optional::emplace
 //   or std::make_unique records the library's line unless you pass source_site::current().
 // - Failure: the throwing constructor throws attach_error; try_attach() and the nothrow
-//   constructor never throw and report why in status(). Nothing in this header ever blocks
-//   forever, ends the thread, or crashes because the interpreter is finalizing: once pyattach's
-//   gate closes (an atexit hook, or interpreter's destructor), every attach that would need to
-//   take the GIL returns attach_status::finalizing, and after Py_FinalizeEx ::finalized.
+//   constructor never throw and report why in status(). Nothing in this header ever ends
+//   the thread, unwinds it, or crashes because the interpreter is finalizing, and an attach never
+//   blocks for it: once pyattach's gate closes (an atexit hook, or interpreter's destructor),
+//   every attach that would need to take the GIL returns attach_status::finalizing, and after
+//   Py_FinalizeEx ::finalized. Only a thread that cannot continue safely is parked ("Exit").
 // - Binding (interpreter.hpp, "Binding"): an attach that must take the GIL needs the gate bound
 //   to the running interpreter first. pyattach::interpreter, an extension module's import, and
 //   pyattach::bind() bind it; so does this scope when the calling thread already holds the GIL.
@@ -121,7 +135,9 @@ class attach_scope {
   friend class detail::scope_access;
   // transient: after this thread's exit clean-up ran (another thread_local's destructor); level_
   // then holds the PyGILState_STATE of a one-off Ensure, released when the scope ends.
-  enum : std::uint8_t { kind_none, kind_nested, kind_restored, kind_transient };
+  // passed: the outermost scope on a thread that other code attached; it holds a gate pass
+  // (slot::pass_mask) so that the closer waits for it, and returns it when it ends.
+  enum : std::uint8_t { kind_none, kind_nested, kind_restored, kind_transient, kind_passed };
 
   void attach_fast(const source_site& site) noexcept;
   void finish(const source_site* at) noexcept;
@@ -152,7 +168,20 @@ class detach_scope {
   detach_scope& operator=(detach_scope&&) = delete;
 
   // Re-attaches early. A second call is misuse_kind::double_release.
+  // The destructor and release() cannot fail: if the scope ends after the gate closed on it (it
+  // was still inside when the close bound expired) or after its interpreter was finalized, the
+  // thread cannot be attached again, and the code after the scope would call Python without a
+  // thread state. Then the thread is parked (see "Exit" at the top of this file).
   void release(source_site site = source_site::current()) noexcept;
+  // Ends the scope early like release(), and says whether the thread is attached again. False:
+  // the interpreter began finalizing while the thread was inside (see release()); the thread
+  // stays detached and must not call Python, and the attach_scopes around this one end without
+  // touching CPython. Only where the thread's attachment is pyattach's own (an attach_scope made
+  // its state current): on a thread that other code attached (a Python thread, a raw
+  // PyGILState_Ensure) the code waiting above cannot be told, so this parks like release().
+  // A second call, or a call after release(), is misuse_kind::double_release and returns
+  // is_attached().
+  [[nodiscard]] bool reattach(source_site site = source_site::current()) noexcept;
   // False if the constructor found nothing to detach (misuse).
   bool is_valid() const noexcept { return active_ || released_; }
 
@@ -175,6 +204,9 @@ bool is_attached() noexcept;
 // the site of the thread's last pyattach scope. Never attaches, never touches CPython. Exact on
 // 3.12+; on 3.9–3.11 it can only see states that pyattach or PyGILState know for this thread.
 bool expect_attached(source_site site = source_site::current()) noexcept;
+
+// How many threads pyattach has parked in this process (see "Exit" above). Thread-safe.
+std::uint64_t parked_thread_count() noexcept;
 
 // Destroys the calling thread's pyattach-made thread state now instead of at thread exit
 // (threading.local data and the thread's py-spy entry go with it). A later attach makes a new
@@ -203,7 +235,8 @@ inline void attach_scope::attach_fast(const source_site& site) noexcept {
       // A state released by other code (Py_BEGIN_ALLOW_THREADS) is not current: re-attach below.
       PyThreadState* const cur = detail::compat::current_state_unchecked();
       if (cur == s->tstate) {
-        if ((w & 3) != detail::phase_unbound) {
+        // Depth 0: attached by other code (a raw PyGILState_Ensure): the slow path takes a pass.
+        if (s->depth > 0 && (w & 3) != detail::phase_unbound) {
           owner_ = s;
           level_ = ++s->depth;
           kind_ = kind_nested;
@@ -276,9 +309,11 @@ inline void attach_scope::finish(const source_site* at) noexcept {
       detail::g_gate.inside.fetch_sub(1, std::memory_order_release);
       return;
     }
-    released_ = true;
-    --s->depth;
-    return;
+    if (kind_ == kind_nested) {
+      released_ = true;
+      --s->depth;
+      return;
+    }
   }
   detail::end_slow(*this, at);
 }

@@ -52,6 +52,8 @@ enum class misuse_kind : std::uint8_t {
   python_without_state,   // expect_attached() found no attached thread state on this thread
   pool_call_from_worker,  // thread_pool::wait() or shutdown() (or its destructor) on one of that
                           // pool's own workers, which would wait for itself (pool.hpp)
+  scope_outlived_thread,  // a thread exited with scopes still open (e.g. a scope leaked on the
+                          // heap); pyattach released the GIL and the thread state for it
 };
 // There is no "moved-from scope" kind: attach_scope and detach_scope are neither copyable nor
 // movable, so using a moved-from scope does not compile (tests/cpp/test_scopes.cpp checks it).

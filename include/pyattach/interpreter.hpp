@@ -33,12 +33,15 @@ class interpreter_error : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// What closing the gate found. still_inside names the threads (OS name and id) that held a pass
-// when the bound expired; they must not touch Python again (their attaches are refused).
+// What closing the gate found (docs/safety.md, "Exit"). still_inside names the threads (OS name
+// and id) that still held a pass when the bound and the grace after the shutdown request expired;
+// parked names those parked meanwhile. Neither may touch Python again: their attaches are
+// refused, and one that comes back to Python through pyattach is parked.
 struct close_result {
   bool drained = true;
   std::chrono::microseconds waited{0};
   std::vector<std::string> still_inside;
+  std::vector<std::string> parked;
 };
 
 class interpreter {

@@ -20,7 +20,8 @@
 
 namespace pyattach {
 
-enum class thread_attachment : std::uint8_t { attached, waiting, detached };
+// parked: pyattach parked it for good at the interpreter's end (attach.hpp, "Exit").
+enum class thread_attachment : std::uint8_t { attached, waiting, detached, parked };
 const char* to_string(thread_attachment state) noexcept;
 
 struct thread_info {

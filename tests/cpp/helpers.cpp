@@ -1,6 +1,10 @@
 // tests/cpp/helpers.cpp — see helpers.hpp.
 #include "helpers.hpp"
 
+#include <gtest/gtest.h>
+
+#include "child_process.hpp"
+
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -172,5 +176,32 @@ void worker::run(std::function<void()> fn, std::chrono::milliseconds timeout) {
   post(std::move(fn));
   wait_idle(timeout);
 }
+
+long env_long(const char* name, long fallback) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == '\0') return fallback;
+  char* end = nullptr;
+  const long n = std::strtol(v, &end, 10);
+  return (end != nullptr && *end == '\0' && n > 0) ? n : fallback;
+}
+
+long result_field(const std::string& out, const std::string& key) {
+  const std::size_t line = out.rfind("RESULT ");
+  if (line == std::string::npos) return -1;
+  const std::size_t end = out.find('\n', line);
+  const std::string text = out.substr(line, end == std::string::npos ? std::string::npos : end - line);
+  const std::size_t at = text.find(" " + key + "=");
+  if (at == std::string::npos) return -1;
+  return std::atol(text.c_str() + at + key.size() + 2);
+}
+
+void expect_clean(const child_result& r) {
+  EXPECT_TRUE(r.exited_cleanly()) << r.describe();
+  EXPECT_EQ(r.out.find("CHILD-FAIL"), std::string::npos) << r.describe();
+  EXPECT_NE(r.out.find("RESULT "), std::string::npos) << r.describe();
+}
+
+const std::vector<std::pair<std::string, std::string>> k_debug_allocator = {
+    {"PYTHONMALLOC", "malloc_debug"}};
 
 }  // namespace testutil

@@ -11,6 +11,8 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
 // ---- which sanitizer this test binary was built with (scripts/test.sh's sanitizer legs) ----
 #if defined(__SANITIZE_THREAD__)
@@ -44,6 +46,23 @@ inline constexpr bool k_asan = false;
 #endif
 // Under either, every child starts and runs several times slower and memory figures are not ours.
 inline constexpr bool k_sanitized = k_tsan || k_asan;
+
+// The default size of a test: `normal`, or `sanitized` under ASan/TSan.
+constexpr long size_default(long normal, long sanitized) { return k_sanitized ? sanitized : normal; }
+// A positive integer from the environment, or `fallback`.
+long env_long(const char* name, long fallback);
+
+// ---- child cases that print one "RESULT key=value ..." line (child_process.hpp) ----
+// The value of `key=` on the child's last "RESULT ..." line, or -1 if absent (so that a child
+// that died before printing it can never pass as "zero problems").
+long result_field(const std::string& out, const std::string& key);
+// A child that ran to the end without a failed check and printed its RESULT line.
+struct child_result;
+void expect_clean(const child_result& r);
+// CPython's debug allocator hooks, in every build: freed memory (thread states included) is
+// overwritten with 0xDD, so a touch of a state that Py_FinalizeEx freed crashes the child instead
+// of passing by luck.
+extern const std::vector<std::pair<std::string, std::string>> k_debug_allocator;
 
 // ---- Python (PRECONDITION for all: the calling thread is attached) ----
 PyObject* new_globals();                                   // a fresh dict with __builtins__

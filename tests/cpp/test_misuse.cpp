@@ -420,48 +420,23 @@ CHILD_CASE(misuse_scope_outlived_interpreter) {
   return child_exit_code();
 }
 
-CHILD_CASE(misuse_detach_scope_outlived_interpreter) {
-  // A native thread inside a detach scope (nested in an attach scope) while the interpreter
-  // finalizes: the closer waits for it (bounded), gives up, and finalization frees its state.
-  pyattach::interpreter::options o;
-  o.close_timeout = std::chrono::milliseconds(100);
-  std::optional<pyattach::interpreter> py;
-  py.emplace(o);
-  std::mutex m;
-  std::condition_variable cv;
-  int step = 0;
+CHILD_CASE(misuse_scope_outlived_thread) {
+  // A thread exits with an attach scope still open (made in static storage and never destroyed,
+  // as a scope leaked on the heap is): it held the GIL. Before issue 10 the next attach anywhere
+  // waited for that GIL for ever (3 hangs in 3). Now the exit releases it and the state.
+  pyattach::interpreter py;
+  const std::size_t base_states = thread_states();
+  alignas(pyattach::attach_scope) static unsigned char storage[sizeof(pyattach::attach_scope)];
+  int made = 0;
   std::thread t([&] {
-    pyattach::attach_scope a;
+    made = __LINE__; new (storage) pyattach::attach_scope();
     CHILD_CHECK(PyRun_SimpleString("import threading\n_tl = threading.local()\n_tl.v = 1\n") == 0);
-    {
-      const int made = __LINE__; pyattach::detach_scope d;
-      {
-        std::unique_lock<std::mutex> lock(m);
-        step = 1;
-        cv.notify_all();
-        cv.wait(lock, [&] { return step == 2; });
-      }
-      CHILD_SITE("made", made);
-      CHILD_SITE("misused", __LINE__); d.release();  // must not re-attach a freed state
-      CHILD_CHECK(!pyattach::is_attached());
-    }
-    // The attach scope's end must not detach either (nothing is attached).
   });
-  {
-    std::unique_lock<std::mutex> lock(m);
-    cv.wait(lock, [&] { return step == 1; });
-  }
-  py.reset();
-  {
-    std::lock_guard<std::mutex> lock(m);
-    step = 2;
-    cv.notify_all();
-  }
   t.join();
+  CHILD_SITE("made", made);
   CHILD_CHECK(pyattach::misuse_count() == 1);
-  // A new interpreter: a new thread attaches normally.
-  py.emplace();
-  CHILD_CHECK(other_thread_can_run_python());
+  CHILD_CHECK(other_thread_can_run_python());  // the GIL was given back
+  CHILD_CHECK(thread_states() == base_states);  // and the state destroyed
   std::printf("done\n");
   return child_exit_code();
 }
@@ -491,6 +466,8 @@ CHILD_CASE(misuse_scopes_open_from_finalized_interpreter) {
       auto again = pyattach::try_attach();
       CHILD_SITE("misused", made_outer);
       CHILD_CHECK(again.status() == pyattach::attach_status::other_interpreter);
+      // Its interpreter is gone: it cannot re-attach (the destructor would park the thread).
+      CHILD_CHECK(!d.reattach());
     }
   });
   {
@@ -556,7 +533,7 @@ USES_CHILD_CASE(misuse_custom_handler);
 USES_CHILD_CASE(misuse_other_interpreter);
 USES_CHILD_CASE(misuse_other_interpreter_nested);
 USES_CHILD_CASE(misuse_scope_outlived_interpreter);
-USES_CHILD_CASE(misuse_detach_scope_outlived_interpreter);
+USES_CHILD_CASE(misuse_scope_outlived_thread);
 USES_CHILD_CASE(misuse_scopes_open_from_finalized_interpreter);
 USES_CHILD_CASE(misuse_python_without_state);
 USES_CHILD_CASE(misuse_action_from_code);
@@ -645,8 +622,31 @@ TEST(Misuse, AttachScopeOutlivesTheInterpreter) {
   check_misuse_child(uses_misuse_scope_outlived_interpreter, "scope_outlived_interpreter");
 }
 
-TEST(Misuse, DetachScopeOutlivesTheInterpreter) {
-  check_misuse_child(uses_misuse_detach_scope_outlived_interpreter, "scope_outlived_interpreter");
+// Rule 5 of docs/safety.md, "Exit". The misused site is the thread's exit, not a source line.
+TEST(Misuse, ScopeOutlivesItsThread) {
+  const std::string marker = "pyattach: misuse: scope_outlived_thread";
+  {
+    SCOPED_TRACE("default handler");
+    const auto r = run_child(uses_misuse_scope_outlived_thread);
+    EXPECT_TRUE(r.exited_cleanly()) << r.describe();
+    EXPECT_NE(r.out.find("done\n"), std::string::npos) << r.describe();
+    const auto sites = sites_of(r.out);
+    ASSERT_EQ(sites.size(), 1u) << r.describe();
+    const std::size_t at = r.err.find(marker);
+    ASSERT_NE(at, std::string::npos) << r.describe();
+    const std::string line = r.err.substr(at, r.err.find('\n', at) - at);
+    EXPECT_NE(line.find(sites[0] + " "), std::string::npos) << sites[0] << " not in: " << line;
+    EXPECT_NE(line.find("1 scope is still open"), std::string::npos) << line;
+  }
+  {
+    SCOPED_TRACE("PYATTACH_ON_MISUSE=abort");
+    child_options o;
+    o.env = {{"PYATTACH_ON_MISUSE", "abort"}};
+    const auto r = run_child(uses_misuse_scope_outlived_thread, o);
+    EXPECT_FALSE(r.timed_out) << r.describe();
+    EXPECT_EQ(r.term_signal, SIGABRT) << r.describe();
+    EXPECT_NE(r.err.find(marker), std::string::npos) << r.describe();
+  }
 }
 
 TEST(Misuse, AttachWhileScopesOfAFinalizedInterpreterAreOpen) {

@@ -44,31 +44,8 @@ using pyattach::attach_status;
 
 namespace {
 
-// The default size: `normal`, or `sanitized` under ASan/TSan (see the top of the file).
-constexpr long size_default(long normal, long sanitized) { return k_sanitized ? sanitized : normal; }
-
-long env_long(const char* name, long fallback) {
-  const char* v = std::getenv(name);
-  if (v == nullptr || *v == '\0') return fallback;
-  char* end = nullptr;
-  const long n = std::strtol(v, &end, 10);
-  return (end != nullptr && *end == '\0' && n > 0) ? n : fallback;
-}
-
 long arg_long(const std::vector<std::string>& args, std::size_t i, long fallback) {
   return i < args.size() ? std::atol(args[i].c_str()) : fallback;
-}
-
-// The value of `key=` on the child's "RESULT ..." line, or -1 if absent (so that a child that
-// died before printing it can never pass as "zero problems").
-long result_field(const std::string& out, const std::string& key) {
-  const std::size_t line = out.rfind("RESULT ");
-  if (line == std::string::npos) return -1;
-  const std::size_t end = out.find('\n', line);
-  const std::string text = out.substr(line, end == std::string::npos ? std::string::npos : end - line);
-  const std::size_t at = text.find(" " + key + "=");
-  if (at == std::string::npos) return -1;
-  return std::atol(text.c_str() + at + key.size() + 2);
 }
 
 std::size_t rss_bytes() {
@@ -456,9 +433,10 @@ CHILD_CASE(stress_threads_outlive_interpreter) {
             }
             // Leaving: the state this scope would re-attach is being or was freed by
             // Py_FinalizeEx: the re-attach must be skipped (taking the GIL now would end the
-            // thread with pthread_exit, hang it, or use freed memory).
+            // thread with pthread_exit, hang it, or use freed memory). reattach() says so
+            // (the destructor would park the thread: tests/cpp/test_exit.cpp).
+            if (nogil.reattach() || pyattach::is_attached()) attached_after.fetch_add(1);
           }
-          if (inside_detach && pyattach::is_attached()) attached_after.fetch_add(1);
         }
         if (!inside_detach) {
           ready.fetch_add(1);
@@ -610,19 +588,6 @@ USES_CHILD_CASE(stress_embed_finalize_cycles);
 
 namespace {
 constexpr auto k_child_deadline = std::chrono::seconds(60);
-// CPython's debug allocator hooks, in every build: freed memory (thread states included) is
-// overwritten with 0xDD, so a touch of a state that Py_FinalizeEx freed crashes the child instead
-// of passing by luck. (The churn case keeps the normal allocator: its RSS figures should be real.)
-const std::vector<std::pair<std::string, std::string>> k_debug_allocator = {
-    {"PYTHONMALLOC", "malloc_debug"}};
-
-// A child that ran to the end without a failed check.
-void expect_clean(const child_result& r) {
-  EXPECT_TRUE(r.exited_cleanly()) << r.describe();
-  EXPECT_EQ(r.out.find("CHILD-FAIL"), std::string::npos) << r.describe();
-  EXPECT_NE(r.out.find("RESULT "), std::string::npos) << r.describe();
-}
-
 std::string seconds_text(double s) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%.1f", s);

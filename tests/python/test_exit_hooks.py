@@ -9,8 +9,6 @@ right after the import (interpreter.hpp, "Binding"). atexit runs callbacks last-
   native attach is refused with attach_status::finalizing -- a clean refusal, never a crash.
 """
 
-import pytest
-
 import harness
 
 
@@ -64,16 +62,10 @@ def test_module_pool_alive_at_exit(flavour):
     assert harness.MISUSE not in out.stderr, out.describe()
 
 
-# Known gap in pyattach's core (found by this test; DESIGN.md says such threads must be parked,
-# not killed): the daemon thread's detach_scope ends after the gate closed, re-takes the GIL with
-# PyEval_RestoreThread while Py_FinalizeEx runs, CPython ends the thread with pthread_exit, and
-# the forced unwind through the scope's (noexcept) destructor calls std::terminate. Aborts in
-# about 6 of 10 runs on every interpreter here. Not pyattach-specific: with nanobind's
-# gil_scoped_release in place of the detach_scope, 11 of 20 runs aborted the same way (3.11).
-# Issue 10. Strict: once the core parks such threads, the 10 runs are clean, this XPASSes and
-# fails, and the marker must go.
-@pytest.mark.xfail(strict=True, reason="core: a Python thread's detach_scope ending during "
-                   "finalization is killed by CPython (pthread_exit through a noexcept destructor)")
+# Issue 10: the daemon thread's detach_scope holds a gate pass, so the closer waits for it; if it
+# ends after the close, the thread is parked instead of re-taking the GIL while Py_FinalizeEx runs
+# (before, CPython ended it with pthread_exit and the forced unwind through the scope's noexcept
+# destructor aborted about 6 of 10 runs on every interpreter here).
 def test_daemon_thread_waiting_on_pool_at_exit(flavour):
     # A daemon Python thread blocked in pool_map (GIL released in a detach_scope) when the
     # interpreter exits: the pool is stopped under it; it must neither crash nor hang the exit.

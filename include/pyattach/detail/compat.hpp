@@ -70,6 +70,35 @@ inline unsigned long native_thread_id_of(const PyThreadState* ts) noexcept {
 #endif
 }
 
+// Parking a thread that still runs Python when the gate's closer gives up on it (docs/safety.md,
+// "Exit"): a C trace function that releases the GIL and blocks at the thread's next traced event
+// (a line, in a tight loop too), before CPython can end the thread with pthread_exit.
+//   3.9–3.12: set on that thread only: _PyEval_SetTrace(tstate, ...) is private but exported
+//             (Include/cpython/ceval.h); 3.12 instruments the code objects already executing.
+//   3.13:     _PyEval_SetTrace is internal (not exported): PyEval_SetTraceAllThreads (public since
+//             3.12) sets it on every thread; the closer clears it again once the threads parked.
+//   3.14+:    not needed: CPython hangs a thread that takes the GIL while it finalizes
+//             (PyThread_hang_thread) instead of unwinding it, which is parking.
+// PRECONDITION: GIL held; `ts` is a live state of the main interpreter.
+constexpr bool park_tracer_needed = PY_VERSION_HEX < 0x030E0000;
+constexpr bool park_tracer_is_per_thread = PY_VERSION_HEX < 0x030D0000;
+inline void install_park_tracer(PyThreadState* ts, Py_tracefunc fn) noexcept {
+#if PY_VERSION_HEX < 0x030D0000
+  if (_PyEval_SetTrace(ts, fn, nullptr) < 0) PyErr_Clear();  // fails only in an audit hook
+#elif PY_VERSION_HEX < 0x030E0000
+  (void)ts;
+  PyEval_SetTraceAllThreads(fn, nullptr);
+#else
+  (void)ts;
+  (void)fn;
+#endif
+}
+inline void clear_park_tracers() noexcept {
+#if PY_VERSION_HEX >= 0x030D0000 && PY_VERSION_HEX < 0x030E0000
+  PyEval_SetTraceAllThreads(nullptr, nullptr);
+#endif
+}
+
 // ≤3.12: `threading` keeps a `_DummyThread` entry for every foreign thread that ever called
 // threading.current_thread(), forever (a stale name in threading.enumerate(), and a wrong name
 // for the next thread that reuses the ident). 3.13+ removes it when the thread state is cleared.

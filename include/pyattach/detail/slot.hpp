@@ -35,8 +35,9 @@ namespace pyattach::detail {
 //   closed   finalization may proceed: every attach is refused
 // Protected by: transitions happen under the gate mutex in src/gate.cpp; reads are lock-free.
 //
-// `inside` counts passes: one per scope that made this thread's state current through the gate
-// (and one per thread-exit clean-up). Ordering (the store-then-check protocol measured in
+// `inside` counts passes: one per scope that made this thread's state current through the gate,
+// one per outermost scope on a thread that other code attached (slot::pass_mask), and one per
+// thread-exit clean-up. Ordering (the store-then-check protocol measured in
 // DESIGN.md): an attacher increments `inside` *then* reads `word`; the closer stores `closing`
 // *then* reads `inside`. Both seq_cst, so at least one of them sees the other.
 enum : std::uint64_t { phase_unbound = 0, phase_open = 1, phase_closing = 2, phase_closed = 3 };
@@ -60,7 +61,9 @@ constexpr std::uint64_t gate_word(std::uint64_t generation, std::uint64_t phase)
 // are written only by it too (plain load+store, no read-modify-write) and also read, relaxed, by
 // the thread report and the closer: they are advisory there.
 // Lifetime: heap-allocated by the thread's first attach, freed by that thread's exit clean-up.
-enum class slot_phase : std::uint8_t { detached, waiting, attached };
+// parked: the thread could not safely continue after the interpreter began finalizing, and
+// blocks in pyattach for good without the GIL (src/attach.cpp, park()).
+enum class slot_phase : std::uint8_t { detached, waiting, attached, parked };
 
 struct slot {
   PyThreadState* tstate = nullptr;  // the state pyattach attaches; valid only while gen is live
@@ -69,6 +72,10 @@ struct slot {
   std::uint32_t depth = 0;          // open scopes (attach and detach) on this thread
   std::uint64_t restored_mask = 0;  // bit L: the attach scope at level L made tstate current
   std::uint64_t detached_mask = 0;  // bit L: the scope at level L is a detach scope
+  // bit L: the scope at level L holds a gate pass of its own although it did not take the GIL:
+  // the outermost pyattach scope on a thread that something else attached (a Python thread, a
+  // raw PyGILState_Ensure), so that the closer waits for its code to leave (docs/safety.md).
+  std::uint64_t pass_mask = 0;
   // bit L (L >= 1): the scope at level L ended out of order; undo it when the inner ones end.
   // bit 0 (lost_bit): a detach scope could not re-attach because the gate closed: the state is
   // not current although scopes are open, so their ends must not detach it.
@@ -81,6 +88,9 @@ struct slot {
   std::atomic<std::uint64_t> remote_orphans{0};
   std::atomic<slot_phase> phase{slot_phase::detached};
   std::atomic<std::uint64_t> scopes{0};  // outermost attaches that made tstate current
+  // Set by a closer (GIL held) that gave up on this thread while it runs Python: the tracer the
+  // closer installed parks the thread at its next traced event (gate.cpp).
+  std::atomic<bool> must_park{false};
   std::uint64_t os_tid = 0;              // gettid()
   unsigned long py_ident = 0;            // PyThread_get_thread_ident() == threading.get_ident()
 };
