@@ -252,12 +252,13 @@ void with_gil(PyThreadState* saved, Fn fn) noexcept {
   PyGILState_Release(st);
 }
 
-// The threads of generation `gen`, other than `self`, that hold a pass and are not parked.
-// PRECONDITION: registry().mutex held.
+// The threads other than `self` that hold a pass and are not parked (read through the slots'
+// atomics only; a thread left over from an earlier generation has no state in this one, so what
+// is done for it below finds nothing). PRECONDITION: registry().mutex held.
 template <typename Fn>
-void for_each_inside(const slot* self, std::uint64_t gen, Fn fn) {
+void for_each_inside(const slot* self, Fn fn) {
   for (slot* s : registry().slots) {
-    if (s == self || s->gen != gen || s->passes.load(std::memory_order_relaxed) == 0) continue;
+    if (s == self || s->passes.load(std::memory_order_relaxed) == 0) continue;
     if (s->phase.load(std::memory_order_relaxed) == slot_phase::parked) continue;
     fn(s);
   }
@@ -268,7 +269,7 @@ void for_each_inside(const slot* self, std::uint64_t gen, Fn fn) {
 // ones still running Python after that are parked by a trace function, waited for `grace` again.
 // PRECONDITION: the gate is closing, and this thread does not hold the GIL (`saved`: its state
 // if it held the GIL before). Returns true if every pass but `own` was returned.
-bool ask_threads_to_leave(const slot* self, std::uint64_t gen, std::int64_t own,
+bool ask_threads_to_leave(const slot* self, std::int64_t own,
                           PyThreadState* saved, std::chrono::milliseconds grace) noexcept {
   const auto drained = [&] { return g_gate.inside.load(std::memory_order_seq_cst) - own <= 0; };
   const auto wait = [&](auto done) {
@@ -293,7 +294,7 @@ bool ask_threads_to_leave(const slot* self, std::uint64_t gen, std::int64_t own,
     }
     // GIL, then the registry mutex: the order every thread that holds both takes them in.
     std::lock_guard<std::mutex> lock(registry().mutex);
-    for_each_inside(self, gen, [&](slot* s) {
+    for_each_inside(self, [&](slot* s) {
       // Delivered at the thread's next bytecode boundary (or when it runs Python again); the
       // state is looked up by thread id under CPython's own lock, so a gone thread is skipped.
       PyThreadState_SetAsyncExc(s->py_ident, type);
@@ -308,7 +309,7 @@ bool ask_threads_to_leave(const slot* self, std::uint64_t gen, std::int64_t own,
   with_gil(saved, [&] {
     std::lock_guard<std::mutex> lock(registry().mutex);
     PyInterpreterState* const interp = PyInterpreterState_Main();
-    for_each_inside(self, gen, [&](slot* s) {
+    for_each_inside(self, [&](slot* s) {
       if (s->phase.load(std::memory_order_relaxed) == slot_phase::detached) return;
       // Found by thread id in the interpreter's list: a state in it cannot be deleted while we
       // hold the GIL (its thread needs the GIL to delete its current state).
@@ -326,7 +327,7 @@ bool ask_threads_to_leave(const slot* self, std::uint64_t gen, std::int64_t own,
   const auto parked_or_left = [&] {
     std::lock_guard<std::mutex> lock(registry().mutex);
     bool all = true;
-    for_each_inside(self, gen, [&](slot* s) {
+    for_each_inside(self, [&](slot* s) {
       if (s->must_park.load(std::memory_order_relaxed)) all = false;
     });
     return all;
@@ -399,7 +400,7 @@ close_result close_gate_impl(std::chrono::milliseconds timeout) noexcept {
     std::this_thread::sleep_for(pause);
     pause = std::min(pause * 2, std::chrono::microseconds(1000));
   }
-  if (!drained) drained = ask_threads_to_leave(self, w >> 2, own, saved, leave_grace(timeout));
+  if (!drained) drained = ask_threads_to_leave(self, own, saved, leave_grace(timeout));
   close_result result;
   result.drained = drained;
   result.waited =
@@ -407,7 +408,7 @@ close_result close_gate_impl(std::chrono::milliseconds timeout) noexcept {
   if (!drained) {
     std::lock_guard<std::mutex> lock(registry().mutex);
     for (const slot* s : registry().slots) {
-      if (s == self || s->gen != (w >> 2) || s->passes.load(std::memory_order_relaxed) == 0) continue;
+      if (s == self || s->passes.load(std::memory_order_relaxed) == 0) continue;
       const bool parked = s->phase.load(std::memory_order_relaxed) == slot_phase::parked;
       (parked ? result.parked : result.still_inside).push_back(thread_label(s->os_tid));
     }
