@@ -251,7 +251,12 @@ void exit_with_open_scopes(slot* s) noexcept {
   const bool live = generation_live(s, w);
   // Attached (holds the GIL with its state current). Not possible for a state whose interpreter
   // is gone: Py_FinalizeEx could not have finished without the GIL this thread holds.
-  const bool holds = live && s->tstate != nullptr && compat::current_state_unchecked() == s->tstate;
+  // A state that is not ours counts only while PyGILState still maps this thread to it: a Python
+  // thread's bootstrap deletes its state before the thread's thread_locals are destroyed, and on
+  // <= 3.11 the current state is global, so a new state at the same address may be another's.
+  const bool holds = live && s->tstate != nullptr &&
+                     compat::current_state_unchecked() == s->tstate &&
+                     (s->owned || PyGILState_GetThisThreadState() == s->tstate);
   const std::uint32_t passes = s->passes.load(std::memory_order_relaxed);
   if (holds) {
     if (s->owned && passes > 0 && (w & 3) != phase_closed) {

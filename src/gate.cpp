@@ -308,18 +308,13 @@ bool ask_threads_to_leave(const slot* self, std::int64_t own,
   bool flagged = false;
   with_gil(saved, [&] {
     std::lock_guard<std::mutex> lock(registry().mutex);
-    PyInterpreterState* const interp = PyInterpreterState_Main();
     for_each_inside(self, [&](slot* s) {
       if (s->phase.load(std::memory_order_relaxed) == slot_phase::detached) return;
-      // Found by thread id in the interpreter's list: a state in it cannot be deleted while we
-      // hold the GIL (its thread needs the GIL to delete its current state).
-      for (PyThreadState* ts = PyInterpreterState_ThreadHead(interp); ts != nullptr;
-           ts = PyThreadState_Next(ts)) {
-        if (ts->thread_id != s->py_ident) continue;
-        s->must_park.store(true, std::memory_order_release);
-        compat::install_park_tracer(ts, park_tracer);
+      s->must_park.store(true, std::memory_order_release);  // before its tracer can run
+      if (compat::install_park_tracer(s->py_ident, park_tracer)) {
         flagged = true;
-        break;
+      } else {
+        s->must_park.store(false, std::memory_order_relaxed);
       }
     });
   });

@@ -79,18 +79,28 @@ inline unsigned long native_thread_id_of(const PyThreadState* ts) noexcept {
 //             3.12) sets it on every thread; the closer clears it again once the threads parked.
 //   3.14+:    not needed: CPython hangs a thread that takes the GIL while it finalizes
 //             (PyThread_hang_thread) instead of unwinding it, which is parking.
-// PRECONDITION: GIL held; `ts` is a live state of the main interpreter.
+// install_park_tracer(ident, fn): for the main interpreter's state of the thread whose CPython
+// thread id is `ident` (threading.get_ident()); false if it has none. Looked up in the
+// interpreter's list, whose states cannot be deleted while the caller holds the GIL (a thread
+// needs the GIL to delete its current state). PRECONDITION: GIL held.
 constexpr bool park_tracer_needed = PY_VERSION_HEX < 0x030E0000;
-constexpr bool park_tracer_is_per_thread = PY_VERSION_HEX < 0x030D0000;
-inline void install_park_tracer(PyThreadState* ts, Py_tracefunc fn) noexcept {
+inline bool install_park_tracer(unsigned long ident, Py_tracefunc fn) noexcept {
+#if PY_VERSION_HEX < 0x030E0000
+  for (PyThreadState* ts = PyInterpreterState_ThreadHead(PyInterpreterState_Main()); ts != nullptr;
+       ts = PyThreadState_Next(ts)) {
+    if (ts->thread_id != ident) continue;
 #if PY_VERSION_HEX < 0x030D0000
-  if (_PyEval_SetTrace(ts, fn, nullptr) < 0) PyErr_Clear();  // fails only in an audit hook
-#elif PY_VERSION_HEX < 0x030E0000
-  (void)ts;
-  PyEval_SetTraceAllThreads(fn, nullptr);
+    if (_PyEval_SetTrace(ts, fn, nullptr) < 0) PyErr_Clear();  // fails only in an audit hook
 #else
-  (void)ts;
+    PyEval_SetTraceAllThreads(fn, nullptr);
+#endif
+    return true;
+  }
+  return false;
+#else
+  (void)ident;
   (void)fn;
+  return false;
 #endif
 }
 inline void clear_park_tracers() noexcept {
