@@ -49,6 +49,9 @@
 //   its stop hook. A worker still busy when that bound expires runs its stop hook later, with
 //   worker_context::python == finalizing or finalized if it asked for Python. The threads are
 //   joined by shutdown() or the destructor. A pool does not outlive the interpreter it ran under.
+//   A worker that pyattach parks (its task's detach_scope ended after the gate closed on it;
+//   attach.hpp, "Exit") fails that task's future with pool_error(finalizing) and is not joined:
+//   shutdown() and the destructor let it go, and the process exits without it.
 // - Captured Python objects: a task's callable is destroyed on the worker, right after it ran,
 //   while attached for a Python task. A task that is cancelled or refused is destroyed without
 //   the GIL: do not capture owned Python references in tasks that may be cancelled.
