@@ -708,14 +708,15 @@ void scope_access::detach_end(detach_scope& sc, const source_site* at, void* cod
 [[noreturn]] void park(slot* s, const std::string& why) noexcept {
   // Blocks for good without the GIL: nothing above this frame runs again, so nothing can call
   // Python without a state or be unwound by CPython. exit() does not wait for this thread.
-  s->phase.store(slot_phase::parked, std::memory_order_relaxed);
-  g_parked.fetch_add(1, std::memory_order_relaxed);
-  note_worker_parked();
+  // The line first: whoever sees the thread counted as parked also sees why.
   try {
     std::fprintf(stderr, "pyattach: thread %s parked for good: %s; the process exits without it\n",
                  thread_label(s->os_tid).c_str(), why.c_str());
   } catch (...) {
   }
+  s->phase.store(slot_phase::parked, std::memory_order_relaxed);
+  g_parked.fetch_add(1, std::memory_order_release);
+  note_worker_parked();
   for (;;) ::pause();  // returns after each signal handler: wait again
 }
 
@@ -799,7 +800,7 @@ __attribute__((noinline)) bool detach_scope::reattach(source_site site) noexcept
 }
 
 std::uint64_t parked_thread_count() noexcept {
-  return detail::g_parked.load(std::memory_order_relaxed);
+  return detail::g_parked.load(std::memory_order_acquire);
 }
 
 bool is_attached() noexcept { return detail::attached_here(detail::tls_slot); }
