@@ -14,12 +14,18 @@ namespace pyattach {
 namespace detail {
 
 namespace {
+// The forking thread's tid in the parent, for the child (which gives that thread a new one).
+// Protected by the two locks before_fork takes: written after taking them, read in the child
+// before releasing them, so concurrent forks do not mix their values.
+std::uint64_t g_forking_tid = 0;
+
 // Run around every fork() in the process (pthread_atfork). The locks are taken in prepare so
 // that no other thread is inside a registry or gate transition at the moment of the fork; the
 // child's only thread (the forking one) then owns them and unlocks them.
 void before_fork() {
   gate_transition_mutex().lock();
   registry().mutex.lock();
+  g_forking_tid = this_os_tid();  // gettid: a plain syscall, safe in a prepare handler
 }
 
 void after_fork_in_parent() {
@@ -46,6 +52,10 @@ void after_fork_in_child() {
   const bool mine_live = mine != nullptr && (mine->gen == (w >> 2)) && (w & 3) != phase_unbound;
   g_gate.inside.store(mine_live ? mine->passes.load() : 0);
   if ((w & 3) == phase_closing) g_gate.word.store(gate_word(w >> 2, phase_closed));
+
+  // The embedding helper finalizes only on its creating thread, known by tid: this thread has a
+  // new one now. It stays the creator if it was; otherwise no thread here is (interpreter.cpp).
+  interpreter_after_fork_in_child(g_forking_tid);
 
   registry().mutex.unlock();
   gate_transition_mutex().unlock();

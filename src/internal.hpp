@@ -61,6 +61,12 @@ std::vector<std::pair<std::uint64_t, std::string>> pool_workers();
 // Registers pyattach's pthread_atfork handlers, once per process.
 void install_fork_handlers() noexcept;
 
+// ---- interpreter (interpreter.cpp) ----
+// fork.cpp's child handler, on the child's only thread: that thread is the live interpreter's
+// creator in the child (under its new tid) if it was the creator in the parent, where its tid was
+// `forking_tid_in_parent`; otherwise no thread of the child is.
+void interpreter_after_fork_in_child(std::uint64_t forking_tid_in_parent) noexcept;
+
 // ---- parking (attach.cpp; docs/safety.md, "Exit") ----
 // Blocks the calling thread for good: it must not continue (the code above it would run Python
 // without a thread state). PRECONDITION: the thread does not hold the GIL. Marks its slot parked,

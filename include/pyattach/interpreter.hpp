@@ -13,6 +13,11 @@
 //   works; every thread then gets a fresh thread state on its next attach.
 // - PRECONDITION: construct and destroy on the same thread (CPython finalizes on the thread that
 //   initialized it). The destructor on another thread reports it to stderr and does not finalize.
+// - fork (fork.hpp): in a child forked by the creating thread (fork_process() or os.fork()), the
+//   forking thread is still the creating thread, and the destructor there finalizes. In a child
+//   forked by any other thread no thread is: there the destructor reports to stderr and does not
+//   finalize. PRECONDITION: such a child does not finalize at all; it ends with _exit() or
+//   std::_Exit() (or exec).
 // - Binding: the constructor binds pyattach's gate (see "Binding" below for the other ways).
 // - Threads that outlive the interpreter: their attaches return attach_status::finalizing while it
 //   finalizes and ::finalized after; their thread states are forgotten, never touched.
@@ -66,7 +71,6 @@ class interpreter {
  private:
   options opts_;
   void* main_state_ = nullptr;   // PyThreadState* of the creating thread, detached
-  std::uint64_t creator_tid_ = 0;
 };
 
 enum class gate_phase : std::uint8_t { unbound, open, closing, closed };
