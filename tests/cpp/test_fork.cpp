@@ -4,14 +4,21 @@
 // test only sees how that child ended and what both processes printed. The forked grandchild
 // checks that the other threads' records are gone, that new threads attach and keep their
 // threading.local, and that the interpreter (the embedding helper) finalizes cleanly there.
+// Forks from the helper's creating thread must really finalize in the grandchild (issue 10: the
+// destructor refused there, the forking thread having a new tid); forks from any other thread
+// follow fork.hpp's rule for them. The fork-loop cases fork PYATTACH_FORK_RUNS times (default 5;
+// the long mode is e.g. PYATTACH_FORK_RUNS=100 ctest -R Fork).
 #include <gtest/gtest.h>
 
+#include <pthread.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <optional>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -65,6 +72,38 @@ struct parent_threads {
   }
 };
 
+// How many forks a fork-loop case makes: PYATTACH_FORK_RUNS (default 5).
+int fork_runs() {
+  const char* v = std::getenv("PYATTACH_FORK_RUNS");
+  const int n = (v != nullptr) ? std::atoi(v) : 0;
+  return n > 0 ? n : 5;
+}
+
+// Waits (at most `deadline`) for a forked grandchild, killing it then. True if it exited 0.
+bool forked_child_ok(pid_t pid, std::chrono::milliseconds deadline = 20s) {
+  int status = 0;
+  pid_t r = 0;
+  const auto end = std::chrono::steady_clock::now() + deadline;
+  while ((r = waitpid(pid, &status, WNOHANG)) == 0 && std::chrono::steady_clock::now() < end) {
+    std::this_thread::sleep_for(2ms);
+  }
+  if (r == 0) {
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+    std::printf("forked child %d hung: killed\n", static_cast<int>(pid));
+    std::fflush(stdout);
+    return false;
+  }
+  if (r == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0) return true;
+  if (r == pid && WIFSIGNALED(status)) {
+    std::printf("forked child %d killed by signal %d\n", static_cast<int>(pid), WTERMSIG(status));
+  } else if (r == pid && WIFEXITED(status)) {
+    std::printf("forked child %d exited with %d\n", static_cast<int>(pid), WEXITSTATUS(status));
+  }
+  std::fflush(stdout);
+  return false;
+}
+
 // Runs in the forked grandchild; returns its exit code. `py` is the embedding helper.
 int check_in_forked_child(std::optional<pyattach::interpreter>& py) {
   // Only this thread is left; the other threads' records were dropped without touching them.
@@ -101,21 +140,70 @@ int check_in_forked_child(std::optional<pyattach::interpreter>& py) {
 }
 
 // Waits for the forked grandchild (bounded) and checks that it exited 0.
-void expect_forked_child_ok(pid_t pid) {
-  int status = 0;
-  pid_t r = 0;
-  for (int i = 0; i < 2000 && (r = waitpid(pid, &status, WNOHANG)) == 0; ++i) {
-    std::this_thread::sleep_for(10ms);
-  }
-  if (r == 0) {
-    kill(pid, SIGKILL);
-    waitpid(pid, &status, 0);
-    std::printf("forked child hung\n");
-  }
-  CHILD_CHECK(r == pid);
-  CHILD_CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+void expect_forked_child_ok(pid_t pid) { CHILD_CHECK(forked_child_ok(pid)); }
+
+// In a grandchild forked by the helper's creating thread: the helper's destructor finalizes.
+int finalize_in_child_of_creator(std::optional<pyattach::interpreter>& py) {
+  CHILD_CHECK(Py_IsInitialized() != 0);
+  CHILD_CHECK(other_thread_can_run_python());
+  py.reset();  // Py_FinalizeEx, unless the destructor takes this thread for another one
+  CHILD_CHECK(Py_IsInitialized() == 0);
+  CHILD_CHECK(pyattach::current_gate_phase() == pyattach::gate_phase::unbound);
+  std::printf("forked child finalized\n");
+  std::fflush(stdout);
+  return child_exit_code();
 }
 
+// Destroys `helper` on a new thread, if possible one with the pthread_t of `creator`, a thread that
+// vanished at the fork: glibc hands the stacks (and so the pthread_t) of such threads to new
+// ones. Keeps up to 16 new threads alive at once until one has it. True if one had it.
+bool destroy_on_thread_like(pyattach::interpreter* helper, pthread_t creator) {
+  constexpr int tries = 16;
+  std::atomic<int> checked{0};
+  std::atomic<bool> destroyed{false}, release{false};
+  bool same_pthread = false;
+  std::vector<std::thread> held;
+  for (int i = 0; i < tries && !destroyed; ++i) {
+    held.emplace_back([&, last = i == tries - 1] {
+      const bool same = pthread_equal(pthread_self(), creator) != 0;
+      if (same || last) {
+        same_pthread = same;
+        delete helper;
+        destroyed = true;
+      }
+      ++checked;
+      while (!release) std::this_thread::sleep_for(1ms);
+    });
+    while (checked < i + 1) std::this_thread::sleep_for(1ms);
+  }
+  release = true;
+  for (auto& t : held) t.join();
+  return same_pthread;
+}
+
+// In a grandchild forked by a thread that is not the helper's creator, following fork.hpp's rule:
+// attach, use Python, do not finalize, end with std::_Exit. `helper` is reachable here (a heap
+// object), so this also checks that its destructor refuses, even on a thread that has the
+// creator's pthread_t.
+int use_python_in_child_of_other_thread(pyattach::interpreter* helper, pthread_t creator) {
+  CHILD_CHECK(Py_IsInitialized() != 0);
+  CHILD_CHECK(thread_states() == 1);  // PyOS_AfterFork_Child deleted the creator's state too
+  {
+    pyattach::attach_scope attached;
+    // PyOS_AfterFork_Child made this thread CPython's main thread, and threading's.
+    CHILD_CHECK(PyRun_SimpleString("import threading\n"
+                                   "assert threading.main_thread().ident == threading.get_ident()\n"
+                                   "_forked_by_other = sum(range(1000))\n") == 0);
+  }
+  CHILD_CHECK(other_thread_can_run_python());
+  const bool creators_pthread = destroy_on_thread_like(helper, creator);  // refuses
+  CHILD_CHECK(Py_IsInitialized() != 0);
+  CHILD_CHECK(other_thread_can_run_python());
+  std::printf("forked child of another thread done (new thread had the creator's pthread_t: %s)\n",
+              creators_pthread ? "yes" : "no");
+  std::fflush(stdout);
+  return child_exit_code();
+}
 }  // namespace
 
 CHILD_CASE(fork_process_from_cpp) {
@@ -157,24 +245,123 @@ CHILD_CASE(fork_from_python_os_fork) {
   return child_exit_code();
 }
 
+// Forks from the helper's creating thread, PYATTACH_FORK_RUNS times, while other threads are
+// attached and one runs Python: each grandchild finalizes CPython through the helper.
+CHILD_CASE(fork_from_creator_finalizes) {
+  const int runs = fork_runs();
+  std::optional<pyattach::interpreter> py;
+  py.emplace();
+  int clean = 0;
+  {
+    parent_threads others;
+    for (int i = 0; i < runs; ++i) {
+      const pid_t pid = pyattach::fork_process();
+      if (pid == 0) std::_Exit(finalize_in_child_of_creator(py));  // never unwind the threads
+      CHILD_CHECK(pid > 0);
+      if (pid > 0 && forked_child_ok(pid)) ++clean;
+    }
+    CHILD_CHECK(other_thread_can_run_python());
+  }
+  std::printf("forks from the creator: %d clean of %d\n", clean, runs);
+  CHILD_CHECK(clean == runs);
+  py.reset();
+  std::printf("done\n");
+  return child_exit_code();
+}
+
+// Forks from a pool worker, PYATTACH_FORK_RUNS times, while other threads are attached and one
+// runs Python. The helper's creator is a thread other than the main one (so that its pthread_t
+// can be reused in the grandchild), and stays alive in the parent, detached.
+CHILD_CASE(fork_from_pool_worker) {
+  const int runs = fork_runs();
+  worker creator("creator");
+  pyattach::interpreter* helper = nullptr;
+  pthread_t creator_thread{};
+  creator.run([&] {
+    helper = new pyattach::interpreter();
+    creator_thread = pthread_self();
+  });
+  int clean = 0;
+  {
+    parent_threads others;
+    pyattach::thread_pool forker("forker", 1);
+    for (int i = 0; i < runs; ++i) {
+      // A C++ task: fork_process attaches the worker itself.
+      const bool ok = forker.submit([helper, creator_thread] {
+        const pid_t pid = pyattach::fork_process();
+        // Never return from the task in the child: the worker loop would wait for tasks forever.
+        if (pid == 0) std::_Exit(use_python_in_child_of_other_thread(helper, creator_thread));
+        return pid > 0 && forked_child_ok(pid);
+      }).get();
+      if (ok) ++clean;
+    }
+    CHILD_CHECK(other_thread_can_run_python());
+  }
+  std::printf("forks from a pool worker: %d clean of %d\n", clean, runs);
+  CHILD_CHECK(clean == runs);
+  creator.run([&] { delete helper; });  // the creator finalizes as usual
+  CHILD_CHECK(Py_IsInitialized() == 0);
+  std::printf("done\n");
+  return child_exit_code();
+}
+
 USES_CHILD_CASE(fork_process_from_cpp);
 USES_CHILD_CASE(fork_from_python_os_fork);
+USES_CHILD_CASE(fork_from_creator_finalizes);
+USES_CHILD_CASE(fork_from_pool_worker);
 
 namespace {
-void expect_fork_case_ok(const child_case_use& use) {
-  // ThreadSanitizer's runtime cannot follow a fork of a multithreaded process: the child dies at
-  // its first new thread ("starting new threads after multi-threaded fork is not supported"), and
-  // TSan documents die_after_fork=0 as unreliable (deadlocks in its own runtime). The plain legs
-  // and the AddressSanitizer leg run these cases.
-  if (k_tsan) GTEST_SKIP() << "ThreadSanitizer does not support threads after a multithreaded fork";
-  const auto r = run_child(use);
+// ThreadSanitizer's runtime cannot follow a fork of a multithreaded process: the child dies at its
+// first new thread ("starting new threads after multi-threaded fork is not supported"), and TSan
+// documents die_after_fork=0 as unreliable (deadlocks in its own runtime). The plain legs and the
+// AddressSanitizer leg run these cases; every fork test starts with this skip.
+#define SKIP_FORK_UNDER_TSAN() \
+  if (k_tsan) GTEST_SKIP() << "ThreadSanitizer does not support threads after a multithreaded fork"
+
+// Runs a fork case with a deadline that grows with PYATTACH_FORK_RUNS, and checks how it ended.
+child_result run_fork_case(const child_case_use& use) {
+  child_options options;
+  options.timeout = 30s + fork_runs() * 1s;  // a fork-loop grandchild takes well under 1 s
+  auto r = run_child(use, options);
   EXPECT_TRUE(r.exited_cleanly()) << r.describe();
   EXPECT_EQ(r.out.find("CHILD-FAIL"), std::string::npos) << r.describe();
-  EXPECT_NE(r.out.find("forked child done\n"), std::string::npos) << r.describe();
   EXPECT_NE(r.out.find("done\n"), std::string::npos) << r.describe();
+  return r;
+}
+
+void expect_fork_case_ok(const child_case_use& use) {
+  SKIP_FORK_UNDER_TSAN();
+  const auto r = run_fork_case(use);
+  EXPECT_NE(r.out.find("forked child done\n"), std::string::npos) << r.describe();
+  EXPECT_EQ(r.err.find("CPython was not finalized"), std::string::npos) << r.describe();
 }
 }  // namespace
 
 TEST(Fork, ForkProcessFromCppWithAttachedThreads) { expect_fork_case_ok(uses_fork_process_from_cpp); }
 
 TEST(Fork, OsForkFromPythonWithAttachedThreads) { expect_fork_case_ok(uses_fork_from_python_os_fork); }
+
+// Issue 10: the grandchild of the creating thread finalizes (the destructor used to refuse there:
+// "created on thread X", X being the forking thread's tid in the parent).
+TEST(Fork, ChildOfCreatorFinalizes) {
+  SKIP_FORK_UNDER_TSAN();
+  const auto r = run_fork_case(uses_fork_from_creator_finalizes);
+  EXPECT_EQ(count_occurrences(r.out, "forked child finalized\n"), std::size_t(fork_runs()))
+      << r.describe();
+  EXPECT_EQ(r.err.find("CPython was not finalized"), std::string::npos) << r.describe();
+}
+
+// A grandchild forked by another thread uses Python, does not finalize (the helper's destructor
+// refuses there) and ends with std::_Exit; the parent's creator still finalizes.
+TEST(Fork, ChildOfPoolWorkerUsesPythonWithoutFinalizing) {
+  SKIP_FORK_UNDER_TSAN();
+  const auto r = run_fork_case(uses_fork_from_pool_worker);
+  const auto runs = std::size_t(fork_runs());
+  EXPECT_EQ(count_occurrences(r.out, "forked child of another thread done"), runs)
+      << r.describe();
+  // Each grandchild's helper destructor refused, and nothing else did.
+  EXPECT_EQ(count_occurrences(r.err, "of a process forked by a thread other than its creator; "
+                                     "CPython was not finalized"), runs)
+      << r.describe();
+  EXPECT_EQ(count_occurrences(r.err, "CPython was not finalized"), runs) << r.describe();
+}
