@@ -43,7 +43,12 @@ void after_fork_in_child() {
     if (s != mine) delete s;
   }
   slots.clear();
-  if (mine != nullptr) slots.push_back(mine);  // no allocation: capacity is kept
+  if (mine != nullptr) {
+    slots.push_back(mine);  // no allocation: capacity is kept
+    // Its thread has a new OS id here; the thread report and the misuse and closer messages
+    // name it by this one. Read by others only under the registry mutex, which this thread holds.
+    mine->os_tid = this_os_tid();
+  }
 
   // The gate: only this thread's passes are still held. A closer that was waiting in another
   // thread is gone: finish its transition (the interpreter is on its way out in the parent's

@@ -108,6 +108,10 @@ bool forked_child_ok(pid_t pid, std::chrono::milliseconds deadline = 20s) {
 int check_in_forked_child(std::optional<pyattach::interpreter>& py) {
   // Only this thread is left; the other threads' records were dropped without touching them.
   CHILD_CHECK(pyattach_threads_in_report() == 1);
+  // That record is this thread's, under the OS thread id it has in this process.
+  for (const auto& t : pyattach::make_thread_report().threads) {
+    if (t.known_to_pyattach) CHILD_CHECK(t.os_tid == os_tid());
+  }
   CHILD_CHECK(thread_states() == 1);  // PyOS_AfterFork_Child deleted the others' states
   // New threads attach, and each keeps its own state and threading.local across scopes.
   std::vector<std::thread> fresh;
