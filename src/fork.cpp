@@ -61,6 +61,7 @@ void after_fork_in_child() {
   // The embedding helper finalizes only on its creating thread, known by tid: this thread has a
   // new one now. It stays the creator if it was; otherwise no thread here is (interpreter.cpp).
   interpreter_after_fork_in_child(g_forking_tid);
+  forget_pools_in_forked_child();
 
   registry().mutex.unlock();
   gate_transition_mutex().unlock();

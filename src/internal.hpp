@@ -56,6 +56,8 @@ std::mutex& gate_transition_mutex();
 void stop_pools_for_finalization(std::chrono::milliseconds bound) noexcept;
 // (OS thread id, pool name) of every pool worker that has started, for the thread report.
 std::vector<std::pair<std::uint64_t, std::string>> pool_workers();
+// fork.cpp's child handler: forgets every pool of the parent (their workers are gone).
+void forget_pools_in_forked_child() noexcept;
 
 // ---- fork (fork.cpp) ----
 // Registers pyattach's pthread_atfork handlers, once per process.

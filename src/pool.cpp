@@ -184,10 +184,11 @@ struct pool_registry {
   std::mutex mutex;
   std::vector<std::weak_ptr<pool_core>> pools;
 };
-pool_registry& pools() {
-  static auto* r = new pool_registry;  // never destroyed: workers may outlive main()
-  return *r;
+pool_registry*& pools_ptr() {
+  static pool_registry* r = new pool_registry;  // never destroyed: workers may outlive main()
+  return r;
 }
+pool_registry& pools() { return *pools_ptr(); }
 
 // The pool whose worker this thread is (nullptr elsewhere), and which worker.
 thread_local pool_core* tls_worker_of = nullptr;
@@ -772,6 +773,13 @@ void stop_pools_for_finalization(std::chrono::milliseconds bound) noexcept {
 
 void note_worker_parked() noexcept {
   if (tls_worker_of != nullptr) tls_worker_of->worker_parked();
+}
+
+void forget_pools_in_forked_child() noexcept {
+  // The parent's pools have no workers here. Leak the registry and every core without touching
+  // them: a vanished worker may have held a pool's mutex, a condition variable's internal lock
+  // or the registry's mutex at the fork.
+  pools_ptr() = new pool_registry;
 }
 
 std::vector<std::pair<std::uint64_t, std::string>> pool_workers() {

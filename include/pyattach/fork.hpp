@@ -29,11 +29,8 @@
 // - In any child: the parent's other threads are gone, and so are a thread_pool's workers. Never
 //   use or destroy a thread_pool there (its destructor joins workers that do not exist), so end
 //   the child with _exit()/std::_Exit() rather than by unwinding the frames that own one.
-//   Known gap: Py_FinalizeEx runs pyattach's gate closer, which stops every thread_pool, so in a
-//   child whose parent had a live thread_pool, finalizing (through the interpreter) waits the
-//   close timeout for workers that do not exist and can deadlock on a lock a vanished worker held
-//   at the fork. Until that is fixed, such a child ends with _exit()/std::_Exit() without
-//   finalizing.
+//   pyattach forgets the parent's pools in the child (without touching them: a vanished worker
+//   may have held one of their locks), so finalizing there does not wait for their workers.
 // - NOT safe: a raw fork() from C++ that did not go through fork_process(). If another thread
 //   held the GIL at that moment, it is held forever in the child and any attach there blocks.
 //   After a raw fork() the child may only call async-signal-safe functions, exec or _exit (the
