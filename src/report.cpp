@@ -107,7 +107,8 @@ thread_report make_thread_report() {
     Py_XDECREF(active);
     PyErr_Restore(type, value, traceback);
   }
-  // pyattach threads without a thread state (never attached yet, or after release).
+  // pyattach threads without a thread state (never attached yet, after release, or parked after
+  // the interpreter that had their state was finalized).
   for (std::size_t i = 0; i < slots.size(); ++i) {
     if (joined[i]) continue;
     thread_info ti;
@@ -115,6 +116,8 @@ thread_report make_thread_report() {
     ti.os_tid = slots[i].os_tid;
     ti.known_to_pyattach = true;
     ti.scopes = slots[i].scopes;
+    // Parked shows after its interpreter is gone too; any other phase would be stale here.
+    if (slots[i].phase == detail::slot_phase::parked) ti.state = thread_attachment::parked;
     r.threads.push_back(std::move(ti));
   }
   // Which pool each worker belongs to, by OS thread id.

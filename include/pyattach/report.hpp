@@ -8,7 +8,7 @@
 //   so it costs one attach; if attaching is refused (not initialized, finalizing, finalized) it
 //   still returns pyattach's own records, with `interpreter_available == false`.
 // - `state` for threads other than the caller is exact for pyattach's threads (attached, waiting
-//   for the GIL, detached); for the others it is `detached` (while the caller holds the GIL no
+//   for the GIL, detached, parked: shown also after its interpreter is gone); for the others it is `detached` (while the caller holds the GIL no
 //   other thread can be attached, on a GIL build) and `attached` for the caller itself.
 // - Thread-safety: callable from any thread; the figures are a snapshot.
 #pragma once

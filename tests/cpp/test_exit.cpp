@@ -71,19 +71,23 @@ void wait_for(Pred done, std::chrono::milliseconds limit = 5s) {
   while (!done() && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(1ms);
 }
 
-// Destroys the interpreter and prints how long that took (rule 2: the close bound plus a margin).
+// How long the last finalize() took: rule 2 (the close bound plus a small margin), reported.
+long g_finalize_ms = -1;
+
 void finalize(std::optional<pyattach::interpreter>& py) {
   const auto t0 = std::chrono::steady_clock::now();
   py.reset();
-  const auto ms =
-      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0);
-  std::printf("finalize_ms %lld\n", static_cast<long long>(ms.count()));
+  g_finalize_ms = static_cast<long>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                        std::chrono::steady_clock::now() - t0)
+                                        .count());
 }
 
 void print_result(const tally& t) {
-  std::printf("RESULT parked=%llu left=%ld refused=%ld forced_unwind=%ld python_without_state=%ld\n",
+  std::printf("RESULT parked=%llu left=%ld refused=%ld forced_unwind=%ld python_without_state=%ld "
+              "finalize_ms=%ld\n",
               static_cast<unsigned long long>(pyattach::parked_thread_count()), t.left.load(),
-              t.refused.load(), t.forced_unwind.load(), t.python_without_state.load());
+              t.refused.load(), t.forced_unwind.load(), t.python_without_state.load(),
+              g_finalize_ms);
   std::fflush(stdout);
 }
 
@@ -134,6 +138,14 @@ CHILD_CASE(exit_detach_past_close) {
   finalize(py);
   gone.set();
   wait_for([&] { return pyattach::parked_thread_count() + t.left + t.forced_unwind > 0; });
+  if (mode == "park") {
+    // The thread report shows it parked (its records stay; the interpreter is gone).
+    std::size_t parked = 0;
+    for (const auto& ti : pyattach::make_thread_report().threads) {
+      parked += ti.state == pyattach::thread_attachment::parked ? 1 : 0;
+    }
+    CHILD_CHECK(parked == pyattach::parked_thread_count());
+  }
   if (mode == "reattach") {
     // It may attach again: refused, never a fresh state on a finalized interpreter.
     on_detached_thread(t, [&] {
@@ -410,6 +422,7 @@ namespace {
 // How one run of a case ended, as the closing note's table counts it.
 struct outcome {
   long runs = 0, clean = 0, crashes = 0, hangs = 0, forced_unwinds = 0, parked = 0, bad = 0;
+  long max_finalize_ms = -1;  // the slowest interpreter destruction (rule 2)
   std::string first_failure;
 };
 
@@ -434,6 +447,7 @@ outcome run_case(const child_case_use& use, const std::string& mode, Check check
     o.crashes += crash;
     o.forced_unwinds += std::max(0L, fu);
     o.parked += std::max(0L, result_field(r.out, "parked"));
+    o.max_finalize_ms = std::max(o.max_finalize_ms, result_field(r.out, "finalize_ms"));
     const bool good = !r.timed_out && !crash && fu == 0 &&
                       r.out.find("CHILD-FAIL") == std::string::npos && check(r);
     if (good) {
@@ -444,9 +458,9 @@ outcome run_case(const child_case_use& use, const std::string& mode, Check check
     }
   }
   std::printf("EXIT case=%s mode=%s python=%s runs=%ld clean=%ld crashes=%ld hangs=%ld "
-              "forced_unwind=%ld parked=%ld\n",
+              "forced_unwind=%ld parked=%ld max_finalize_ms=%ld\n",
               use.name, mode.c_str(), PY_VERSION, o.runs, o.clean, o.crashes, o.hangs,
-              o.forced_unwinds, o.parked);
+              o.forced_unwinds, o.parked, o.max_finalize_ms);
   std::fflush(stdout);
   return o;
 }
