@@ -336,6 +336,10 @@ bool ask_threads_to_leave(const slot* self, std::int64_t own,
 }  // namespace
 
 close_result close_gate_impl(std::chrono::milliseconds timeout) noexcept {
+  // One bound for the pools' stop and the gate's drain together, so that exit takes at most the
+  // close bound plus the graces after it (docs/safety.md, "Exit", rule 2).
+  const auto start = std::chrono::steady_clock::now();
+  const auto deadline = start + timeout;
   // Every thread_pool first, while the gate is still open: queued tasks complete with
   // pool_error(finalizing), running ones finish and each worker runs its stop hook, which may
   // attach (bounded by `timeout`; GIL released meanwhile, the workers may need it). Idempotent.
@@ -382,8 +386,6 @@ close_result close_gate_impl(std::chrono::milliseconds timeout) noexcept {
   // made every drain time out). Only if this thread holds it.
   PyThreadState* saved = attached_here(self) ? PyEval_SaveThread() : nullptr;
 
-  const auto start = std::chrono::steady_clock::now();
-  const auto deadline = start + timeout;
   auto pause = std::chrono::microseconds(20);
   bool drained = false;
   for (;;) {

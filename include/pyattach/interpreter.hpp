@@ -5,9 +5,11 @@
 //   the calling thread (so Python's shutdown joins its threads before pyattach's gate closes),
 //   binds pyattach's gate, and detaches the calling thread so that other threads can attach.
 //   The destructor re-attaches the calling thread and calls Py_FinalizeEx, which joins Python's
-//   own threads and then runs pyattach's atexit hook: it closes the gate, waiting (GIL released,
-//   within options::close_timeout) for native threads already inside a scope. There is no way to
-//   forget PyEval_RestoreThread before Py_FinalizeEx.
+//   own threads and then runs pyattach's atexit hook: it stops every thread_pool and closes the
+//   gate, waiting (GIL released, both within options::close_timeout) for native threads already
+//   inside a scope; threads still inside then are asked to leave or parked (attach.hpp, "Exit"),
+//   which adds at most two short graces. There is no way to forget PyEval_RestoreThread before
+//   Py_FinalizeEx.
 // - One at a time: constructing a second interpreter while one is alive, or while CPython was
 //   initialized by someone else, throws interpreter_error. After one is destroyed, a new one
 //   works; every thread then gets a fresh thread state on its next attach.
