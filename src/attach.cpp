@@ -94,6 +94,17 @@ void drop_dummy_thread_entry() noexcept {
   PyErr_Restore(type, value, traceback);
 }
 
+// Destroys the slot's state, which is current on this thread, and releases the GIL.
+// PRECONDITION: a pass keeps the interpreter from finalizing meanwhile.
+void delete_current_state(slot* s) noexcept {
+  drop_dummy_thread_entry();
+  PyThreadState_Clear(s->tstate);  // threading.local data, trace functions, frames: freed here
+  // Deletes the current state, unregisters it from PyGILState and releases the GIL.
+  PyThreadState_DeleteCurrent();
+  s->phase.store(slot_phase::detached, std::memory_order_relaxed);
+  forget_state(s);
+}
+
 // Destroys the state pyattach made for this thread, on this thread, through the gate.
 // Returns false (and only forgets it) if its interpreter is finalizing or gone.
 bool destroy_owned_state(slot* s) noexcept {
@@ -119,13 +130,8 @@ bool destroy_owned_state(slot* s) noexcept {
   // Third-party code may have left it attached (PyGILState_Ensure without Release).
   if (compat::current_state_unchecked() != s->tstate) PyEval_RestoreThread(s->tstate);
   guard.close();  // before PyThreadState_Clear, which may run arbitrary __del__ code
-  drop_dummy_thread_entry();
-  PyThreadState_Clear(s->tstate);  // threading.local data, trace functions, frames: freed here
-  // Deletes the current state, unregisters it from PyGILState and releases the GIL.
-  PyThreadState_DeleteCurrent();
+  delete_current_state(s);
   g_gate.inside.fetch_sub(1, std::memory_order_seq_cst);
-  s->phase.store(slot_phase::detached, std::memory_order_relaxed);
-  forget_state(s);
   return true;
 }
 
@@ -260,12 +266,8 @@ void exit_with_open_scopes(slot* s) noexcept {
   const std::uint32_t passes = s->passes.load(std::memory_order_relaxed);
   if (holds) {
     if (s->owned && passes > 0 && (w & 3) != phase_closed) {
-      // Its own pass keeps the interpreter from finalizing (the closer waits for it): the same
-      // clean-up as destroy_owned_state, which also releases the GIL.
-      drop_dummy_thread_entry();
-      PyThreadState_Clear(s->tstate);
-      PyThreadState_DeleteCurrent();
-      forget_state(s);
+      // Its own pass keeps the interpreter from finalizing (the closer waits for it).
+      delete_current_state(s);
     } else {
       // Someone else's state, or the closer gave up on this thread (finalization may be waiting
       // for this GIL): only hand the GIL back; dropping it never ends the thread.
