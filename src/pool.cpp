@@ -95,11 +95,13 @@ std::exception_ptr take_python_error() noexcept {
 
 using steady = std::chrono::steady_clock;
 
-// One worker. Protected by: `thread` and `hooks_started` are set by the constructor before any
-// other thread reads them; the atomics are written only by the worker (plain load+store) and read
-// relaxed by stats(); os_tid is published before the start report (under the pool mutex).
+// One worker. Protected by: `name` and `os_name` are set by pool_core's constructor; `thread` is
+// set by the thread that created it before the worker is counted in pool_core::started (under
+// the pool mutex), and after that read, moved out (to join) or detached only under the pool mutex;
+// the atomics are written only by the worker (plain load+store) and read relaxed by stats();
+// os_tid is published before the start report (under the pool mutex).
 struct worker_rec {
-  std::string name;     // "<pool>-<index>"
+  std::string name;     // "<pool><separator><index>"
   std::string os_name;  // the same, shortened to 15 characters for the kernel
   std::thread thread;
   std::atomic<std::uint64_t> os_tid{0};
@@ -119,6 +121,10 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
   void enqueue(std::unique_ptr<pool_task> task);
   void wait(const source_site& site);
   void shutdown(shutdown_mode mode, const source_site& site);
+  // Stops accepting; for cancel, abandons the queue with pool_error(cancelled, `why`). Never
+  // blocks (but for the pool mutex).
+  void stop(shutdown_mode mode, const char* why);
+  void detach() noexcept;
   void destroy(void* code) noexcept;  // ~thread_pool; `code`: the code that destroyed it
   void stop_for_finalization() noexcept;
   // Waits until every worker is past its stop hook, or `deadline`. PRECONDITION: not on one of
@@ -141,9 +147,18 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
   void name_in_python(worker_rec& w) noexcept;
   void report_failure(std::size_t index, const char* where, std::exception_ptr e) noexcept;
   void abandon_all(pool_task* list, pool_errc code, const char* why) noexcept;
+  void abandon_all(pool_task* list, std::exception_ptr why) noexcept;
+  // On demand: creates the thread that enqueue() counted in `launching` (without m held) and
+  // registers it as the next worker; `mine` is the task that enqueue queued. See pool.hpp.
+  void launch_on_demand(pool_task* mine);
+  // On demand: a start hook threw. Breaks the pool (see pool.hpp, "On demand").
+  void break_on_start_failure(std::size_t index, std::exception_ptr e) noexcept;
+  std::string start_failure_message(std::size_t index, std::exception_ptr e) const;
   // Reports misuse_kind::pool_call_from_worker (at `at`, or else at code address `code`).
   void report_from_worker(const char* call, const source_site* at, void* code) noexcept;
   [[noreturn]] void refuse_from_worker(const char* call, const source_site& at);
+  // Joins every worker thread still held (but this thread's own and parked ones, which it lets
+  // go), after any thread being created is registered.
   void join_workers();
   void mark_done(worker_rec& w) noexcept;
   // Stops taking work: workers leave once the queue is empty. Returns the queue, emptied, if
@@ -168,15 +183,26 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
   std::size_t waiters = 0;           // threads in wait()
   std::size_t start_reports = 0;
   std::size_t workers_done = 0;      // workers past their stop hook (or their failed start)
+  std::size_t started = 0;           // workers whose thread exists: workers[0, started)
+  std::size_t launching = 0;         // on demand: threads being created, not yet in `started`
   std::exception_ptr start_error;
   std::size_t start_error_worker = 0;
   bool accepting = true;
   bool stopping = false;             // workers leave once the queue is empty
   bool finalizing = false;           // stopped by the gate: refusals say "finalizing"
+  bool broken = false;               // on demand: a start hook threw; refusals say broken_why
+  std::string broken_why;
+  bool detached = false;             // detach(): threads let go, never joined
   bool shutdown_started = false, shutdown_done = false;
   std::uint64_t submitted = 0, cancelled = 0;
 
-  std::vector<worker_rec> workers;   // sized once in the constructor
+  // On demand: tasks popped whose completion has not begun. Incremented by the worker under m
+  // when it pops, decremented before the task's future is made ready (without m), so that a
+  // submitter who saw the future ready never counts that worker as busy: it is about to look at
+  // the queue again.
+  std::atomic<std::size_t> busy{0};
+
+  std::vector<worker_rec> workers;   // sized once in the constructor; never resized (atomics)
 };
 
 // Every pool, for the gate's finalization stop and the thread report. Protected by its mutex.
@@ -217,7 +243,7 @@ std::string shorten_for_kernel(const std::string& name, const std::string& suffi
 pool_core::pool_core(pool_options options, source_site made_at)
     : opts(std::move(options)), site(made_at), creator_tid(this_os_tid()), workers(opts.workers) {
   for (std::size_t i = 0; i < workers.size(); ++i) {
-    const std::string suffix = "-" + std::to_string(i);
+    const std::string suffix = opts.name_separator + std::to_string(i);
     workers[i].name = opts.name + suffix;
     workers[i].os_name = shorten_for_kernel(opts.name, suffix);
   }
@@ -225,15 +251,23 @@ pool_core::pool_core(pool_options options, source_site made_at)
 
 void pool_core::start() {
   {
+    // Entries of pools that are gone go here: a detached pool's entry stays until its core is
+    // freed, when its last worker exits (shutdown() erases the others').
     std::lock_guard<std::mutex> lock(pools().mutex);
-    pools().pools.push_back(weak_from_this());
+    auto& v = pools().pools;
+    v.erase(std::remove_if(v.begin(), v.end(), [](const auto& p) { return p.expired(); }),
+            v.end());
+    v.push_back(weak_from_this());
   }
+  if (opts.spawn_on_demand) return;  // the submits that need them start the workers
   std::size_t launched = 0;
   try {
     for (; launched < workers.size(); ++launched) {
       // The thread holds the core: a pool destroyed from its own worker cannot free it early.
       workers[launched].thread =
           std::thread([self = shared_from_this(), launched] { self->worker_main(launched); });
+      std::lock_guard<std::mutex> lock(m);
+      ++started;
     }
   } catch (...) {
     // std::system_error: stop what started (their start reports still come), then rethrow.
@@ -255,18 +289,80 @@ void pool_core::start() {
     failed_worker = start_error_worker;
   }
   if (failed) {
-    std::string what = "unknown exception";
-    try {
-      std::rethrow_exception(failed);
-    } catch (const std::exception& e) {
-      what = e.what();
-    } catch (...) {
-    }
     shutdown(shutdown_mode::drain, site);  // the others run their stop hooks, exactly once
-    throw pool_error(pool_errc::start_hook_failed,
-                     "pyattach::thread_pool '" + opts.name + "': the start hook of worker " +
-                         workers[failed_worker].name + " threw: " + what +
-                         "; the pool was stopped");
+    throw pool_error(pool_errc::start_hook_failed, start_failure_message(failed_worker, failed));
+  }
+}
+
+std::string pool_core::start_failure_message(std::size_t index, std::exception_ptr e) const {
+  std::string what = "unknown exception";
+  try {
+    std::rethrow_exception(e);
+  } catch (const std::exception& x) {
+    what = x.what();
+  } catch (...) {
+  }
+  return "pyattach::thread_pool '" + opts.name + "': the start hook of worker " +
+         workers[index].name + " threw: " + what + "; the pool was stopped";
+}
+
+void pool_core::launch_on_demand(pool_task* mine) {
+  std::promise<std::size_t> index;
+  std::thread t;
+  std::exception_ptr failed;
+  try {
+    // The thread holds the core (as in start()). It learns its index once it is registered, so
+    // that indices stay dense, in start order, when another creation fails meanwhile.
+    t = std::thread([self = shared_from_this(), at = index.get_future()]() mutable {
+      self->worker_main(at.get());
+    });
+  } catch (...) {
+    failed = std::current_exception();  // std::system_error (or std::bad_alloc)
+  }
+  std::unique_lock<std::mutex> lock(m);
+  --launching;
+  if (!failed) {
+    const std::size_t i = started++;
+    if (detached) {
+      t.detach();
+    } else {
+      workers[i].thread = std::move(t);
+    }
+    lock.unlock();
+    state_cv.notify_all();  // join_workers and wait_workers_done wait for launching == 0
+    index.set_value(i);
+    return;
+  }
+  // A started worker takes the task: it is queued, and workers leave only with the queue empty
+  // (or take it to abandon it). The submit succeeded.
+  if (started > 0) return;
+  // None started: none can take it. Unqueue it (unless a stop already took it and completed it)
+  // and fail the submit. If no other creation is under way either, the tasks other submits
+  // queued meanwhile, counting on this thread or on one that also failed, have no worker coming:
+  // they complete with the same error.
+  bool unqueued = false;
+  for (pool_task **link = &head, *prev = nullptr; *link != nullptr; prev = *link, link = &prev->next) {
+    if (*link != mine) continue;
+    *link = mine->next;
+    if (tail == mine) tail = prev;
+    --queued;
+    --submitted;
+    unqueued = true;
+    break;
+  }
+  pool_task* stranded = nullptr;
+  if (launching == 0) {
+    stranded = head;
+    head = tail = nullptr;
+    queued = 0;
+  }
+  if (waiters > 0 && running == 0 && head == nullptr) idle_cv.notify_all();
+  lock.unlock();
+  space_cv.notify_all();
+  abandon_all(stranded, failed);
+  if (unqueued) {
+    delete mine;
+    std::rethrow_exception(failed);
   }
 }
 
@@ -281,6 +377,7 @@ void pool_core::worker_main(std::size_t index) {
 
   std::exception_ptr start_failed;
   if (opts.on_start) start_failed = run_hook(opts.on_start, opts.start_hook_python, w, index);
+  if (start_failed && opts.spawn_on_demand) break_on_start_failure(index, start_failed);
   {
     std::lock_guard<std::mutex> lock(m);
     if (start_failed && !start_error) {
@@ -317,6 +414,7 @@ void pool_core::worker_main(std::size_t index) {
       if (head == nullptr) tail = nullptr;
       --queued;
       ++running;
+      if (opts.spawn_on_demand) busy.fetch_add(1, std::memory_order_relaxed);
       if (blocked_submitters > 0) space_cv.notify_one();
     }
     run_task(w, index, std::move(task));
@@ -340,8 +438,9 @@ void pool_core::run_task(worker_rec& w, std::size_t index, std::unique_ptr<pool_
   std::exception_ptr failure;
   bool refused = false;
   // The counters are updated before the future is made ready (complete()), so that whoever saw
-  // every future ready also sees them in stats().
+  // every future ready also sees them in stats(), and, on demand, sees this worker not busy.
   auto count = [&](const steady::time_point end) {
+    if (opts.spawn_on_demand) busy.fetch_sub(1, std::memory_order_relaxed);
     w.busy_ns.store(w.busy_ns.load(std::memory_order_relaxed) + (end - t0).count(),
                     std::memory_order_relaxed);
     std::atomic<std::uint64_t>& c = refused ? w.refused : failure ? w.failed : w.completed;
@@ -467,10 +566,15 @@ void pool_core::enqueue(std::unique_ptr<pool_task> task) {
   std::unique_lock<std::mutex> lock(m);
   auto refuse_if_closed = [&] {
     if (accepting) return;
-    throw pool_error(finalizing ? pool_errc::finalizing : pool_errc::shut_down,
-                     "pyattach::thread_pool '" + opts.name + "': " +
-                         (finalizing ? "the interpreter is finalizing; the pool was stopped"
-                                     : "submitted after shutdown()"));
+    if (finalizing) {
+      throw pool_error(pool_errc::finalizing, "pyattach::thread_pool '" + opts.name +
+                                                  "': the interpreter is finalizing; the pool "
+                                                  "was stopped");
+    }
+    if (broken) throw pool_error(pool_errc::start_hook_failed, broken_why);
+    throw pool_error(pool_errc::shut_down, "pyattach::thread_pool '" + opts.name +
+                                               "': submitted after shutdown(), stop() or "
+                                               "detach()");
   };
   refuse_if_closed();
   if (opts.max_queued != 0 && queued >= opts.max_queued) {
@@ -505,8 +609,16 @@ void pool_core::enqueue(std::unique_ptr<pool_task> task) {
   // the woken worker has not yet taken the lock would be a futex call each for nothing.
   const bool wake = idle_workers > wakeups_pending;
   if (wake) ++wakeups_pending;
+  // On demand: start a worker if the queued tasks outnumber the workers that will look at the
+  // queue without one (started or being started, and not busy: idle, being woken, finishing a
+  // task, starting). busy <= started (each started worker holds at most one), and a stale read
+  // of it only errs towards starting a worker, within the limit.
+  const bool spawn = opts.spawn_on_demand && started + launching < workers.size() &&
+                     queued > started + launching - busy.load(std::memory_order_relaxed);
+  if (spawn) ++launching;
   lock.unlock();
   if (wake) work_cv.notify_one();
+  if (spawn) launch_on_demand(t);
 }
 
 void pool_core::report_from_worker(const char* call, const source_site* at, void* code) noexcept {
@@ -546,6 +658,11 @@ void pool_core::abandon_all(pool_task* list, pool_errc code, const char* why) no
   } catch (...) {
     e = std::current_exception();
   }
+  abandon_all(list, e);
+}
+
+void pool_core::abandon_all(pool_task* list, std::exception_ptr e) noexcept {
+  if (list == nullptr) return;
   std::size_t n = 0;
   while (list != nullptr) {
     std::unique_ptr<pool_task> t(list);
@@ -562,7 +679,7 @@ void pool_core::abandon_all(pool_task* list, pool_errc code, const char* why) no
 void pool_core::shutdown(shutdown_mode mode, const source_site& at) {
   if (tls_worker_of == this) refuse_from_worker("shutdown()", at);
   gil_released nogil(at);  // joined workers may be finishing a Python task
-  pool_task* cancelled_list = nullptr;
+  stop(mode, "cancelled by shutdown() before it started");
   {
     std::unique_lock<std::mutex> lock(m);
     if (shutdown_started) {
@@ -570,16 +687,18 @@ void pool_core::shutdown(shutdown_mode mode, const source_site& at) {
       return;
     }
     shutdown_started = true;
-    cancelled_list = stop_locked(mode == shutdown_mode::cancel);
   }
-  wake_all();
-  abandon_all(cancelled_list, pool_errc::cancelled, "cancelled by shutdown() before it started");
   join_workers();
+  bool let_go;
   {
     std::lock_guard<std::mutex> lock(m);
     shutdown_done = true;
+    let_go = detached;
   }
   state_cv.notify_all();
+  // A detached pool stays registered while its threads run (finalization must still stop them);
+  // its entry expires with its core.
+  if (let_go) return;
   std::lock_guard<std::mutex> lock(pools().mutex);
   auto& v = pools().pools;
   v.erase(std::remove_if(v.begin(), v.end(),
@@ -591,20 +710,37 @@ void pool_core::shutdown(shutdown_mode mode, const source_site& at) {
 }
 
 void pool_core::join_workers() {
-  for (auto& w : workers) {
-    if (!w.thread.joinable()) continue;
-    bool parked;
+  const std::thread::id self = std::this_thread::get_id();
+  std::size_t n;
+  {
+    // Nothing is launched once stopped, and a thread being created is registered (or given up)
+    // shortly: after this, every thread there is lies in workers[0, n).
+    std::unique_lock<std::mutex> lock(m);
+    state_cv.wait(lock, [&] { return launching == 0; });
+    n = started;
+  }
+  for (std::size_t i = 0; i < n; ++i) {
+    worker_rec& w = workers[i];
+    std::thread t;
+    bool let_go;
     {
       // A worker that started returns after mark_done, unless pyattach parked it (it never
-      // returns then: let it go instead of waiting for ever).
+      // returns then: let it go instead of waiting for ever). This thread cannot join itself
+      // (the destructor on its own worker). detach() may take the thread meanwhile.
       std::unique_lock<std::mutex> lock(m);
-      state_cv.wait(lock, [&] { return w.done || w.parked; });
-      parked = w.parked;
+      if (!w.thread.joinable()) continue;  // let go by detach()
+      let_go = w.thread.get_id() == self;
+      if (!let_go) {
+        state_cv.wait(lock, [&] { return w.done || w.parked || !w.thread.joinable(); });
+        if (!w.thread.joinable()) continue;
+        let_go = w.parked;
+      }
+      t = std::move(w.thread);
     }
-    if (parked) {
-      w.thread.detach();
+    if (let_go) {
+      t.detach();
     } else {
-      w.thread.join();
+      t.join();
     }
   }
 }
@@ -618,8 +754,12 @@ void pool_core::destroy(void* code) noexcept {
     }
     return;
   }
-  // Destroyed from its own worker: report, stop the others, and let this worker finish on its
-  // own (it holds the core); it cannot join itself.
+  {
+    std::lock_guard<std::mutex> lock(m);
+    if (detached) return;  // stopped and let go already: nothing to wait for, nothing misused
+  }
+  // Destroyed from its own worker: report, stop the others and join them, and let this worker
+  // finish on its own (it holds the core).
   report_from_worker("~thread_pool()", nullptr, code);
   {
     std::lock_guard<std::mutex> lock(m);
@@ -627,21 +767,58 @@ void pool_core::destroy(void* code) noexcept {
     stop_locked(false);
   }
   wake_all();
-  const std::thread::id self = std::this_thread::get_id();
-  for (auto& w : workers) {
-    if (!w.thread.joinable()) continue;
-    bool parked = w.thread.get_id() == self;  // (this one: it cannot join itself)
-    if (!parked) {
-      std::unique_lock<std::mutex> lock(m);
-      state_cv.wait(lock, [&] { return w.done || w.parked; });  // as in join_workers
-      parked = w.parked;
-    }
-    if (parked) {
-      w.thread.detach();
-    } else {
-      w.thread.join();
+  try {
+    join_workers();
+  } catch (...) {
+    // std::system_error from join, as in shutdown(); the workers hold the core alive.
+  }
+}
+
+void pool_core::stop(shutdown_mode mode, const char* why) {
+  pool_task* list;
+  {
+    std::lock_guard<std::mutex> lock(m);
+    list = stop_locked(mode == shutdown_mode::cancel);
+  }
+  wake_all();
+  abandon_all(list, pool_errc::cancelled, why);
+}
+
+void pool_core::detach() noexcept {
+  {
+    std::lock_guard<std::mutex> lock(m);
+    if (accepting) stop_locked(false);  // stop(drain) unless already stopped, in any way
+    detached = true;  // a thread still being created is let go when registered
+    for (std::size_t i = 0; i < started; ++i) {
+      if (workers[i].thread.joinable()) workers[i].thread.detach();
     }
   }
+  wake_all();
+  state_cv.notify_all();  // a join_workers() waiting for one of them moves on
+}
+
+void pool_core::break_on_start_failure(std::size_t index, std::exception_ptr e) noexcept {
+  std::string why;
+  std::exception_ptr refusal;
+  try {
+    why = start_failure_message(index, e);
+    refusal = std::make_exception_ptr(pool_error(pool_errc::start_hook_failed, why));
+  } catch (...) {
+    refusal = std::current_exception();  // std::bad_alloc
+  }
+  pool_task* list;
+  {
+    // As shutdown(cancel), but the refusals say why. The first failure's message stays.
+    std::lock_guard<std::mutex> lock(m);
+    if (!broken) {
+      broken = true;
+      broken_why.swap(why);
+    }
+    list = stop_locked(true);
+  }
+  wake_all();
+  report_failure(index, "start hook", e);
+  abandon_all(list, refusal);
 }
 
 pool_task* pool_core::stop_locked(bool take_queue) noexcept {
@@ -690,14 +867,14 @@ void pool_core::worker_parked() noexcept {
 
 void pool_core::wait_workers_done(std::chrono::steady_clock::time_point deadline) noexcept {
   std::unique_lock<std::mutex> lock(m);
-  state_cv.wait_until(lock, deadline, [&] { return workers_done == workers.size(); });
+  state_cv.wait_until(lock, deadline, [&] { return launching == 0 && workers_done == started; });
 }
 
 void pool_core::stop_for_finalization() noexcept {
   pool_task* list = nullptr;
   {
     std::lock_guard<std::mutex> lock(m);
-    if (!accepting && !finalizing && shutdown_started) return;  // already shut down
+    if (shutdown_done && !detached) return;  // shut down and joined: nothing left to stop
     finalizing = true;
     list = stop_locked(true);
   }
@@ -708,8 +885,14 @@ void pool_core::stop_for_finalization() noexcept {
 pool_stats pool_core::stats() const {
   pool_stats s;
   s.name = opts.name;
+  std::size_t n;
+  {
+    std::lock_guard<std::mutex> lock(m);
+    n = started;  // only started workers exist for stats (on demand)
+  }
   std::uint64_t refused = 0;
-  for (const auto& w : workers) {
+  for (std::size_t i = 0; i < n; ++i) {
+    const worker_rec& w = workers[i];
     worker_stats ws;
     ws.name = w.name;
     ws.os_tid = w.os_tid.load(std::memory_order_relaxed);
@@ -821,6 +1004,10 @@ thread_pool::~thread_pool() {
 void thread_pool::enqueue(std::unique_ptr<detail::pool_task> task) { core_->enqueue(std::move(task)); }
 void thread_pool::wait(source_site site) { core_->wait(site); }
 void thread_pool::shutdown(shutdown_mode mode, source_site site) { core_->shutdown(mode, site); }
+void thread_pool::stop(shutdown_mode mode) {
+  core_->stop(mode, "cancelled by stop() before it started");
+}
+void thread_pool::detach() noexcept { core_->detach(); }
 pool_stats thread_pool::stats() const { return core_->stats(); }
 const std::string& thread_pool::name() const noexcept { return core_->opts.name; }
 std::size_t thread_pool::size() const noexcept { return core_->opts.workers; }

@@ -9,14 +9,17 @@
 //   persistent thread state (attach.hpp) and attaches it only around tasks that need Python.
 //
 // The worker loop (what runs where, and where exceptions go)
-//   set the OS thread name ("<pool>-<index>", the pool name shortened to fit 15 characters)
+//   set the OS thread name ("<pool><separator><index>", the pool name shortened to fit 15
+//     characters)
 //   run the start hook (attached if options.start_hook_python), once; if it throws, the pool's
-//     constructor stops every worker and throws pool_error(start_hook_failed): never half-started
+//     constructor stops every worker and throws pool_error(start_hook_failed): never half-started.
+//     On a spawn_on_demand pool (no constructor to throw from) the pool breaks instead: see
+//     "On demand" below
 //   loop:
 //     wait for a task with no GIL held (the worker is detached: invariant 3)
 //     C++ task:    run it; its result or exception goes to its future (or to on_error)
 //     Python task: attach (attach_scope); the first time, name the thread in Python
-//                  (threading.current_thread().name = "<pool>-<index>"); run it; a Python
+//                  (threading.current_thread().name = "<pool><separator><index>"); run it; a Python
 //                  exception left set when it returns, or a python_error it throws, goes to its
 //                  future as python_error (type, message, traceback text); detach.
 //                  If attaching is refused (the interpreter is finalizing or gone) the task is
@@ -28,14 +31,40 @@
 //     its entry in threading._active goes with it
 //
 // Contract
-// - Lifetime: the constructor starts every worker and returns once all start hooks have run.
-//   The destructor is shutdown(shutdown_mode::drain). Workers share the pool's internal state,
-//   so a pool destroyed from one of its own workers (misuse, reported) cannot free what that
-//   worker still uses.
+// - Lifetime: the constructor starts every worker and returns once all start hooks have run
+//   (unless options.spawn_on_demand: see "On demand"). The destructor is
+//   shutdown(shutdown_mode::drain), or, after detach(), nothing but letting go. Workers share the
+//   pool's internal state, so a pool destroyed from one of its own workers cannot free what that
+//   worker still uses; without detach() first that is misuse, reported.
+// - Stopping without joining: stop() stops accepting and drains or cancels the queue exactly as
+//   shutdown() does, and returns at once; the workers finish the queue (drain), run their stop
+//   hooks and exit on their own; a later shutdown() or the destructor joins them. detach() is
+//   stop(drain) (unless something stopped the pool already) and lets the threads go: shutdown()
+//   and the destructor no longer join them, so the pool may be destroyed anywhere, including on
+//   its own worker (a garbage-collected executor finalized on one of its workers). A detached
+//   worker keeps the pool's internal state alive until its thread exits, and the interpreter's
+//   finalization still stops it and waits for it (see "Finalization") while it runs.
 // - Thread-safety: every member function may be called from any thread, concurrently; callables
 //   run on the workers. wait() and shutdown() called from one of this pool's own workers would
-//   deadlock: they report misuse_kind::pool_call_from_worker and throw pool_error instead. On its
-//   own worker, a submit to a full queue fails with queue_full instead of blocking.
+//   deadlock: they report misuse_kind::pool_call_from_worker and throw pool_error instead (stop()
+//   and detach() never block, and are allowed there). On its own worker, a submit to a full queue
+//   fails with queue_full instead of blocking.
+// - On demand (options.spawn_on_demand), as concurrent.futures.ThreadPoolExecutor does: the
+//   constructor starts no worker. A submit starts the next worker (index 0, 1, ... in start
+//   order) when the task it queues would otherwise wait, i.e. when the queued tasks outnumber the
+//   started workers not busy with a task (idle, being woken, finishing a task whose future is
+//   already ready, or still starting), and fewer than options.workers have started; so one task
+//   at a time keeps reusing worker 0. The thread is created by the submitting thread, outside the
+//   pool's lock; the submit does not wait for the start hook. If the thread cannot be created
+//   (std::system_error) while a worker has started, the task stays queued and a started worker
+//   takes it; with none started the submit throws that error and the task is not queued (tasks
+//   other submits queued meanwhile, counting on that thread, complete with the same error).
+//   A start hook that throws breaks the pool, as shutdown(shutdown_mode::cancel) would: tasks
+//   still queued complete with pool_error(start_hook_failed) without running, later submits throw
+//   it (its message names the worker and the hook's error), workers already running finish their
+//   task and run their stop hooks; the failure also goes to options.on_error (where "start
+//   hook"). The broken pool is joined by shutdown() or the destructor as usual. Only started
+//   workers exist for stats(), the thread report, shutdown and finalization.
 // - The GIL: submitting, waiting and shutting down from a thread that holds the GIL release it
 //   while they block (a worker's Python task may need it) and take it back before returning.
 // - Binding: a pool constructed by a thread that holds the GIL binds pyattach's gate
@@ -51,7 +80,9 @@
 //   joined by shutdown() or the destructor. A pool does not outlive the interpreter it ran under.
 //   A worker that pyattach parks (its task's detach_scope ended after the gate closed on it;
 //   attach.hpp, "Exit") fails that task's future with pool_error(finalizing) and is not joined:
-//   shutdown() and the destructor let it go, and the process exits without it.
+//   shutdown() and the destructor let it go, and the process exits without it. A pool that was
+//   stopped (stop(), detach()) but whose workers still run is stopped the same way: its queue is
+//   abandoned with pool_error(finalizing) and the closer waits for its workers, detached or not.
 // - Captured Python objects: a task's callable is destroyed on the worker, right after it ran,
 //   while attached for a Python task. A task that is cancelled or refused is destroyed without
 //   the GIL: do not capture owned Python references in tasks that may be cancelled.
@@ -94,11 +125,13 @@ class python_error : public std::runtime_error {
 
 // Why a pool refused or abandoned work.
 enum class pool_errc : std::uint8_t {
-  shut_down,           // submitted after shutdown() began
-  cancelled,           // queued when shutdown(shutdown_mode::cancel) ran: never started
+  shut_down,           // submitted after shutdown(), stop() or detach() began
+  cancelled,           // queued when shutdown() or stop() with shutdown_mode::cancel ran: never
+                       // started
   finalizing,          // the interpreter is finalizing or gone: refused, or never started
   queue_full,          // options.max_queued reached and options.when_full == full_policy::fail
-  start_hook_failed,   // a worker's start hook threw: the constructor stopped the pool
+  start_hook_failed,   // a worker's start hook threw: the constructor stopped the pool, or (on
+                       // demand) the pool broke: queued tasks were abandoned, submits refused
   called_from_worker,  // wait() or shutdown() on one of this pool's own workers (would deadlock)
   not_bound,           // a Python task's attach was refused with attach_status::not_bound: the
                        // pool was made before pyattach was bound (interpreter.hpp, "Binding")
@@ -118,7 +151,7 @@ class pool_error : public std::runtime_error {
 struct worker_context {
   const std::string& pool_name;
   std::size_t index;          // 0 .. workers-1
-  const std::string& name;    // "<pool>-<index>": the Python thread name
+  const std::string& name;    // "<pool><separator><index>": the Python thread name
   // For a hook that asked for Python: attached if the worker is attached for it; anything else if
   // the attach was refused (the interpreter is finalizing or gone): the hook must then not call
   // Python. Always not_initialized for a hook that did not ask.
@@ -129,7 +162,7 @@ struct worker_context {
 struct task_failure {
   std::string pool_name;
   std::size_t worker_index;   // static_cast<std::size_t>(-1): the task never reached a worker
-  const char* where;          // "task" or "stop hook"
+  const char* where;          // "task", "stop hook", or "start hook" (spawn_on_demand only)
   std::exception_ptr error;   // a pool_error, python_error, or whatever the callable threw
   std::string what;           // error's what(), or "unknown exception"
 };
@@ -145,10 +178,14 @@ enum class full_policy : std::uint8_t {
 };
 
 struct pool_options {
-  // Workers are named "<name>-<index>" in Python and in stats; the OS name (the kernel keeps 15
-  // characters) shortens <name> so that "-<index>" stays visible.
+  // Workers are named "<name><name_separator><index>" in Python and in stats; the OS name (the
+  // kernel keeps 15 characters) shortens <name> so that "<name_separator><index>" stays visible.
   std::string name = "pool";
-  std::size_t workers = 1;        // at least 1
+  std::string name_separator = "-";  // "_" gives ThreadPoolExecutor's "<prefix>_<index>"
+  std::size_t workers = 1;        // at least 1; with spawn_on_demand, the most that may start
+  // Start workers lazily, one per submit that would otherwise wait (see "On demand" above),
+  // instead of all of them in the constructor.
+  bool spawn_on_demand = false;
   std::size_t max_queued = 0;     // tasks waiting to start; 0: unbounded
   full_policy when_full = full_policy::block;
   std::function<void(const worker_context&)> on_start;  // on each worker, before its first task
@@ -165,7 +202,7 @@ struct pool_options {
 };
 
 struct worker_stats {
-  std::string name;               // "<pool>-<index>"
+  std::string name;               // "<pool><separator><index>"
   std::uint64_t os_tid = 0;       // the kernel's thread id
   std::uint64_t tasks = 0;        // tasks it took from the queue (ran, or was refused to run)
   std::chrono::nanoseconds busy{0};          // time inside callables (tasks and hooks)
@@ -176,7 +213,8 @@ struct worker_stats {
 
 // A snapshot; counters are monotonic. started = sum of the workers' tasks; completed counts
 // successes; failed counts tasks that ran and threw (or left a Python error); cancelled counts
-// tasks completed without running (shutdown(cancel), finalization, a refused attach).
+// tasks completed without running (shutdown(cancel), finalization, a refused attach, a broken
+// on-demand pool). workers lists the started workers only, in index order.
 struct pool_stats {
   std::string name;
   std::uint64_t submitted = 0, started = 0, completed = 0, failed = 0, cancelled = 0;
@@ -298,6 +336,7 @@ class thread_pool {
   // Starts options.workers threads and runs their start hooks. Throws pool_error
   // (start_hook_failed, with the hook's message) after stopping every worker if a hook threw,
   // std::invalid_argument for workers == 0, std::system_error if a thread cannot start.
+  // With options.spawn_on_demand it starts no thread and throws only std::invalid_argument.
   explicit thread_pool(pool_options options, source_site site = source_site::current());
   // Convenience: thread_pool("custom_pool", 1).
   thread_pool(std::string name, std::size_t workers, source_site site = source_site::current());
@@ -307,7 +346,8 @@ class thread_pool {
 
   // Runs fn() on a worker WITHOUT attaching: it must not call Python. The future receives its
   // result (returned by value) or exception. Throws pool_error (shut_down, finalizing,
-  // queue_full) if refused.
+  // queue_full, start_hook_failed) if refused; on demand, std::system_error if it had to start
+  // the first worker and could not (see "On demand").
   template <class F>
   auto submit(F&& fn) -> std::future<std::invoke_result_t<std::decay_t<F>&>> {
     return submit_impl(false, std::forward<F>(fn));
@@ -333,15 +373,27 @@ class thread_pool {
   // Blocks until the queue is empty and no task is running (GIL released while waiting).
   // From one of this pool's workers: misuse, throws pool_error(called_from_worker).
   void wait(source_site site = source_site::current());
-  // Stops accepting work, drains or cancels the queue, runs the stop hooks and joins the workers
-  // (GIL released while joining). Idempotent; a second call waits for the first to finish.
-  // From one of this pool's workers: misuse, throws pool_error(called_from_worker).
+  // stop(mode), then joins the workers once they ran their stop hooks (GIL released while
+  // joining), except detached or parked ones. Idempotent; a second call waits for the first to
+  // finish. From one of this pool's workers: misuse, throws pool_error(called_from_worker).
   void shutdown(shutdown_mode mode = shutdown_mode::drain,
                 source_site site = source_site::current());
+  // Stops accepting work (later submits throw pool_error(shut_down)) and, for cancel, completes
+  // every task still queued with pool_error(cancelled) (posts: on_error); returns at once. The
+  // workers finish the queue (drain) and their running tasks, run their stop hooks and exit on
+  // their own. Idempotent, and never blocks: allowed on the pool's own workers. A later call with
+  // cancel still cancels what is queued then.
+  void stop(shutdown_mode mode = shutdown_mode::drain);
+  // stop(drain) unless the pool is already stopped, then lets the threads go
+  // (std::thread::detach): shutdown() and the destructor no longer join them, and the destructor
+  // may then run on one of the pool's own workers without a misuse report. Never blocks; allowed
+  // on any thread. Until they exit, the workers still appear in the thread report and are
+  // stopped and waited for by the interpreter's finalization.
+  void detach() noexcept;
 
   pool_stats stats() const;
   const std::string& name() const noexcept;
-  std::size_t size() const noexcept;
+  std::size_t size() const noexcept;  // options.workers (on demand: the most that may start)
   // True on one of this pool's workers.
   bool on_worker() const noexcept;
 
