@@ -50,8 +50,9 @@ enum class misuse_kind : std::uint8_t {
   scope_outlived_interpreter,  // a scope ended after its interpreter started finalizing or was
                                // finalized; its CPython call was skipped
   python_without_state,   // expect_attached() found no attached thread state on this thread
-  pool_call_from_worker,  // thread_pool::wait() or shutdown() (or its destructor) on one of that
-                          // pool's own workers, which would wait for itself (pool.hpp)
+  pool_call_from_worker,  // thread_pool::wait() or shutdown() (or its destructor, unless
+                          // detach() came first) on one of that pool's own workers, which would
+                          // wait for itself (pool.hpp)
   scope_outlived_thread,  // a thread exited with scopes still open (e.g. a scope leaked on the
                           // heap); pyattach released the GIL and the thread state for it
 };

@@ -84,8 +84,9 @@
 //   stopped (stop(), detach()) but whose workers still run is stopped the same way: its queue is
 //   abandoned with pool_error(finalizing) and the closer waits for its workers, detached or not.
 // - Captured Python objects: a task's callable is destroyed on the worker, right after it ran,
-//   while attached for a Python task. A task that is cancelled or refused is destroyed without
-//   the GIL: do not capture owned Python references in tasks that may be cancelled.
+//   while attached for a Python task. A task that is cancelled or refused is destroyed on the
+//   thread that cancelled or refused it, possibly without the GIL: do not capture owned Python
+//   references in tasks that may be cancelled.
 // - fork(): a pool's threads do not exist in a child process; do not use the pool there.
 #pragma once
 
