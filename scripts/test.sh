@@ -91,8 +91,9 @@ total_fail=0
 
 # A pytest leg: the interpreter's venv (scripts/venv.sh: pinned pybind11, nanobind,
 # scikit-build-core, ninja, cmake, pytest), `pip install` of examples/extension built against this
-# checkout (not an installed pyattach) in a build directory kept between runs (incremental), then
-# pytest on tests/python from outside the source tree. A failed venv or build fails the leg.
+# checkout (not an installed pyattach) and of the pyattach package itself (pyproject.toml), each
+# in a build directory kept between runs (incremental), then pytest on tests/python from outside
+# the source tree. A failed venv or build fails the leg.
 pytest_leg() {
   local name="$1" python="$2"
   local short="${name#pytest-}"
@@ -110,6 +111,15 @@ pytest_leg() {
          "$root/examples/extension" >"$log.pip.log" 2>&1; then
     tail -40 "$log.pip.log"
     summary+=("$name: BUILD FAILED (pip install ./examples/extension, $log.pip.log)")
+    total_fail=$((total_fail + 1))
+    return
+  fi
+  # The package itself (pyproject.toml at the root): what `pip install .` gives a user.
+  if ! CMAKE_BUILD_PARALLEL_LEVEL="$jobs" "$venv/bin/python" -m pip install --no-build-isolation \
+         --no-deps --disable-pip-version-check --config-settings=build-dir="$root/build/pkg-$short" \
+         "$root" >"$log.pip-package.log" 2>&1; then
+    tail -40 "$log.pip-package.log"
+    summary+=("$name: BUILD FAILED (pip install ., $log.pip-package.log)")
     total_fail=$((total_fail + 1))
     return
   fi

@@ -181,6 +181,37 @@ inline void start_background_threads(PyObject* fn, int n, const std::string& var
   }
 }
 
+// Detached native threads that call fn every `pause_ms`, and sit in C++ (a sleep) in between: the
+// shape of a C++ service's callback thread. raw: per-call PyGILState_Ensure/Release, so the thread
+// has no thread state between calls (py-spy, sys._current_frames() and threading cannot see it);
+// otherwise an attach_scope per call, whose persistent state stays listed. They run until the
+// process exits; a refused attach (finalizing) ends a pyattach one, and the raw one is left to
+// CPython's exit (the tests end these processes with os._exit). Each owns a reference to fn that
+// it never drops (see background_thread_loop). PRECONDITION: the caller holds the GIL.
+inline void start_paced_threads(PyObject* fn, int n, bool raw, int pause_ms) {
+  for (int i = 0; i < n; ++i) {
+    Py_INCREF(fn);
+    std::thread([fn, raw, pause_ms] {
+      for (;;) {
+        if (raw) {
+          const PyGILState_STATE g = PyGILState_Ensure();
+          PyObject* r = PyObject_CallNoArgs(fn);
+          if (r == nullptr) PyErr_Print();
+          Py_XDECREF(r);
+          PyGILState_Release(g);
+        } else {
+          pyattach::attach_scope py(pyattach::nothrow);
+          if (!py) return;
+          PyObject* r = PyObject_CallNoArgs(fn);
+          if (r == nullptr) PyErr_Print();
+          Py_XDECREF(r);
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(pause_ms));
+      }
+    }).detach();
+  }
+}
+
 // ---- the module's thread pool ---------------------------------------------------------------
 // Module-level: made at its first use (with the GIL held), never shut down by the module. At interpreter exit pyattach's
 // gate stops it before closing (queued tasks are refused with pool_error(finalizing), running

@@ -154,6 +154,12 @@ NB_MODULE(with_nanobind, m) {
         example::start_background_threads(fn.ptr(), n, variant);
       },
       nb::arg("fn"), nb::arg("n") = 4, nb::arg("variant") = "plain");
+  m.def(
+      "start_paced_threads",
+      [](nb::object fn, int n, bool raw, int pause_ms) {
+        example::start_paced_threads(fn.ptr(), n, raw, pause_ms);
+      },
+      nb::arg("fn"), nb::arg("n") = 2, nb::arg("raw") = true, nb::arg("pause_ms") = 200);
   m.def("mix_guards", &mix_guards, nb::arg("fn"), nb::arg("program"));
   m.def("gate_phase",
         [] { return std::string(pyattach::to_string(pyattach::current_gate_phase())); });

@@ -165,6 +165,12 @@ PYBIND11_MODULE(with_pybind11, m) {
         example::start_background_threads(fn.ptr(), n, variant);
       },
       py::arg("fn"), py::arg("n") = 4, py::arg("variant") = "plain");
+  m.def(
+      "start_paced_threads",
+      [](py::object fn, int n, bool raw, int pause_ms) {
+        example::start_paced_threads(fn.ptr(), n, raw, pause_ms);
+      },
+      py::arg("fn"), py::arg("n") = 2, py::arg("raw") = true, py::arg("pause_ms") = 200);
   m.def("mix_guards", &mix_guards, py::arg("fn"), py::arg("program"));
   m.def("gate_phase", [] { return std::string(pyattach::to_string(pyattach::current_gate_phase())); });
   m.def("misuse_count", [] { return pyattach::misuse_count(); });
