@@ -120,6 +120,7 @@ struct executor_state {
   std::size_t runners = 0;  // runners posted and not yet returned
   std::size_t busy = 0;     // runners inside an item (runners - busy are about to take one)
   bool shut_down = false;
+  bool posted_any = false;   // a runner was ever posted: a worker started
   bool forked_away = false;  // this process is a fork() child: the workers do not exist here
   std::string broken;        // non-empty: an initializer failed (BrokenThreadPool's message)
   PyObject* init_worker = nullptr;  // owned; nullptr: no initializer
@@ -287,6 +288,7 @@ class executor {
     // holds more than they will take (at most max_workers runners).
     if (s.runners - s.busy < s.queue.size() && s.runners < s.max_workers) {
       ++s.runners;
+      s.posted_any = true;
       try {
         pool_->post_python([state = state_] { run_batch(*state); });
       } catch (const pyattach::pool_error&) {
@@ -368,6 +370,10 @@ class executor {
       pool_->shutdown();
       joined_ = true;
     }
+    // concurrent.futures' workers mark their executor shut down as they leave, so an executor
+    // that ever started one refuses later submits "after shutdown", and one that never did
+    // "after interpreter shutdown" (the same on 3.9–3.13).
+    if (state_->posted_any) state_->shut_down = true;
   }
 
   // In a fork() child: the workers are gone, and so are whatever locks they held; never touch
