@@ -15,7 +15,8 @@ fork) and the thread-count case run in child processes with a deadline (harness.
 the scripts are in executor_cases.py).
 
 If ``import pyattach`` fails, the pyattach leg fails (the test legs install the package); run
-``-k std`` to check the standard library alone.
+``-k std`` to check the standard library alone. PYATTACH_EXECUTOR_EXIT_RUNS (default 50) sets
+the runs of the exit-with-work-in-flight case.
 """
 
 import concurrent.futures as cf
@@ -46,11 +47,13 @@ def import_pyattach():
     try:
         import pyattach
     except ImportError as e:
-        # Not a skip: the test legs install the package, so a missing module is a failed build.
-        pytest.fail(f"import pyattach failed under {sys.executable} ({e!r}): pip install the "
-                    "package at the repository root into this venv first (the test legs do)",
-                    pytrace=False)
-    return pyattach
+        error = e
+    else:
+        return pyattach
+    # Not a skip: the test legs install the package, so a missing module is a failed build.
+    pytest.fail(f"import pyattach failed under {sys.executable} ({error!r}): pip install the "
+                "package at the repository root into this venv first (the test legs do)",
+                pytrace=False)
 
 
 @pytest.fixture(params=KINDS)
