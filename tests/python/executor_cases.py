@@ -31,10 +31,10 @@ def script(kind, body, **subst):
 
 # Submits $n tasks (each sleeps 1 ms, then writes "done <i>") and ends without shutdown(): the
 # interpreter's exit has to run every submitted task, as the standard executor's exit hook does
-# (it joins its workers, which drain their queue first). argv[1]: seconds to sleep before the end
-# (0 = end at once, with nearly all the work still queued).
-EXIT_WITH_WORK = """
-import os, sys, time
+# (it joins its workers, which drain their queue first). $ending is how the script ends:
+# END_AFTER_DELAY or END_AFTER_DEL.
+EXIT_WITH_WORK_BODY = """
+import gc, os, sys, time
 N = $n
 def task(i):
     time.sleep(0.001)
@@ -43,26 +43,18 @@ ex = ThreadPoolExecutor($max_workers)
 for i in range(N):
     ex.submit(task, i)
 os.write(1, b"submitted %d\\n" % N)
-delay = float(sys.argv[1]) if len(sys.argv) > 1 else 0.0
+$ending
+"""
+# argv[1]: seconds to sleep before the end (0 = end at once, with nearly all the work queued).
+END_AFTER_DELAY = """delay = float(sys.argv[1]) if len(sys.argv) > 1 else 0.0
 if delay:
-    time.sleep(delay)
-"""
-
-# The same, with the executor dropped (its last reference deleted, then a collection) while work
-# is still queued, and the process ending at once.
-EXIT_AFTER_DEL = """
-import gc, os, time
-N = $n
-def task(i):
-    time.sleep(0.001)
-    os.write(1, b"done %d\\n" % i)
-ex = ThreadPoolExecutor($max_workers)
-for i in range(N):
-    ex.submit(task, i)
-os.write(1, b"submitted %d\\n" % N)
-del ex
-gc.collect()
-"""
+    time.sleep(delay)"""
+# The executor dropped (its last reference deleted, then a collection) while work is still
+# queued, and the process ending at once.
+END_AFTER_DEL = """del ex
+gc.collect()"""
+EXIT_WITH_WORK = EXIT_WITH_WORK_BODY.replace("$ending", END_AFTER_DELAY)
+EXIT_AFTER_DEL = EXIT_WITH_WORK_BODY.replace("$ending", END_AFTER_DEL)
 
 # The executor dropped with work queued, and the futures waited for before the end: every one
 # completes (none is cancelled or left pending) though no one holds the executor any more.
