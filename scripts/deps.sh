@@ -7,6 +7,7 @@ packages=(
   build-essential cmake          # compiler and build system
   python3.11-dev                 # Debian's CPython 3.11 with its embedding library
   python3.11-dbg                 # its Py_DEBUG build: aborts on thread-state misuse release builds survive
+  python3.11-venv                # venvs for the pytest legs and `pip install .` (scripts/venv.sh)
   libboost-dev                   # Boost.Asio thread pools (the seed's scenarios)
   libgtest-dev libgmock-dev      # GoogleTest
   pybind11-dev                   # interop tests with pybind11's GIL guards
