@@ -777,6 +777,10 @@ def main():
                f"{datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}. "
                "Do not edit by hand: rerun the command.")
     out.append("")
+    out.append("The Python package's `ThreadPoolExecutor` against `concurrent.futures`' (issue 11) "
+               "is measured by `bash scripts/bench-executor.sh`: "
+               "[benchmarks-executor.md](benchmarks-executor.md).")
+    out.append("")
     out.append(f"- Machine: {model}, {cores} cores, {mem} RAM, Linux {kernel}; shared with other "
                f"work while measuring (load average at the first leg's start: "
                f"{', '.join(f'{x:.2f}' for x in ctx0.get('load_avg', [])) or '?'}), so wall "
