@@ -5,6 +5,7 @@ set -euo pipefail
 
 packages=(
   build-essential cmake          # compiler and build system
+  ccache                         # scripts/test.sh: legs that build the same sources share objects
   python3.11-dev                 # Debian's CPython 3.11 with its embedding library
   python3.11-dbg                 # its Py_DEBUG build: aborts on thread-state misuse release builds survive
   python3.11-venv                # venvs for the pytest legs and `pip install .` (scripts/venv.sh)

@@ -12,6 +12,13 @@ set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 bash "$root/scripts/deps.sh" || exit 1
 jobs="$(nproc)"
+# ccache, for every compile below (CMake 3.17+ takes CMAKE_CXX_COMPILER_LAUNCHER from the
+# environment, pip's builds included): the CMake consumer tests and each pytest leg's two pip
+# builds compile pyattach (and nanobind's runtime) with the same flags several times. The cache
+# lives in this checkout's build/, so every clean clone starts empty; NOHASHDIR lets builds in
+# different directories share objects (their debug info then names the first one's paths).
+export CMAKE_CXX_COMPILER_LAUNCHER=ccache CCACHE_DIR="$root/build/ccache" CCACHE_BASEDIR="$root" \
+  CCACHE_NOHASHDIR=1
 
 # The legs, "name:python[:sanitizers]": Debian's python3.11 first (it also runs the CMake consumer
 # tests), its Py_DEBUG build, then pyenv's, then the sanitizer builds (last: the slowest).
