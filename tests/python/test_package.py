@@ -90,7 +90,8 @@ def test_pyspy_dump_shows_each_worker_by_name_with_its_python_stack(pyattach):
                               text=True, timeout=60)
         assert dump.returncode == 0, dump.stderr
         out = dump.stdout
-        print(out)  # the closing note quotes it (pytest -s)
+        print("workers", info["workers"], "raw PyGILState threads", info["raw"])  # pytest -s
+        print(out)
     finally:
         try:
             child.stdin.close()
