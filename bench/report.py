@@ -430,11 +430,16 @@ def leg_report(leg):
                          f"{n:,.1f} per nested pair (incl. the loop's "
                          f"{ir('body_only', 'empty') or 0:,.1f})"))
     pc, pa, pf = wmed("gilstate_per_call", "call"), wmed("pyattach", "call"), wmed("floor", "call")
-    if pc and pa:
-        floor_text = f"; the floor itself: {pc / pf:,.1f}×" if pf else ""
-        verdicts.append(("trivial call ≥ 300× faster than per-call PyGILState (wall)",
-                         pc / pa >= 300,
-                         f"{ns(pc)} ns vs {ns(pa)} ns: {pc / pa:,.1f}×{floor_text}"))
+    if pc and pa and pf:
+        # Issue 12 replaced "≥ 300× faster" (out of reach: even the floor is 2–110× here,
+        # depending on how much a fresh thread state costs on that version) by a comparison
+        # with the floor in the same run.
+        verdicts.append(("trivial call: speed-up over per-call PyGILState ≥ 0.95× the floor's "
+                         "(wall, same run)",
+                         (pc / pa) >= 0.95 * (pc / pf),
+                         f"pyattach {pc / pa:,.1f}× ({ns(pa)} ns), floor {pc / pf:,.1f}× "
+                         f"({ns(pf)} ns), per-call PyGILState {ns(pc)} ns: "
+                         f"{(pc / pa) / (pc / pf):.2f} of the floor's"))
     pci, pai, pfi = ir("gilstate_per_call", "call"), ir("pyattach", "call"), ir("floor", "call")
     if pci and pai:
         floor_text = f"; the floor itself: {pci / pfi:.2f}×" if pfi else ""
@@ -807,7 +812,7 @@ def main():
         body, verdicts = leg_report(leg)
         bodies.append(body)
         verdict_rows.append((leg, verdicts))
-    out.append("## Targets (issue 4), per interpreter")
+    out.append("## Targets (issue 4; the wall-time one as issue 12 revised it), per interpreter")
     out.append("")
     names = [v[0] for v in verdict_rows[0][1]] if verdict_rows and verdict_rows[0][1] else []
     out.append("| target | " + " | ".join(leg["name"] for leg, _ in verdict_rows) + " |")
