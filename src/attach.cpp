@@ -24,13 +24,37 @@ PYATTACH_TLS bool tls_exited = false;
 slot g_transient_owner;
 std::atomic<std::uint64_t> g_parked{0};  // threads park() has parked
 
-// The gate's entry protocol (detail/slot.hpp): take a pass, then confirm the gate still reads
-// `w`. Returns false, holding no pass, if it moved.
-bool take_pass(std::uint64_t w) noexcept {
+// The gate's entry protocol in its slow form (detail/slot.hpp, "Ordering"): count a pass in the
+// slot, a full fence, then confirm that the gate still reads `w`. Returns false, holding no new
+// pass, if it moved. PRECONDITION: s->gen == w >> 2 (the closer counts a slot's passes only for
+// its generation).
+bool take_pass(slot* s, std::uint64_t w) noexcept {
+  const std::uint32_t n = s->passes.load(std::memory_order_relaxed);
+  s->passes.store(n + 1, std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (g_gate.word.load(std::memory_order_relaxed) == w) return true;
+  s->passes.store(n, std::memory_order_relaxed);
+  return false;
+}
+
+// Returns a pass. Release: what the thread did inside happens before a closer's "drained".
+void drop_pass(slot* s) noexcept {
+  s->passes.store(s->passes.load(std::memory_order_relaxed) - 1, std::memory_order_release);
+}
+
+// The same protocol for a one-off pass of a thread without a slot (after its exit clean-up).
+bool take_oneoff_pass(std::uint64_t w) noexcept {
   g_gate.inside.fetch_add(1, std::memory_order_seq_cst);
   if (g_gate.word.load(std::memory_order_seq_cst) == w) return true;
   g_gate.inside.fetch_sub(1, std::memory_order_seq_cst);
   return false;
+}
+
+// After the slot's state, ownership or generation changed: whether the inline attach may make
+// the state current (slot::fast_word).
+void refresh_fast_word(slot* s) noexcept {
+  const bool fast = s->tstate != nullptr && s->owned && g_gate.fast_ok.load(std::memory_order_relaxed);
+  s->fast_word = fast ? gate_word(s->gen.load(std::memory_order_relaxed), phase_open) : no_fast_word;
 }
 
 // True while the interpreter generation the slot's state belongs to exists (bound, any phase).
@@ -45,9 +69,9 @@ void take_extra_pass(slot* s, std::uint32_t level, std::uint64_t w) noexcept {
   const std::uint64_t phase = w & 3;
   if (s->passes.load(std::memory_order_relaxed) != 0 || level_bit(level) == 0) return;
   if (phase != phase_open && phase != phase_closing) return;
-  if (!take_pass(w)) return;  // the gate moved: go on without one, as before it was bound
+  if (s->gen.load(std::memory_order_relaxed) != (w >> 2)) return;  // callers set it; defensive
+  if (!take_pass(s, w)) return;  // the gate moved: go on without one, as before it was bound
   s->pass_mask |= level_bit(level);
-  s->passes.store(s->passes.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
 }
 
 // The main interpreter, or the id of the one `ts` belongs to, for other_interpreter reports.
@@ -65,7 +89,8 @@ void forget_state(slot* s) noexcept {
   // The state belongs to an interpreter that is finalizing or gone: never touch it.
   s->tstate = nullptr;
   s->owned = false;
-  s->gen = 0;
+  s->gen.store(0, std::memory_order_relaxed);
+  s->fast_word = no_fast_word;
 }
 
 // ≤3.12 only: drop threading's _DummyThread entry for this thread (see compat.hpp).
@@ -110,20 +135,20 @@ void delete_current_state(slot* s) noexcept {
 bool destroy_owned_state(slot* s) noexcept {
   if (s->tstate == nullptr || !s->owned) return false;
   const std::uint64_t w = g_gate.word.load(std::memory_order_seq_cst);
-  if (w != gate_word(s->gen, phase_open)) {
+  if (w != gate_word(s->gen.load(std::memory_order_relaxed), phase_open)) {
     forget_state(s);
     return false;
   }
   // Through the gate like an attach (DESIGN.md: a clean-up that re-attached after finalization
   // was ended inside a destructor and the process aborted).
   const compat::interpreter_view view = g_gate.view.load();  // 3.15+; after w, before the pass
-  if (!take_pass(w)) {
+  if (!take_pass(s, w)) {
     forget_state(s);
     return false;
   }
   compat::entry_guard guard(view);  // 3.15+: refused once CPython started finalizing
   if (!guard) {
-    g_gate.inside.fetch_sub(1, std::memory_order_seq_cst);
+    drop_pass(s);
     forget_state(s);
     return false;
   }
@@ -131,7 +156,7 @@ bool destroy_owned_state(slot* s) noexcept {
   if (compat::current_state_unchecked() != s->tstate) PyEval_RestoreThread(s->tstate);
   guard.close();  // before PyThreadState_Clear, which may run arbitrary __del__ code
   delete_current_state(s);
-  g_gate.inside.fetch_sub(1, std::memory_order_seq_cst);
+  drop_pass(s);
   return true;
 }
 
@@ -274,8 +299,7 @@ void exit_with_open_scopes(slot* s) noexcept {
       PyEval_SaveThread();
     }
   }
-  if (live && passes > 0) g_gate.inside.fetch_sub(passes, std::memory_order_seq_cst);
-  s->passes.store(0, std::memory_order_relaxed);
+  s->passes.store(0, std::memory_order_release);  // after the GIL went back
   s->phase.store(slot_phase::detached, std::memory_order_relaxed);
   s->depth = 0;
   s->restored_mask = s->detached_mask = s->pass_mask = s->anomaly_mask = 0;
@@ -312,6 +336,12 @@ slot_owner::~slot_owner() {
 }  // namespace
 
 void scope_access::attach_slow(attach_scope& sc, const source_site& site) noexcept {
+  // The scope's fields are uninitialized until here (attach.hpp).
+  sc.owner_ = nullptr;
+  sc.level_ = 0;
+  sc.status_ = attach_status::not_initialized;
+  sc.kind_ = attach_scope::kind_none;
+  sc.released_ = false;
   slot* s = tls_slot;
   if (s == nullptr && tls_exited) {
     // After this thread's clean-up: a one-off state, destroyed when this scope ends.
@@ -321,7 +351,7 @@ void scope_access::attach_slow(attach_scope& sc, const source_site& site) noexce
       return;
     }
     const compat::interpreter_view view = g_gate.view.load();  // 3.15+; after w
-    if (!take_pass(w)) {
+    if (!take_oneoff_pass(w)) {
       sc.status_ = attach_status::finalizing;
       return;
     }
@@ -379,7 +409,8 @@ void scope_access::attach_slow(attach_scope& sc, const source_site& site) noexce
         s->tstate = cur;
         s->owned = false;  // someone else's state: reuse, never destroy
       }
-      s->gen = w >> 2;
+      s->gen.store(w >> 2, std::memory_order_relaxed);
+      refresh_fast_word(s);
       // The first pyattach scope on a thread that other code attached takes a pass, so that a
       // closer waits for the native code under it, which may drop and re-take the GIL (rule 6 in
       // docs/safety.md, "Exit"). Nested inside another pyattach scope, it only counts.
@@ -414,12 +445,15 @@ void scope_access::attach_slow(attach_scope& sc, const source_site& site) noexce
       return;
     }
     const compat::interpreter_view view = g_gate.view.load();  // 3.15+; after w, before the pass
-    if (!take_pass(w)) continue;  // the gate moved: decide again
+    // The pass belongs to this generation: tstate, if any, is of it (forgotten above otherwise),
+    // and with scopes open the generation cannot differ (refused above).
+    s->gen.store(gen, std::memory_order_relaxed);
+    if (!take_pass(s, w)) continue;  // the gate moved: decide again
     // 3.15+: a PEP 788 guard across the attach only. Refused: CPython has started finalizing
     // although the gate reads open (its hook did not close it): refuse, never retry.
     compat::entry_guard guard(view);
     if (!guard) {
-      g_gate.inside.fetch_sub(1, std::memory_order_seq_cst);
+      drop_pass(s);
       sc.status_ = attach_status::finalizing;
       return;
     }
@@ -441,10 +475,9 @@ void scope_access::attach_slow(attach_scope& sc, const source_site& site) noexce
       s->owned = true;
     }
     guard.close();  // entry only: a thread that stays inside never delays shutdown
-    s->gen = gen;
+    refresh_fast_word(s);
     s->phase.store(slot_phase::attached, std::memory_order_relaxed);
     s->scopes.store(s->scopes.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-    s->passes.store(s->passes.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     push(sc, s, attach_scope::kind_restored, site);
     return;
   }
@@ -472,14 +505,14 @@ bool reattach_level(slot* s, std::uint32_t level, std::uint64_t w, bool live) no
     // No pass: the gate was not open when the scope began. Take one like a thread that is
     // already inside (a closing gate admits it; a closed one does not).
     if (phase != phase_open && phase != phase_closing) return false;
-    if (!take_pass(w)) return false;  // it moved: closed now
+    if (!take_pass(s, w)) return false;  // it moved: closed now
     took = true;
   }
   // 3.15+: a PEP 788 guard across the re-attach; refused once CPython started finalizing
   // although the gate did not show it. No-op before 3.15.
   compat::entry_guard guard(g_gate.view.load());
   if (!guard) {
-    if (took) g_gate.inside.fetch_sub(1, std::memory_order_seq_cst);
+    if (took) drop_pass(s);
     return false;
   }
   s->phase.store(slot_phase::waiting, std::memory_order_relaxed);
@@ -491,9 +524,8 @@ bool reattach_level(slot* s, std::uint32_t level, std::uint64_t w, bool live) no
     // code after this scope; with none around it, the caller's own code is not ours to cover.
     if (level > 1 && level_bit(level - 1) != 0) {
       s->pass_mask |= level_bit(level - 1);
-      s->passes.store(s->passes.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     } else {
-      g_gate.inside.fetch_sub(1, std::memory_order_seq_cst);
+      drop_pass(s);
     }
   }
   return true;
@@ -510,7 +542,6 @@ bool scope_access::undo_level(slot* s, std::uint32_t level, const end_context* e
   bool ok = true;
   if (s->restored_mask & bit) {
     s->restored_mask &= ~bit;
-    s->passes.store(s->passes.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
     s->phase.store(slot_phase::detached, std::memory_order_relaxed);
     if (s->anomaly_mask & lost_bit) {
       s->anomaly_mask &= ~lost_bit;  // already detached: the gate refused the re-attach
@@ -522,11 +553,12 @@ bool scope_access::undo_level(slot* s, std::uint32_t level, const end_context* e
                          ended->at, ended->code, "its interpreter was finalized", s->os_tid};
         report_misuse(d);
       }
-      return true;  // the pass belonged to that generation; bind_gate reset the count
+      drop_pass(s);  // of that generation: no closer counts it any more
+      return true;
     } else {
       PyEval_SaveThread();
     }
-    if (live) g_gate.inside.fetch_sub(1, std::memory_order_seq_cst);
+    drop_pass(s);
     return true;
   }
   if (s->detached_mask & bit) {
@@ -536,8 +568,7 @@ bool scope_access::undo_level(slot* s, std::uint32_t level, const end_context* e
   }
   if (s->pass_mask & bit) {
     s->pass_mask &= ~bit;
-    s->passes.store(s->passes.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
-    if (live) g_gate.inside.fetch_sub(1, std::memory_order_seq_cst);
+    drop_pass(s);
   }
   return ok;
 }
@@ -643,6 +674,12 @@ void scope_access::end_slow(attach_scope& sc, const source_site* at, void* code)
 }
 
 void scope_access::detach_begin(detach_scope& sc) noexcept {
+  // The scope's fields are uninitialized until here (attach.hpp).
+  sc.owner_ = nullptr;
+  sc.saved_ = nullptr;
+  sc.level_ = 0;
+  sc.active_ = false;
+  sc.released_ = false;
   slot* s = tls_slot;
   if (s == nullptr && !tls_exited) s = make_slot();
   if (s == nullptr || !attached_here(s) || s->depth + 1 >= tracked_levels) {
@@ -655,11 +692,15 @@ void scope_access::detach_begin(detach_scope& sc) noexcept {
   // Attached, so we hold the GIL: bind if this is the first pyattach use in this interpreter
   // (the end of this scope checks that the state's interpreter still exists).
   const std::uint64_t w = bind_here();
-  if (s->depth == 0 && s->tstate != cur) {
+  if (s->depth == 0 && (s->tstate != cur || s->gen.load(std::memory_order_relaxed) != (w >> 2))) {
     // A Python-created (or third-party) state, attached: record it to re-attach it later.
-    s->tstate = cur;
-    s->owned = false;
-    s->gen = w >> 2;
+    // (Ours is current, so of this generation: only a foreign one can differ.)
+    if (s->tstate != cur) {
+      s->tstate = cur;
+      s->owned = false;
+    }
+    s->gen.store(w >> 2, std::memory_order_relaxed);
+    refresh_fast_word(s);
   }
   sc.owner_ = s;
   sc.level_ = ++s->depth;
@@ -779,15 +820,13 @@ attach_error::attach_error(attach_status status)
                          status_reason(status)),
       status_(status) {}
 
-__attribute__((noinline)) detach_scope::detach_scope(source_site site) noexcept : site_(site) {
-  detail::scope_access::detach_begin(*this);
-}
+namespace detail {
+void detach_begin_slow(detach_scope& scope) noexcept { scope_access::detach_begin(scope); }
 
-__attribute__((noinline)) detach_scope::~detach_scope() {
-  if (active_ && !released_) {
-    detail::scope_access::detach_end(*this, nullptr, __builtin_return_address(0), nullptr);
-  }
+__attribute__((noinline)) void detach_end_slow(detach_scope& scope) noexcept {
+  scope_access::detach_end(scope, nullptr, __builtin_return_address(0), nullptr);
 }
+}  // namespace detail
 
 __attribute__((noinline)) void detach_scope::release(source_site site) noexcept {
   if (!active_ && !released_) return;  // constructor found nothing to detach

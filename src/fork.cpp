@@ -53,9 +53,9 @@ void after_fork_in_child() {
   // The gate: only this thread's passes are still held. A closer that was waiting in another
   // thread is gone: finish its transition (the interpreter is on its way out in the parent's
   // view too).
+  // (This slot's passes stay counted in it; the other threads' one-off passes are gone.)
   const std::uint64_t w = g_gate.word.load();
-  const bool mine_live = mine != nullptr && (mine->gen == (w >> 2)) && (w & 3) != phase_unbound;
-  g_gate.inside.store(mine_live ? mine->passes.load() : 0);
+  g_gate.inside.store(0);
   if ((w & 3) == phase_closing) g_gate.word.store(gate_word(w >> 2, phase_closed));
 
   // The embedding helper finalizes only on its creating thread, known by tid: this thread has a

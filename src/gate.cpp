@@ -35,6 +35,10 @@
 #include <cstdlib>
 #include <thread>
 
+#include <linux/membarrier.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include "internal.hpp"
 
 namespace pyattach {
@@ -45,6 +49,44 @@ gate_state g_gate;
 std::mutex& gate_transition_mutex() {
   static std::mutex* m = new std::mutex;  // never destroyed: threads may exit after main
   return *m;
+}
+
+namespace {
+long membarrier(int cmd) noexcept { return ::syscall(SYS_membarrier, cmd, 0, 0); }
+}  // namespace
+
+// Linux 4.14+. Refused (ENOSYS, EINVAL, or a seccomp filter's EPERM): the inline attach stays off
+// and every pass is taken with a fence. The registration is per process and survives fork()
+// (measured on this kernel; the child's mm inherits the membarrier state).
+bool register_heavy_barrier() noexcept {
+  // PYATTACH_MEMBARRIER=off: behave as if the kernel refused (tests race that mode too).
+  const char* mode = std::getenv("PYATTACH_MEMBARRIER");
+  if (mode != nullptr && std::string(mode) == "off") return false;
+  const long cmds = membarrier(MEMBARRIER_CMD_QUERY);
+  if (cmds < 0 || (cmds & MEMBARRIER_CMD_PRIVATE_EXPEDITED) == 0) return false;
+  return membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) == 0;
+}
+
+void heavy_barrier() noexcept {
+  // The closer's own side: its store of the word before its reads of the passes.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (!g_gate.fast_ok.load(std::memory_order_relaxed)) return;  // every pass fenced its own
+  if (membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) == 0) return;
+  // Registered but refused now: not expected. The slower system-wide barrier gives the same
+  // guarantee (it waits for every CPU to pass a quiescent state).
+  if (membarrier(MEMBARRIER_CMD_GLOBAL) == 0) return;
+  std::fputs("pyattach: membarrier failed after registration; the gate's ordering with threads "
+             "attaching right now is not guaranteed\n", stderr);
+}
+
+std::int64_t passes_inside(std::uint64_t gen, const slot* self) noexcept {
+  std::int64_t n = g_gate.inside.load(std::memory_order_acquire);  // one-off passes
+  std::lock_guard<std::mutex> lock(registry().mutex);
+  for (const slot* s : registry().slots) {
+    if (s == self || s->gen.load(std::memory_order_relaxed) != gen) continue;
+    n += s->passes.load(std::memory_order_acquire);
+  }
+  return n;
 }
 
 namespace {
@@ -174,10 +216,16 @@ std::uint64_t bind_gate() noexcept {
   const compat::interpreter_view view = compat::open_main_view();
   if (!view.valid()) return w;
   g_gate.view.exchange(view);
+  // Before the first generation is published: the inline attach is allowed only once every
+  // closer can reach it with the expedited barrier (detail/slot.hpp, "Ordering").
+  if (!g_gate.fast_ok.load(std::memory_order_relaxed) && register_heavy_barrier()) {
+    g_gate.fast_ok.store(true, std::memory_order_relaxed);
+  }
   const std::uint64_t bound = gate_word((w >> 2) + 1, phase_open);
-  // No pass of the new generation exists yet; a count left over is a pass of a finalized one
-  // (a thread the closer gave up on), which its holder never returns (it sees the generation
-  // gone). Start from zero so that this generation's closer does not wait for it.
+  // No pass of the new generation exists yet; a one-off pass left over belongs to a finalized
+  // one (a thread the closer gave up on), which its holder never returns (it sees the
+  // generation gone). Start from zero so that this generation's closer does not wait for it.
+  // (The slots' passes carry their generation: passes_inside() skips the old ones.)
   g_gate.inside.store(0, std::memory_order_seq_cst);
   g_gate.word.store(bound, std::memory_order_seq_cst);
   return bound;
@@ -267,11 +315,12 @@ void for_each_inside(const slot* self, Fn fn) {
 // Rule 4 (docs/safety.md, "Exit"): the threads still inside when the close bound expired are
 // asked to leave with an asynchronous pyattach.InterpreterShutdown, waited for `grace`, and the
 // ones still running Python after that are parked by a trace function, waited for `grace` again.
-// PRECONDITION: the gate is closing, and this thread does not hold the GIL (`saved`: its state
-// if it held the GIL before). Returns true if every pass but `own` was returned.
-bool ask_threads_to_leave(const slot* self, std::int64_t own,
+// PRECONDITION: the gate is closing (generation `gen`), and this thread does not hold the GIL
+// (`saved`: its state if it held the GIL before). Returns true if every pass but the caller's
+// own was returned.
+bool ask_threads_to_leave(const slot* self, std::uint64_t gen,
                           PyThreadState* saved, std::chrono::milliseconds grace) noexcept {
-  const auto drained = [&] { return g_gate.inside.load(std::memory_order_seq_cst) - own <= 0; };
+  const auto drained = [&] { return passes_inside(gen, self) <= 0; };
   const auto wait = [&](auto done) {
     const auto until = std::chrono::steady_clock::now() + grace;
     while (!done()) {
@@ -373,14 +422,16 @@ close_result close_gate_impl(std::chrono::milliseconds timeout) noexcept {
       lock.lock();
       return g_last_close;
     }
-    // Store `closing` before reading `inside` (see detail/slot.hpp).
+    // Store `closing` before reading the passes (see detail/slot.hpp, "Ordering").
     g_gate.word.store(gate_word(w >> 2, phase_closing), std::memory_order_seq_cst);
   }
+  // Every attacher that stored its pass before this point is seen below; every later one sees
+  // `closing` and leaves.
+  heavy_barrier();
 
   // Passes held by the caller itself (an attach scope around the shutdown) do not block it.
   const slot* self = tls_slot;
-  const std::int64_t own =
-      (self != nullptr && self->gen == (w >> 2)) ? self->passes.load(std::memory_order_relaxed) : 0;
+  const std::uint64_t gen = w >> 2;
 
   // Release the GIL while waiting: the threads inside need it to finish (DESIGN.md: keeping it
   // made every drain time out). Only if this thread holds it.
@@ -389,7 +440,7 @@ close_result close_gate_impl(std::chrono::milliseconds timeout) noexcept {
   auto pause = std::chrono::microseconds(20);
   bool drained = false;
   for (;;) {
-    if (g_gate.inside.load(std::memory_order_seq_cst) - own <= 0) {
+    if (passes_inside(gen, self) <= 0) {
       drained = true;
       break;
     }
@@ -397,7 +448,7 @@ close_result close_gate_impl(std::chrono::milliseconds timeout) noexcept {
     std::this_thread::sleep_for(pause);
     pause = std::min(pause * 2, std::chrono::microseconds(1000));
   }
-  if (!drained) drained = ask_threads_to_leave(self, own, saved, leave_grace(timeout));
+  if (!drained) drained = ask_threads_to_leave(self, gen, saved, leave_grace(timeout));
   close_result result;
   result.drained = drained;
   result.waited =

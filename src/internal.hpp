@@ -42,6 +42,13 @@ bool register_gate_hooks(std::uint64_t gen) noexcept;
 bool is_finalizing_thread(std::uint64_t gen) noexcept;
 // The status for a refused attach, given the gate word.
 attach_status refusal_status(std::uint64_t word) noexcept;
+// The closer's half of the asymmetric barrier (detail/slot.hpp, "Ordering"): registers the
+// process for expedited membarrier (at the first bind; false if the kernel refuses), and runs it.
+bool register_heavy_barrier() noexcept;
+void heavy_barrier() noexcept;
+// The passes of generation `gen` held by threads other than `self`, plus the one-off passes.
+// Takes registry().mutex: never call it with that mutex held.
+std::int64_t passes_inside(std::uint64_t gen, const slot* self) noexcept;
 // Closes the gate (see interpreter.hpp), from any thread, GIL held or not.
 close_result close_gate_impl(std::chrono::milliseconds timeout) noexcept;
 std::chrono::milliseconds default_close_timeout() noexcept;

@@ -128,7 +128,7 @@ class attach_scope {
   bool is_valid() const noexcept { return status_ == attach_status::attached; }
   explicit operator bool() const noexcept { return is_valid(); }
   // True if this scope made the state current (the outermost scope of an idle thread).
-  bool made_current() const noexcept { return kind_ == kind_restored; }
+  bool made_current() const noexcept { return kind_ == kind_restored || kind_ == kind_outer; }
   const source_site& site() const noexcept { return site_; }
 
  private:
@@ -137,17 +137,22 @@ class attach_scope {
   // then holds the PyGILState_STATE of a one-off Ensure, released when the scope ends.
   // passed: the outermost scope on a thread that other code attached; it holds a gate pass
   // (slot::pass_mask) so that the closer waits for it, and returns it when it ends.
-  enum : std::uint8_t { kind_none, kind_nested, kind_restored, kind_transient, kind_passed };
+  // outer: the inline path made the state current at level 1 (else like restored, which the
+  // out-of-line path makes at any level; both end through restored_mask when ended slowly).
+  enum : std::uint8_t { kind_none, kind_nested, kind_restored, kind_transient, kind_passed,
+                        kind_outer };
 
   void attach_fast(const source_site& site) noexcept;
   void finish(const source_site* at) noexcept;
 
-  detail::slot* owner_ = nullptr;
+  // No default member initializers: the inline path stores each field once, and attach_slow
+  // sets all of them before anything else.
+  detail::slot* owner_;
   source_site site_;
-  std::uint32_t level_ = 0;
-  attach_status status_ = attach_status::not_initialized;
-  std::uint8_t kind_ = kind_none;
-  bool released_ = false;
+  std::uint32_t level_;
+  attach_status status_;
+  std::uint8_t kind_;
+  bool released_;
 };
 
 // Attaches without throwing; C++17 guaranteed elision lets the scope be returned by value.
@@ -187,13 +192,17 @@ class detach_scope {
 
  private:
   friend class detail::scope_access;
+  bool begin_fast() noexcept;
+  bool end_fast() noexcept;
 
-  detail::slot* owner_ = nullptr;
-  PyThreadState* saved_ = nullptr;
+  // No default member initializers (as attach_scope): begin_fast stores each field it uses
+  // once, and detach_begin_slow sets all of them first.
+  detail::slot* owner_;
+  PyThreadState* saved_;
   source_site site_;
-  std::uint32_t level_ = 0;
-  bool active_ = false;
-  bool released_ = false;
+  std::uint32_t level_;
+  bool active_;
+  bool released_;
 };
 
 // True if the calling thread is attached (holds the GIL with its own thread state).
@@ -221,57 +230,67 @@ void attach_slow(attach_scope& scope, const source_site& site) noexcept;
 // Out of line: the misuse and out-of-order paths of ending a scope.
 // Its own return address is the code that ended the scope (the inlined destructor or release()).
 void end_slow(attach_scope& scope, const source_site* at) noexcept;
+// Out of line: every detach_scope begin and end the inline paths below do not take.
+void detach_begin_slow(detach_scope& scope) noexcept;
+void detach_end_slow(detach_scope& scope) noexcept;  // its return address: the ending code
 }  // namespace detail
 
 inline void attach_scope::attach_fast(const source_site& site) noexcept {
-  detail::slot* s = detail::tls_slot;
-  // Fast path only for a state pyattach made itself (an adopted state is revalidated each time
-  // in attach_slow, because its real owner may have destroyed it).
-  if (PYATTACH_LIKELY(s != nullptr && s->owned && s->depth + 1 < detail::tracked_levels &&
-                      s->remote_orphans.load(std::memory_order_relaxed) == 0)) {
+  detail::slot* const s = detail::tls_slot;
+  if (PYATTACH_LIKELY(s != nullptr)) {
+    // One compare checks the generation, the open gate, that pyattach made the state and that
+    // the asymmetric barrier is available (slot::fast_word). Anything else goes slow.
     const std::uint64_t w = detail::g_gate.word.load(std::memory_order_acquire);
-    if (PYATTACH_LIKELY((w >> 2) == s->gen)) {
-      // Already attached here (nested scope, or a PyGILState_Ensure/Python callback): count only.
-      // A state released by other code (Py_BEGIN_ALLOW_THREADS) is not current: re-attach below.
+    if (PYATTACH_LIKELY(w == s->fast_word)) {
       PyThreadState* const cur = detail::compat::current_state_unchecked();
-      if (cur == s->tstate) {
-        // Depth 0: attached by other code (a raw PyGILState_Ensure): the slow path takes a pass.
-        if (s->depth > 0 && (w & 3) != detail::phase_unbound) {
-          owner_ = s;
-          level_ = ++s->depth;
-          kind_ = kind_nested;
-          status_ = attach_status::attached;
-          return;
-        }
-      } else if ((w & 3) == detail::phase_open &&
-                 (!detail::compat::current_state_is_per_thread || cur == nullptr)) {
-        // (3.12+: another state current on this thread — a sub-interpreter's — goes slow.)
-        // 3.15+: the view of w's generation (read after w, confirmed with it below); no-op before.
-        const detail::compat::interpreter_view view = detail::g_gate.view.load();
-        // Take a pass first, then confirm the gate is still open (see detail/slot.hpp).
-        detail::g_gate.inside.fetch_add(1, std::memory_order_seq_cst);
-        // 3.15+: a PEP 788 guard across the attach only; refused once CPython has started
-        // finalizing (then attach_slow refuses too). Before 3.15: empty, always true.
-        detail::compat::entry_guard guard(view);
-        if (PYATTACH_LIKELY(detail::g_gate.word.load(std::memory_order_seq_cst) == w && guard)) {
+      if (s->depth == 0) {
+        // Not attached here (<= 3.11: the current state may be another thread's; 3.12+: any
+        // state current on this thread, ours attached by other code or a sub-interpreter's, goes
+        // slow, as does ours on <= 3.11: it takes a pass without taking the GIL).
+        if (PYATTACH_LIKELY(detail::compat::current_state_is_per_thread ? cur == nullptr
+                                                                          : cur != s->tstate)) {
+          // 3.15+: the view of w's generation (read after w, confirmed with it below); no-op before.
+          const detail::compat::interpreter_view view = detail::g_gate.view.load();
+          // Take a pass, then confirm that the gate still reads w (detail/slot.hpp, "Ordering":
+          // the closer's heavy barrier pairs with this compiler barrier). Depth 0: no scope is
+          // open, so this thread holds no pass (each belongs to an open scope).
+          s->passes.store(1, std::memory_order_relaxed);
           s->phase.store(detail::slot_phase::waiting, std::memory_order_relaxed);
-          // The gate is open and we hold a pass, so the interpreter cannot start finalizing
-          // before this returns (the closer waits for passes): no pthread_exit, no hang.
-          PyEval_RestoreThread(s->tstate);
-          guard.close();  // entry only: a thread that stays inside never delays shutdown
-          s->phase.store(detail::slot_phase::attached, std::memory_order_relaxed);
-          s->scopes.store(s->scopes.load(std::memory_order_relaxed) + 1,
-                          std::memory_order_relaxed);  // single writer: no RMW needed
-          s->passes.store(s->passes.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-          owner_ = s;
-          level_ = ++s->depth;
-          if (level_ == 1) s->outer_site = site;
-          s->restored_mask |= detail::level_bit(level_);
-          kind_ = kind_restored;
-          status_ = attach_status::attached;
-          return;
+          std::atomic_signal_fence(std::memory_order_seq_cst);
+          // 3.15+: a PEP 788 guard across the attach only; refused once CPython has started
+          // finalizing (then attach_slow refuses too). Before 3.15: empty, always true.
+          detail::compat::entry_guard guard(view);
+          if (PYATTACH_LIKELY(detail::g_gate.word.load(std::memory_order_relaxed) == w && guard)) {
+            // The gate is open and we hold a pass, so the interpreter cannot start finalizing
+            // before this returns (the closer waits for passes): no pthread_exit, no hang.
+            PyEval_RestoreThread(s->tstate);
+            guard.close();  // entry only: a thread that stays inside never delays shutdown
+            s->phase.store(detail::slot_phase::attached, std::memory_order_relaxed);
+            s->scopes.store(s->scopes.load(std::memory_order_relaxed) + 1,
+                            std::memory_order_relaxed);  // single writer: no RMW needed
+            s->depth = 1;
+            s->outer_site = site;
+            s->restored_mask = detail::level_bit(1);
+            owner_ = s;
+            level_ = 1;
+            kind_ = kind_outer;
+            status_ = attach_status::attached;
+            released_ = false;
+            return;
+          }
+          s->passes.store(0, std::memory_order_relaxed);
+          s->phase.store(detail::slot_phase::detached, std::memory_order_relaxed);
         }
-        detail::g_gate.inside.fetch_sub(1, std::memory_order_seq_cst);
+      } else if (PYATTACH_LIKELY(cur == s->tstate && s->depth + 1 < detail::tracked_levels &&
+                                 s->remote_orphans.load(std::memory_order_relaxed) == 0)) {
+        // Already attached with our state inside our own scope: count only. (A state released
+        // by other code inside a scope, Py_BEGIN_ALLOW_THREADS, is not current: slow path.)
+        owner_ = s;
+        level_ = ++s->depth;
+        kind_ = kind_nested;
+        status_ = attach_status::attached;
+        released_ = false;
+        return;
       }
     }
   }
@@ -287,32 +306,34 @@ inline attach_scope::attach_scope(source_site site) : site_(site) {
   if (PYATTACH_UNLIKELY(status_ != attach_status::attached)) throw attach_error(status_);
 }
 
-inline void attach_scope::finish(const source_site* at) noexcept {
-  detail::slot* s = detail::tls_slot;
+PYATTACH_ALWAYS_INLINE void attach_scope::finish(const source_site* at) noexcept {
+  detail::slot* const s = detail::tls_slot;
   if (PYATTACH_LIKELY(!released_ && s == owner_ && s->depth == level_ && s->anomaly_mask == 0 &&
                       s->remote_orphans.load(std::memory_order_relaxed) == 0)) {
-    if (kind_ == kind_restored) {
-      // The state's interpreter must still exist (same generation, not unbound): a scope that
-      // outlived it (e.g. destroyed after pyattach::interpreter) must not call CPython.
-      const std::uint64_t w = detail::g_gate.word.load(std::memory_order_acquire);
-      if (PYATTACH_UNLIKELY((w >> 2) != s->gen || (w & 3) == detail::phase_unbound)) {
-        detail::end_slow(*this, at);
-        return;
-      }
-      released_ = true;
+    if (kind_ == kind_nested) {
+      if (at != nullptr) released_ = true;  // a destroyed scope is never looked at again
       --s->depth;
-      s->restored_mask &= ~detail::level_bit(level_);
-      s->passes.store(s->passes.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
-      s->phase.store(detail::slot_phase::detached, std::memory_order_relaxed);
-      // This scope made the state current on this thread; hand the GIL back, keep the state.
-      PyEval_SaveThread();
-      detail::g_gate.inside.fetch_sub(1, std::memory_order_release);
       return;
     }
-    if (kind_ == kind_nested) {
-      released_ = true;
-      --s->depth;
-      return;
+    if (kind_ == kind_outer) {
+      // The state's interpreter must still exist (same generation, any phase but unbound): a
+      // scope that outlived it (e.g. destroyed after pyattach::interpreter) must not call CPython.
+      const std::uint64_t w = detail::g_gate.word.load(std::memory_order_acquire);
+      const std::uint64_t open =
+          detail::gate_word(s->gen.load(std::memory_order_relaxed), detail::phase_open);
+      if (PYATTACH_LIKELY(w - open <= detail::phase_closed - detail::phase_open)) {
+        // Level 1 (kind_outer), and depth 1: the only scope open. It holds the thread's only
+        // pass and the only restored level (anything else would be a scope open inside it).
+        if (at != nullptr) released_ = true;
+        s->depth = 0;
+        s->restored_mask = 0;
+        s->phase.store(detail::slot_phase::detached, std::memory_order_relaxed);
+        // This scope made the state current on this thread; hand the GIL back, keep the state.
+        PyEval_SaveThread();
+        // After the GIL is released: a closer that sees the pass gone may finalize at once.
+        s->passes.store(0, std::memory_order_release);
+        return;
+      }
     }
   }
   detail::end_slow(*this, at);
@@ -325,6 +346,62 @@ inline attach_scope::~attach_scope() {
 inline void attach_scope::release(source_site site) noexcept {
   if (kind_ == kind_none) return;  // never attached: nothing to release
   finish(&site);
+}
+
+// Inside a scope of ours, while the gate is open: the state is ours and current, and this
+// thread already holds a pass (its outer scope's), so no pass is taken here.
+PYATTACH_ALWAYS_INLINE bool detach_scope::begin_fast() noexcept {
+  detail::slot* const s = detail::tls_slot;
+  if (PYATTACH_LIKELY(s != nullptr && detail::g_gate.word.load(std::memory_order_acquire) ==
+                                          s->fast_word)) {
+    const std::uint32_t depth = s->depth;
+    if (PYATTACH_LIKELY(depth != 0 && depth + 1 < detail::tracked_levels &&
+                        s->passes.load(std::memory_order_relaxed) != 0 &&
+                        s->remote_orphans.load(std::memory_order_relaxed) == 0 &&
+                        detail::compat::current_state_unchecked() == s->tstate)) {
+      owner_ = s;
+      level_ = s->depth = depth + 1;
+      s->detached_mask |= std::uint64_t{1} << level_;  // level_ < tracked_levels
+      s->phase.store(detail::slot_phase::detached, std::memory_order_relaxed);
+      saved_ = PyEval_SaveThread();  // keeps the state, hands the GIL to others
+      active_ = true;
+      released_ = false;
+      return true;
+    }
+  }
+  return false;
+}
+
+// The scope is the innermost, nothing ended out of order, and the gate is still open in the
+// state's generation: re-attach inside the pass the thread holds (as reattach_level does).
+PYATTACH_ALWAYS_INLINE bool detach_scope::end_fast() noexcept {
+  detail::slot* const s = detail::tls_slot;
+  if (PYATTACH_LIKELY(s == owner_ && s->depth == level_ && s->anomaly_mask == 0 &&
+                      s->remote_orphans.load(std::memory_order_relaxed) == 0 &&
+                      detail::g_gate.word.load(std::memory_order_acquire) == s->fast_word)) {
+    // 3.15+: a PEP 788 guard across the re-attach (refused once CPython started finalizing);
+    // empty and always true before.
+    detail::compat::entry_guard guard(detail::g_gate.view.load());
+    if (PYATTACH_LIKELY(guard)) {
+      s->phase.store(detail::slot_phase::waiting, std::memory_order_relaxed);
+      PyEval_RestoreThread(s->tstate);  // the pass keeps the runtime from finalizing
+      guard.close();
+      s->phase.store(detail::slot_phase::attached, std::memory_order_relaxed);
+      s->detached_mask &= ~(std::uint64_t{1} << level_);
+      s->depth = level_ - 1;
+      active_ = false;
+      return true;
+    }
+  }
+  return false;
+}
+
+inline detach_scope::detach_scope(source_site site) noexcept : site_(site) {
+  if (!begin_fast()) detail::detach_begin_slow(*this);
+}
+
+inline detach_scope::~detach_scope() {
+  if (active_ && !released_ && !end_fast()) detail::detach_end_slow(*this);
 }
 
 }  // namespace pyattach

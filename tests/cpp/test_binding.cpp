@@ -7,6 +7,9 @@
 #include <gtest/gtest.h>
 
 #include <dlfcn.h>
+#include <linux/membarrier.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <condition_variable>
@@ -126,6 +129,34 @@ CHILD_CASE(binding_explicit_bind) {
   // The hook registered by bind() closed the gate, and Py_AtExit unbound it.
   CHILD_CHECK(pyattach::current_gate_phase() == gate_phase::unbound);
   CHILD_CHECK(pyattach::try_attach().status() == attach_status::finalized);
+  std::printf("done\n");
+  return child_exit_code();
+}
+
+// ---- the inline attach is on exactly when the kernel gives the closer its barrier ---------------
+// args[0]: "on" (default environment) or "off" (PYATTACH_MEMBARRIER=off). detail/slot.hpp,
+// "Ordering": without the expedited membarrier, no slot may be eligible for the inline path.
+
+CHILD_CASE(binding_inline_attach_mode) {
+  const bool want_on = args.at(0) == "on";
+  const long cmds = ::syscall(SYS_membarrier, MEMBARRIER_CMD_QUERY, 0, 0);
+  const bool kernel_has_it = cmds > 0 && (cmds & MEMBARRIER_CMD_PRIVATE_EXPEDITED) != 0;
+  Py_InitializeEx(0);
+  CHILD_CHECK(pyattach::bind() == gate_phase::open);
+  PyThreadState* main_state = PyEval_SaveThread();
+  bool eligible = false;
+  std::thread([&] {
+    { pyattach::attach_scope py; }  // first use: makes the state (slow path)
+    eligible = pyattach::detail::tls_slot->fast_word != pyattach::detail::no_fast_word;
+    { pyattach::attach_scope py; }  // the inline path, when eligible
+  }).join();
+  const bool fast_ok = pyattach::detail::g_gate.fast_ok.load();
+  std::printf("membarrier in kernel: %d, inline attach on: %d, slot eligible: %d\n",
+              kernel_has_it ? 1 : 0, fast_ok ? 1 : 0, eligible ? 1 : 0);
+  CHILD_CHECK(fast_ok == (want_on && kernel_has_it));
+  CHILD_CHECK(eligible == fast_ok);
+  PyEval_RestoreThread(main_state);
+  CHILD_CHECK(Py_FinalizeEx() == 0);
   std::printf("done\n");
   return child_exit_code();
 }
@@ -301,6 +332,7 @@ CHILD_CASE(binding_at_load) {
 USES_CHILD_CASE(binding_at_load);
 USES_CHILD_CASE(binding_unbound_native_thread_is_refused);
 USES_CHILD_CASE(binding_explicit_bind);
+USES_CHILD_CASE(binding_inline_attach_mode);
 USES_CHILD_CASE(binding_scope_with_the_gil);
 USES_CHILD_CASE(binding_pool_made_with_the_gil);
 USES_CHILD_CASE(binding_pool_before_bind);
@@ -320,6 +352,16 @@ TEST(Binding, UnboundNativeThreadIsRefusedWithNotBound) {
 
 TEST(Binding, ExplicitBindArmsTheGateAndImportsThreadingOnMain) {
   expect_child_clean(run_child(uses_binding_explicit_bind));
+}
+
+TEST(Binding, InlineAttachOnlyWithTheClosersBarrier) {
+  child_options on;
+  on.args = {"on"};
+  expect_child_clean(run_child(uses_binding_inline_attach_mode, on));
+  child_options off;
+  off.args = {"off"};
+  off.env = {{"PYATTACH_MEMBARRIER", "off"}};
+  expect_child_clean(run_child(uses_binding_inline_attach_mode, off));
 }
 
 TEST(Binding, AttachScopeWithTheGilBinds) {

@@ -598,7 +598,8 @@ std::string seconds_text(double s) {
 // Runs the finalize race `runs` times in one shape and variant, 3 children at a time, and fails
 // on any hang, crash, abort, pthread_exit or refusal status other than finalizing/finalized.
 namespace {
-void finalize_race_many_runs(long runs, const std::string& shape, const std::string& variant) {
+void finalize_race_many_runs(long runs, const std::string& shape, const std::string& variant,
+                             bool fenced = false) {
   const long seed_base = env_long("PYATTACH_STRESS_SEED", 0);
   constexpr int k_parallel = 3;
 
@@ -623,6 +624,8 @@ void finalize_race_many_runs(long runs, const std::string& shape, const std::str
       o.timeout = k_child_deadline;
       o.args = {std::to_string(index + seed_base), shape, variant};
       o.env = k_debug_allocator;
+      // The gate's other ordering mode: no membarrier, a fence in every attach (detail/slot.hpp).
+      if (fenced) o.env.emplace_back("PYATTACH_MEMBARRIER", "off");
       const child_result r = run_child(uses_stress_finalize_race, o);
       std::lock_guard<std::mutex> g(m);
       ++done;
@@ -682,6 +685,14 @@ void finalize_race_many_runs(long runs, const std::string& shape, const std::str
 TEST(Stress, FinalizeRaceManyRuns) {
   finalize_race_many_runs(env_long("PYATTACH_STRESS_RUNS", size_default(100, 30)), "helper",
                           "plain");
+}
+
+// The same race with the inline attach off (PYATTACH_MEMBARRIER=off: what a kernel without
+// membarrier gets), so that both orderings of "take a pass, then read the gate" are raced.
+// A fifth of PYATTACH_STRESS_RUNS.
+TEST(Stress, FinalizeRaceFencedRuns) {
+  finalize_race_many_runs(std::max(1L, env_long("PYATTACH_STRESS_RUNS", size_default(100, 30)) / 5),
+                          "helper", "plain", /*fenced=*/true);
 }
 
 // The same race when the program initializes and finalizes CPython itself and binds pyattach

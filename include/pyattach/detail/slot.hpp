@@ -16,7 +16,9 @@
 // initial-exec: the thread pointer plus a link-time offset, without a __tls_get_addr call even
 // when pyattach sits in a shared library (DESIGN.md measured +61 vs +19 instructions per pair).
 #define PYATTACH_TLS __thread __attribute__((tls_model("initial-exec")))
+#define PYATTACH_ALWAYS_INLINE inline __attribute__((always_inline))
 #else
+#define PYATTACH_ALWAYS_INLINE inline
 #define PYATTACH_LIKELY(x) (x)
 #define PYATTACH_UNLIKELY(x) (x)
 #define PYATTACH_TLS thread_local
@@ -35,16 +37,42 @@ namespace pyattach::detail {
 //   closed   finalization may proceed: every attach is refused
 // Protected by: transitions happen under the gate mutex in src/gate.cpp; reads are lock-free.
 //
-// `inside` counts passes: one per scope that made this thread's state current through the gate,
-// one per outermost scope on a thread that other code attached (slot::pass_mask), and one per
-// thread-exit clean-up. Ordering (the store-then-check protocol measured in
-// DESIGN.md): an attacher increments `inside` *then* reads `word`; the closer stores `closing`
-// *then* reads `inside`. Both seq_cst, so at least one of them sees the other.
+// A *pass* marks a thread as inside: one per scope that made this thread's state current
+// through the gate, one per outermost scope on a thread that other code attached
+// (slot::pass_mask), one per thread-exit clean-up. A thread's passes are counted in its own slot
+// (slot::passes, written by that thread only, with plain stores); the one-off passes of threads
+// that have no slot any more (an attach from another thread_local's destructor) in `inside`.
+// The closer waits until the passes of its generation are gone (src/gate.cpp, passes_inside()).
+//
+// Ordering (the store-then-check protocol, asymmetric). An attacher stores its pass, then
+// re-reads `word`; the closer stores `closing`, then reads the passes. At least one of them must
+// see the other, which plain stores and loads alone do not give (a store may still sit in the
+// attaching core's store buffer when its load executes). Two ways:
+// - fast (the inline attach): a compiler barrier between the store and the load, and on the
+//   closer's side heavy_barrier() (src/gate.cpp): membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)
+//   runs a full memory barrier on every thread of this process that is running, and a thread
+//   that is not running went through a context switch, itself a full barrier. So every attaching
+//   thread executes a full barrier at some point P between the closer's store and its loads;
+//   its pass store and its word load are on the same side of P or on either side, and:
+//     both before P: the store is globally visible before the closer reads passes: it sees it.
+//     both after P:  the closer's store of `closing` is visible before P: the load sees it.
+//     store before P, load after P: both of the above.
+//   (A load that P separates from its later store cannot happen: program order store; load.)
+//   The same argument as folly's asymmetric barrier and userspace RCU's sys_membarrier flavour.
+// - slow (every out-of-line path, and every path when membarrier is unavailable): a seq_cst
+//   fence between the store and the load, paired with heavy_barrier()'s own seq_cst fence.
+// The fast path is allowed only through slot::fast_word, which is set only when the process is
+// registered for expedited membarrier (g_gate.fast_ok), so heavy_barrier() covers every thread
+// that can take it. Test: the finalization stress tests (tests/cpp/test_finalize.cpp, every leg,
+// and the 1,000-run long mode).
 enum : std::uint64_t { phase_unbound = 0, phase_open = 1, phase_closing = 2, phase_closed = 3 };
 
 struct gate_state {
   std::atomic<std::uint64_t> word{0};
-  std::atomic<std::int64_t> inside{0};
+  std::atomic<std::int64_t> inside{0};  // one-off passes only (see above)
+  // The process is registered for MEMBARRIER_CMD_PRIVATE_EXPEDITED: the fast path may be used
+  // (set once, before the first generation is published; never cleared).
+  std::atomic<bool> fast_ok{false};
   // 3.15+: the main interpreter's PEP 788 view for the bound generation, stored before `word`
   // publishes the generation; empty (no code, no load) before 3.15. See compat::entry_guard.
   compat::view_cell view;
@@ -65,11 +93,22 @@ constexpr std::uint64_t gate_word(std::uint64_t generation, std::uint64_t phase)
 // blocks in pyattach for good without the GIL (src/attach.cpp, park()).
 enum class slot_phase : std::uint8_t { detached, waiting, attached, parked };
 
+// The word slot::fast_word holds when the inline path may not restore the state: matches no
+// gate word (phases are 0..3).
+constexpr std::uint64_t no_fast_word = ~std::uint64_t{0};
+
 struct slot {
+  // gate_word(gen, phase_open) while the inline attach may make tstate current: pyattach made
+  // tstate in generation gen, and g_gate.fast_ok. Otherwise no_fast_word. One compare with the
+  // gate word then checks the generation, the phase, the ownership and the barrier mode at once.
+  std::uint64_t fast_word = no_fast_word;
   PyThreadState* tstate = nullptr;  // the state pyattach attaches; valid only while gen is live
-  std::uint64_t gen = 0;            // the gate generation tstate belongs to
-  bool owned = false;               // pyattach made tstate (and destroys it at thread exit)
   std::uint32_t depth = 0;          // open scopes (attach and detach) on this thread
+  bool owned = false;               // pyattach made tstate (and destroys it at thread exit)
+  // The gate generation tstate belongs to, and that this thread's passes belong to (a pass is
+  // only taken with gen equal to the gate's generation). Written by the owner; read, relaxed, by
+  // the closer, which counts only the passes of the generation it closes.
+  std::atomic<std::uint64_t> gen{0};
   std::uint64_t restored_mask = 0;  // bit L: the attach scope at level L made tstate current
   std::uint64_t detached_mask = 0;  // bit L: the scope at level L is a detach scope
   // bit L: the scope at level L holds a gate pass of its own although it did not take the GIL:
@@ -81,7 +120,7 @@ struct slot {
   // not current although scopes are open, so their ends must not detach it.
   std::uint64_t anomaly_mask = 0;
   source_site outer_site;           // where the outermost open scope was made (for reports)
-  std::atomic<std::uint32_t> passes{0};  // gate passes this thread holds
+  std::atomic<std::uint32_t> passes{0};  // gate passes this thread holds (see gate_state)
   // bit L: another thread ended this thread's scope at level L (misuse_kind::wrong_thread).
   // Set by that thread (fetch_or, while this slot is registered); moved into anomaly_mask by this
   // thread at its next pyattach call or at exit, which then undoes the level (releasing the GIL).
