@@ -23,8 +23,9 @@
 //   increment). Thread start, warm-up and join are outside the timed loop.
 //
 // Modes
-//   pyattach_bench [Google Benchmark flags]     wall time: attach/<alternative>/<workload> and
-//                                               handoff/<alternative>, with min and max aggregates
+//   pyattach_bench [Google Benchmark flags]     wall time: attach/<alternative>/<workload>,
+//                                               handoff/<alternative> and contend/<alternative>,
+//                                               with min and max aggregates
 //   pyattach_bench --callgrind N [LABEL...]     N iterations of each attach/<alt>/<workload>
 //                                               (default: every alternative on empty and call),
 //                                               instrumented only around the loop: run under
@@ -34,8 +35,15 @@
 //                                               counted mode for 10; exits 1 if any run failed
 //                                               (never on timings)
 #include <valgrind/callgrind.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <x86intrin.h>
+#define PYATTACH_BENCH_HAS_TSC 1
+#else
+#define PYATTACH_BENCH_HAS_TSC 0
+#endif
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <cstdio>
@@ -195,6 +203,8 @@ using counted_workloads = type_list<empty_body, call_body>;  // the callgrind de
 // The hand-off runs attach per call on two threads; nested, detach and body_only hold the GIL
 // across calls by design, and the pinned/pybind11 variants add nothing the floor does not show.
 using handoff_alternatives = type_list<gilstate_per_call, floor_state, pyattach_scope>;
+// The contention case: pyattach against the floor, both threads attaching at once (issue 12).
+using contend_alternatives = type_list<floor_state, pyattach_scope>;
 
 template <class Alt, class Workload>
 std::string label_of() {
@@ -304,6 +314,132 @@ void bm_handoff(benchmark::State& state) {
   }
 }
 
+// The time-stamp counter: reference cycles at the TSC's fixed nominal rate (constant_tsc), not
+// the core's actual clock; 0 where there is none (the report then shows only nanoseconds).
+inline std::uint64_t tsc() {
+#if PYATTACH_BENCH_HAS_TSC
+  return __rdtsc();
+#else
+  return 0;
+#endif
+}
+
+// Contention (issue 12, part 4): two native threads attach and detach in a loop at the same
+// time, the body empty, so every attach of one competes with the other's (the GIL, and whatever
+// shared memory the attach path writes: pyattach's gate counter today). Thread A runs the State
+// loop; thread B runs the same alternative's iteration until A is done and counts its pairs in
+// a word only it writes (a relaxed store, no read-modify-write: the counting adds no contention).
+// A measures a window from after B's first pair to its own last one: steady_clock and the TSC
+// (__rdtsc) at both ends, B's count at both ends. Per pair = the window ÷ the pairs both threads
+// completed in it: the system's cost of one attach+detach while the other thread also attaches.
+// Counters (medians over repetitions in the report): ns_per_pair, tsc_per_pair, b_share (B's
+// share of the pairs: how unevenly the GIL was shared), tsc_ghz (ticks per ns over the window).
+template <class Alt>
+void bm_contend(benchmark::State& state) {
+  struct alignas(64) padded_count {
+    std::atomic<std::uint64_t> n{0};
+  };
+  padded_count b_pairs;
+  std::atomic<bool> b_running{false};
+  std::atomic<bool> stop{false};
+  std::atomic<bool> broken{false};
+  std::string error_a, error_b;
+  handshake warm_a, warm_b, go;
+  std::thread partner([&] {
+    try {
+      Alt alt;
+      empty_body body(g_py);
+      alt.thread_begin();
+      alt.batch_begin();
+      for (int i = 0; i < g_options.warmup; ++i) alt.iteration(body);
+      alt.batch_end();
+      warm_b.signal();
+      go.wait();
+      alt.batch_begin();
+      std::uint64_t n = 0;
+      while (!stop.load(std::memory_order_relaxed)) {
+        alt.iteration(body);
+        b_pairs.n.store(++n, std::memory_order_relaxed);
+        if (n == 1) b_running.store(true, std::memory_order_release);
+      }
+      alt.batch_end();
+      alt.thread_end();
+      error_b = body.failure();
+    } catch (const std::exception& e) {
+      error_b = e.what();
+      broken.store(true);
+      warm_b.signal();
+    }
+  });
+  std::uint64_t pairs = 0, ticks = 0;
+  double ns = 0;
+  std::thread measured([&] {
+    bool started = false;
+    try {
+      Alt alt;
+      empty_body body(g_py);
+      alt.thread_begin();
+      alt.batch_begin();
+      for (int i = 0; i < g_options.warmup; ++i) alt.iteration(body);
+      alt.batch_end();
+      warm_a.signal();
+      go.wait();
+      started = true;
+      while (!b_running.load(std::memory_order_acquire) && !broken.load()) std::this_thread::yield();
+      alt.batch_begin();
+      const std::uint64_t b0 = b_pairs.n.load(std::memory_order_relaxed);
+      const auto t0 = std::chrono::steady_clock::now();
+      const std::uint64_t c0 = tsc();
+      std::uint64_t a = 0;
+      for (auto _ : state) {
+        alt.iteration(body);
+        ++a;
+      }
+      const std::uint64_t c1 = tsc();
+      const auto t1 = std::chrono::steady_clock::now();
+      const std::uint64_t b1 = b_pairs.n.load(std::memory_order_relaxed);
+      stop.store(true);
+      alt.batch_end();
+      alt.thread_end();
+      pairs = a + (b1 - b0);
+      ticks = c1 - c0;
+      ns = std::chrono::duration<double, std::nano>(t1 - t0).count();
+      state.counters["b_share"] = pairs ? static_cast<double>(b1 - b0) / pairs : 0;
+      error_a = body.failure();
+    } catch (const std::exception& e) {
+      error_a = e.what();
+      broken.store(true);
+      stop.store(true);
+      if (!started) warm_a.signal();
+    }
+  });
+  warm_a.wait();
+  warm_b.wait();
+  const std::uint64_t before = probe_state_id();  // both threads are detached here
+  go.signal();
+  measured.join();
+  partner.join();
+  const std::uint64_t created = probe_state_id() - before - 1;
+  if (pairs > 0) {
+    state.counters["pairs"] = static_cast<double>(pairs);
+    state.counters["ns_per_pair"] = ns / static_cast<double>(pairs);
+    if (ticks > 0) {
+      state.counters["tsc_per_pair"] = static_cast<double>(ticks) / static_cast<double>(pairs);
+      state.counters["tsc_ghz"] = ns > 0 ? static_cast<double>(ticks) / ns : 0;
+    }
+  }
+  state.counters["states_per_iter"] =
+      benchmark::Counter(static_cast<double>(created), benchmark::Counter::kAvgIterations);
+  run_outcome out;
+  out.states_created = created;
+  std::string error = !error_a.empty() ? error_a : !error_b.empty() ? error_b
+                                                                     : check_claims<Alt>(out, 0);
+  if (!error.empty()) {
+    fail(std::string("contend/") + Alt::name + ": " + error);
+    if (!state.error_occurred()) state.SkipWithError(error.c_str());
+  }
+}
+
 double min_of(const std::vector<double>& v) {
   double m = v.empty() ? 0 : v[0];
   for (double x : v) m = x < m ? x : m;
@@ -333,6 +469,11 @@ void register_benchmarks() {
     using A = typename decltype(a)::type;
     configure(benchmark::RegisterBenchmark((std::string("handoff/") + A::name).c_str(),
                                            bm_handoff<A>));
+  });
+  for_each(contend_alternatives{}, [](auto a) {
+    using A = typename decltype(a)::type;
+    configure(benchmark::RegisterBenchmark((std::string("contend/") + A::name).c_str(),
+                                           bm_contend<A>));
   });
 }
 
