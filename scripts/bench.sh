@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The benchmarks, in one command: install what is needed, then for Debian's python3.11 and every
 # pyenv CPython 3.9–3.13 present, build pyattach_bench in Release (build/bench-<leg>), run the
-# wall-time suite (Google Benchmark, repetitions with median/min/max) and the instruction counts
-# (callgrind, collected only around each measured loop), and write docs/benchmarks.md and
-# docs/benchmarks.png (bench/report.py, with Debian's /usr/bin/python3 and python3-matplotlib).
+# wall-time suite (Google Benchmark, repetitions with median/min/max; with it the two-thread
+# contention case contend/<alt>: cycles and ns per pair while two threads attach at once) and the
+# instruction counts (callgrind, collected only around each measured loop, with instruction
+# addresses: the report splits the fast path's instructions per pyattach function by reading the
+# binary's debug info with addr2line), and write docs/benchmarks.md and docs/benchmarks.png
+# (bench/report.py, with Debian's /usr/bin/python3 and python3-matplotlib).
 # Each leg also builds and runs pyattach_pool_bench (pyattach::thread_pool against
 # boost::asio::thread_pool: no-op and Python-task throughput, idle submit→start latency; the
 # report's "Pools" section), with the same repetitions.
@@ -58,7 +61,8 @@ for leg in "${legs[@]}"; do
   mkdir -p "$out"
   echo "$name" >"$out/leg"
   echo "$python" >"$out/python"
-  # -g only adds debug info (callgrind_annotate's source lines); the code is Release's -O3.
+  # -g only adds debug info (callgrind_annotate's source lines, and the inline chains the
+  # per-function breakdown reads); the code is Release's -O3.
   if ! cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS=-g \
          -DPYATTACH_PYTHON="$python" -DPYATTACH_BUILD_TESTS=OFF -DPYATTACH_BUILD_EXAMPLES=OFF \
          -DPYATTACH_BUILD_BENCH=ON >"$out/configure.log" 2>&1 \
@@ -94,7 +98,9 @@ for leg in "${legs[@]}"; do
     if [ "$status" = "ok" ]; then status="$failure"; else status="$status; $failure"; fi
   fi
   pooled=$SECONDS
-  if ! valgrind --tool=callgrind --instr-atstart=no --dump-instr=yes \
+  # --dump-instr/--dump-line: every cost line has its instruction address and source line (the
+  # report looks the addresses up in this binary, which stays in $build/bench/ next to the dumps).
+  if ! valgrind --tool=callgrind --instr-atstart=no --dump-instr=yes --dump-line=yes \
          --callgrind-out-file="$out/callgrind.out" "$bin" --callgrind "$iterations" \
          >"$out/counted.tsv" 2>"$out/callgrind.log"; then
     tail -n 10 "$out/callgrind.log"
