@@ -472,8 +472,12 @@ void register_benchmarks() {
   });
   for_each(contend_alternatives{}, [](auto a) {
     using A = typename decltype(a)::type;
-    configure(benchmark::RegisterBenchmark((std::string("contend/") + A::name).c_str(),
-                                           bm_contend<A>));
+    auto* b = benchmark::RegisterBenchmark((std::string("contend/") + A::name).c_str(),
+                                           bm_contend<A>);
+    configure(b);
+    // A window of at least 0.2 s per repetition: CPython hands the GIL to a waiting thread only
+    // every switch interval (5 ms), so a shorter window holds too few hand-overs to compare.
+    if (!g_options.smoke) b->MinTime(0.2);
   });
 }
 
