@@ -114,6 +114,8 @@ def load_wall(path):
         parts = run.split("/")
         if parts[-1] == "real_time":
             parts = parts[:-1]
+        # per-benchmark settings in the name (contend/<alt>/min_time:0.200): not part of the key
+        parts = [p for p in parts if not re.match(r"^(min_time|iterations|repeats):", p)]
         if parts[0] == "attach" and len(parts) == 3:
             key = ("attach", parts[1], parts[2])
         elif parts[0] == "handoff" and len(parts) == 2:
@@ -431,6 +433,9 @@ def breakdown(dump_path, binary=None):
     main = [k for k in fns if k[0] == binary]
     addrs = [a for k in main for a, _ in fns[k]["self"]] + \
             [a for k in main for a, _, _ in fns[k]["calls"]]
+    if os.path.exists(binary) and os.path.getmtime(binary) > os.path.getmtime(dump_path):
+        print(f"report: {binary} is newer than {dump_path}: the breakdown may name the wrong "
+              "functions (rerun the callgrind step)", file=sys.stderr)
     frames = inline_frames(binary, addrs)
     incl = {k: sum(ir for _, ir in v["self"]) + sum(ir for _, _, ir in v["calls"])
             for k, v in fns.items()}
@@ -452,7 +457,7 @@ def breakdown(dump_path, binary=None):
         if not py:
             return "loop", None, "harness"
         outer = py[-1]
-        side = "exit" if "::~" in outer else "entry"
+        side = "exit" if any("::~" in f for f in py) else "entry"
         # the innermost frame defined in attach.hpp: the enclosing pyattach function
         encl = next((f for f, file in chain if is_pyattach(f) and file.endswith("attach.hpp")), outer)
         key = short_fn(outer)
