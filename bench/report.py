@@ -506,7 +506,9 @@ def annotated_lines(dump, source_suffixes):
         if m:
             current = m.group(1) if m.group(1).endswith(source_suffixes) else None
             if current:
-                out.append(f"## {current.split('/work/main/')[-1]}")
+                # relative to the checkout, wherever it is (a worktree, a clean clone)
+                m2 = re.search(r"(?:^|/)((?:include|src)/.*)$", current)
+                out.append(f"## {m2.group(1) if m2 else current}")
             continue
         if current is None or line.startswith("-- line") or not line.strip():
             continue
@@ -1133,7 +1135,7 @@ def chart(legs, path):
         ax.set_title(title)
         ax.set_xticks(range(len(alts)))
         ax.set_xticklabels(alts, rotation=20, ha="right")
-        if log:
+        if log and any(p.get_height() > 0 for p in ax.patches):  # a partial run: linear
             ax.set_yscale("log")
         ax.grid(axis="y", alpha=0.3)
     if with_pools:
