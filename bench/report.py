@@ -711,9 +711,10 @@ def leg_report(leg):
             e = wall.get(("attach", alt, w), {})
             if e.get("states") is not None:
                 states.append(e["states"])
-    h = wall.get(("handoff", "pyattach", "call"), {}).get("states")
-    if h is not None:
-        states.append(h)
+    for key in (("handoff", "pyattach", "call"), ("contend", "pyattach", "empty")):
+        h = wall.get(key, {}).get("states")
+        if h is not None:
+            states.append(h)
     if states:
         verdicts.append(("zero thread states created per iteration after warm-up",
                          all(s == 0 for s in states),
