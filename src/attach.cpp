@@ -341,7 +341,6 @@ void scope_access::attach_slow(attach_scope& sc, const source_site& site) noexce
   sc.level_ = 0;
   sc.status_ = attach_status::not_initialized;
   sc.kind_ = attach_scope::kind_none;
-  sc.released_ = false;
   slot* s = tls_slot;
   if (s == nullptr && tls_exited) {
     // After this thread's clean-up: a one-off state, destroyed when this scope ends.
@@ -655,12 +654,13 @@ bool scope_access::check_end(slot* s, slot* owner, bool released, std::uint32_t 
 }
 
 void scope_access::end_slow(attach_scope& sc, const source_site* at, void* code) noexcept {
-  if (sc.kind_ == attach_scope::kind_transient) {
-    if (sc.released_) {
+  const bool released = (sc.kind_ & attach_scope::kind_released) != 0;
+  if ((sc.kind_ & ~attach_scope::kind_released) == attach_scope::kind_transient) {
+    if (released) {
       check_end(tls_slot, sc.owner_, true, 0, "attach_scope", sc.site_, at, code);
       return;
     }
-    sc.released_ = true;
+    sc.kind_ |= attach_scope::kind_released;
     PyGILState_Release(static_cast<PyGILState_STATE>(sc.level_));
     g_gate.inside.fetch_sub(1, std::memory_order_seq_cst);
     return;
@@ -668,18 +668,16 @@ void scope_access::end_slow(attach_scope& sc, const source_site* at, void* code)
   slot* s = tls_slot;
   if (s != nullptr && s == sc.owner_) absorb_remote_orphans(s);
   const bool ok =
-      check_end(s, sc.owner_, sc.released_, sc.level_, "attach_scope", sc.site_, at, code);
-  sc.released_ = true;  // reported or done: never act on this scope again
+      check_end(s, sc.owner_, released, sc.level_, "attach_scope", sc.site_, at, code);
+  sc.kind_ |= attach_scope::kind_released;  // reported or done: never act on this scope again
   if (ok) pop_and_unwind(s, end_context{"attach_scope", sc.site_, at, code});
 }
 
 void scope_access::detach_begin(detach_scope& sc) noexcept {
   // The scope's fields are uninitialized until here (attach.hpp).
   sc.owner_ = nullptr;
-  sc.saved_ = nullptr;
   sc.level_ = 0;
-  sc.active_ = false;
-  sc.released_ = false;
+  sc.state_ = detach_scope::state_idle;
   slot* s = tls_slot;
   if (s == nullptr && !tls_exited) s = make_slot();
   if (s == nullptr || !attached_here(s) || s->depth + 1 >= tracked_levels) {
@@ -710,18 +708,17 @@ void scope_access::detach_begin(detach_scope& sc) noexcept {
   // closer then waits for the scope to end, and its end re-attaches inside the gate.
   take_extra_pass(s, sc.level_, w);
   s->phase.store(slot_phase::detached, std::memory_order_relaxed);
-  sc.saved_ = PyEval_SaveThread();  // keeps the state, hands the GIL to others
-  sc.active_ = true;
+  PyEval_SaveThread();  // keeps the state (s->tstate), hands the GIL to others
+  sc.state_ = detach_scope::state_active;
 }
 
 void scope_access::detach_end(detach_scope& sc, const source_site* at, void* code,
                               bool* reattached) noexcept {
   slot* s = tls_slot;
   if (s != nullptr && s == sc.owner_) absorb_remote_orphans(s);
-  const bool ok = check_end(s, sc.owner_, sc.released_, sc.level_, "detach_scope", sc.site_, at,
-                            code);
-  sc.released_ = true;
-  sc.active_ = false;
+  const bool ok = check_end(s, sc.owner_, sc.state_ == detach_scope::state_ended, sc.level_,
+                            "detach_scope", sc.site_, at, code);
+  sc.state_ = detach_scope::state_ended;
   if (!ok) {
     if (reattached != nullptr) *reattached = attached_here(s);
     return;
@@ -829,12 +826,12 @@ __attribute__((noinline)) void detach_end_slow(detach_scope& scope) noexcept {
 }  // namespace detail
 
 __attribute__((noinline)) void detach_scope::release(source_site site) noexcept {
-  if (!active_ && !released_) return;  // constructor found nothing to detach
+  if (state_ == state_idle) return;  // constructor found nothing to detach
   detail::scope_access::detach_end(*this, &site, __builtin_return_address(0), nullptr);
 }
 
 __attribute__((noinline)) bool detach_scope::reattach(source_site site) noexcept {
-  if (!active_ && !released_) return is_attached();  // constructor found nothing to detach
+  if (state_ == state_idle) return is_attached();  // constructor found nothing to detach
   bool attached = false;
   detail::scope_access::detach_end(*this, &site, __builtin_return_address(0), &attached);
   return attached;

@@ -124,11 +124,16 @@ class attach_scope {
   // misuse_kind::double_release with both sites and has no other effect.
   void release(source_site site = source_site::current()) noexcept;
 
-  attach_status status() const noexcept { return status_; }
-  bool is_valid() const noexcept { return status_ == attach_status::attached; }
+  attach_status status() const noexcept {
+    return kind_ != kind_none ? attach_status::attached : status_;
+  }
+  bool is_valid() const noexcept { return kind_ != kind_none; }
   explicit operator bool() const noexcept { return is_valid(); }
   // True if this scope made the state current (the outermost scope of an idle thread).
-  bool made_current() const noexcept { return kind_ == kind_restored || kind_ == kind_outer; }
+  bool made_current() const noexcept {
+    const std::uint8_t k = kind_ & ~kind_released;
+    return k == kind_restored || k == kind_outer;
+  }
   const source_site& site() const noexcept { return site_; }
 
  private:
@@ -139,20 +144,22 @@ class attach_scope {
   // (slot::pass_mask) so that the closer waits for it, and returns it when it ends.
   // outer: the inline path made the state current at level 1 (else like restored, which the
   // out-of-line path makes at any level; both end through restored_mask when ended slowly).
+  // released: or-ed into kind_ once the scope has ended (released() or ended by misuse), so that
+  // one byte compare tells a live scope of a kind from everything else.
   enum : std::uint8_t { kind_none, kind_nested, kind_restored, kind_transient, kind_passed,
-                        kind_outer };
+                        kind_outer, kind_released = 0x80 };
 
   void attach_fast(const source_site& site) noexcept;
   void finish(const source_site* at) noexcept;
 
-  // No default member initializers: the inline path stores each field once, and attach_slow
-  // sets all of them before anything else.
+  // No default member initializers: the inline path stores each field it needs once, and
+  // attach_slow sets all of them before anything else. status_ is read only when kind_ is
+  // kind_none (a refused scope): the inline path never stores it.
   detail::slot* owner_;
   source_site site_;
   std::uint32_t level_;
   attach_status status_;
   std::uint8_t kind_;
-  bool released_;
 };
 
 // Attaches without throwing; C++17 guaranteed elision lets the scope be returned by value.
@@ -188,21 +195,23 @@ class detach_scope {
   // is_attached().
   [[nodiscard]] bool reattach(source_site site = source_site::current()) noexcept;
   // False if the constructor found nothing to detach (misuse).
-  bool is_valid() const noexcept { return active_ || released_; }
+  bool is_valid() const noexcept { return state_ != state_idle; }
 
  private:
   friend class detail::scope_access;
   bool begin_fast() noexcept;
   bool end_fast() noexcept;
 
+  // idle: the constructor found nothing to detach; active: detached until the scope ends;
+  // ended: released, reattached or ended by misuse.
+  enum : std::uint8_t { state_idle, state_active, state_ended };
+
   // No default member initializers (as attach_scope): begin_fast stores each field it uses
   // once, and detach_begin_slow sets all of them first.
   detail::slot* owner_;
-  PyThreadState* saved_;
   source_site site_;
   std::uint32_t level_;
-  bool active_;
-  bool released_;
+  std::uint8_t state_;
 };
 
 // True if the calling thread is attached (holds the GIL with its own thread state).
@@ -274,8 +283,6 @@ inline void attach_scope::attach_fast(const source_site& site) noexcept {
             owner_ = s;
             level_ = 1;
             kind_ = kind_outer;
-            status_ = attach_status::attached;
-            released_ = false;
             return;
           }
           s->passes.store(0, std::memory_order_relaxed);
@@ -288,8 +295,6 @@ inline void attach_scope::attach_fast(const source_site& site) noexcept {
         owner_ = s;
         level_ = ++s->depth;
         kind_ = kind_nested;
-        status_ = attach_status::attached;
-        released_ = false;
         return;
       }
     }
@@ -303,45 +308,44 @@ inline attach_scope::attach_scope(nothrow_t, source_site site) noexcept : site_(
 
 inline attach_scope::attach_scope(source_site site) : site_(site) {
   attach_fast(site_);
-  if (PYATTACH_UNLIKELY(status_ != attach_status::attached)) throw attach_error(status_);
+  if (PYATTACH_UNLIKELY(kind_ == kind_none)) throw attach_error(status_);
 }
 
 PYATTACH_ALWAYS_INLINE void attach_scope::finish(const source_site* at) noexcept {
   detail::slot* const s = detail::tls_slot;
-  if (PYATTACH_LIKELY(!released_ && s == owner_ && s->depth == level_ && s->anomaly_mask == 0 &&
-                      s->remote_orphans.load(std::memory_order_relaxed) == 0)) {
-    if (kind_ == kind_nested) {
-      if (at != nullptr) released_ = true;  // a destroyed scope is never looked at again
+  if (kind_ == kind_outer) {
+    // Level 1 and depth 1: no other scope is open, so this one holds the thread's only pass
+    // and the only restored level, and the only possible anomaly is the lost bit (a detach
+    // scope inside could not re-attach). Remote orphans need no check: another thread can only
+    // have ended this scope (then kind_released is set) or one that is still open (then the
+    // depth would be higher). w == fast_word: the gate still open in the state's generation (a
+    // scope that outlived its interpreter, or ends while the gate closes, goes slow).
+    if (PYATTACH_LIKELY(s == owner_ && s->depth == 1 && s->anomaly_mask == 0 &&
+                        detail::g_gate.word.load(std::memory_order_acquire) == s->fast_word)) {
+      if (at != nullptr) kind_ |= kind_released;  // a destroyed scope is never looked at again
+      s->depth = 0;
+      s->restored_mask = 0;
+      s->phase.store(detail::slot_phase::detached, std::memory_order_relaxed);
+      // This scope made the state current on this thread; hand the GIL back, keep the state.
+      PyEval_SaveThread();
+      // After the GIL is released: a closer that sees the pass gone may finalize at once.
+      s->passes.store(0, std::memory_order_release);
+      return;
+    }
+  } else if (kind_ == kind_nested) {
+    if (PYATTACH_LIKELY(s == owner_ && s->depth == level_ && s->anomaly_mask == 0 &&
+                        s->remote_orphans.load(std::memory_order_relaxed) == 0)) {
+      if (at != nullptr) kind_ |= kind_released;
       --s->depth;
       return;
     }
-    if (kind_ == kind_outer) {
-      // The state's interpreter must still exist (same generation, any phase but unbound): a
-      // scope that outlived it (e.g. destroyed after pyattach::interpreter) must not call CPython.
-      const std::uint64_t w = detail::g_gate.word.load(std::memory_order_acquire);
-      const std::uint64_t open =
-          detail::gate_word(s->gen.load(std::memory_order_relaxed), detail::phase_open);
-      if (PYATTACH_LIKELY(w - open <= detail::phase_closed - detail::phase_open)) {
-        // Level 1 (kind_outer), and depth 1: the only scope open. It holds the thread's only
-        // pass and the only restored level (anything else would be a scope open inside it).
-        if (at != nullptr) released_ = true;
-        s->depth = 0;
-        s->restored_mask = 0;
-        s->phase.store(detail::slot_phase::detached, std::memory_order_relaxed);
-        // This scope made the state current on this thread; hand the GIL back, keep the state.
-        PyEval_SaveThread();
-        // After the GIL is released: a closer that sees the pass gone may finalize at once.
-        s->passes.store(0, std::memory_order_release);
-        return;
-      }
-    }
+  } else if (at == nullptr && (kind_ == kind_none || (kind_ & kind_released) != 0)) {
+    return;  // destroyed after it was refused, released, or ended by misuse: nothing to do
   }
   detail::end_slow(*this, at);
 }
 
-inline attach_scope::~attach_scope() {
-  if (kind_ != kind_none && !released_) finish(nullptr);
-}
+inline attach_scope::~attach_scope() { finish(nullptr); }
 
 inline void attach_scope::release(source_site site) noexcept {
   if (kind_ == kind_none) return;  // never attached: nothing to release
@@ -363,9 +367,8 @@ PYATTACH_ALWAYS_INLINE bool detach_scope::begin_fast() noexcept {
       level_ = s->depth = depth + 1;
       s->detached_mask |= std::uint64_t{1} << level_;  // level_ < tracked_levels
       s->phase.store(detail::slot_phase::detached, std::memory_order_relaxed);
-      saved_ = PyEval_SaveThread();  // keeps the state, hands the GIL to others
-      active_ = true;
-      released_ = false;
+      PyEval_SaveThread();  // keeps the state, hands the GIL to others
+      state_ = state_active;
       return true;
     }
   }
@@ -389,7 +392,7 @@ PYATTACH_ALWAYS_INLINE bool detach_scope::end_fast() noexcept {
       s->phase.store(detail::slot_phase::attached, std::memory_order_relaxed);
       s->detached_mask &= ~(std::uint64_t{1} << level_);
       s->depth = level_ - 1;
-      active_ = false;
+      state_ = state_ended;
       return true;
     }
   }
@@ -401,7 +404,7 @@ inline detach_scope::detach_scope(source_site site) noexcept : site_(site) {
 }
 
 inline detach_scope::~detach_scope() {
-  if (active_ && !released_ && !end_fast()) detail::detach_end_slow(*this);
+  if (state_ == state_active && !end_fast()) detail::detach_end_slow(*this);
 }
 
 }  // namespace pyattach
