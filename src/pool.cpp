@@ -106,9 +106,13 @@ struct worker_rec {
   std::thread thread;
   std::atomic<std::uint64_t> os_tid{0};
   std::atomic<std::uint64_t> tasks{0}, completed{0}, failed{0}, refused{0};
+  std::atomic<std::uint64_t> attaches{0};  // attach_scopes made for Python tasks (batches)
   std::atomic<std::int64_t> busy_ns{0}, attach_wait_ns{0}, attached_ns{0};
   std::atomic<bool> named_in_python{false};
   std::uint64_t named_generation = 0;  // worker-only: the generation its Python name was set in
+  // worker-only: sys.getswitchinterval() in ns, read with the name (once per interpreter
+  // generation): the longest a batch of Python tasks holds the GIL (run_python).
+  std::int64_t switch_interval_ns = 5000000;
   pool_task* current = nullptr;        // worker-only: the task it is running
   bool done = false;                   // protected by pool_core::m: past its stop hook
   bool parked = false;                 // protected by pool_core::m: parked for good (attach.cpp)
@@ -142,6 +146,11 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
  private:
   void worker_main(std::size_t index);
   void run_task(worker_rec& w, std::size_t index, std::unique_ptr<pool_task> task);
+  // A Python task, and the Python tasks queued right behind it, under one attach (a batch).
+  // Returns with the last task it ran still counted in `running`, as run_task does.
+  void run_python(worker_rec& w, std::size_t index, std::unique_ptr<pool_task> task);
+  // Under m: pops the queue's head and counts it as running on this worker.
+  pool_task* pop_locked(worker_rec& w) noexcept;
   std::exception_ptr run_hook(const std::function<void(const worker_context&)>& hook, bool python,
                               worker_rec& w, std::size_t index);
   void name_in_python(worker_rec& w) noexcept;
@@ -409,15 +418,13 @@ void pool_core::worker_main(std::size_t index) {
         if (wakeups_pending > 0) --wakeups_pending;  // (a spurious wake-up may take one: harmless)
       }
       if (head == nullptr) break;  // stopping, and nothing left to drain
-      task.reset(head);
-      head = head->next;
-      if (head == nullptr) tail = nullptr;
-      --queued;
-      ++running;
-      if (opts.spawn_on_demand) busy.fetch_add(1, std::memory_order_relaxed);
-      if (blocked_submitters > 0) space_cv.notify_one();
+      task.reset(pop_locked(w));
     }
-    run_task(w, index, std::move(task));
+    if (task->python()) {
+      run_python(w, index, std::move(task));
+    } else {
+      run_task(w, index, std::move(task));
+    }
     finished_one = true;
   }
   if (opts.on_stop) {
@@ -431,61 +438,148 @@ void pool_core::worker_main(std::size_t index) {
   // (and, <= 3.12, its threading._active entry), through the gate (attach.cpp).
 }
 
-void pool_core::run_task(worker_rec& w, std::size_t index, std::unique_ptr<pool_task> task) {
+pool_task* pool_core::pop_locked(worker_rec& w) noexcept {
+  pool_task* t = head;
+  head = head->next;
+  if (head == nullptr) tail = nullptr;
+  --queued;
+  ++running;
+  if (opts.spawn_on_demand) busy.fetch_add(1, std::memory_order_relaxed);
+  if (blocked_submitters > 0) space_cv.notify_one();
   w.tasks.store(w.tasks.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  return t;
+}
+
+void pool_core::run_task(worker_rec& w, std::size_t index, std::unique_ptr<pool_task> task) {
+  // A C++ task: never attached.
   const bool has_future = task->has_future();
   const auto t0 = steady::now();
-  std::exception_ptr failure;
-  bool refused = false;
+  w.current = task.get();  // its own scopes may park this worker too
+  const std::exception_ptr failure = task->run();
+  w.current = nullptr;
   // The counters are updated before the future is made ready (complete()), so that whoever saw
   // every future ready also sees them in stats(), and, on demand, sees this worker not busy.
-  auto count = [&](const steady::time_point end) {
-    if (opts.spawn_on_demand) busy.fetch_sub(1, std::memory_order_relaxed);
-    w.busy_ns.store(w.busy_ns.load(std::memory_order_relaxed) + (end - t0).count(),
-                    std::memory_order_relaxed);
-    std::atomic<std::uint64_t>& c = refused ? w.refused : failure ? w.failed : w.completed;
-    c.store(c.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-  };
-  if (task->python()) {
-    const bool measure = opts.measure_python_time;
+  if (opts.spawn_on_demand) busy.fetch_sub(1, std::memory_order_relaxed);
+  w.busy_ns.store(w.busy_ns.load(std::memory_order_relaxed) + (steady::now() - t0).count(),
+                  std::memory_order_relaxed);
+  std::atomic<std::uint64_t>& c = failure ? w.failed : w.completed;
+  c.store(c.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  task->complete();
+  task.reset();
+  if (failure && !has_future) report_failure(index, "task", failure);
+}
+
+// Batching. Attaching costs more than a trivial Python task (and, with two workers, each attach
+// may hand the GIL over), so a worker that finds more Python tasks at the head of its queue when
+// a Python task ends runs them under the same attach_scope: it pops the next one under the pool
+// mutex while still attached (the lock order is GIL, then m: nothing takes the GIL holding m) and
+// never waits on work_cv attached (invariant 3: no GIL held while idle). The batch ends, and the
+// worker detaches, when:
+//   - the queue is empty, or its head is a C++ task (C++ tasks never run attached);
+//   - a posted task failed: on_error is called detached, as for an unbatched task;
+//   - the batch has held the GIL for sys.getswitchinterval() (the time bound, below).
+// The time bound. A thread waiting for the GIL waits switch_interval, then sets CPython's drop
+// request, which the holder honours only while it runs bytecode (the eval breaker), or when it
+// releases the GIL: PyEval_SaveThread then hands the GIL over to the waiter (FORCE_SWITCHING).
+// Tasks that call Python code therefore give the GIL away inside the batch on their own; tasks
+// that only use the C API never would. So the batch stops once it has been attached for the
+// switch interval; its detach then hands the GIL to a thread that asked for it. A waiter thus
+// waits about what it waits behind one Python thread running bytecode: the switch interval,
+// plus at most one batch for C-API-only tasks. Without reading the clock after every task: the
+// clock is read after the 1st task and then at checkpoints, every `step` tasks, where step is
+// sized from the tasks' average duration so far so that reaching the next checkpoint takes at
+// most half the time left (1 for tasks as long as the interval, at most kMaxStep for trivial
+// ones: one read per 32 tasks). A task much longer than those before it can overrun the bound
+// by at most one step; one task longer than the interval holds the GIL for its whole duration,
+// as it would unbatched (it then gives it away itself if it runs bytecode).
+// Clock reads per batch: one after attaching, the checkpoints, none more at its end (the last
+// checkpoint's, if it ended there, or one). measure_python_time adds one before attaching.
+// w.busy_ns counts the batch from attached to its end; attach_wait_ns and attached_ns are summed
+// per batch.
+void pool_core::run_python(worker_rec& w, std::size_t index, std::unique_ptr<pool_task> task) {
+  constexpr std::size_t kMaxStep = 32;
+  const bool measure = opts.measure_python_time;
+  std::exception_ptr to_report;  // a posted task's failure: reported once detached
+  {
+    steady::time_point t0{};
+    if (measure) t0 = steady::now();
     attach_scope py(nothrow);
-    const auto t1 = measure ? steady::now() : t0;
-    if (py) {
-      name_in_python(w);
-      w.current = task.get();  // if the task parks this worker, worker_parked() fails it
-      failure = task->run();
-      w.current = nullptr;
-      const auto t2 = steady::now();
-      if (measure) {
-        w.attach_wait_ns.store(w.attach_wait_ns.load(std::memory_order_relaxed) + (t1 - t0).count(),
-                               std::memory_order_relaxed);
-        w.attached_ns.store(w.attached_ns.load(std::memory_order_relaxed) + (t2 - t1).count(),
-                            std::memory_order_relaxed);
-      }
-      count(t2);
-      task->complete();
-      task.reset();  // the callable (and what it captured) is destroyed while attached
-    } else {
+    if (!py) {
       // The gate refused: the interpreter is finalizing or gone (or pyattach was never bound to
-      // it). Never run Python without a state.
-      refused = true;
-      failure = std::make_exception_ptr(pool_error(
+      // it). Never run Python without a state. Only this task: the worker loop takes the next
+      // one, which tries (and is refused) on its own.
+      to_report = std::make_exception_ptr(pool_error(
           py.status() == attach_status::not_bound ? pool_errc::not_bound : pool_errc::finalizing,
           "pyattach::thread_pool '" + opts.name + "': the task was not run: "
                                  "attaching to Python was refused (" + to_string(py.status()) + ")"));
-      count(steady::now());
-      task->abandon(failure);
+      if (opts.spawn_on_demand) busy.fetch_sub(1, std::memory_order_relaxed);
+      w.refused.store(w.refused.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+      task->abandon(to_report);
+      if (task->has_future()) to_report = nullptr;
       task.reset();
+    } else {
+      w.attaches.store(w.attaches.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+      name_in_python(w);
+      const steady::time_point t1 = steady::now();  // the batch's start: attached
+      const std::int64_t limit = w.switch_interval_ns;
+      std::size_t ran = 0, next_check = 1;
+      for (;;) {
+        w.current = task.get();  // if the task parks this worker, worker_parked() fails it
+        const std::exception_ptr failure = task->run();
+        w.current = nullptr;
+        ++ran;
+        // The counters first: complete() below makes the future ready (see run_task).
+        if (opts.spawn_on_demand) busy.fetch_sub(1, std::memory_order_relaxed);
+        std::atomic<std::uint64_t>& c = failure ? w.failed : w.completed;
+        c.store(c.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+        if (failure && !task->has_future()) to_report = failure;
+
+        bool go_on = !to_report;
+        steady::time_point now{};
+        bool have_now = false;
+        if (go_on && ran == next_check) {
+          now = steady::now();
+          have_now = true;
+          const std::int64_t elapsed = (now - t1).count();
+          if (elapsed >= limit) {
+            go_on = false;
+          } else {
+            // The next checkpoint: at the average so far, at most half the time left away.
+            const std::int64_t avg = elapsed / static_cast<std::int64_t>(ran) + 1;
+            const std::int64_t step = (limit - elapsed) / (2 * avg);
+            next_check = ran + static_cast<std::size_t>(std::clamp<std::int64_t>(
+                                   step, 1, static_cast<std::int64_t>(kMaxStep)));
+          }
+        }
+        std::unique_ptr<pool_task> next;
+        if (go_on) {
+          std::lock_guard<std::mutex> lock(m);
+          if (head != nullptr && head->python()) {
+            next.reset(pop_locked(w));
+            --running;  // the task that ended (its complete() follows; `next` keeps running > 0)
+          }
+        }
+        if (!next) {
+          // The batch ends. Its time goes into the stats before the last future is made ready.
+          if (!have_now) now = steady::now();
+          w.busy_ns.store(w.busy_ns.load(std::memory_order_relaxed) + (now - t1).count(),
+                          std::memory_order_relaxed);
+          if (measure) {
+            w.attach_wait_ns.store(
+                w.attach_wait_ns.load(std::memory_order_relaxed) + (t1 - t0).count(),
+                std::memory_order_relaxed);
+            w.attached_ns.store(w.attached_ns.load(std::memory_order_relaxed) + (now - t1).count(),
+                                std::memory_order_relaxed);
+          }
+        }
+        task->complete();
+        task.reset();  // the callable (and what it captured) is destroyed while attached
+        if (!next) break;
+        task = std::move(next);
+      }
     }
-  } else {
-    w.current = task.get();  // its own scopes may park this worker too
-    failure = task->run();
-    w.current = nullptr;
-    count(steady::now());
-    task->complete();
-    task.reset();
-  }
-  if (failure && !has_future) report_failure(index, "task", failure);
+  }  // detached: the last task stays counted in `running` until the worker loop takes m again
+  if (to_report) report_failure(index, "task", to_report);
 }
 
 std::exception_ptr pool_core::run_hook(const std::function<void(const worker_context&)>& hook,
@@ -535,6 +629,17 @@ void pool_core::name_in_python(worker_rec& w) noexcept {
   Py_XDECREF(name);
   Py_XDECREF(current);
   Py_XDECREF(threading);
+  // The batch bound (run_python): sys.getswitchinterval(), read here once per interpreter
+  // lifetime; on failure the default, 5 ms, stays.
+  PyObject* get = PySys_GetObject("getswitchinterval");  // borrowed
+  PyObject* interval = get ? PyObject_CallNoArgs(get) : nullptr;
+  const double seconds = interval ? PyFloat_AsDouble(interval) : -1.0;
+  Py_XDECREF(interval);
+  if (seconds > 0) {
+    w.switch_interval_ns = static_cast<std::int64_t>(seconds * 1e9);
+  } else {
+    PyErr_Clear();
+  }
   PyErr_Restore(type, value, tb);
   w.named_in_python.store(ok, std::memory_order_relaxed);
 }
@@ -897,6 +1002,7 @@ pool_stats pool_core::stats() const {
     ws.name = w.name;
     ws.os_tid = w.os_tid.load(std::memory_order_relaxed);
     ws.tasks = w.tasks.load(std::memory_order_relaxed);
+    ws.attaches = w.attaches.load(std::memory_order_relaxed);
     ws.busy = std::chrono::nanoseconds(w.busy_ns.load(std::memory_order_relaxed));
     ws.attach_wait = std::chrono::nanoseconds(w.attach_wait_ns.load(std::memory_order_relaxed));
     ws.attached = std::chrono::nanoseconds(w.attached_ns.load(std::memory_order_relaxed));

@@ -21,9 +21,17 @@
 //     Python task: attach (attach_scope); the first time, name the thread in Python
 //                  (threading.current_thread().name = "<pool><separator><index>"); run it; a Python
 //                  exception left set when it returns, or a python_error it throws, goes to its
-//                  future as python_error (type, message, traceback text); detach.
+//                  future as python_error (type, message, traceback text); then, still attached,
+//                  if the queue's head is another Python task, take it and run it the same way
+//                  (a batch: one attach for several tasks); detach when the queue is empty, its
+//                  head is a C++ task, a posted task failed (on_error is called detached), or
+//                  the batch has been attached for sys.getswitchinterval() (read once per
+//                  worker and interpreter lifetime; a thread waiting for the GIL then gets it,
+//                  as it would from a Python thread running bytecode). A batch never waits for
+//                  work attached, and never runs a C++ task attached.
 //                  If attaching is refused (the interpreter is finalizing or gone) the task is
-//                  not run and completes with pool_error(finalizing).
+//                  not run and completes with pool_error(finalizing); each later task tries
+//                  (and is refused) on its own.
 //     nothing ever kills the worker: every exception ends in a future or in on_error
 //   run the stop hook (attached if options.stop_hook_python and still possible; see
 //     worker_context::python), once, after the worker's last task; a throw goes to on_error
@@ -198,7 +206,8 @@ struct pool_options {
   // it: shutdown()'s, or the finalizing thread with the GIL held); must not throw and must not
   // call into this pool. Default: one line to stderr.
   std::function<void(const task_failure&)> on_error;
-  // Measure each worker's wait to attach and time attached (two clock reads per Python task).
+  // Measure each worker's wait to attach and time attached (one clock read more per batch of
+  // Python tasks: see the worker loop).
   bool measure_python_time = false;
 };
 
@@ -206,7 +215,12 @@ struct worker_stats {
   std::string name;               // "<pool><separator><index>"
   std::uint64_t os_tid = 0;       // the kernel's thread id
   std::uint64_t tasks = 0;        // tasks it took from the queue (ran, or was refused to run)
-  std::chrono::nanoseconds busy{0};          // time inside callables (tasks and hooks)
+  // attach_scopes it made for Python tasks: one per batch (see the worker loop), so at most its
+  // Python tasks; fewer when Python tasks queued up behind each other.
+  std::uint64_t attaches = 0;
+  // Time inside callables (tasks and hooks): each C++ task and hook, and each batch of Python
+  // tasks from attached to its last task's end (the clock is read per batch, not per task).
+  std::chrono::nanoseconds busy{0};
   std::chrono::nanoseconds attach_wait{0};   // waiting for the GIL (measure_python_time)
   std::chrono::nanoseconds attached{0};      // attached for tasks (measure_python_time)
   bool named_in_python = false;   // threading.current_thread().name was set
