@@ -20,6 +20,15 @@
 //     latency  submit→start of one task on an idle pool (the submitter sleeps 1 ms between
 //              probes): asio_post, pyattach_post (C++ tasks), asio_floor and
 //              pyattach_post_python (Python tasks; the start is after the attach)
+//     gilwait  (issue 12) another thread's wait for the GIL while the pool runs a stream of
+//              Python tasks: a prober thread sleeps 1 ms detached, then times its attach, 300
+//              times; asio_floor and pyattach_post_python, with tasks calling the Python function
+//              (gilwait) and with tasks using the C API only (gilwait_capi: no bytecode, so
+//              CPython's drop request is never honoured inside them; only the pool's own bound,
+//              a batch ends after sys.getswitchinterval(), lets the prober in)
+//   --callgrind N (issue 12): instructions per Python task, every thread counted, for asio_floor,
+//   pyattach_post_python and pyattach_submit_python (run under valgrind --tool=callgrind
+//   --instr-atstart=no; one dump per row, named pool/python/<alt>)
 //   Every task counts itself in a per-thread counter (its own cache line: no shared atomic to
 //   bounce between the workers), so a lost or duplicated task fails the run, and the no-op is a
 //   store the compiler cannot drop (the counters are read afterwards). Thread states are counted
@@ -41,10 +50,13 @@
 //                                                 pool/latency/<alt> (one run of 2,000 probes)
 //   pyattach_pool_bench --smoke                   CI: a few tasks and probes each; exits 1 if a
 //                                                 run failed (never on timings)
+//   pyattach_pool_bench --callgrind N             under callgrind: N Python tasks per row counted
 //   --noop-tasks=N --python-tasks=N --probes=N    override the sizes
+//   --gil-probes=N
 #include <Python.h>
 
 #include <benchmark/benchmark.h>
+#include <valgrind/callgrind.h>
 #include <boost/asio/post.hpp>
 #include <boost/asio/thread_pool.hpp>
 #include <boost/version.hpp>
@@ -83,11 +95,14 @@ struct options {
   std::uint64_t noop_tasks = 1000000;
   std::uint64_t python_tasks = 200000;
   int probes = 2000;
+  int gil_probes = 300;           // pool/gilwait*: attaches timed by the prober thread
+  std::uint64_t counted = 0;      // --callgrind N: N tasks per counted row; 0: the benchmarks
 };
 
 options g_options;
 PyObject* g_globals = nullptr;  // owns the namespace below
 PyObject* g_noop = nullptr;     // def noop(): return None (borrowed from g_globals)
+double g_switch_interval_s = 0;  // sys.getswitchinterval(), read at start
 std::atomic<bool> g_failed{false};
 
 void fail(const std::string& what) {
@@ -151,6 +166,23 @@ struct python_task {
       bump(c.failures);
     } else {
       Py_DECREF(r);
+    }
+    bump(c.tasks);
+  }
+};
+
+// A Python task that runs no bytecode (C API only): CPython's drop request is never honoured
+// inside it, so only the pool's own bound hands the GIL to a waiting thread (gilwait rows).
+struct capi_task {
+  // PRECONDITION: attached.
+  void operator()() const {
+    PyObject* v = PyLong_FromLong(1000);
+    task_counter& c = my_counter();
+    if (__builtin_expect(v == nullptr, 0)) {
+      PyErr_Clear();
+      bump(c.failures);
+    } else {
+      Py_DECREF(v);
     }
     bump(c.tasks);
   }
@@ -547,6 +579,129 @@ void bm_latency(benchmark::State& state) {
   }
 }
 
+// pool/gilwait/<alt> (tasks calling a Python function) and pool/gilwait_capi/<alt> (tasks using
+// the C API only, no bytecode): one iteration = while the submitter keeps the pool busy with a
+// stream of such tasks (a backlog of up to 4,096 queued), a prober thread (its own persistent
+// state, made before the measurement) sleeps 1 ms detached, then attaches, g_options.gil_probes
+// times; each attach is timed: how long a thread that wants the GIL waits for it while the pool
+// runs Python. Read against sys.getswitchinterval(): a waiter asks the holder to drop the GIL
+// after one interval; a batch of pyattach's pool ends after one.
+template <class Alt, class Work>
+void bm_gilwait(benchmark::State& state) {
+  using clock = std::chrono::steady_clock;
+  const char* group = std::is_same_v<Work, capi_task> ? "gilwait_capi" : "gilwait";
+  std::optional<Alt> alt;
+  alt.emplace();
+  warm_up<Alt, Work>(*alt);
+  if (alt->pool() != nullptr) alt->pool()->wait();
+  std::vector<std::int64_t> waits;
+  waits.reserve(static_cast<std::size_t>(g_options.gil_probes));
+  const totals t0 = count_all();
+  std::uint64_t submitted = 0;
+  std::string error;
+  for (auto _ : state) {
+    std::atomic<bool> done{false};
+    std::thread prober([&] {
+      {
+        pyattach::attach_scope first(pyattach::nothrow);  // its state, made outside the timing
+      }
+      for (int i = 0; i < g_options.gil_probes; ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        const clock::time_point asked = clock::now();
+        pyattach::attach_scope py(pyattach::nothrow);
+        const clock::time_point got = clock::now();
+        if (!py) {
+          error = "the prober's attach was refused";
+          break;
+        }
+        waits.push_back((got - asked).count());
+      }
+      done.store(true);
+    });
+    constexpr std::uint64_t kChunk = 256, kBacklog = 4096;
+    while (!done.load()) {
+      for (std::uint64_t i = 0; i < kChunk; ++i) alt->submit(Work{});
+      submitted += kChunk;
+      while (!done.load() && submitted - (count_all().tasks - t0.tasks) > kBacklog) {
+        std::this_thread::sleep_for(std::chrono::microseconds(50));
+      }
+    }
+    prober.join();
+    alt->finish();
+  }
+  const totals t1 = count_all();
+  alt.reset();
+  if (error.empty() && t1.tasks - t0.tasks != submitted) {
+    error = std::to_string(t1.tasks - t0.tasks) + " tasks ran of " + std::to_string(submitted);
+  } else if (error.empty() && t1.failures != t0.failures) {
+    error = std::to_string(t1.failures - t0.failures) + " Python calls raised";
+  }
+  std::sort(waits.begin(), waits.end());
+  const auto at = [&](double q) {
+    if (waits.empty()) return 0.0;
+    const std::size_t i =
+        std::min(waits.size() - 1, static_cast<std::size_t>(q * static_cast<double>(waits.size())));
+    return static_cast<double>(waits[i]);
+  };
+  state.counters["probes"] = static_cast<double>(waits.size());
+  state.counters["tasks"] = static_cast<double>(submitted);
+  state.counters["switch_interval_ns"] = g_switch_interval_s * 1e9;
+  state.counters["wait_median_ns"] = at(0.5);
+  state.counters["wait_p90_ns"] = at(0.9);
+  state.counters["wait_p99_ns"] = at(0.99);
+  state.counters["wait_max_ns"] = waits.empty() ? 0.0 : static_cast<double>(waits.back());
+  if (!error.empty()) {
+    fail(name_of(group, Alt::name) + ": " + error);
+    state.SkipWithError(error.c_str());
+  }
+}
+
+// ---- instruction counts (callgrind) ----------------------------------------------------------
+
+// --callgrind N: for each Python alternative, a fresh pool, its warm-up, then N tasks submitted
+// and awaited with callgrind collecting (every thread: the submitter's and the workers'), one dump
+// named pool/python/<alt>; a line "pool-counted <label> <N> <status>" on stdout. Run under
+// valgrind --tool=callgrind --instr-atstart=no.
+template <class Alt>
+void run_counted(std::uint64_t n) {
+  using Work = std::conditional_t<Alt::python, python_task, noop_task>;
+  const std::string label = name_of(Alt::python ? "python" : "noop", Alt::name);
+  std::optional<Alt> alt;
+  alt.emplace();
+  warm_up<Alt, Work>(*alt);
+  if (alt->pool() != nullptr) alt->pool()->wait();
+  const totals t0 = count_all();
+  CALLGRIND_START_INSTRUMENTATION;
+  CALLGRIND_ZERO_STATS;
+  for (std::uint64_t i = 0; i < n; ++i) alt->submit(Work{});
+  alt->finish();
+  CALLGRIND_STOP_INSTRUMENTATION;
+  CALLGRIND_DUMP_STATS_AT(label.c_str());
+  const totals t1 = count_all();
+  alt.reset();
+  std::string status = "ok";
+  if (t1.tasks - t0.tasks != n) {
+    status = std::to_string(t1.tasks - t0.tasks) + " tasks ran of " + std::to_string(n);
+  } else if (t1.failures != t0.failures) {
+    status = std::to_string(t1.failures - t0.failures) + " Python calls raised";
+  }
+  std::printf("pool-counted\t%s\t%llu\t%s\n", label.c_str(), static_cast<unsigned long long>(n),
+              status.c_str());
+  std::fflush(stdout);
+  if (status != "ok") fail(label + ": " + status);
+}
+
+void run_counted_all(std::uint64_t n) {
+  if (!RUNNING_ON_VALGRIND) {
+    std::fprintf(stderr, "pyattach_pool_bench: not running under valgrind: nothing is counted "
+                         "(valgrind --tool=callgrind --instr-atstart=no ...)\n");
+  }
+  std::printf("pool-counted\tlabel\ttasks\tstatus\n");
+  run_counted<asio_floor>(n);
+  run_counted<pyattach_post_python>(n);
+  run_counted<pyattach_submit_python>(n);
+}
+
 double min_of(const std::vector<double>& v) {
   return v.empty() ? 0 : *std::min_element(v.begin(), v.end());
 }
@@ -570,6 +725,14 @@ void add_latency() {
   b->UseRealTime()->Unit(benchmark::kMicrosecond)->Iterations(g_options.probes)->Repetitions(1);
 }
 
+template <class Alt, class Work>
+void add_gilwait() {
+  const char* group = std::is_same_v<Work, capi_task> ? "gilwait_capi" : "gilwait";
+  auto* b = benchmark::RegisterBenchmark(name_of(group, Alt::name).c_str(), bm_gilwait<Alt, Work>);
+  // One run of all the probes, as the latency rows.
+  b->UseRealTime()->Unit(benchmark::kMillisecond)->Iterations(1)->Repetitions(1);
+}
+
 void register_benchmarks() {
   add_throughput<asio_post>();
   add_throughput<pyattach_post>();
@@ -582,6 +745,10 @@ void register_benchmarks() {
   add_latency<pyattach_post>();
   add_latency<asio_floor>();
   add_latency<pyattach_post_python>();
+  add_gilwait<asio_floor, python_task>();
+  add_gilwait<pyattach_post_python, python_task>();
+  add_gilwait<asio_floor, capi_task>();
+  add_gilwait<pyattach_post_python, capi_task>();
 }
 
 // PRECONDITION: attached (the main thread, inside PyGILState_Ensure).
@@ -598,7 +765,12 @@ bool make_python_objects() {
   }
   Py_DECREF(r);
   g_noop = PyDict_GetItemString(g_globals, "noop");  // borrowed: g_globals lives until the end
-  return g_noop != nullptr;
+  PyObject* sys = PyImport_ImportModule("sys");
+  PyObject* interval = sys ? PyObject_CallMethod(sys, "getswitchinterval", nullptr) : nullptr;
+  g_switch_interval_s = interval ? PyFloat_AsDouble(interval) : 0.0;
+  Py_XDECREF(interval);
+  Py_XDECREF(sys);
+  return g_noop != nullptr && g_switch_interval_s > 0;
 }
 
 bool parse_size(const std::string& a, const char* flag, std::uint64_t& out) {
@@ -621,6 +793,11 @@ bool parse_options(int& argc, char** argv) {
       sized_noop = true;
     } else if (parse_size(a, "--python-tasks=", g_options.python_tasks)) {
       sized_python = true;
+    } else if (a == "--callgrind" && i + 1 < argc) {
+      g_options.counted = std::strtoull(argv[++i], nullptr, 10);
+      if (g_options.counted == 0) return false;
+    } else if (parse_size(a, "--gil-probes=", probes)) {
+      g_options.gil_probes = static_cast<int>(probes);
     } else if (parse_size(a, "--probes=", probes)) {
       sized_probes = true;
       g_options.probes = static_cast<int>(probes);
@@ -632,6 +809,7 @@ bool parse_options(int& argc, char** argv) {
     if (!sized_noop) g_options.noop_tasks = 2000;
     if (!sized_python) g_options.python_tasks = 500;
     if (!sized_probes) g_options.probes = 20;
+    g_options.gil_probes = std::min(g_options.gil_probes, 10);
   }
   argc = out;
   argv[argc] = nullptr;
@@ -641,11 +819,36 @@ bool parse_options(int& argc, char** argv) {
 }  // namespace
 }  // namespace bench
 
+namespace bench {
+namespace {
+// Google Benchmark's run; false if it rejected a flag.
+bool run_benchmarks(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return false;
+  benchmark::AddCustomContext("python_version", Py_GetVersion());
+  benchmark::AddCustomContext("python_executable", PYATTACH_BENCH_PYTHON);
+  benchmark::AddCustomContext("compiler", __VERSION__);
+  benchmark::AddCustomContext("build_type", PYATTACH_BENCH_BUILD_TYPE);
+  benchmark::AddCustomContext("boost_version", BOOST_LIB_VERSION);
+  benchmark::AddCustomContext("workers", std::to_string(kWorkers));
+  benchmark::AddCustomContext("noop_tasks", std::to_string(g_options.noop_tasks));
+  benchmark::AddCustomContext("python_tasks", std::to_string(g_options.python_tasks));
+  benchmark::AddCustomContext("probes", std::to_string(g_options.probes));
+  benchmark::AddCustomContext("gil_probes", std::to_string(g_options.gil_probes));
+  benchmark::AddCustomContext("switch_interval_s", std::to_string(g_switch_interval_s));
+  register_benchmarks();
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return true;
+}
+}  // namespace
+}  // namespace bench
+
 int main(int argc, char** argv) {
   using namespace bench;
   if (!parse_options(argc, argv)) {
     std::fprintf(stderr, "usage: pyattach_pool_bench [--smoke] [--noop-tasks=N] [--python-tasks=N] "
-                         "[--probes=N] [Google Benchmark flags]\n");
+                         "[--probes=N] [--gil-probes=N] [--callgrind N] [Google Benchmark flags]\n");
     return 2;
   }
   pyattach::interpreter python;  // Py_Initialize; the main thread is detached from here on
@@ -659,25 +862,18 @@ int main(int argc, char** argv) {
     }
   }
 
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 2;
-  benchmark::AddCustomContext("python_version", Py_GetVersion());
-  benchmark::AddCustomContext("python_executable", PYATTACH_BENCH_PYTHON);
-  benchmark::AddCustomContext("compiler", __VERSION__);
-  benchmark::AddCustomContext("build_type", PYATTACH_BENCH_BUILD_TYPE);
-  benchmark::AddCustomContext("boost_version", BOOST_LIB_VERSION);
-  benchmark::AddCustomContext("workers", std::to_string(kWorkers));
-  benchmark::AddCustomContext("noop_tasks", std::to_string(g_options.noop_tasks));
-  benchmark::AddCustomContext("python_tasks", std::to_string(g_options.python_tasks));
-  benchmark::AddCustomContext("probes", std::to_string(g_options.probes));
-  register_benchmarks();
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
+  bool flags_ok = true;
+  if (g_options.counted > 0) {
+    run_counted_all(g_options.counted);
+  } else {
+    flags_ok = run_benchmarks(argc, argv);
+  }
 
   {
     const PyGILState_STATE g = PyGILState_Ensure();
     Py_CLEAR(g_globals);
     PyGILState_Release(g);
   }
+  if (!flags_ok) return 2;
   return g_failed.load() ? 1 : 0;
 }

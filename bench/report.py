@@ -17,7 +17,10 @@ Input: one result directory per CPython ("leg"), as scripts/bench.sh leaves them
                          breakdown also reads the binary named on its cmd: line (addr2line)
   status                 "ok" or what failed
   pool.json              pyattach_pool_bench's Google Benchmark JSON (the "Pools" section, issue 5):
-                         throughput per repetition, latency percentiles; absent: no Pools section
+                         throughput per repetition, latency percentiles, GIL waits; absent: no
+                         Pools section
+  pool-counted.tsv       pyattach_pool_bench --callgrind N's lines, and pool.callgrind.out.N its
+                         dumps (instructions per Python task, issue 12)
 Output: the Markdown report and a PNG (matplotlib, Debian's python3-matplotlib).
 
 Run with Debian's /usr/bin/python3 (the PATH python3 may lack matplotlib):
@@ -176,6 +179,12 @@ def load_pool(path):
             for k in ("min", "median", "p90", "p99", "max"):
                 entry[k] = b.get(f"latency_{k}_ns")
             entry["probes"] = b.get("probes")
+        elif parts[1] in ("gilwait", "gilwait_capi"):
+            for k in ("median", "p90", "p99", "max"):
+                entry[k] = b.get(f"wait_{k}_ns")
+            entry["probes"] = b.get("probes")
+            entry["tasks"] = b.get("tasks")
+            entry["interval"] = b.get("switch_interval_ns")
         else:
             entry["rates"].append(b.get("items_per_second"))
             entry["tasks"] = b.get("tasks")
@@ -183,9 +192,31 @@ def load_pool(path):
             entry.setdefault("states_measured", []).append(b.get("states_measured"))
     for (group, _), entry in out.items():
         rates = [r for r in entry["rates"] if r is not None]
-        if group != "latency" and rates:
+        if group in ("noop", "python") and rates:
             entry["median"], entry["min"], entry["max"] = median(rates), min(rates), max(rates)
+    out.update(load_pool_counted(os.path.dirname(path)))
     return out, data.get("context", {})
+
+
+def load_pool_counted(directory):
+    """{("counted", alt): {"tasks", "status", "ir", "ir_per_task"}} from pool-counted.tsv and the
+    pool.callgrind.out.N dumps (pyattach_pool_bench --callgrind N under callgrind; issue 12)."""
+    out = {}
+    for line in read_text(os.path.join(directory, "pool-counted.tsv")).splitlines():
+        f = line.split("\t")
+        if len(f) != 4 or f[0] != "pool-counted" or f[1] == "label":
+            continue
+        out[("counted", f[1].split("/")[-1])] = {"tasks": int(f[2]), "status": f[3]}
+    for dump in glob.glob(os.path.join(directory, "pool.callgrind.out.*")):
+        label = dump_label(dump)
+        if not label or not label.startswith("pool/"):
+            continue
+        entry = out.setdefault(("counted", label.split("/")[-1]),
+                               {"tasks": None, "status": "no counted line"})
+        entry["ir"] = program_total(annotate(dump, "--threshold=100"))
+        if entry["ir"] is not None and entry.get("tasks"):
+            entry["ir_per_task"] = entry["ir"] / entry["tasks"]
+    return out
 
 
 # ---- callgrind -----------------------------------------------------------------------------------
@@ -965,12 +996,48 @@ def pool_verdicts(pool):
     return verdicts
 
 
+def pool_part2_verdicts(pool):
+    """The issue 12 (part 2) targets for one leg: [(name, ok, figures)]."""
+    def med(group, alt):
+        e = pool.get((group, alt), {})
+        return None if e.get("error") else e.get("median")
+
+    verdicts = []
+    fl, pp, sp = (med("python", "asio_floor"), med("python", "pyattach_post_python"),
+                  med("python", "pyattach_submit_python"))
+    if fl and pp:
+        verdicts.append(("`post_python` wall throughput ≥ 1.0× asio + persistent state (2 workers, "
+                         "trivial Python call, medians)", pp / fl >= 1.0,
+                         f"{rate(pp)}/s vs {rate(fl)}/s: {pp / fl:.2f}×"))
+    cf, cp = (pool.get(("counted", "asio_floor"), {}).get("ir_per_task"),
+              pool.get(("counted", "pyattach_post_python"), {}).get("ir_per_task"))
+    if cf and cp:
+        verdicts.append(("`post_python` instructions per task ≤ 1.0× asio + persistent state's "
+                         "(callgrind, every thread)", cp / cf <= 1.0,
+                         f"{cp:,.0f} vs {cf:,.0f}: {cp / cf:.2f}×"))
+    if pp and sp:
+        verdicts.append(("`submit_python` wall throughput ≥ 0.9× `post_python` (medians)",
+                         sp / pp >= 0.9, f"{rate(sp)}/s vs {rate(pp)}/s: {sp / pp:.2f}×"))
+    for group, what in (("gilwait", "trivial Python call"), ("gilwait_capi", "C-API-only task")):
+        e = pool.get((group, "pyattach_post_python"), {})
+        b = pool.get((group, "asio_floor"), {})
+        if e.get("error") or not e.get("interval") or e.get("p99") is None:
+            continue
+        iv = e["interval"]
+        verdicts.append((f"another thread's GIL wait while the pool runs {what}s ≤ the switch "
+                         f"interval (p99 of the probes)", e["p99"] <= iv,
+                         f"p99 {e['p99'] / 1e6:.2f} ms (max {e['max'] / 1e6:.2f}, median "
+                         f"{e['median'] / 1e6:.3f}) vs {iv / 1e6:.1f} ms; asio + state: p99 "
+                         f"{(b.get('p99') or 0) / 1e6:.2f} ms (max {(b.get('max') or 0) / 1e6:.2f})"))
+    return verdicts
+
+
 def pool_report(leg):
     """Markdown lines for one interpreter's pool benchmarks, and its target verdicts."""
     pool, ctx = leg["pool"], leg["pool_context"]
     version = ctx.get("python_version", "?").split(" ")[0]
     lines = [f"### {leg['name']}: CPython {version} (`{leg['python']}`)", ""]
-    reps = max((len(e["rates"]) for k, e in pool.items() if k[0] != "latency"), default=0)
+    reps = max((len(e["rates"]) for k, e in pool.items() if k[0] in ("noop", "python")), default=0)
 
     def noop_median(alt):
         e = pool.get(("noop", alt), {})
@@ -1039,8 +1106,54 @@ def pool_report(leg):
                      f"{ratio(e.get('p90'), b.get('p90'))} |")
     lines.append("")
 
-    verdicts = pool_verdicts(pool)
-    lines.append("Targets (issue 5; wall medians of this run, never asserted):")
+    counted = [(alt, pool[("counted", alt)]) for alt in
+               ("asio_floor", "pyattach_post_python", "pyattach_submit_python")
+               if ("counted", alt) in pool]
+    if counted:
+        base = pool.get(("counted", "asio_floor"), {}).get("ir_per_task")
+        lines.append(f"Instructions per Python task (callgrind, `pyattach_pool_bench --callgrind "
+                     f"{counted[0][1].get('tasks') or '?'}`: a fresh pool, its warm-up, then the "
+                     "tasks submitted and awaited with every thread counted: the submitter's "
+                     "submits and wait, the workers' attaches, calls and bookkeeping; "
+                     "× asio + state = ÷ that row):")
+        lines.append("")
+        lines.append("| pool | instructions per task | × asio + state | status |")
+        lines.append("|---|---:|---:|---|")
+        texts = {alt: text for alt, text, _ in POOL_PYTHON}
+        for alt, e in counted:
+            per = e.get("ir_per_task")
+            lines.append(f"| {texts.get(alt, alt)} | {'—' if per is None else f'{per:,.0f}'} | "
+                         f"{ratio(per, base)} | {e.get('status')} |")
+        lines.append("")
+    gil = [(g, alt) for g in ("gilwait", "gilwait_capi") for alt in ("asio_floor", "pyattach_post_python")
+           if (g, alt) in pool]
+    if gil:
+        e0 = pool[gil[0]]
+        iv = e0.get("interval") or 0
+        lines.append(f"Another thread's wait for the GIL while the pool runs a stream of Python tasks "
+                     f"(a prober thread with its own state sleeps 1 ms detached, then attaches, "
+                     f"{int(e0.get('probes') or 0):,} times; the submitter keeps up to 4,096 tasks "
+                     f"queued), ms; sys.getswitchinterval() = {iv / 1e6:g} ms. C-API-only tasks run "
+                     "no bytecode, so CPython's drop request is never honoured inside them:")
+        lines.append("")
+        lines.append("| tasks | pool | median | p90 | p99 | max | tasks run meanwhile |")
+        lines.append("|---|---|---:|---:|---:|---:|---:|")
+        texts = {alt: text for alt, text, _ in POOL_PYTHON}
+        for g, alt in gil:
+            e = pool[(g, alt)]
+            what = "trivial Python call" if g == "gilwait" else "C API only"
+            if e.get("error"):
+                lines.append(f"| {what} | {texts.get(alt, alt)} | error: {e['error']} | | | | |")
+                continue
+            ms = lambda x: "—" if x is None else f"{x / 1e6:.3f}"
+            lines.append(f"| {what} | {texts.get(alt, alt)} | {ms(e.get('median'))} | "
+                         f"{ms(e.get('p90'))} | {ms(e.get('p99'))} | {ms(e.get('max'))} | "
+                         f"{int(e.get('tasks') or 0):,} |")
+        lines.append("")
+
+    verdicts = pool_verdicts(pool) + pool_part2_verdicts(pool)
+    lines.append("Targets (issues 5 and 12; wall medians and instruction counts of this run, never "
+                 "asserted):")
     lines.append("")
     lines.append("| target | verdict | figures |")
     lines.append("|---|---|---|")
@@ -1087,7 +1200,7 @@ def pools_section(legs):
         body, verdicts = pool_report(leg)
         bodies.append(body)
         verdict_rows.append((leg, verdicts))
-    out.append("### Pool targets (issue 5), per interpreter")
+    out.append("### Pool targets (issues 5 and 12), per interpreter")
     out.append("")
     names = []
     for _, verdicts in verdict_rows:

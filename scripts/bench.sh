@@ -9,7 +9,8 @@
 # (bench/report.py, with Debian's /usr/bin/python3 and python3-matplotlib).
 # Each leg also builds and runs pyattach_pool_bench (pyattach::thread_pool against
 # boost::asio::thread_pool: no-op and Python-task throughput, idle submit→start latency; the
-# report's "Pools" section), with the same repetitions.
+# report's "Pools" section), with the same repetitions, and counts its instructions per Python
+# task under callgrind.
 # Benchmarks are not tests: nothing here fails on a timing; it fails if a build or a run fails.
 #   PYATTACH_BENCH_LEGS="debian-3.11 pyenv-3.12.1"   only those legs (names as printed)
 #   PYATTACH_BENCH_REPETITIONS (default 7), PYATTACH_BENCH_MIN_TIME (seconds per repetition,
@@ -105,6 +106,15 @@ for leg in "${legs[@]}"; do
          >"$out/counted.tsv" 2>"$out/callgrind.log"; then
     tail -n 10 "$out/callgrind.log"
     failure="callgrind run failed (results/callgrind.log)"
+    if [ "$status" = "ok" ]; then status="$failure"; else status="$status; $failure"; fi
+  fi
+  # The pools' instructions per Python task (issue 12): every thread counted around each row's
+  # batch of tasks; dumps pool.callgrind.out.N next to the attach ones.
+  if ! valgrind --tool=callgrind --instr-atstart=no \
+         --callgrind-out-file="$out/pool.callgrind.out" "$build/bench/pyattach_pool_bench" \
+         --callgrind "$iterations" >"$out/pool-counted.tsv" 2>"$out/pool-callgrind.log"; then
+    tail -n 10 "$out/pool-callgrind.log"
+    failure="pool callgrind run failed (results/pool-callgrind.log)"
     if [ "$status" = "ok" ]; then status="$failure"; else status="$status; $failure"; fi
   fi
   echo "$status" >"$out/status"
