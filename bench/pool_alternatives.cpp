@@ -17,6 +17,8 @@
 //                                     made on its first task), PyEval_RestoreThread/SaveThread
 //                                     per task: the least any correct attach can do
 //                pyattach_post_python / pyattach_submit_python
+//                pyattach_post_python_unbatched: pool_options::batch_python = false (one attach
+//                                     per task, as before issue 12)
 //     latency  submit→start of one task on an idle pool (the submitter sleeps 1 ms between
 //              probes): asio_post, pyattach_post (C++ tasks), asio_floor and
 //              pyattach_post_python (Python tasks; the start is after the attach)
@@ -379,6 +381,34 @@ struct pyattach_post_python {
   pyattach::thread_pool pool_{pool_options_for_bench()};
 };
 
+// The same pool with batching off (pool_options::batch_python = false): one attach per Python
+// task, as before issue 12; the reference for what batching gains and what it costs a waiter.
+pyattach::pool_options unbatched_options() {
+  pyattach::pool_options o = pool_options_for_bench();
+  o.batch_python = false;
+  return o;
+}
+struct pyattach_post_python_unbatched {
+  static constexpr const char* name = "pyattach_post_python_unbatched";
+  static constexpr bool python = true;
+  static constexpr int warm_states = kWorkers;
+  static constexpr bool per_task_states = false;
+  template <class F>
+  void submit(F f) {
+    pool_.post_python(std::move(f));
+  }
+  template <class F>
+  static void blocking(F&& f) {
+    pyattach::detach_scope nogil;
+    f();
+  }
+  void finish() { pool_.wait(); }
+  pyattach::thread_pool* pool() { return &pool_; }
+
+ private:
+  pyattach::thread_pool pool_{unbatched_options()};
+};
+
 struct pyattach_submit_python {
   static constexpr const char* name = "pyattach_submit_python";
   static constexpr bool python = true;
@@ -700,6 +730,7 @@ void run_counted_all(std::uint64_t n) {
   run_counted<asio_floor>(n);
   run_counted<pyattach_post_python>(n);
   run_counted<pyattach_submit_python>(n);
+  run_counted<pyattach_post_python_unbatched>(n);
 }
 
 double min_of(const std::vector<double>& v) {
@@ -741,13 +772,16 @@ void register_benchmarks() {
   add_throughput<asio_floor>();
   add_throughput<pyattach_post_python>();
   add_throughput<pyattach_submit_python>();
+  add_throughput<pyattach_post_python_unbatched>();
   add_latency<asio_post>();
   add_latency<pyattach_post>();
   add_latency<asio_floor>();
   add_latency<pyattach_post_python>();
   add_gilwait<asio_floor, python_task>();
+  add_gilwait<pyattach_post_python_unbatched, python_task>();
   add_gilwait<pyattach_post_python, python_task>();
   add_gilwait<asio_floor, capi_task>();
+  add_gilwait<pyattach_post_python_unbatched, capi_task>();
   add_gilwait<pyattach_post_python, capi_task>();
 }
 

@@ -84,6 +84,8 @@ POOL_PYTHON = [
     ("pyattach_post_python", "`pyattach::thread_pool` (2) + `post_python`", "pyattach_post"),
     ("pyattach_submit_python", "`pyattach::thread_pool` (2) + `submit_python`, futures",
      "pyattach_submit"),
+    ("pyattach_post_python_unbatched", "`pyattach::thread_pool` (2) + `post_python`, "
+     "`batch_python = false` (one attach per task)", "pyattach_post"),
 ]
 # Latency rows, and the asio row with the same kind of task each is read against.
 POOL_LATENCY = [
@@ -1021,6 +1023,7 @@ def pool_part2_verdicts(pool):
     for group, what in (("gilwait", "trivial Python call"), ("gilwait_capi", "C-API-only task")):
         e = pool.get((group, "pyattach_post_python"), {})
         b = pool.get((group, "asio_floor"), {})
+        u = pool.get((group, "pyattach_post_python_unbatched"), {})
         if e.get("error") or not e.get("interval") or e.get("p99") is None:
             continue
         iv = e["interval"]
@@ -1028,7 +1031,9 @@ def pool_part2_verdicts(pool):
                          f"interval (p99 of the probes)", e["p99"] <= iv,
                          f"p99 {e['p99'] / 1e6:.2f} ms (max {e['max'] / 1e6:.2f}, median "
                          f"{e['median'] / 1e6:.3f}) vs {iv / 1e6:.1f} ms; asio + state: p99 "
-                         f"{(b.get('p99') or 0) / 1e6:.2f} ms (max {(b.get('max') or 0) / 1e6:.2f})"))
+                         f"{(b.get('p99') or 0) / 1e6:.2f} ms (max {(b.get('max') or 0) / 1e6:.2f}); "
+                         f"`batch_python = false`: p99 {(u.get('p99') or 0) / 1e6:.2f} ms (max "
+                         f"{(u.get('max') or 0) / 1e6:.2f})"))
     return verdicts
 
 
@@ -1107,7 +1112,8 @@ def pool_report(leg):
     lines.append("")
 
     counted = [(alt, pool[("counted", alt)]) for alt in
-               ("asio_floor", "pyattach_post_python", "pyattach_submit_python")
+               ("asio_floor", "pyattach_post_python", "pyattach_submit_python",
+                "pyattach_post_python_unbatched")
                if ("counted", alt) in pool]
     if counted:
         base = pool.get(("counted", "asio_floor"), {}).get("ir_per_task")
@@ -1125,7 +1131,8 @@ def pool_report(leg):
             lines.append(f"| {texts.get(alt, alt)} | {'—' if per is None else f'{per:,.0f}'} | "
                          f"{ratio(per, base)} | {e.get('status')} |")
         lines.append("")
-    gil = [(g, alt) for g in ("gilwait", "gilwait_capi") for alt in ("asio_floor", "pyattach_post_python")
+    gil = [(g, alt) for g in ("gilwait", "gilwait_capi")
+           for alt in ("asio_floor", "pyattach_post_python_unbatched", "pyattach_post_python")
            if (g, alt) in pool]
     if gil:
         e0 = pool[gil[0]]

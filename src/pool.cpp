@@ -534,7 +534,7 @@ void pool_core::run_python(worker_rec& w, std::size_t index, std::unique_ptr<poo
         c.store(c.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
         if (failure && !task->has_future()) to_report = failure;
 
-        bool go_on = !to_report;
+        bool go_on = !to_report && opts.batch_python;
         steady::time_point now{};
         bool have_now = false;
         if (go_on && ran == next_check) {

@@ -23,7 +23,8 @@
 //                  exception left set when it returns, or a python_error it throws, goes to its
 //                  future as python_error (type, message, traceback text); then, still attached,
 //                  if the queue's head is another Python task, take it and run it the same way
-//                  (a batch: one attach for several tasks); detach when the queue is empty, its
+//                  (a batch: one attach for several tasks, unless options.batch_python is
+//                  false); detach when the queue is empty, its
 //                  head is a C++ task, a posted task failed (on_error is called detached), or
 //                  the batch has been attached for sys.getswitchinterval() (read once per
 //                  worker and interpreter lifetime; a thread waiting for the GIL then gets it,
@@ -209,6 +210,12 @@ struct pool_options {
   // Measure each worker's wait to attach and time attached (one clock read more per batch of
   // Python tasks: see the worker loop).
   bool measure_python_time = false;
+  // Run Python tasks queued behind each other under one attach (see the worker loop). Batches
+  // cost a fraction of an attach per task, but hand the GIL over less often: another thread that
+  // wants it waits up to about one switch interval for a batch to end (two or more when this
+  // pool's other workers also wait for it), where one attach per task lets it in between tasks
+  // in well under that. false: one attach per Python task.
+  bool batch_python = true;
 };
 
 struct worker_stats {

@@ -3228,6 +3228,24 @@ TEST(Pool, PythonTasksQueuedBehindEachOtherRunUnderFewAttachesEachWithItsOwnResu
   require_other_thread_can_run_python("after a batch of Python tasks", k_prompt);
 }
 
+TEST(Pool, WithoutBatchPythonEachPythonTaskAttachesOnItsOwn) {
+  pool_options o;
+  o.name = "unbatched";
+  o.batch_python = false;
+  thread_pool pool(o);
+  auto release = block_the_worker(pool);
+  std::atomic<int> ran{0};
+  for (int i = 0; i < 20; ++i) {
+    pool.post_python([&] {
+      if (pyattach::is_attached()) ++ran;
+    });
+  }
+  release->set();
+  pool.wait();
+  EXPECT_EQ(ran.load(), 20);
+  EXPECT_EQ(attaches_of(pool), 20u);
+}
+
 TEST(Pool, CppTaskBetweenPythonTasksRunsDetachedAndEndsTheBatch) {
   error_log log;
   pool_options o;
