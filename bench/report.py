@@ -874,6 +874,58 @@ def fast_path_leg(leg):
     return lines
 
 
+def remaining_instructions_text():
+    """Issue 12: what the instructions above the floor are, and what removing each would cost.
+
+    Counted by hand in the disassembly of the Debian 3.11 Release build of the commit that
+    wrote this text (objdump -d of the attach+detach loop in pyattach_bench); the tables below
+    are measured on every run. Keep this text true to include/pyattach/attach.hpp."""
+    return [
+        "### What pyattach adds to the pair, and what removing it would cost",
+        "",
+        "The inline attach and its end, instruction by instruction (x86-64, Debian 3.11 build; "
+        "the two calls and the loop are the floor's too):",
+        "",
+        "| instructions | what | needed for | cost of removing it |",
+        "|---:|---|---|---|",
+        "| 7 | the call site: 3 stores into the scope, 4 to copy it to the slot (outermost scope) "
+        "| misuse reports with both sites; `expect_attached()` names the last scope's site | a "
+        "one-word site (a pointer to `std::source_location`'s static record) needs C++20 in every "
+        "translation unit, the library's included (it is built as C++17): 2 instead of 7 |",
+        "| 5 (3.11), ~18 (3.12, 3.13) | asking CPython for the current thread state, with its "
+        "compare | a state attached by other code (a raw `PyGILState_Ensure`, "
+        "`Py_BEGIN_ALLOW_THREADS` inside a scope, a sub-interpreter) must not be attached again "
+        "(deadlock) | nothing cheaper is exported: 3.12+ reads a thread-local through "
+        "`__tls_get_addr` inside libpython |",
+        "| 6 | slot, null check, one compare of the gate word with `slot::fast_word` "
+        "(generation, open gate, a state pyattach made, barrier mode) | the gate | — |",
+        "| 3 | the second read of the gate word after storing the pass | the store-then-check "
+        "protocol; without it a closer can miss an attacher | none: the closer's membarrier "
+        "already replaced the fence and the atomic read-modify-writes |",
+        "| 3 + 3 | depth check; pass and phase stores (waiting, attached) | passes for the closer; "
+        "the thread report's waiting/attached state | the phase stores (3) would go with the "
+        "report's `waiting`/`attached` distinction |",
+        "| 3 | the per-thread count of outermost attaches | `threads()` / thread report `scopes` | "
+        "only by dropping that column (or moving it behind issue 13's metrics switch) |",
+        "| 5 | depth, restored level, owner, level, kind | ending scopes out of order and on "
+        "the wrong thread | the misuse handling of issues 3–5 |",
+        "| 10 | end: kind, owner, depth, lost re-attach | wrong-thread, out-of-order, double "
+        "release and lost re-attach reports | those reports |",
+        "| 3 | end: the gate word again | a scope that outlived its interpreter must not call "
+        "CPython | crashes at exit |",
+        "| 4 | end: depth, restored level, phase, pass | the closer's count; the report | — |",
+        "",
+        "Together about 55 instructions per pair on 3.11 (the measured difference to the floor "
+        "includes the loops' own differences). The target, 1.05× the floor, allows about 20: it "
+        "would take dropping the source sites, the thread report's phase and count, and some "
+        "misuse detection, which issue 12 asks to keep. A nested scope spends the same kinds of "
+        "instructions (site, current state, checks) without the pair; `detach_scope` adds a "
+        "variable-shift mask update (about 9) that out-of-order and wrong-thread ends of detach "
+        "scopes need.",
+        "",
+    ]
+
+
 def fast_path_section(legs):
     """Issue 12, part 4: the fast path per pyattach function, and the two-thread case, per leg."""
     out = ["## The fast path per pyattach function (issue 12)", ""]
@@ -890,6 +942,7 @@ def fast_path_section(legs):
                "(`addr2line -i`: the functions inlined there), and grouped by pyattach's function "
                "names, so the split follows the code as it changes (no line numbers).")
     out.append("")
+    out += remaining_instructions_text()
     for leg in legs:
         out += fast_path_leg(leg)
     rows = []
@@ -1221,6 +1274,28 @@ def pools_section(legs):
             cells.append("—" if v is None else f"{'met' if v[1] else 'MISSED'}: {v[2]}")
         out.append(f"| {name} | " + " | ".join(cells) + " |")
     out.append("")
+    out += [
+        "Notes on issue 12's pool targets (found while building batching, Debian 3.11; the "
+        "figures above are this run's):",
+        "",
+        "- **`submit_python` ≥ 0.9× `post_python`.** A `submit` allocates the task, the promise's "
+        "shared state and its result on the submitter and frees them on a worker. That "
+        "cross-thread pattern defeats glibc's per-thread cache: in a callgrind dump of "
+        "`submit_python` (20,000 tasks) `malloc`/`free` and their internals took about 890 "
+        "instructions per task, of about 2,100; `std::promise::set_value` adds a `pthread_once`. "
+        "Removing it needs a pool-owned allocation for the task and the promise state (the state "
+        "must outlive the pool when a future does: shared ownership of the allocator), or a "
+        "future type of the pool's own instead of `std::future` (an API change); neither is done.",
+        "- **Another thread's GIL wait ≤ the switch interval.** CPython's GIL is not handed over "
+        "in order: a worker that ends a batch and takes its next task takes the GIL back before "
+        "the waiter it woke gets to run, and each change of hands restarts that waiter's wait "
+        "for its drop request. With the batch bounded by the whole interval and no pause, the "
+        "prober's p99 was 6–17 ms here; a 100 µs bound with a yield still 5–14 ms. So a batch "
+        "that ends on its bound pauses 50 µs, detached, and the bound is half the interval "
+        "(the woken waiter may be the pool's other worker, whose batch then runs first). "
+        "`pool_options::batch_python = false` attaches per task.",
+        "",
+    ]
     for body in bodies:
         out += body
     return out

@@ -477,15 +477,23 @@ void pool_core::run_task(worker_rec& w, std::size_t index, std::unique_ptr<pool_
 // worker detaches, when:
 //   - the queue is empty, or its head is a C++ task (C++ tasks never run attached);
 //   - a posted task failed: on_error is called detached, as for an unbatched task;
-//   - the batch has held the GIL for sys.getswitchinterval() (the time bound, below).
+//   - the batch has held the GIL for half of sys.getswitchinterval() (the time bound, below).
 // The time bound. A thread waiting for the GIL waits switch_interval, then sets CPython's drop
 // request, which the holder honours only while it runs bytecode (the eval breaker), or when it
 // releases the GIL: PyEval_SaveThread then hands the GIL over to the waiter (FORCE_SWITCHING).
 // Tasks that call Python code therefore give the GIL away inside the batch on their own; tasks
-// that only use the C API never would. So the batch stops once it has been attached for the
-// switch interval; its detach then hands the GIL to a thread that asked for it. A waiter thus
-// waits about what it waits behind one Python thread running bytecode: the switch interval,
-// plus at most one batch for C-API-only tasks. Without reading the clock after every task: the
+// that only use the C API never would, so a batch must end by itself. Ending it is not enough:
+// CPython's GIL is not handed over in order, and a worker that drops it and takes its next task
+// takes the GIL back before the waiter it woke gets to run (every change of hands also restarts
+// that waiter's wait for its drop request). Measured with 2 workers (Debian 3.11, 5 ms interval,
+// bench/pool_alternatives.cpp gilwait rows): bound = the interval and no pause, another thread's
+// wait p99 6-17 ms; a 100 us bound with a yield, still 5-14 ms. So a batch that ends on the bound
+// pauses 50 us, detached, before this worker attaches again: the woken waiter (the longest
+// waiting first, as the condition variable wakes them) takes the GIL. The waiter may be this
+// pool's other worker, whose batch then runs first, hence half the interval: a thread that waits
+// behind two batches still gets the GIL within the interval (measured: p99 0.5-2.5 ms, max
+// 4.4 ms). The pause costs 50 us per 2.5 ms batch (2%) and happens only when the bound ended
+// the batch, never when the queue ran dry. Without reading the clock after every task: the
 // clock is read after the 1st task and then at checkpoints, every `step` tasks, where step is
 // sized from the tasks' average duration so far so that reaching the next checkpoint takes at
 // most half the time left (1 for tasks as long as the interval, at most kMaxStep for trivial
@@ -500,6 +508,7 @@ void pool_core::run_python(worker_rec& w, std::size_t index, std::unique_ptr<poo
   constexpr std::size_t kMaxStep = 32;
   const bool measure = opts.measure_python_time;
   std::exception_ptr to_report;  // a posted task's failure: reported once detached
+  bool timed_out = false;
   {
     steady::time_point t0{};
     if (measure) t0 = steady::now();
@@ -521,7 +530,7 @@ void pool_core::run_python(worker_rec& w, std::size_t index, std::unique_ptr<poo
       w.attaches.store(w.attaches.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
       name_in_python(w);
       const steady::time_point t1 = steady::now();  // the batch's start: attached
-      const std::int64_t limit = w.switch_interval_ns;
+      const std::int64_t limit = w.switch_interval_ns / 2;  // the time bound (above)
       std::size_t ran = 0, next_check = 1;
       for (;;) {
         w.current = task.get();  // if the task parks this worker, worker_parked() fails it
@@ -543,6 +552,7 @@ void pool_core::run_python(worker_rec& w, std::size_t index, std::unique_ptr<poo
           const std::int64_t elapsed = (now - t1).count();
           if (elapsed >= limit) {
             go_on = false;
+            timed_out = true;
           } else {
             // The next checkpoint: at the average so far, at most half the time left away.
             const std::int64_t avg = elapsed / static_cast<std::int64_t>(ran) + 1;
@@ -579,6 +589,8 @@ void pool_core::run_python(worker_rec& w, std::size_t index, std::unique_ptr<poo
       }
     }
   }  // detached: the last task stays counted in `running` until the worker loop takes m again
+  // Ended by the time bound: let the thread waiting for the GIL take it first (above).
+  if (timed_out) std::this_thread::sleep_for(std::chrono::microseconds(50));
   if (to_report) report_failure(index, "task", to_report);
 }
 

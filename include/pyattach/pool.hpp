@@ -26,10 +26,10 @@
 //                  (a batch: one attach for several tasks, unless options.batch_python is
 //                  false); detach when the queue is empty, its
 //                  head is a C++ task, a posted task failed (on_error is called detached), or
-//                  the batch has been attached for sys.getswitchinterval() (read once per
-//                  worker and interpreter lifetime; a thread waiting for the GIL then gets it,
-//                  as it would from a Python thread running bytecode). A batch never waits for
-//                  work attached, and never runs a C++ task attached.
+//                  the batch has been attached for half of sys.getswitchinterval() (read once
+//                  per worker and interpreter lifetime; the worker then pauses 50 us detached,
+//                  so that a thread waiting for the GIL gets it within about the interval). A
+//                  batch never waits for work attached, and never runs a C++ task attached.
 //                  If attaching is refused (the interpreter is finalizing or gone) the task is
 //                  not run and completes with pool_error(finalizing); each later task tries
 //                  (and is refused) on its own.
@@ -211,11 +211,11 @@ struct pool_options {
   // Python tasks: see the worker loop).
   bool measure_python_time = false;
   // Run Python tasks queued behind each other under one attach (see the worker loop). Batches
-  // cost a fraction of an attach per task, but hand the GIL over less often: another thread that
-  // wants it waits about a switch interval for a batch to end, and several when this pool's
-  // other workers wait for the GIL too (measured with 2 workers on 3.11: p99 9 ms, max 16 ms for
-  // a 5 ms interval, against p99 0.2 ms with one attach per task; docs/benchmarks.md, "Pools").
-  // false: one attach per Python task.
+  // cost a fraction of an attach per task, but hand the GIL over less often: a batch holds it for
+  // at most half of sys.getswitchinterval(), then pauses 50 us so that a thread waiting for the
+  // GIL takes it, so another thread waits at most about the interval (measured with 2 workers
+  // on 3.11, 5 ms interval: p99 0.5-2.5 ms; with one attach per task, p99 0.2-1.7 ms;
+  // docs/benchmarks.md, "Pools"). false: one attach per Python task.
   bool batch_python = true;
 };
 
