@@ -892,8 +892,8 @@ def remaining_instructions_text():
         "| misuse reports with both sites; `expect_attached()` names the last scope's site | a "
         "one-word site (a pointer to `std::source_location`'s static record) needs C++20 in every "
         "translation unit, the library's included (it is built as C++17): 2 instead of 7 |",
-        "| 5 (3.11), ~18 (3.12, 3.13) | asking CPython for the current thread state, with its "
-        "compare | a state attached by other code (a raw `PyGILState_Ensure`, "
+        "| 5 (3.11), 20 (3.12, 3.13) | asking CPython for the current thread state (the call: 3 "
+        "on 3.11, 18 on 3.12 and 3.13, in the tables below), and the compare | a state attached by other code (a raw `PyGILState_Ensure`, "
         "`Py_BEGIN_ALLOW_THREADS` inside a scope, a sub-interpreter) must not be attached again "
         "(deadlock) | nothing cheaper is exported: 3.12+ reads a thread-local through "
         "`__tls_get_addr` inside libpython |",
@@ -915,8 +915,9 @@ def remaining_instructions_text():
         "CPython | crashes at exit |",
         "| 4 | end: depth, restored level, phase, pass | the closer's count; the report | — |",
         "",
-        "Together about 55 instructions per pair on 3.11 (the measured difference to the floor "
-        "includes the loops' own differences). The target, 1.05× the floor, allows about 20: it "
+        "These rows sum to 52 on 3.11; the breakdown below gives pyattach 63 there (jumps between "
+        "the inlined blocks and register moves make the rest) and 78 on 3.12 and 3.13, where "
+        "the current-state call is 15 longer. The target, 1.05× the floor, allows about 20: it "
         "would take dropping the source sites, the thread report's phase and count, and some "
         "misuse detection, which issue 12 asks to keep. A nested scope spends the same kinds of "
         "instructions (site, current state, checks) without the pair; `detach_scope` adds a "
