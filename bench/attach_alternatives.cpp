@@ -334,6 +334,17 @@ inline std::uint64_t tsc() {
 // completed in it: the system's cost of one attach+detach while the other thread also attaches.
 // Counters (medians over repetitions in the report): ns_per_pair, tsc_per_pair, b_share (B's
 // share of the pairs: how unevenly the GIL was shared), tsc_ghz (ticks per ns over the window).
+// Each contending thread: make its state, warm it up, say so, then wait for the start.
+template <class Alt>
+void warm_then_wait(Alt& alt, empty_body& body, handshake& warmed, handshake& go) {
+  alt.thread_begin();
+  alt.batch_begin();
+  for (int i = 0; i < g_options.warmup; ++i) alt.iteration(body);
+  alt.batch_end();
+  warmed.signal();
+  go.wait();
+}
+
 template <class Alt>
 void bm_contend(benchmark::State& state) {
   struct alignas(64) padded_count {
@@ -349,12 +360,7 @@ void bm_contend(benchmark::State& state) {
     try {
       Alt alt;
       empty_body body(g_py);
-      alt.thread_begin();
-      alt.batch_begin();
-      for (int i = 0; i < g_options.warmup; ++i) alt.iteration(body);
-      alt.batch_end();
-      warm_b.signal();
-      go.wait();
+      warm_then_wait(alt, body, warm_b, go);
       alt.batch_begin();
       std::uint64_t n = 0;
       while (!stop.load(std::memory_order_relaxed)) {
@@ -378,12 +384,7 @@ void bm_contend(benchmark::State& state) {
     try {
       Alt alt;
       empty_body body(g_py);
-      alt.thread_begin();
-      alt.batch_begin();
-      for (int i = 0; i < g_options.warmup; ++i) alt.iteration(body);
-      alt.batch_end();
-      warm_a.signal();
-      go.wait();
+      warm_then_wait(alt, body, warm_a, go);
       started = true;
       while (!b_running.load(std::memory_order_acquire) && !broken.load()) std::this_thread::yield();
       alt.batch_begin();
