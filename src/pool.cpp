@@ -487,12 +487,12 @@ void pool_core::run_task(worker_rec& w, std::size_t index, std::unique_ptr<pool_
 // takes the GIL back before the waiter it woke gets to run (every change of hands also restarts
 // that waiter's wait for its drop request). Measured with 2 workers (Debian 3.11, 5 ms interval,
 // bench/pool_alternatives.cpp gilwait rows): bound = the interval and no pause, another thread's
-// wait p99 6-17 ms; a 100 us bound with a yield, still 5-14 ms. So a batch that ends on the bound
+// wait p99 5-17 ms; a 100 us bound with a yield, still 5-14 ms. So a batch that ends on the bound
 // pauses 50 us, detached, before this worker attaches again: the woken waiter (the longest
 // waiting first, as the condition variable wakes them) takes the GIL. The waiter may be this
 // pool's other worker, whose batch then runs first, hence half the interval: a thread that waits
-// behind two batches still gets the GIL within the interval (measured: p99 0.5-2.5 ms, max
-// 4.4 ms). The pause costs 50 us per 2.5 ms batch (2%) and happens only when the bound ended
+// behind two batches still gets the GIL within about the interval (Debian 3.11: p99 1.9 ms with
+// Python calls, 4.8 ms with C-API-only tasks; other interpreters in docs/benchmarks.md). The pause costs 50 us per 2.5 ms batch (2%) and happens only when the bound ended
 // the batch, never when the queue ran dry. Without reading the clock after every task: the
 // clock is read after the 1st task and then at checkpoints, every `step` tasks, where step is
 // sized from the tasks' average duration so far so that reaching the next checkpoint takes at

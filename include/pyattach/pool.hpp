@@ -213,9 +213,9 @@ struct pool_options {
   // Run Python tasks queued behind each other under one attach (see the worker loop). Batches
   // cost a fraction of an attach per task, but hand the GIL over less often: a batch holds it for
   // at most half of sys.getswitchinterval(), then pauses 50 us so that a thread waiting for the
-  // GIL takes it, so another thread waits at most about the interval (measured with 2 workers
-  // on 3.11, 5 ms interval: p99 0.5-2.5 ms; with one attach per task, p99 0.2-1.7 ms;
-  // docs/benchmarks.md, "Pools"). false: one attach per Python task.
+  // GIL takes it, so another thread waits about the interval at most (2 workers, Debian 3.11,
+  // 5 ms interval: p99 1.9 ms with Python calls, 4.8 ms with C-API-only tasks; with one attach
+  // per task, 0.4 ms; docs/benchmarks.md, "Pools"). false: one attach per Python task.
   bool batch_python = true;
 };
 
