@@ -1,0 +1,235 @@
+"""tools/trace_check.py on small synthetic traces. Nothing here needs the example module."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+TOOLS = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "tools")
+sys.path.insert(0, os.path.normpath(TOOLS))
+
+import trace_check  # noqa: E402  (found through TOOLS)
+
+from trace_check import ATTACHED, DETACHED, WAITING  # noqa: E402
+
+PID = 100
+MAIN, WORKER, TASKS = 1, 2, 3
+NAMES = {MAIN: "MainThread", WORKER: "p_0 [python: p]", TASKS: "tasks"}
+CATS = {ATTACHED: "gil", WAITING: "gil", DETACHED: "gil", "task": "pool"}
+
+
+def ev(ph, name, tid, ts, **extra):
+    e = {"name": name, "cat": CATS.get(name, "pyattach"), "ph": ph, "pid": PID, "tid": tid,
+         "ts": ts}
+    e.update(extra)
+    return e
+
+
+def span(tid, name, start, end, inner=(), **extra):
+    """B, the events of the spans inside, E."""
+    return [ev("B", name, tid, start, **extra), *inner, ev("E", name, tid, end)]
+
+
+def main_thread():
+    # held 1..3 and 6..10: a detach scope ends by waiting for the GIL again
+    return (span(MAIN, WAITING, 0, 1)
+            + span(MAIN, ATTACHED, 1, 10, span(MAIN, DETACHED, 3, 5) + span(MAIN, WAITING, 5, 6)
+                   + [ev("i", "gate closing", MAIN, 9, s="g")]))
+
+
+def worker(attach_at=10, detached_first=False):
+    """A pool worker running two Python tasks under one attach: held attach_at..18 and 20..22.
+    detached_first: the attach starts with a detach scope that lasts until 10."""
+    first = []
+    if detached_first:
+        first = span(WORKER, DETACHED, attach_at, 9.5) + span(WORKER, WAITING, 9.5, 10)
+    body = (first + span(WORKER, "task", 10, 14, args={"pool": "p", "worker": "p_0", "task": 1})
+            + span(WORKER, "task", 14, 18, args={"pool": "p", "worker": "p_0", "task": 2})
+            + span(WORKER, DETACHED, 18, 19) + span(WORKER, WAITING, 19, 20))
+    return span(WORKER, WAITING, 2, attach_at) + span(WORKER, ATTACHED, attach_at, 22, body)
+
+
+def tasks_thread():
+    """Two tasks that attach: held 22..30, then 33..40, closed by the writer (args open)."""
+    return (span(TASKS, "task", 20, 31, span(TASKS, WAITING, 20, 22) + span(TASKS, ATTACHED, 22, 30)
+                 + [ev("i", "misuse: double_release", TASKS, 30.5, s="t", cat="misuse",
+                       args={"message": "released twice"})])
+            + [ev("B", "task", TASKS, 32), ev("B", ATTACHED, TASKS, 33),
+               ev("E", ATTACHED, TASKS, 40, args={"open": True}),
+               ev("E", "task", TASKS, 40, args={"open": True})])
+
+
+def make_trace(*threads):
+    """The threads' events interleaved by ts (stable: each thread keeps its order), after the
+    metadata, as the writer may emit them."""
+    events = sorted((e for t in threads for e in t), key=lambda e: e["ts"])
+    meta = [{"name": "process_name", "ph": "M", "pid": PID, "tid": 0, "args": {"name": "test"}}]
+    meta += [{"name": "thread_name", "ph": "M", "pid": PID, "tid": tid, "args": {"name": name}}
+             for tid, name in NAMES.items()]
+    return {"traceEvents": meta + events, "displayTimeUnit": "ms",
+            "otherData": {"pyattach": {"clock": "tsc", "dropped": 0, "threads": []}}}
+
+
+def valid_trace():
+    return make_trace(main_thread(), worker(), tasks_thread())
+
+
+def overlap_trace():
+    # the worker attaches at 8, while the main thread holds the GIL until 10
+    return make_trace(main_thread(), worker(attach_at=8), tasks_thread())
+
+
+def test_valid_trace_passes_with_counts_and_held_intervals():
+    result = trace_check.check(valid_trace())
+    assert result.problems == []
+    assert result.spans[MAIN][ATTACHED] == 1
+    assert result.spans[MAIN][WAITING] == 2
+    assert result.spans[MAIN][DETACHED] == 1
+    assert result.spans[WORKER]["task"] == 2
+    assert result.spans[TASKS]["task"] == 2
+    assert result.totals[ATTACHED] == 4
+    assert result.totals["task"] == 4
+    assert result.totals[WAITING] == 5
+    # held ends touching the next thread's start (10, 22) are allowed
+    assert result.held[MAIN] == [(1, 3), (6, 10)]
+    assert result.held[WORKER] == [(10, 18), (20, 22)]
+    assert result.held[TASKS] == [(22, 30), (33, 40)]
+    assert list(result.spans) == [MAIN, WORKER, TASKS]  # process_name's tid 0 is no thread
+    assert result.thread_names[WORKER] == "p_0 [python: p]"
+    assert result.process_names == {PID: "test"}
+    assert [i.name for i in result.instants[TASKS]] == ["misuse: double_release"]
+    assert (result.first_ts, result.last_ts) == (0, 40)
+
+
+def test_threads_grouped_instead_of_interleaved_pass():
+    trace = valid_trace()
+    timed = [e for e in trace["traceEvents"] if e["ph"] != "M"]
+    timed.sort(key=lambda e: e["tid"])  # stable: one thread after another, each in time order
+    trace["traceEvents"] = [e for e in trace["traceEvents"] if e["ph"] == "M"] + timed
+    assert trace_check.check(trace).problems == []
+
+
+def test_overlapping_held_intervals_are_reported():
+    result = trace_check.check(overlap_trace())
+    assert len(result.problems) == 1
+    problem = result.problems[0]
+    assert "GIL held by two threads at once" in problem
+    assert "tid 1 (MainThread)" in problem and "tid 2 (p_0 [python: p])" in problem
+    assert "overlapping 2.000 us" in problem
+
+
+def test_overlap_inside_a_nested_detached_span_is_accepted():
+    # the worker's attach starts at 8 as above, but it is detached (then waiting) until 10
+    result = trace_check.check(make_trace(main_thread(), worker(attach_at=8, detached_first=True),
+                                          tasks_thread()))
+    assert result.problems == []
+    assert result.held[WORKER] == [(10, 18), (20, 22)]
+
+
+def test_no_gil_build_skips_the_overlap_check():
+    result = trace_check.check(overlap_trace(), gil_build=False)
+    assert result.problems == []
+    assert result.held[WORKER][0] == (8, 18)
+
+
+def events_of(trace, tid, ph, name):
+    return [e for e in trace["traceEvents"] if (e["tid"], e["ph"], e["name"]) == (tid, ph, name)]
+
+
+def unmatched_e(trace):
+    trace["traceEvents"].append(ev("E", ATTACHED, TASKS, 41))
+
+
+def unclosed_b(trace):
+    trace["traceEvents"].append(ev("B", ATTACHED, TASKS, 41))
+
+
+def name_mismatch(trace):
+    events_of(trace, MAIN, "E", DETACHED)[0]["name"] = "task"
+
+
+def ts_backwards(trace):
+    events_of(trace, MAIN, "E", WAITING)[1]["ts"] = 4  # after its B at 5
+
+
+def no_tid(trace):
+    del events_of(trace, WORKER, "B", "task")[0]["tid"]
+
+
+def no_ts(trace):
+    del events_of(trace, MAIN, "B", ATTACHED)[0]["ts"]
+
+
+def bad_phase(trace):
+    trace["traceEvents"][-1]["ph"] = "Z"
+
+
+def x_without_dur(trace):
+    trace["traceEvents"].append(ev("X", "work", TASKS, 41))
+
+
+def bad_scope(trace):
+    events_of(trace, MAIN, "i", "gate closing")[0]["s"] = "x"
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (unmatched_e, "E with no open B"),
+    (unclosed_b, "B 'attached' at 41 is never closed"),
+    (name_mismatch, "E closes 'task' but the innermost open span is 'detached (blocking C++)'"),
+    (ts_backwards, "ts 4 is before the thread's previous event at 5"),
+    (no_tid, "missing or wrong tid (an int)"),
+    (no_ts, "missing or wrong ts (a number >= 0)"),
+    (bad_phase, "missing or wrong ph"),
+    (x_without_dur, "missing or wrong dur"),
+    (bad_scope, "missing or wrong s (g, p or t)"),
+])
+def test_each_check_fires(mutate, expected):
+    trace = valid_trace()
+    mutate(trace)
+    problems = trace_check.check(trace).problems
+    assert any(expected in p for p in problems), problems
+
+
+@pytest.mark.parametrize("trace", [[], {"events": []}, {"traceEvents": {}}])
+def test_top_level_must_be_an_object_with_a_trace_events_list(trace):
+    assert trace_check.check(trace).problems == [
+        "the top level is not an object with a traceEvents list"]
+
+
+def test_problems_of_one_kind_are_capped():
+    trace = valid_trace()
+    trace["traceEvents"] += [ev("E", ATTACHED, TASKS, 41)] * 100
+    problems = trace_check.check(trace).problems
+    n = trace_check.MAX_PER_KIND
+    assert len(problems) == n + 1
+    assert problems[-1] == f"... and {100 - n} more nesting problems (100 in all)"
+
+
+def test_a_path_is_read(tmp_path):
+    path = tmp_path / "trace.json"
+    path.write_text(json.dumps(valid_trace()))
+    assert trace_check.check(path).problems == []
+    assert trace_check.check(str(path)).totals[ATTACHED] == 4
+    path.write_text("{not json")
+    assert trace_check.check(path).problems[0].startswith("cannot read the trace:")
+
+
+def run_check(*args):
+    return subprocess.run([sys.executable, os.path.join(TOOLS, "trace_check.py"), *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_command_line_exit_status(tmp_path):
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    good.write_text(json.dumps(valid_trace()))
+    bad.write_text(json.dumps(overlap_trace()))
+    run = run_check(str(good))
+    assert run.returncode == 0, run.stderr
+    assert "ok" in run.stdout
+    run = run_check(str(bad))
+    assert run.returncode == 1
+    assert "GIL held by two threads at once" in run.stderr
+    assert run_check(str(bad), "--no-gil-check").returncode == 0
+
