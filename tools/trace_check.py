@@ -79,10 +79,6 @@ class Result:
         self.events = 0
         self.dropped = 0
 
-    @property
-    def ok(self):
-        return not self.problems
-
     def thread_label(self, tid):
         name = self.thread_names.get(tid)
         return f"tid {tid} ({name})" if name else f"tid {tid}"
