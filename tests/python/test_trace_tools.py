@@ -1,7 +1,12 @@
-"""tools/trace_check.py on small synthetic traces. Nothing here needs the example module."""
+"""tools/trace_check.py and tools/timeline.py on small synthetic traces.
+
+Nothing here needs the example module. The renderer's test skips where matplotlib is missing
+(the pytest legs' venvs); run it with Debian's /usr/bin/python3 to really draw.
+"""
 
 import json
 import os
+import struct
 import subprocess
 import sys
 
@@ -233,3 +238,34 @@ def test_command_line_exit_status(tmp_path):
     assert "GIL held by two threads at once" in run.stderr
     assert run_check(str(bad), "--no-gil-check").returncode == 0
 
+
+def png_size(path):
+    with open(path, "rb") as f:
+        head = f.read(24)
+    assert head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR"
+    return struct.unpack(">II", head[16:24])
+
+
+def test_timeline_renders_two_panels(tmp_path):
+    pytest.importorskip("matplotlib")
+    import timeline
+
+    path = tmp_path / "pyattach.json"
+    path.write_text(json.dumps(valid_trace()))
+    out = tmp_path / "timeline.png"
+    timeline.render([("raw C API", overlap_trace()), ("pyattach", path)], str(out),
+                    title="Scenario: two panels")
+    width, height = png_size(out)
+    assert width == 1400
+    assert 500 <= height <= 1200  # a legend row and two panels of three lanes
+    assert out.stat().st_size > 20000
+
+
+def test_timeline_panel_arguments(tmp_path):
+    import timeline  # imports matplotlib only when it draws
+
+    assert timeline.parse_panel("raw C API=a/raw.json") == ("raw C API", "a/raw.json")
+    assert timeline.parse_panel("a/raw.json") == ("raw.json", "a/raw.json")
+    odd = tmp_path / "x=1.json"
+    odd.write_text("{}")
+    assert timeline.parse_panel(str(odd)) == ("x=1.json", str(odd))
