@@ -139,6 +139,16 @@ def test_no_gil_build_skips_the_overlap_check():
     assert result.held[WORKER][0] == (8, 18)
 
 
+
+def test_complete_events_count_and_hold_the_gil():
+    # X spans nest where they appear in the file, like B/E ones
+    trace = make_trace(span(MAIN, ATTACHED, 0, 10, [ev("X", DETACHED, MAIN, 2, dur=3)]),
+                       [ev("X", ATTACHED, WORKER, 4, dur=2), ev("X", ATTACHED, WORKER, 10, dur=2)])
+    result = trace_check.check(trace)
+    assert result.spans[WORKER][ATTACHED] == 2 and result.totals[DETACHED] == 1
+    assert result.held[MAIN] == [(0, 2), (5, 10)]
+    assert len(result.problems) == 1 and "overlapping 1.000 us" in result.problems[0]
+
 def events_of(trace, tid, ph, name):
     return [e for e in trace["traceEvents"] if (e["tid"], e["ph"], e["name"]) == (tid, ph, name)]
 
