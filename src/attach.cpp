@@ -123,6 +123,7 @@ void drop_dummy_thread_entry() noexcept {
 // PRECONDITION: a pass keeps the interpreter from finalizing meanwhile.
 void delete_current_state(slot* s) noexcept {
   drop_dummy_thread_entry();
+  obs_release(s);
   PyThreadState_Clear(s->tstate);  // threading.local data, trace functions, frames: freed here
   // Deletes the current state, unregisters it from PyGILState and releases the GIL.
   PyThreadState_DeleteCurrent();
@@ -170,12 +171,14 @@ slot* make_slot() {
   static thread_local slot_owner owner;
   (void)owner;
   install_fork_handlers();
+  observe_init_once();
   auto* s = new slot;
   s->os_tid = this_os_tid();
   s->py_ident = PyThread_get_thread_ident();  // pthread_self(); needs no GIL
   {
     std::lock_guard<std::mutex> lock(registry().mutex);
     registry().slots.push_back(s);
+    s->observe.store(observe_bits(), std::memory_order_relaxed);
   }
   tls_slot = s;
   return s;
@@ -205,6 +208,15 @@ std::string thread_label(std::uint64_t os_tid) {
     }
   }
   return std::string(name) + " (tid " + std::to_string(os_tid) + ")";
+}
+
+slot* this_thread_slot() noexcept {
+  if (tls_slot != nullptr || tls_exited) return tls_slot;
+  try {
+    return make_slot();
+  } catch (...) {
+    return nullptr;
+  }
 }
 
 bool attached_here(const slot* s) noexcept {
@@ -296,6 +308,7 @@ void exit_with_open_scopes(slot* s) noexcept {
     } else {
       // Someone else's state, or the closer gave up on this thread (finalization may be waiting
       // for this GIL): only hand the GIL back; dropping it never ends the thread.
+      obs_release(s);
       PyEval_SaveThread();
     }
   }
@@ -320,6 +333,7 @@ slot_owner::~slot_owner() {
   } else {
     exit_with_open_scopes(s);
   }
+  obs_retire(s);
   {
     std::lock_guard<std::mutex> lock(registry().mutex);
     auto& v = registry().slots;
@@ -457,6 +471,8 @@ void scope_access::attach_slow(attach_scope& sc, const source_site& site) noexce
       return;
     }
     s->phase.store(slot_phase::waiting, std::memory_order_relaxed);
+    const bool observed = s->observe.load(std::memory_order_relaxed) != 0;
+    if (observed) obs_wait_begin(s);
     if (gs != nullptr) {
       // PyGILState knows a state for this thread (ours, or pybind11's/another library's that
       // is detached now): attach that one (invariant 2: one state per thread).
@@ -473,6 +489,7 @@ void scope_access::attach_slow(attach_scope& sc, const source_site& site) noexce
       s->tstate = PyGILState_GetThisThreadState();
       s->owned = true;
     }
+    if (observed) obs_attached(s, true);
     guard.close();  // entry only: a thread that stays inside never delays shutdown
     refresh_fast_word(s);
     s->phase.store(slot_phase::attached, std::memory_order_relaxed);
@@ -493,7 +510,9 @@ bool reattach_level(slot* s, std::uint32_t level, std::uint64_t w, bool live) no
     // An atexit callback that runs after pyattach's, on the thread finalizing the interpreter:
     // it holds the GIL again when its callback returns, as CPython expects.
     s->phase.store(slot_phase::waiting, std::memory_order_relaxed);
+    if (s->observe.load(std::memory_order_relaxed) != 0) obs_wait_begin(s);
     PyEval_RestoreThread(s->tstate);
+    obs_attached(s, false);
     s->phase.store(slot_phase::attached, std::memory_order_relaxed);
     return true;
   }
@@ -515,7 +534,9 @@ bool reattach_level(slot* s, std::uint32_t level, std::uint64_t w, bool live) no
     return false;
   }
   s->phase.store(slot_phase::waiting, std::memory_order_relaxed);
+  if (s->observe.load(std::memory_order_relaxed) != 0) obs_wait_begin(s);
   PyEval_RestoreThread(s->tstate);  // inside the gate: the runtime is not finalizing
+  obs_attached(s, false);  // records only if obs_wait_begin did
   guard.close();
   s->phase.store(slot_phase::attached, std::memory_order_relaxed);
   if (took) {
@@ -542,6 +563,7 @@ bool scope_access::undo_level(slot* s, std::uint32_t level, const end_context* e
   if (s->restored_mask & bit) {
     s->restored_mask &= ~bit;
     s->phase.store(slot_phase::detached, std::memory_order_relaxed);
+    obs_release(s);  // the spans this scope opened end here, whichever way it ends
     if (s->anomaly_mask & lost_bit) {
       s->anomaly_mask &= ~lost_bit;  // already detached: the gate refused the re-attach
     } else if (!live) {
@@ -562,6 +584,7 @@ bool scope_access::undo_level(slot* s, std::uint32_t level, const end_context* e
   }
   if (s->detached_mask & bit) {
     s->detached_mask &= ~bit;
+    obs_detach_end(s);
     ok = reattach_level(s, level, w, live);
     if (!ok) s->anomaly_mask |= lost_bit;
   }
@@ -708,8 +731,11 @@ void scope_access::detach_begin(detach_scope& sc) noexcept {
   // closer then waits for the scope to end, and its end re-attaches inside the gate.
   take_extra_pass(s, sc.level_, w);
   s->phase.store(slot_phase::detached, std::memory_order_relaxed);
+  // Observed: ended out of line too (detach_scope::state_observed), so that its end records.
+  const bool observed = s->observe.load(std::memory_order_relaxed) != 0;
+  if (observed) obs_detach_begin(s);
   PyEval_SaveThread();  // keeps the state (s->tstate), hands the GIL to others
-  sc.state_ = detach_scope::state_active;
+  sc.state_ = observed ? detach_scope::state_observed : detach_scope::state_active;
 }
 
 void scope_access::detach_end(detach_scope& sc, const source_site* at, void* code,
@@ -766,6 +792,7 @@ int park_tracer(PyObject*, PyFrameObject*, int, PyObject*) noexcept {
   // The closer gave up on this thread while it runs Python, and asked it to leave in vain: park
   // it between two lines, before CPython may finalize under it. The gate is still closing (the
   // closer waits for this), so releasing the GIL here is safe.
+  obs_release(s);
   PyEval_SaveThread();
   park(s, "it was still running Python when the close bound and the grace after the shutdown "
           "request expired");

@@ -156,6 +156,7 @@ void report_misuse(const misuse_details& d) noexcept {
     }
     r.message = std::string("pyattach: misuse: ") + to_string(d.kind) + ": " + text;
     g_count.fetch_add(1, std::memory_order_relaxed);
+    trace_instant(std::string("misuse: ") + to_string(d.kind), r.message);
     misuse_handler h = g_handler.load();
     (h != nullptr ? h : default_misuse_handler)(r);
   } catch (...) {

@@ -204,6 +204,7 @@ std::chrono::milliseconds default_close_timeout() noexcept {
 }
 
 std::uint64_t bind_gate() noexcept {
+  observe_init_once();  // PYATTACH_METRICS, PYATTACH_TRACE: from the first bind on
   std::lock_guard<std::mutex> lock(gate_transition_mutex());
   const std::uint64_t w = g_gate.word.load();
   if ((w & 3) != phase_unbound) return w;
@@ -425,6 +426,7 @@ close_result close_gate_impl(std::chrono::milliseconds timeout) noexcept {
     // Store `closing` before reading the passes (see detail/slot.hpp, "Ordering").
     g_gate.word.store(gate_word(w >> 2, phase_closing), std::memory_order_seq_cst);
   }
+  trace_instant("gate closing", "");
   // Every attacher that stored its pass before this point is seen below; every later one sees
   // `closing` and leaves.
   heavy_barrier();
@@ -478,6 +480,7 @@ close_result close_gate_impl(std::chrono::milliseconds timeout) noexcept {
                  parked.empty() ? "" : "; parked:", parked.c_str());
   }
   if (saved != nullptr) PyEval_RestoreThread(saved);  // the runtime is not finalizing yet
+  observe_gate_closed();  // PYATTACH_TRACE: its file is written now
   return result;
 }
 

@@ -91,6 +91,28 @@ void note_worker_parked() noexcept;
 // the GIL on this version (see compat::current_state_unchecked).
 bool attached_here(const slot* s) noexcept;
 
+// This thread's slot, made now if it has none (nullptr after its exit clean-up, or if it cannot
+// be allocated). Needs no GIL.
+slot* this_thread_slot() noexcept;
+
+// ---- observation (observe.cpp; pyattach/observe.hpp) ----
+// Reads PYATTACH_METRICS and PYATTACH_TRACE, once per process (make_slot, bind_gate).
+void observe_init_once() noexcept;
+// What a new slot records (slot::observe). PRECONDITION: registry().mutex held, so that a
+// concurrent switch either sees the new slot or is seen by it.
+std::uint8_t observe_bits() noexcept;
+// The thread exits: its metrics are summed into its pool's exited record and its trace buffer
+// kept for the writer. PRECONDITION: the slot is the caller's, still registered.
+void obs_retire(slot* s) noexcept;
+// A pool worker starts: its task spans carry (pool, worker).
+void obs_worker_start(const std::string& pool, const std::string& worker) noexcept;
+bool tracing_anywhere() noexcept;  // a trace runs (relaxed: a hint for the pool's task spans)
+void obs_task(bool begin, std::uint64_t task_number) noexcept;
+// An instant event on the calling thread (gate closing, misuse), while a trace runs.
+void trace_instant(const std::string& name, const std::string& message) noexcept;
+// The gate closed for the interpreter's end: writes PYATTACH_TRACE's file and ends its trace.
+void observe_gate_closed() noexcept;
+
 // ---- diagnostics (diagnostics.cpp) ----
 struct misuse_details {
   misuse_kind kind;

@@ -383,6 +383,7 @@ void pool_core::worker_main(std::size_t index) {
   tls_worker_index = index;
   pthread_setname_np(pthread_self(), w.os_name.c_str());
   w.os_tid.store(this_os_tid(), std::memory_order_relaxed);
+  obs_worker_start(opts.name, w.name);
 
   std::exception_ptr start_failed;
   if (opts.on_start) start_failed = run_hook(opts.on_start, opts.start_hook_python, w, index);
@@ -455,7 +456,11 @@ void pool_core::run_task(worker_rec& w, std::size_t index, std::unique_ptr<pool_
   const bool has_future = task->has_future();
   const auto t0 = steady::now();
   w.current = task.get();  // its own scopes may park this worker too
+  const bool traced = tracing_anywhere();
+  const std::uint64_t number = w.tasks.load(std::memory_order_relaxed);
+  if (traced) obs_task(true, number);
   const std::exception_ptr failure = task->run();
+  if (traced) obs_task(false, number);
   w.current = nullptr;
   // The counters are updated before the future is made ready (complete()), so that whoever saw
   // every future ready also sees them in stats(), and, on demand, sees this worker not busy.
@@ -534,7 +539,11 @@ void pool_core::run_python(worker_rec& w, std::size_t index, std::unique_ptr<poo
       std::size_t ran = 0, next_check = 1;
       for (;;) {
         w.current = task.get();  // if the task parks this worker, worker_parked() fails it
+        const bool traced = tracing_anywhere();
+        const std::uint64_t number = w.tasks.load(std::memory_order_relaxed);
+        if (traced) obs_task(true, number);
         const std::exception_ptr failure = task->run();
+        if (traced) obs_task(false, number);
         w.current = nullptr;
         ++ran;
         // The counters first: complete() below makes the future ready (see run_task).

@@ -103,9 +103,16 @@ struct nothrow_t {
 };
 inline constexpr nothrow_t nothrow{};
 
+class attach_scope;
+class detach_scope;
 namespace detail {
 class scope_access;
-}
+// The observed outermost attach and its end (src/observe.cpp): attach_scope::attach_outer and
+// end_outer with the observation hooks, out of line so that the inline path stays small.
+bool attach_observed(attach_scope& scope, slot* s, std::uint64_t w,
+                     const source_site& site) noexcept;
+bool end_observed(attach_scope& scope, slot* s, const source_site* at) noexcept;
+}  // namespace detail
 
 class attach_scope {
  public:
@@ -132,7 +139,7 @@ class attach_scope {
   // True if this scope made the state current (the outermost scope of an idle thread).
   bool made_current() const noexcept {
     const std::uint8_t k = kind_ & ~kind_released;
-    return k == kind_restored || k == kind_outer;
+    return k == kind_restored || k == kind_outer || k == kind_observed;
   }
   const source_site& site() const noexcept { return site_; }
 
@@ -146,10 +153,19 @@ class attach_scope {
   // out-of-line path makes at any level; both end through restored_mask when ended slowly).
   // released: or-ed into kind_ once the scope has ended (released() or ended by misuse), so that
   // one byte compare tells a live scope of a kind from everything else.
+  // observed: outer, made while the thread records metrics or a trace (observe.hpp); its end
+  // records too (detail::end_observed), whatever the thread records by then.
   enum : std::uint8_t { kind_none, kind_nested, kind_restored, kind_transient, kind_passed,
-                        kind_outer, kind_released = 0x80 };
+                        kind_outer, kind_observed, kind_released = 0x80 };
 
+  friend bool detail::attach_observed(attach_scope&, detail::slot*, std::uint64_t,
+                                      const source_site&) noexcept;
+  friend bool detail::end_observed(attach_scope&, detail::slot*, const source_site*) noexcept;
   void attach_fast(const source_site& site) noexcept;
+  template <bool Observed>
+  bool attach_outer(detail::slot* s, std::uint64_t w, const source_site& site) noexcept;
+  template <bool Observed>
+  bool end_outer(detail::slot* s, const source_site* at) noexcept;
   void finish(const source_site* at) noexcept;
 
   // No default member initializers: the inline path stores each field it needs once, and
@@ -203,8 +219,9 @@ class detach_scope {
   bool end_fast() noexcept;
 
   // idle: the constructor found nothing to detach; active: detached until the scope ends;
-  // ended: released, reattached or ended by misuse.
-  enum : std::uint8_t { state_idle, state_active, state_ended };
+  // ended: released, reattached or ended by misuse; observed: active, begun while the thread
+  // records metrics or a trace (observe.hpp), so that its end (out of line) records too.
+  enum : std::uint8_t { state_idle, state_active, state_ended, state_observed };
 
   // No default member initializers (as attach_scope): begin_fast stores each field it uses
   // once, and detach_begin_slow sets all of them first.
@@ -244,6 +261,47 @@ void detach_begin_slow(detach_scope& scope) noexcept;
 void detach_end_slow(detach_scope& scope) noexcept;  // its return address: the ending code
 }  // namespace detail
 
+// The outermost attach of an idle thread whose state pyattach made, the gate open in its
+// generation (w == s->fast_word). Observed: the same path with the observation hooks, compiled
+// out of line in src/observe.cpp (attach_observed). Returns false, holding nothing, if the gate
+// moved (the caller then takes attach_slow).
+template <bool Observed>
+PYATTACH_ALWAYS_INLINE bool attach_scope::attach_outer(detail::slot* s, std::uint64_t w,
+                                                       const source_site& site) noexcept {
+  // 3.15+: the view of w's generation (read after w, confirmed with it below); no-op before.
+  const detail::compat::interpreter_view view = detail::g_gate.view.load();
+  // Take a pass, then confirm that the gate still reads w (detail/slot.hpp, "Ordering": the
+  // closer's heavy barrier pairs with this compiler barrier). Depth 0: no scope is open, so this
+  // thread holds no pass (each belongs to an open scope).
+  s->passes.store(1, std::memory_order_relaxed);
+  s->phase.store(detail::slot_phase::waiting, std::memory_order_relaxed);
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  // 3.15+: a PEP 788 guard across the attach only; refused once CPython has started finalizing
+  // (then attach_slow refuses too). Before 3.15: empty, always true.
+  detail::compat::entry_guard guard(view);
+  if (PYATTACH_LIKELY(detail::g_gate.word.load(std::memory_order_relaxed) == w && guard)) {
+    if constexpr (Observed) detail::obs_wait_begin(s);
+    // The gate is open and we hold a pass, so the interpreter cannot start finalizing before
+    // this returns (the closer waits for passes): no pthread_exit, no hang.
+    PyEval_RestoreThread(s->tstate);
+    if constexpr (Observed) detail::obs_attached(s, true);
+    guard.close();  // entry only: a thread that stays inside never delays shutdown
+    s->phase.store(detail::slot_phase::attached, std::memory_order_relaxed);
+    s->scopes.store(s->scopes.load(std::memory_order_relaxed) + 1,
+                    std::memory_order_relaxed);  // single writer: no RMW needed
+    s->depth = 1;
+    s->outer_site = site;
+    s->restored_mask = detail::level_bit(1);
+    owner_ = s;
+    level_ = 1;
+    kind_ = Observed ? kind_observed : kind_outer;
+    return true;
+  }
+  s->passes.store(0, std::memory_order_relaxed);
+  s->phase.store(detail::slot_phase::detached, std::memory_order_relaxed);
+  return false;
+}
+
 inline void attach_scope::attach_fast(const source_site& site) noexcept {
   detail::slot* const s = detail::tls_slot;
   if (PYATTACH_LIKELY(s != nullptr)) {
@@ -258,35 +316,12 @@ inline void attach_scope::attach_fast(const source_site& site) noexcept {
         // slow, as does ours on <= 3.11: it takes a pass without taking the GIL).
         if (PYATTACH_LIKELY(detail::compat::current_state_is_per_thread ? cur == nullptr
                                                                           : cur != s->tstate)) {
-          // 3.15+: the view of w's generation (read after w, confirmed with it below); no-op before.
-          const detail::compat::interpreter_view view = detail::g_gate.view.load();
-          // Take a pass, then confirm that the gate still reads w (detail/slot.hpp, "Ordering":
-          // the closer's heavy barrier pairs with this compiler barrier). Depth 0: no scope is
-          // open, so this thread holds no pass (each belongs to an open scope).
-          s->passes.store(1, std::memory_order_relaxed);
-          s->phase.store(detail::slot_phase::waiting, std::memory_order_relaxed);
-          std::atomic_signal_fence(std::memory_order_seq_cst);
-          // 3.15+: a PEP 788 guard across the attach only; refused once CPython has started
-          // finalizing (then attach_slow refuses too). Before 3.15: empty, always true.
-          detail::compat::entry_guard guard(view);
-          if (PYATTACH_LIKELY(detail::g_gate.word.load(std::memory_order_relaxed) == w && guard)) {
-            // The gate is open and we hold a pass, so the interpreter cannot start finalizing
-            // before this returns (the closer waits for passes): no pthread_exit, no hang.
-            PyEval_RestoreThread(s->tstate);
-            guard.close();  // entry only: a thread that stays inside never delays shutdown
-            s->phase.store(detail::slot_phase::attached, std::memory_order_relaxed);
-            s->scopes.store(s->scopes.load(std::memory_order_relaxed) + 1,
-                            std::memory_order_relaxed);  // single writer: no RMW needed
-            s->depth = 1;
-            s->outer_site = site;
-            s->restored_mask = detail::level_bit(1);
-            owner_ = s;
-            level_ = 1;
-            kind_ = kind_outer;
+          // Metrics or a trace (pyattach/observe.hpp): the one branch they cost when off.
+          if (PYATTACH_UNLIKELY(s->observe.load(std::memory_order_relaxed) != 0)) {
+            if (detail::attach_observed(*this, s, w, site)) return;
+          } else if (attach_outer<false>(s, w, site)) {
             return;
           }
-          s->passes.store(0, std::memory_order_relaxed);
-          s->phase.store(detail::slot_phase::detached, std::memory_order_relaxed);
         }
       } else if (PYATTACH_LIKELY(cur == s->tstate && s->depth + 1 < detail::tracked_levels &&
                                  s->remote_orphans.load(std::memory_order_relaxed) == 0)) {
@@ -311,27 +346,37 @@ inline attach_scope::attach_scope(source_site site) : site_(site) {
   if (PYATTACH_UNLIKELY(kind_ == kind_none)) throw attach_error(status_);
 }
 
+// The end of a scope the inline attach made (kind_outer; kind_observed: observed, compiled out
+// of line in src/observe.cpp). Level 1 and depth 1: no other scope is open, so this one holds
+// the thread's only pass and the only restored level, and the only possible anomaly is the lost
+// bit (a detach scope inside could not re-attach). Remote orphans need no check: another thread
+// can only have ended this scope (then kind_released is set) or one that is still open (then the
+// depth would be higher). w == fast_word: the gate still open in the state's generation (a scope
+// that outlived its interpreter, or ends while the gate closes, goes slow). Returns false, having
+// done nothing, if end_slow must end it.
+template <bool Observed>
+PYATTACH_ALWAYS_INLINE bool attach_scope::end_outer(detail::slot* s,
+                                                    const source_site* at) noexcept {
+  if (PYATTACH_LIKELY(s == owner_ && s->depth == 1 && s->anomaly_mask == 0 &&
+                      detail::g_gate.word.load(std::memory_order_acquire) == s->fast_word)) {
+    if (at != nullptr) kind_ |= kind_released;  // a destroyed scope is never looked at again
+    s->depth = 0;
+    s->restored_mask = 0;
+    s->phase.store(detail::slot_phase::detached, std::memory_order_relaxed);
+    if constexpr (Observed) detail::obs_release(s);
+    // This scope made the state current on this thread; hand the GIL back, keep the state.
+    PyEval_SaveThread();
+    // After the GIL is released: a closer that sees the pass gone may finalize at once.
+    s->passes.store(0, std::memory_order_release);
+    return true;
+  }
+  return false;
+}
+
 PYATTACH_ALWAYS_INLINE void attach_scope::finish(const source_site* at) noexcept {
   detail::slot* const s = detail::tls_slot;
   if (kind_ == kind_outer) {
-    // Level 1 and depth 1: no other scope is open, so this one holds the thread's only pass
-    // and the only restored level, and the only possible anomaly is the lost bit (a detach
-    // scope inside could not re-attach). Remote orphans need no check: another thread can only
-    // have ended this scope (then kind_released is set) or one that is still open (then the
-    // depth would be higher). w == fast_word: the gate still open in the state's generation (a
-    // scope that outlived its interpreter, or ends while the gate closes, goes slow).
-    if (PYATTACH_LIKELY(s == owner_ && s->depth == 1 && s->anomaly_mask == 0 &&
-                        detail::g_gate.word.load(std::memory_order_acquire) == s->fast_word)) {
-      if (at != nullptr) kind_ |= kind_released;  // a destroyed scope is never looked at again
-      s->depth = 0;
-      s->restored_mask = 0;
-      s->phase.store(detail::slot_phase::detached, std::memory_order_relaxed);
-      // This scope made the state current on this thread; hand the GIL back, keep the state.
-      PyEval_SaveThread();
-      // After the GIL is released: a closer that sees the pass gone may finalize at once.
-      s->passes.store(0, std::memory_order_release);
-      return;
-    }
+    if (PYATTACH_LIKELY(end_outer<false>(s, at))) return;
   } else if (kind_ == kind_nested) {
     if (PYATTACH_LIKELY(s == owner_ && s->depth == level_ && s->anomaly_mask == 0 &&
                         s->remote_orphans.load(std::memory_order_relaxed) == 0)) {
@@ -339,6 +384,8 @@ PYATTACH_ALWAYS_INLINE void attach_scope::finish(const source_site* at) noexcept
       --s->depth;
       return;
     }
+  } else if (kind_ == kind_observed) {
+    if (detail::end_observed(*this, s, at)) return;
   } else if (at == nullptr && (kind_ == kind_none || (kind_ & kind_released) != 0)) {
     return;  // destroyed after it was refused, released, or ended by misuse: nothing to do
   }
@@ -359,7 +406,9 @@ PYATTACH_ALWAYS_INLINE bool detach_scope::begin_fast() noexcept {
   if (PYATTACH_LIKELY(s != nullptr && detail::g_gate.word.load(std::memory_order_acquire) ==
                                           s->fast_word)) {
     const std::uint32_t depth = s->depth;
+    // observe: an observed detach_scope is begun and ended out of line (state_observed).
     if (PYATTACH_LIKELY(depth != 0 && depth + 1 < detail::tracked_levels &&
+                        s->observe.load(std::memory_order_relaxed) == 0 &&
                         s->passes.load(std::memory_order_relaxed) != 0 &&
                         s->remote_orphans.load(std::memory_order_relaxed) == 0 &&
                         detail::compat::current_state_unchecked() == s->tstate)) {
@@ -404,7 +453,11 @@ inline detach_scope::detach_scope(source_site site) noexcept : site_(site) {
 }
 
 inline detach_scope::~detach_scope() {
-  if (state_ == state_active && !end_fast()) detail::detach_end_slow(*this);
+  if (PYATTACH_LIKELY(state_ == state_active)) {
+    if (!end_fast()) detail::detach_end_slow(*this);
+  } else if (state_ == state_observed) {
+    detail::detach_end_slow(*this);
+  }
 }
 
 }  // namespace pyattach

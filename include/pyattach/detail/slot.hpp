@@ -93,6 +93,9 @@ constexpr std::uint64_t gate_word(std::uint64_t generation, std::uint64_t phase)
 // blocks in pyattach for good without the GIL (src/attach.cpp, park()).
 enum class slot_phase : std::uint8_t { detached, waiting, attached, parked };
 
+struct observer;  // src/observe.cpp
+enum : std::uint8_t { observe_metrics = 1, observe_trace = 2 };
+
 // The word slot::fast_word holds when the inline path may not restore the state: matches no
 // gate word (phases are 0..3).
 constexpr std::uint64_t no_fast_word = ~std::uint64_t{0};
@@ -132,6 +135,13 @@ struct slot {
   std::atomic<bool> must_park{false};
   std::uint64_t os_tid = 0;              // gettid()
   unsigned long py_ident = 0;            // PyThread_get_thread_ident() == threading.get_ident()
+  // What this thread records (observe_metrics, observe_trace; pyattach/observe.hpp). Written by
+  // set_metrics()/start_trace()/stop_trace() on every registered slot under registry().mutex,
+  // and by make_slot; read, relaxed, by the owner on its attach path: 0 keeps it inline.
+  std::atomic<std::uint8_t> observe{0};
+  // The thread's counters and trace buffer (src/observe.cpp), made by the owner at its first
+  // observed event under registry().mutex; read by metrics() and the trace writer under it.
+  std::atomic<observer*> obs{nullptr};
 };
 
 // This thread's slot, or nullptr before its first attach and after its exit clean-up.
@@ -143,5 +153,15 @@ constexpr std::uint32_t tracked_levels = 64;  // levels beyond this are not undo
 inline std::uint64_t level_bit(std::uint32_t level) noexcept {
   return level < tracked_levels ? (std::uint64_t{1} << level) : 0;
 }
+
+// Observation hooks (src/observe.cpp), called by the owner around each GIL take and release that
+// pyattach makes, only when slot::observe is set or (the ends) when the matching begin recorded.
+// PRECONDITION: s is the calling thread's slot.
+void obs_wait_begin(slot* s) noexcept;               // about to take the GIL
+void obs_attached(slot* s, bool outermost) noexcept; // took it (outermost: an attach, else a
+                                                     // detach_scope's re-attach)
+void obs_release(slot* s) noexcept;                  // about to release it at an attach's end
+void obs_detach_begin(slot* s) noexcept;             // about to release it for a detach_scope
+void obs_detach_end(slot* s) noexcept;               // the detach_scope ends (before re-taking)
 
 }  // namespace pyattach::detail

@@ -1,0 +1,373 @@
+// tests/cpp/test_observe.cpp — metrics and the timeline trace (pyattach/observe.hpp), checked
+// against what the test did: counts equal the attaches made, durations bracket the sleeps, and
+// every trace passes tools/trace_check.py (valid trace-event format, matching and nesting spans,
+// monotonic per thread, and no two threads' held-GIL intervals overlapping).
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "child_process.hpp"
+#include "helpers.hpp"
+
+using namespace testutil;
+
+namespace {
+const pyattach::thread_metrics* find_tid(const pyattach::metrics_snapshot& m, std::uint64_t tid) {
+  for (const auto& t : m.threads) {
+    if (t.alive && t.os_tid == tid) return &t;
+  }
+  return nullptr;
+}
+
+std::string temp_path(const std::string& stem) {
+  return "/tmp/pyattach-test-" + std::to_string(::getpid()) + "-" + stem + ".json";
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream f(path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+// Runs tools/trace_check.py on `path` in this interpreter. Returns its problems (empty: valid),
+// or a description of why it could not run; fills `globals` with `r` (the check's result).
+std::string check_trace(const std::string& path, PyObject* globals, bool gil_build = true) {
+  const std::string code = std::string("import sys\nsys.path.insert(0, '") + PYATTACH_SOURCE_DIR +
+                           "/tools')\nimport trace_check\nr = trace_check.check('" + path +
+                           "', gil_build=" + (gil_build ? "True" : "False") +
+                           ")\nproblems = '\\n'.join(r.problems)\n";
+  if (!py_exec(code, globals)) return "trace_check did not run";
+  return py_eval_str("problems", globals);
+}
+
+// Spans named `name` on thread `tid` in the checked trace held by `globals`.
+long spans_of(PyObject* globals, std::uint64_t tid, const std::string& name) {
+  return py_eval_long("r.spans.get(" + std::to_string(tid) + ", {}).get('" + name + "', 0)",
+                      globals, -1);
+}
+
+struct metrics_on {
+  metrics_on() {
+    pyattach::reset_metrics();
+    pyattach::set_metrics(true);
+  }
+  ~metrics_on() { pyattach::set_metrics(false); }
+};
+}  // namespace
+
+TEST(Metrics, OffByDefaultAndNothingIsCounted) {
+  EXPECT_FALSE(pyattach::metrics_enabled());
+  worker w("metrics-off");
+  for (int i = 0; i < 5; ++i) w.run([] { pyattach::attach_scope py; });
+  const auto m = pyattach::metrics();
+  EXPECT_FALSE(m.enabled);
+  const auto* t = find_tid(m, w.tid());
+  EXPECT_TRUE(t == nullptr || t->attaches == 0) << pyattach::to_string(m);
+}
+
+TEST(Metrics, CountsEveryAttachAndTimesHoldWaitAndDetached) {
+  metrics_on on;
+  worker w("metrics-count");
+  constexpr int k_attaches = 40;
+  for (int i = 0; i < k_attaches; ++i) {
+    w.run([] {
+      pyattach::attach_scope py;
+      pyattach::attach_scope nested;  // nested scopes take no GIL: not counted
+    });
+  }
+  // One attach that holds the GIL 30 ms, and a detach scope of 40 ms inside another.
+  w.run([] {
+    pyattach::attach_scope py;
+    std::this_thread::sleep_for(30ms);
+  });
+  w.run([] {
+    pyattach::attach_scope py;
+    pyattach::detach_scope blocking;
+    std::this_thread::sleep_for(40ms);
+  });
+  const auto m = pyattach::metrics();
+  EXPECT_TRUE(m.enabled);
+  const auto* t = find_tid(m, w.tid());
+  ASSERT_NE(t, nullptr) << pyattach::to_string(m);
+  EXPECT_EQ(t->attaches, static_cast<std::uint64_t>(k_attaches + 2));
+  // Every GIL take waits once: the attaches, and the detach scope's re-attach.
+  EXPECT_EQ(t->wait.count, static_cast<std::uint64_t>(k_attaches + 3));
+  // Held: each attach's span, and the detach scope splits its scope's in two.
+  EXPECT_EQ(t->attached.count, static_cast<std::uint64_t>(k_attaches + 3));
+  EXPECT_EQ(t->detached.count, 1u);
+  EXPECT_GE(t->attached.max, 30ms);
+  EXPECT_LT(t->attached.max, 5s);
+  EXPECT_GE(t->detached.max, 40ms);
+  EXPECT_LT(t->detached.max, 5s);
+  EXPECT_GE(t->attached.quantile(1.0), 30ms);
+  EXPECT_LE(t->attached.quantile(0.5), t->attached.quantile(0.99));
+  EXPECT_LT(t->attached.quantile(0.5), 30ms) << "most holds are empty scopes";
+  EXPECT_GE(t->attached.total, 30ms);
+  std::uint64_t in_buckets = 0;
+  for (const auto& b : t->attached.buckets) in_buckets += b.second;
+  EXPECT_EQ(in_buckets, t->attached.count);
+  const std::string text = pyattach::to_string(m);
+  EXPECT_NE(text.find("attaches 42"), std::string::npos) << text;
+}
+
+TEST(Metrics, SwitchingOffStopsCountingAndResetZeroes) {
+  metrics_on on;
+  worker w("metrics-switch");
+  for (int i = 0; i < 3; ++i) w.run([] { pyattach::attach_scope py; });
+  pyattach::set_metrics(false);
+  for (int i = 0; i < 5; ++i) w.run([] { pyattach::attach_scope py; });
+  auto m = pyattach::metrics();
+  ASSERT_NE(find_tid(m, w.tid()), nullptr);
+  EXPECT_EQ(find_tid(m, w.tid())->attaches, 3u);
+  pyattach::set_metrics(true);
+  pyattach::reset_metrics();
+  w.run([] { pyattach::attach_scope py; });
+  m = pyattach::metrics();
+  EXPECT_EQ(find_tid(m, w.tid())->attaches, 1u);
+  EXPECT_EQ(find_tid(m, w.tid())->wait.count, 1u);
+}
+
+TEST(Metrics, ExitedThreadsAreKeptPerPool) {
+  metrics_on on;
+  {
+    worker w("metrics-exit");
+    for (int i = 0; i < 7; ++i) w.run([] { pyattach::attach_scope py; });
+  }
+  const auto m = pyattach::metrics();
+  std::uint64_t exited = 0;
+  for (const auto& t : m.threads) {
+    if (!t.alive && t.pool.empty()) exited += t.attaches;
+  }
+  EXPECT_EQ(exited, 7u) << pyattach::to_string(m);
+}
+
+TEST(Metrics, PoolFiguresAreTheSumOfItsWorkers) {
+  metrics_on on;
+  pyattach::pool_options o;
+  o.name = "metrics-pool";
+  o.workers = 2;
+  o.batch_python = false;  // one attach per task
+  std::uint64_t attaches = 0;
+  {
+    pyattach::thread_pool pool(o);
+    std::vector<std::future<void>> done;
+    for (int i = 0; i < 50; ++i) {
+      done.push_back(pool.submit_python([] { PyRun_SimpleString("x = 1\n"); }));
+    }
+    for (auto& f : done) f.get();
+    for (const auto& w : pool.stats().workers) attaches += w.attaches;
+    const auto m = pyattach::metrics();
+    ASSERT_EQ(m.pools.size(), 1u) << pyattach::to_string(m);
+    EXPECT_EQ(m.pools[0].name, "metrics-pool");
+    EXPECT_EQ(m.pools[0].attaches, attaches);
+    EXPECT_EQ(m.pools[0].wait.count, attaches);
+    EXPECT_GE(attaches, 50u);
+  }
+  // After the pool is gone its workers' figures stay, summed.
+  const auto after = pyattach::metrics();
+  ASSERT_EQ(after.pools.size(), 1u) << pyattach::to_string(after);
+  EXPECT_EQ(after.pools[0].attaches, attaches);
+  EXPECT_EQ(after.pools[0].workers, 0u);
+}
+
+// CPython's eval loop hands the GIL to a thread that waited a whole switch interval, inside the
+// holder's scope, where pyattach cannot see it (observe.hpp): on a loaded machine a holder that
+// is descheduled for 5 ms would make its scope overlap another's. A long interval keeps these
+// runs to the hand-overs pyattach makes.
+struct long_switch_interval {
+  long_switch_interval() {
+    pyattach::attach_scope py;
+    PyRun_SimpleString("import sys\n_saved_interval = sys.getswitchinterval()\n"
+                       "sys.setswitchinterval(100.0)\n");
+  }
+  ~long_switch_interval() {
+    pyattach::attach_scope py;
+    PyRun_SimpleString("sys.setswitchinterval(_saved_interval)\n");
+  }
+};
+
+TEST(Trace, RealRunPassesTheChecksAndCountsMatch) {
+  long_switch_interval interval;
+  ASSERT_TRUE(pyattach::start_trace());
+  EXPECT_FALSE(pyattach::start_trace()) << "a second trace while one runs";
+  constexpr int k_threads = 4, k_rounds = 150;
+  std::vector<std::unique_ptr<worker>> workers;
+  for (int i = 0; i < k_threads; ++i) {
+    workers.push_back(std::make_unique<worker>("trace-" + std::to_string(i)));
+  }
+  // Short Python bodies (no GIL switch inside a scope), some with a detach scope inside, all
+  // four threads at once: contended hand-overs.
+  for (auto& w : workers) {
+    w->post([] {
+      for (int k = 0; k < k_rounds; ++k) {
+        pyattach::attach_scope py;
+        PyRun_SimpleString("_x = sum(range(20))\n");
+        if (k % 3 == 0) {
+          pyattach::detach_scope blocking;
+          std::this_thread::sleep_for(50us);
+        }
+      }
+    });
+  }
+  for (auto& w : workers) w->wait_idle(60s);
+  const std::string path = temp_path("real");
+  const pyattach::trace_result r = pyattach::stop_trace(path);
+  ASSERT_TRUE(r.ok) << r.error;
+  EXPECT_EQ(r.dropped, 0u);
+  EXPECT_FALSE(pyattach::trace_running());
+  pyattach::attach_scope py;
+  PyObject* g = new_globals();
+  EXPECT_EQ(check_trace(path, g), "");
+  for (auto& w : workers) {
+    EXPECT_EQ(spans_of(g, w->tid(), "attached"), k_rounds);
+    EXPECT_EQ(spans_of(g, w->tid(), "detached (blocking C++)"), (k_rounds + 2) / 3);
+    // One wait per attach and per re-attach after a detach scope.
+    EXPECT_EQ(spans_of(g, w->tid(), "waiting for the GIL"), k_rounds + (k_rounds + 2) / 3);
+  }
+  const std::string text = read_file(path);
+  for (auto& w : workers) {
+    // Its thread_name metadata: "<OS name> (tid N)".
+    EXPECT_NE(text.find("\"tid\":" + std::to_string(w->tid()) + ",\"args\":{\"name\":\""),
+              std::string::npos);
+  }
+  Py_DECREF(g);
+  if (!HasFailure()) std::remove(path.c_str());
+}
+
+// A checker that finds nothing wrong in the file above is only worth something if the held
+// intervals it compares are where the GIL really was: a trace whose "attached" begins before the
+// GIL is taken must fail it. The same run, marked by hand around the wait instead of after it.
+TEST(Trace, TheOverlapCheckCatchesSpansPlacedBeforeTheGilIsTaken) {
+  ASSERT_TRUE(pyattach::start_trace());
+  std::vector<std::unique_ptr<worker>> workers;
+  for (int i = 0; i < 3; ++i) workers.push_back(std::make_unique<worker>("wrong-" + std::to_string(i)));
+  for (auto& w : workers) {
+    w->post([] {
+      for (int k = 0; k < 100; ++k) {
+        pyattach::trace_begin(pyattach::trace_span::attached);  // wrong: before the GIL
+        const PyGILState_STATE st = PyGILState_Ensure();
+        PyRun_SimpleString("_y = sum(range(200))\n");
+        PyGILState_Release(st);
+        pyattach::trace_end(pyattach::trace_span::attached);
+      }
+    });
+  }
+  for (auto& w : workers) w->wait_idle(60s);
+  const std::string path = temp_path("wrong");
+  ASSERT_TRUE(pyattach::stop_trace(path).ok);
+  pyattach::attach_scope py;
+  PyObject* g = new_globals();
+  const std::string problems = check_trace(path, g);
+  EXPECT_NE(problems.find("overlap"), std::string::npos) << problems;
+  Py_DECREF(g);
+  if (!HasFailure()) std::remove(path.c_str());
+}
+
+TEST(Trace, FullBufferDropsAndCountsNeverBlocks) {
+  pyattach::trace_options o;
+  o.events_per_thread = 64;
+  ASSERT_TRUE(pyattach::start_trace(o));
+  worker w("trace-full");
+  const auto t0 = std::chrono::steady_clock::now();
+  w.run([] {
+    for (int k = 0; k < 2000; ++k) pyattach::attach_scope py;
+  });
+  const auto took = std::chrono::steady_clock::now() - t0;
+  const std::string path = temp_path("full");
+  const pyattach::trace_result r = pyattach::stop_trace(path);
+  ASSERT_TRUE(r.ok) << r.error;
+  // 2000 attaches x 4 events; 64 kept (begins only where their end fits).
+  EXPECT_LE(r.events, 64u + 8u);
+  EXPECT_GE(r.dropped, 2000u * 4 - 64);
+  EXPECT_LT(took, 30s);
+  pyattach::attach_scope py;
+  PyObject* g = new_globals();
+  EXPECT_EQ(check_trace(path, g), "");
+  const std::string text = read_file(path);
+  EXPECT_NE(text.find("\"dropped\":" + std::to_string(r.dropped)), std::string::npos);
+  Py_DECREF(g);
+  if (!HasFailure()) std::remove(path.c_str());
+}
+
+TEST(Trace, PoolTasksAndMisuseAppear) {
+  ASSERT_TRUE(pyattach::start_trace());
+  pyattach::pool_options o;
+  o.name = "trace-pool";
+  o.workers = 1;
+  {
+    pyattach::thread_pool pool(o);
+    std::vector<std::future<void>> done;
+    for (int i = 0; i < 10; ++i) done.push_back(pool.submit_python([] { PyRun_SimpleString("z = 1\n"); }));
+    done.push_back(pool.submit([] {}));  // a C++ task: a task span outside any attached span
+    for (auto& f : done) f.get();
+  }
+  worker w("trace-misuse");
+  w.run([] {
+    pyattach::attach_scope py;
+    py.release();
+    py.release();  // double_release: an instant event
+  });
+  const std::string path = temp_path("pool");
+  ASSERT_TRUE(pyattach::stop_trace(path).ok);
+  pyattach::attach_scope py;
+  PyObject* g = new_globals();
+  EXPECT_EQ(check_trace(path, g), "");
+  const std::string text = read_file(path);
+  EXPECT_EQ(count_occurrences(text, "\"name\":\"task\",\"cat\":\"pool\",\"ph\":\"B\""), 11u);
+  EXPECT_NE(text.find("\"pool\":\"trace-pool\",\"worker\":\"trace-pool"), std::string::npos) << text;
+  EXPECT_NE(text.find("\"task\":11"), std::string::npos);
+  EXPECT_NE(text.find("misuse: double_release"), std::string::npos);
+  Py_DECREF(g);
+  if (!HasFailure()) std::remove(path.c_str());
+}
+
+// ---- the environment variables, in a child (they are read once per process) ---------------------
+
+CHILD_CASE(observe_env) {
+  const std::string path = args.at(0);
+  {
+    pyattach::interpreter py;
+    CHILD_CHECK(pyattach::metrics_enabled());
+    CHILD_CHECK(pyattach::trace_running());
+    worker w("env-worker");
+    for (int i = 0; i < 12; ++i) w.run([] { pyattach::attach_scope a; });
+    const auto m = pyattach::metrics();
+    const auto* t = find_tid(m, w.tid());
+    CHILD_CHECK(t != nullptr && t->attaches == 12);
+    std::printf("RESULT attaches=%llu\n",
+                static_cast<unsigned long long>(t != nullptr ? t->attaches : 0));
+  }  // ~interpreter closes the gate: the trace is written now
+  CHILD_CHECK(!pyattach::trace_running());
+  std::ifstream f(path);
+  CHILD_CHECK(f.good());
+  return child_exit_code();
+}
+USES_CHILD_CASE(observe_env);
+
+TEST(Observe, EnvironmentSwitchesMetricsAndWritesTheTraceAtClose) {
+  const std::string path = temp_path("env");
+  child_options o;
+  o.args = {path};
+  o.env = {{"PYATTACH_METRICS", "1"}, {"PYATTACH_TRACE", path}};
+  const child_result r = run_child(uses_observe_env, o);
+  ASSERT_TRUE(r.exited_cleanly()) << r.describe();
+  EXPECT_EQ(result_field(r.out, "attaches"), 12);
+  pyattach::attach_scope py;
+  PyObject* g = new_globals();
+  EXPECT_EQ(check_trace(path, g), "");
+  const std::string text = read_file(path);
+  EXPECT_NE(text.find("gate closing"), std::string::npos);
+  EXPECT_EQ(count_occurrences(text, "\"name\":\"attached\",\"cat\":\"gil\",\"ph\":\"B\""), 12u)
+      << "the main thread's attaches are not pyattach's (it holds the GIL)";
+  Py_DECREF(g);
+  if (!HasFailure()) std::remove(path.c_str());
+}
