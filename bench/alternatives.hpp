@@ -160,6 +160,25 @@ struct pyattach_scope {
   void thread_end() {}  // the state is destroyed on this thread when it exits
 };
 
+// pyattach_scope with metrics on (observe.hpp) for the whole thread: issue 13's "on" cost.
+struct pyattach_metrics : pyattach_scope {
+  static constexpr const char* name = "pyattach_metrics";
+  void thread_begin() { pyattach::set_metrics(true); }  // before the warm-up's first attach
+  void thread_end() { pyattach::set_metrics(false); }
+};
+
+// pyattach_scope while a trace runs, with room for every event of the warm-up and the loop (a
+// full buffer would measure the cheaper drop path); the trace is written to /dev/null.
+struct pyattach_traced : pyattach_scope {
+  static constexpr const char* name = "pyattach_traced";
+  void thread_begin() {
+    pyattach::trace_options o;
+    o.events_per_thread = 1u << 20;  // 4 events per pair: 262,144 pairs
+    pyattach::start_trace(o);
+  }
+  void thread_end() { pyattach::stop_trace("/dev/null"); }
+};
+
 struct pyattach_nested {
   static constexpr const char* name = "pyattach_nested";
   static constexpr bool keeps_state = true;

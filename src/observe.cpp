@@ -42,36 +42,34 @@ namespace detail {
 // Cost: 4 instructions, against ~60 for clock_gettime through the vDSO (measured with callgrind,
 // docs/benchmarks.md); the fallback is CLOCK_MONOTONIC in nanoseconds.
 namespace {
-bool g_use_tsc = false;
 std::once_flag g_clock_once;
 std::uint64_t g_tick0 = 0;    // ticks and CLOCK_MONOTONIC ns read together at clock_init
 std::uint64_t g_ns0 = 0;
-
-std::uint64_t monotonic_ns() noexcept {
-  timespec ts{};
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<std::uint64_t>(ts.tv_sec) * 1000000000u + static_cast<std::uint64_t>(ts.tv_nsec);
-}
 
 bool kernel_uses_tsc() {
 #if defined(__x86_64__) || defined(__i386__)
   std::ifstream f("/sys/devices/system/clocksource/clocksource0/current_clocksource");
   std::string name;
+  // PYATTACH_CLOCK=monotonic forces the fallback (tests, and machines where it is wanted).
   return f && (f >> name) && name == "tsc" && std::getenv("PYATTACH_CLOCK") == nullptr;
 #else
   return false;
 #endif
 }
+}  // namespace
 
-inline std::uint64_t ticks() noexcept {
-#if defined(__x86_64__) || defined(__i386__)
-  if (PYATTACH_LIKELY(g_use_tsc)) {
-    _mm_lfence();
-    return __rdtsc();
-  }
-#endif
-  return monotonic_ns();
+bool g_obs_tsc = false;
+std::atomic<std::uint64_t> g_obs_epoch{1};
+
+std::uint64_t obs_monotonic_ns() noexcept {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1000000000u + static_cast<std::uint64_t>(ts.tv_nsec);
 }
+
+namespace {
+inline std::uint64_t ticks() noexcept { return obs_ticks(); }
+inline std::uint64_t monotonic_ns() noexcept { return obs_monotonic_ns(); }
 
 // Reads a tick and a CLOCK_MONOTONIC time as close together as it can (the pair with the
 // shortest bracket of three tries).
@@ -91,7 +89,7 @@ void tick_pair(std::uint64_t& tick, std::uint64_t& ns) noexcept {
 
 void clock_init() {
   std::call_once(g_clock_once, [] {
-    g_use_tsc = kernel_uses_tsc();
+    g_obs_tsc = kernel_uses_tsc();
     tick_pair(g_tick0, g_ns0);
   });
 }
@@ -99,7 +97,7 @@ void clock_init() {
 // Nanoseconds per tick, from the interval since clock_init (at least 5 ms: waits for the rest
 // the first time, so that a snapshot right after enabling is still within 0.01%).
 double ns_per_tick() noexcept {
-  if (!g_use_tsc) return 1.0;
+  if (!g_obs_tsc) return 1.0;
   std::uint64_t t = 0, n = 0;
   tick_pair(t, n);
   if (n - g_ns0 < 5000000) {
@@ -110,41 +108,12 @@ double ns_per_tick() noexcept {
 }
 
 // ---- histograms -------------------------------------------------------------------------------
-// Four buckets per power of two: values 0..3 have their own; above, bucket (msb-1)*4 + the two
-// bits after the most significant one.
-constexpr unsigned k_buckets = 252;
-
-inline unsigned bucket_of(std::uint64_t v) noexcept {
-  if (v < 4) return static_cast<unsigned>(v);
-  const unsigned msb = 63u - static_cast<unsigned>(__builtin_clzll(v));
-  return (msb - 1) * 4 + static_cast<unsigned>((v >> (msb - 2)) & 3);
+// The first value above bucket b of obs_bucket (detail/slot.hpp), as a double (the last bucket's
+// end is 2^64).
+double bucket_end(unsigned b) noexcept {
+  const unsigned shift = b / 4, sub = b % 4;
+  return std::ldexp(static_cast<double>(5 + sub), static_cast<int>(shift));
 }
-
-// The first value above bucket b.
-std::uint64_t bucket_end(unsigned b) noexcept {
-  if (b < 4) return b + 1;
-  const unsigned msb = b / 4 + 1, sub = b % 4;
-  return (std::uint64_t{5} + sub) << (msb - 2);
-}
-
-// Written by the owner thread only (relaxed load + store: single writer), read by snapshots.
-struct tick_histogram {
-  std::atomic<std::uint64_t> bucket[k_buckets] = {};
-  std::atomic<std::uint64_t> sum{0};
-  std::atomic<std::uint64_t> max{0};
-
-  void add(std::uint64_t v) noexcept {
-    std::atomic<std::uint64_t>& b = bucket[bucket_of(v)];
-    b.store(b.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-    sum.store(sum.load(std::memory_order_relaxed) + v, std::memory_order_relaxed);
-    if (v > max.load(std::memory_order_relaxed)) max.store(v, std::memory_order_relaxed);
-  }
-  void clear() noexcept {
-    for (auto& b : bucket) b.store(0, std::memory_order_relaxed);
-    sum.store(0, std::memory_order_relaxed);
-    max.store(0, std::memory_order_relaxed);
-  }
-};
 
 // ---- trace records ------------------------------------------------------------------------------
 enum class ev : std::uint8_t {
@@ -158,6 +127,8 @@ struct trace_event {
   std::uint32_t aux;   // task: the worker's label (g_labels)
   ev kind;
 };
+
+}  // namespace
 
 // One thread's events of one trace session. Appended by the owner only; `count` is published
 // with release after the event is written, so the writer reads complete events below it.
@@ -173,25 +144,12 @@ struct trace_buffer {
   std::uint8_t open_attached = 0, open_detached = 0, open_waiting = 0, open_task = 0;
 };
 
+namespace {
 std::atomic<std::uint64_t> g_session{0};  // the running trace's number; 0: none
 }  // namespace
 
-struct observer {
-  // metrics
-  std::atomic<std::uint64_t> attaches{0};
-  tick_histogram wait, attached, detached;
-  std::uint64_t wait_since = 0;      // owner only: 0 when not waiting
-  std::uint64_t hold_since = 0;      // owner only: 0 when not holding the GIL through pyattach
-  std::uint64_t detached_since = 0;  // owner only: 0 when not inside a detach scope
-  std::uint64_t metrics_epoch = 0;   // owner only: reset_metrics() generation seen
-  std::string pool;                  // the pool it works for (set before it is published)
-  // trace
-  std::atomic<trace_buffer*> buffer{nullptr};
-};
-
 namespace {
 std::atomic<std::uint8_t> g_bits{0};          // what every slot records (observe_metrics|trace)
-std::atomic<std::uint64_t> g_metrics_epoch{1};  // bumped by reset_metrics()
 std::mutex g_trace_mutex;                      // start/flush/stop, and the exited threads' buffers
 std::uint32_t g_capacity = 65536;              // the running trace's events per thread
 std::string g_env_trace_path;                  // PYATTACH_TRACE, while its trace runs
@@ -207,8 +165,8 @@ std::vector<std::pair<std::string, std::string>> g_labels;
 // (buffers).
 struct retired_metrics {
   std::uint64_t threads = 0;
-  std::uint64_t attaches = 0;
-  std::uint64_t wait[k_buckets] = {}, attached[k_buckets] = {}, detached[k_buckets] = {};
+  std::uint64_t retakes = 0;
+  std::uint64_t wait[obs_buckets] = {}, attached[obs_buckets] = {}, detached[obs_buckets] = {};
   std::uint64_t sums[3] = {}, maxes[3] = {};
 };
 std::map<std::string, retired_metrics>& retired() {
@@ -238,24 +196,17 @@ std::vector<instant_event> g_instants;
 std::uint64_t g_instants_dropped = 0;
 constexpr std::size_t k_max_instants = 4096;
 
-observer* make_observer(slot* s) noexcept {
-  try {
-    auto* o = new observer;
-    o->pool = tls_pool;
-    o->metrics_epoch = g_metrics_epoch.load(std::memory_order_relaxed);
-    std::lock_guard<std::mutex> lock(registry().mutex);
-    s->obs.store(o, std::memory_order_release);
-    return o;
-  } catch (...) {
-    return nullptr;
-  }
+void clear(obs_histogram& h) noexcept {
+  for (auto& b : h.bucket) b.store(0, std::memory_order_relaxed);
+  h.sum.store(0, std::memory_order_relaxed);
+  h.max.store(0, std::memory_order_relaxed);
 }
 
 inline observer* observer_of(slot* s) noexcept {
   observer* o = s->obs.load(std::memory_order_relaxed);
   if (PYATTACH_LIKELY(o != nullptr)) return o;
   if (s->observe.load(std::memory_order_relaxed) == 0) return nullptr;
-  return make_observer(s);
+  return obs_prepare(s);
 }
 
 // The buffer this thread records into now, or nullptr: no trace runs, or this thread recorded
@@ -325,18 +276,34 @@ inline void record_end(trace_buffer* b, ev kind, std::uint8_t& open, std::uint64
 
 inline bool metrics_on(slot* s, observer* o) noexcept {
   if ((s->observe.load(std::memory_order_relaxed) & observe_metrics) == 0) return false;
-  const std::uint64_t epoch = g_metrics_epoch.load(std::memory_order_relaxed);
-  if (PYATTACH_UNLIKELY(o->metrics_epoch != epoch)) {
-    // reset_metrics() ran: this thread clears its own counters (single writer).
-    o->metrics_epoch = epoch;
-    o->attaches.store(0, std::memory_order_relaxed);
-    o->wait.clear();
-    o->attached.clear();
-    o->detached.clear();
-  }
+  if (PYATTACH_UNLIKELY(o->epoch != g_obs_epoch.load(std::memory_order_relaxed))) obs_prepare(s);
   return true;
 }
 }  // namespace
+
+observer* obs_prepare(slot* s) noexcept {
+  observer* o = s->obs.load(std::memory_order_relaxed);
+  const std::uint64_t epoch = g_obs_epoch.load(std::memory_order_relaxed);
+  if (o == nullptr) {
+    try {
+      o = new observer;
+      o->pool = tls_pool;
+      o->epoch = epoch;
+      std::lock_guard<std::mutex> lock(registry().mutex);
+      s->obs.store(o, std::memory_order_release);
+    } catch (...) {
+      return nullptr;
+    }
+  } else if (o->epoch != epoch) {
+    // reset_metrics() ran: this thread clears its own counters (single writer).
+    o->epoch = epoch;
+    o->retakes.store(0, std::memory_order_relaxed);
+    clear(o->wait);
+    clear(o->attached);
+    clear(o->detached);
+  }
+  return o;
+}
 
 // ---- hooks ------------------------------------------------------------------------------------
 
@@ -354,7 +321,7 @@ void obs_attached(slot* s, bool outermost) noexcept {
   const std::uint64_t t = ticks();
   if (metrics_on(s, o)) {
     o->wait.add(t - o->wait_since);
-    if (outermost) o->attaches.store(o->attaches.load(std::memory_order_relaxed) + 1,
+    if (!outermost) o->retakes.store(o->retakes.load(std::memory_order_relaxed) + 1,
                                      std::memory_order_relaxed);
   }
   o->wait_since = 0;
@@ -409,15 +376,48 @@ void obs_detach_end(slot* s) noexcept {
   }
 }
 
-// The observed twins of the inline attach and end (attach.hpp): out of line, so that the
-// inline path pays only the branch on slot::observe.
-bool attach_observed(attach_scope& scope, slot* s, std::uint64_t w,
-                     const source_site& site) noexcept {
-  return scope.attach_outer<true>(s, w, site);
+}  // namespace detail
+
+bool attach_scope::attach_observed(detail::slot* s, std::uint64_t w,
+                                   const source_site& site) noexcept {
+  detail::observer* o = s->obs.load(std::memory_order_relaxed);
+  if (PYATTACH_UNLIKELY(o == nullptr ||
+                        o->epoch != detail::g_obs_epoch.load(std::memory_order_relaxed))) {
+    o = detail::obs_prepare(s);  // first use, or reset_metrics() ran
+    if (o == nullptr) {
+      detail::no_hooks none;  // out of memory: attach unobserved
+      return attach_outer(s, w, site, none);
+    }
+  }
+  detail::obs_hooks hooks{s, o, s->observe.load(std::memory_order_relaxed), 0};
+  return attach_outer(s, w, site, hooks);
 }
 
-bool end_observed(attach_scope& scope, slot* s, const source_site* at) noexcept {
-  return scope.end_outer<true>(s, at);
+bool attach_scope::end_observed(detail::slot* s, const source_site* at) noexcept {
+  // The observer exists from the attach until the thread exits.
+  detail::observer* const o = s != nullptr ? s->obs.load(std::memory_order_relaxed) : nullptr;
+  if (o == nullptr) return false;
+  detail::obs_hooks hooks{s, o, 0, 0};
+  return end_outer(s, at, hooks);
+}
+
+namespace detail {
+
+// The trace's half of the observed attach and release (detail::obs_hooks).
+void obs_trace_took(slot* s, observer* o, std::uint64_t t0, std::uint64_t t1) noexcept {
+  if (trace_buffer* b = buffer_for(s, o, true)) {
+    record_begin(b, ev::wait_begin, b->open_waiting, t0);
+    record_end(b, ev::wait_end, b->open_waiting, t1);
+    record_begin(b, ev::attached_begin, b->open_attached, t1);
+  }
+}
+
+void obs_trace_release(slot* s, observer* o, std::uint64_t t) noexcept {
+  if (trace_buffer* b = buffer_for(s, o, false)) {
+    record_end(b, ev::wait_end, b->open_waiting, t);
+    record_end(b, ev::detached_end, b->open_detached, t);
+    record_end(b, ev::attached_end, b->open_attached, t);
+  }
 }
 
 void obs_worker_start(const std::string& pool, const std::string& worker) noexcept {
@@ -480,15 +480,15 @@ void obs_retire(slot* s) noexcept {
   {
     std::lock_guard<std::mutex> lock(registry().mutex);
     s->obs.store(nullptr, std::memory_order_relaxed);
-    if (o->metrics_epoch == g_metrics_epoch.load(std::memory_order_relaxed)) {
+    if (o->epoch == g_obs_epoch.load(std::memory_order_relaxed)) {
       try {
         retired_metrics& r = retired()[o->pool];
         ++r.threads;
-        r.attaches += o->attaches.load(std::memory_order_relaxed);
-        const tick_histogram* h[3] = {&o->wait, &o->attached, &o->detached};
+        r.retakes += o->retakes.load(std::memory_order_relaxed);
+        const obs_histogram* h[3] = {&o->wait, &o->attached, &o->detached};
         std::uint64_t* dst[3] = {r.wait, r.attached, r.detached};
         for (int i = 0; i < 3; ++i) {
-          for (unsigned k = 0; k < k_buckets; ++k) {
+          for (unsigned k = 0; k < obs_buckets; ++k) {
             dst[i][k] += h[i]->bucket[k].load(std::memory_order_relaxed);
           }
           r.sums[i] += h[i]->sum.load(std::memory_order_relaxed);
@@ -759,7 +759,7 @@ trace_result write_trace_locked(const std::string& path,
     }
     std::fprintf(f, "\n],\n\"displayTimeUnit\":\"ms\",\n\"otherData\":{\"pyattach\":{\"clock\":\"%s\","
                     "\"dropped\":%" PRIu64 ",\"instants_dropped\":%" PRIu64 ",\"threads\":[%s]}}}\n",
-                 g_use_tsc ? "tsc" : "clock_gettime(CLOCK_MONOTONIC)", dropped, instants_dropped,
+                 g_obs_tsc ? "tsc" : "clock_gettime(CLOCK_MONOTONIC)", dropped, instants_dropped,
                  threads_meta.c_str());
     const bool ok = std::fflush(f) == 0;
     std::fclose(f);
@@ -805,7 +805,7 @@ duration_histogram to_durations(const std::uint64_t* buckets, std::uint64_t sum,
   const auto ns = [per_tick](double ticks_) {
     return std::chrono::nanoseconds(static_cast<std::int64_t>(std::llround(ticks_ * per_tick)));
   };
-  for (unsigned b = 0; b < k_buckets; ++b) {
+  for (unsigned b = 0; b < obs_buckets; ++b) {
     if (buckets[b] == 0) continue;
     h.count += buckets[b];
     h.buckets.emplace_back(ns(static_cast<double>(bucket_end(b))), buckets[b]);
@@ -815,9 +815,9 @@ duration_histogram to_durations(const std::uint64_t* buckets, std::uint64_t sum,
   return h;
 }
 
-duration_histogram read(const tick_histogram& t, double per_tick) {
-  std::uint64_t b[k_buckets];
-  for (unsigned k = 0; k < k_buckets; ++k) b[k] = t.bucket[k].load(std::memory_order_relaxed);
+duration_histogram read(const obs_histogram& t, double per_tick) {
+  std::uint64_t b[obs_buckets];
+  for (unsigned k = 0; k < obs_buckets; ++k) b[k] = t.bucket[k].load(std::memory_order_relaxed);
   return to_durations(b, t.sum.load(std::memory_order_relaxed),
                       t.max.load(std::memory_order_relaxed), per_tick);
 }
@@ -862,7 +862,7 @@ bool metrics_enabled() noexcept {
 
 void reset_metrics() noexcept {
   std::lock_guard<std::mutex> lock(detail::registry().mutex);
-  detail::g_metrics_epoch.fetch_add(1, std::memory_order_relaxed);
+  detail::g_obs_epoch.fetch_add(1, std::memory_order_relaxed);
   detail::retired().clear();
 }
 
@@ -871,13 +871,13 @@ metrics_snapshot metrics() {
   clock_init();
   metrics_snapshot snap;
   snap.enabled = metrics_enabled();
-  snap.clock = g_use_tsc ? "tsc" : "clock_gettime(CLOCK_MONOTONIC)";
+  snap.clock = g_obs_tsc ? "tsc" : "clock_gettime(CLOCK_MONOTONIC)";
   const double per_tick = ns_per_tick();
   std::map<std::uint64_t, std::string> pool_of;
   for (auto& [tid, name] : pool_workers()) pool_of[tid] = name;
   {
     std::lock_guard<std::mutex> lock(registry().mutex);
-    const std::uint64_t epoch = g_metrics_epoch.load(std::memory_order_relaxed);
+    const std::uint64_t epoch = g_obs_epoch.load(std::memory_order_relaxed);
     for (slot* x : registry().slots) {
       observer* o = x->obs.load(std::memory_order_acquire);
       if (o == nullptr) continue;
@@ -887,9 +887,9 @@ metrics_snapshot metrics() {
       const auto p = pool_of.find(x->os_tid);
       t.pool = p != pool_of.end() ? p->second : o->pool;
       // A thread that has not noticed a reset yet: its counters are from before it.
-      if (o->metrics_epoch == epoch) {
-        t.attaches = o->attaches.load(std::memory_order_relaxed);
+      if (o->epoch == epoch) {
         t.wait = read(o->wait, per_tick);
+        t.attaches = t.wait.count - std::min(t.wait.count, o->retakes.load(std::memory_order_relaxed));
         t.attached = read(o->attached, per_tick);
         t.detached = read(o->detached, per_tick);
       }
@@ -900,8 +900,8 @@ metrics_snapshot metrics() {
       t.alive = false;
       t.name = pool.empty() ? "<exited threads>" : "<exited workers of " + pool + ">";
       t.pool = pool;
-      t.attaches = r.attaches;
       t.wait = to_durations(r.wait, r.sums[0], r.maxes[0], per_tick);
+      t.attaches = t.wait.count - std::min(t.wait.count, r.retakes);
       t.attached = to_durations(r.attached, r.sums[1], r.maxes[1], per_tick);
       t.detached = to_durations(r.detached, r.sums[2], r.maxes[2], per_tick);
       snap.threads.push_back(std::move(t));

@@ -63,6 +63,7 @@
 #include <cstdint>
 #include <new>
 #include <stdexcept>
+#include <type_traits>
 
 #include "pyattach/detail/compat.hpp"
 #include "pyattach/detail/slot.hpp"
@@ -103,15 +104,8 @@ struct nothrow_t {
 };
 inline constexpr nothrow_t nothrow{};
 
-class attach_scope;
-class detach_scope;
 namespace detail {
 class scope_access;
-// The observed outermost attach and its end (src/observe.cpp): attach_scope::attach_outer and
-// end_outer with the observation hooks, out of line so that the inline path stays small.
-bool attach_observed(attach_scope& scope, slot* s, std::uint64_t w,
-                     const source_site& site) noexcept;
-bool end_observed(attach_scope& scope, slot* s, const source_site* at) noexcept;
 }  // namespace detail
 
 class attach_scope {
@@ -158,14 +152,16 @@ class attach_scope {
   enum : std::uint8_t { kind_none, kind_nested, kind_restored, kind_transient, kind_passed,
                         kind_outer, kind_observed, kind_released = 0x80 };
 
-  friend bool detail::attach_observed(attach_scope&, detail::slot*, std::uint64_t,
-                                      const source_site&) noexcept;
-  friend bool detail::end_observed(attach_scope&, detail::slot*, const source_site*) noexcept;
   void attach_fast(const source_site& site) noexcept;
-  template <bool Observed>
-  bool attach_outer(detail::slot* s, std::uint64_t w, const source_site& site) noexcept;
-  template <bool Observed>
-  bool end_outer(detail::slot* s, const source_site* at) noexcept;
+  // The observed twins (src/observe.cpp): attach_outer and end_outer with detail::obs_hooks,
+  // out of line, so that the inline paths stay as small as they are without observation.
+  bool attach_observed(detail::slot* s, std::uint64_t w, const source_site& site) noexcept;
+  bool end_observed(detail::slot* s, const source_site* at) noexcept;
+  template <class Hooks>
+  bool attach_outer(detail::slot* s, std::uint64_t w, const source_site& site,
+                    Hooks& hooks) noexcept;
+  template <class Hooks>
+  bool end_outer(detail::slot* s, const source_site* at, Hooks& hooks) noexcept;
   void finish(const source_site* at) noexcept;
 
   // No default member initializers: the inline path stores each field it needs once, and
@@ -262,12 +258,13 @@ void detach_end_slow(detach_scope& scope) noexcept;  // its return address: the 
 }  // namespace detail
 
 // The outermost attach of an idle thread whose state pyattach made, the gate open in its
-// generation (w == s->fast_word). Observed: the same path with the observation hooks, compiled
-// out of line in src/observe.cpp (attach_observed). Returns false, holding nothing, if the gate
-// moved (the caller then takes attach_slow).
-template <bool Observed>
+// generation (w == s->fast_word). Hooks: detail::no_hooks, or detail::obs_hooks while the thread
+// records metrics or a trace (observe.hpp). Returns false, holding nothing, if the gate moved
+// (the caller then takes attach_slow).
+template <class Hooks>
 PYATTACH_ALWAYS_INLINE bool attach_scope::attach_outer(detail::slot* s, std::uint64_t w,
-                                                       const source_site& site) noexcept {
+                                                       const source_site& site,
+                                                       Hooks& hooks) noexcept {
   // 3.15+: the view of w's generation (read after w, confirmed with it below); no-op before.
   const detail::compat::interpreter_view view = detail::g_gate.view.load();
   // Take a pass, then confirm that the gate still reads w (detail/slot.hpp, "Ordering": the
@@ -280,11 +277,11 @@ PYATTACH_ALWAYS_INLINE bool attach_scope::attach_outer(detail::slot* s, std::uin
   // (then attach_slow refuses too). Before 3.15: empty, always true.
   detail::compat::entry_guard guard(view);
   if (PYATTACH_LIKELY(detail::g_gate.word.load(std::memory_order_relaxed) == w && guard)) {
-    if constexpr (Observed) detail::obs_wait_begin(s);
+    hooks.before_take();
     // The gate is open and we hold a pass, so the interpreter cannot start finalizing before
     // this returns (the closer waits for passes): no pthread_exit, no hang.
     PyEval_RestoreThread(s->tstate);
-    if constexpr (Observed) detail::obs_attached(s, true);
+    hooks.after_take();
     guard.close();  // entry only: a thread that stays inside never delays shutdown
     s->phase.store(detail::slot_phase::attached, std::memory_order_relaxed);
     s->scopes.store(s->scopes.load(std::memory_order_relaxed) + 1,
@@ -294,7 +291,7 @@ PYATTACH_ALWAYS_INLINE bool attach_scope::attach_outer(detail::slot* s, std::uin
     s->restored_mask = detail::level_bit(1);
     owner_ = s;
     level_ = 1;
-    kind_ = Observed ? kind_observed : kind_outer;
+    kind_ = std::is_same_v<Hooks, detail::no_hooks> ? kind_outer : kind_observed;
     return true;
   }
   s->passes.store(0, std::memory_order_relaxed);
@@ -318,9 +315,10 @@ inline void attach_scope::attach_fast(const source_site& site) noexcept {
                                                                           : cur != s->tstate)) {
           // Metrics or a trace (pyattach/observe.hpp): the one branch they cost when off.
           if (PYATTACH_UNLIKELY(s->observe.load(std::memory_order_relaxed) != 0)) {
-            if (detail::attach_observed(*this, s, w, site)) return;
-          } else if (attach_outer<false>(s, w, site)) {
-            return;
+            if (attach_observed(s, w, site)) return;
+          } else {
+            detail::no_hooks none;
+            if (attach_outer(s, w, site, none)) return;
           }
         }
       } else if (PYATTACH_LIKELY(cur == s->tstate && s->depth + 1 < detail::tracked_levels &&
@@ -346,24 +344,24 @@ inline attach_scope::attach_scope(source_site site) : site_(site) {
   if (PYATTACH_UNLIKELY(kind_ == kind_none)) throw attach_error(status_);
 }
 
-// The end of a scope the inline attach made (kind_outer; kind_observed: observed, compiled out
-// of line in src/observe.cpp). Level 1 and depth 1: no other scope is open, so this one holds
+// The end of a scope the inline attach made (kind_outer: no hooks; kind_observed: obs_hooks).
+// Level 1 and depth 1: no other scope is open, so this one holds
 // the thread's only pass and the only restored level, and the only possible anomaly is the lost
 // bit (a detach scope inside could not re-attach). Remote orphans need no check: another thread
 // can only have ended this scope (then kind_released is set) or one that is still open (then the
 // depth would be higher). w == fast_word: the gate still open in the state's generation (a scope
 // that outlived its interpreter, or ends while the gate closes, goes slow). Returns false, having
 // done nothing, if end_slow must end it.
-template <bool Observed>
-PYATTACH_ALWAYS_INLINE bool attach_scope::end_outer(detail::slot* s,
-                                                    const source_site* at) noexcept {
+template <class Hooks>
+PYATTACH_ALWAYS_INLINE bool attach_scope::end_outer(detail::slot* s, const source_site* at,
+                                                    Hooks& hooks) noexcept {
   if (PYATTACH_LIKELY(s == owner_ && s->depth == 1 && s->anomaly_mask == 0 &&
                       detail::g_gate.word.load(std::memory_order_acquire) == s->fast_word)) {
     if (at != nullptr) kind_ |= kind_released;  // a destroyed scope is never looked at again
     s->depth = 0;
     s->restored_mask = 0;
     s->phase.store(detail::slot_phase::detached, std::memory_order_relaxed);
-    if constexpr (Observed) detail::obs_release(s);
+    hooks.before_release();
     // This scope made the state current on this thread; hand the GIL back, keep the state.
     PyEval_SaveThread();
     // After the GIL is released: a closer that sees the pass gone may finalize at once.
@@ -376,7 +374,8 @@ PYATTACH_ALWAYS_INLINE bool attach_scope::end_outer(detail::slot* s,
 PYATTACH_ALWAYS_INLINE void attach_scope::finish(const source_site* at) noexcept {
   detail::slot* const s = detail::tls_slot;
   if (kind_ == kind_outer) {
-    if (PYATTACH_LIKELY(end_outer<false>(s, at))) return;
+    detail::no_hooks none;
+    if (PYATTACH_LIKELY(end_outer(s, at, none))) return;
   } else if (kind_ == kind_nested) {
     if (PYATTACH_LIKELY(s == owner_ && s->depth == level_ && s->anomaly_mask == 0 &&
                         s->remote_orphans.load(std::memory_order_relaxed) == 0)) {
@@ -385,7 +384,7 @@ PYATTACH_ALWAYS_INLINE void attach_scope::finish(const source_site* at) noexcept
       return;
     }
   } else if (kind_ == kind_observed) {
-    if (detail::end_observed(*this, s, at)) return;
+    if (end_observed(s, at)) return;
   } else if (at == nullptr && (kind_ == kind_none || (kind_ & kind_released) != 0)) {
     return;  // destroyed after it was refused, released, or ended by misuse: nothing to do
   }
