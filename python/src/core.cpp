@@ -352,7 +352,8 @@ class executor {
         wd["native_id"] = w.os_tid;
         const auto it = s.items_by_tid.find(w.os_tid);
         wd["tasks"] = it == s.items_by_tid.end() ? 0 : it->second;
-        wd["attaches"] = w.tasks;  // runners: one attach each, however many items it ran
+        // One per batch: runners queued behind each other on a worker run under one attach.
+        wd["attaches"] = w.attaches;
         wd["busy_seconds"] = std::chrono::duration<double>(w.busy).count();
         workers.append(wd);
       }
