@@ -152,7 +152,14 @@ namespace {
 std::atomic<std::uint8_t> g_bits{0};          // what every slot records (observe_metrics|trace)
 std::mutex g_trace_mutex;                      // start/flush/stop, and the exited threads' buffers
 std::uint32_t g_capacity = 65536;              // the running trace's events per thread
-std::string g_env_trace_path;                  // PYATTACH_TRACE, while its trace runs
+// PYATTACH_TRACE's path, while its trace runs. Made on first use, not a namespace-scope string:
+// observe_init_once sets it from gate.cpp's load-time bind, which for an extension module runs
+// during the module's static initialization, possibly before this file's dynamic initializers,
+// which would then construct an empty string over it (and no file would be written at exit).
+std::string& env_trace_path() {
+  static auto* path = new std::string;  // read by the gate's exit hook: never destroyed
+  return *path;
+}
 thread_local std::string tls_pool, tls_worker;  // set by obs_worker_start on pool workers
 thread_local std::uint32_t tls_label = 0;
 
@@ -542,7 +549,7 @@ void observe_init_once() noexcept {
     const char* t = std::getenv("PYATTACH_TRACE");
     if (t != nullptr && *t != '\0' && start_trace()) {
       std::lock_guard<std::mutex> lock(g_trace_mutex);
-      g_env_trace_path = t;
+      env_trace_path() = t;
     }
   });
 }
@@ -789,10 +796,10 @@ void end_session_locked() noexcept {
 void observe_gate_closed() noexcept {
   const auto names = names_if_possible(false);  // the gate is closed: no attaching
   std::lock_guard<std::mutex> lock(g_trace_mutex);
-  if (g_env_trace_path.empty()) return;
-  const trace_result r = write_trace_locked(g_env_trace_path, names);
+  if (env_trace_path().empty()) return;
+  const trace_result r = write_trace_locked(env_trace_path(), names);
   if (!r.ok) std::fprintf(stderr, "pyattach: PYATTACH_TRACE: %s\n", r.error.c_str());
-  g_env_trace_path.clear();
+  env_trace_path().clear();
   end_session_locked();
 }
 
@@ -992,7 +999,7 @@ trace_result stop_trace(const std::string& path) noexcept {
   std::lock_guard<std::mutex> lock(detail::g_trace_mutex);
   trace_result r = detail::write_trace_locked(path, names);
   if (detail::g_session.load(std::memory_order_relaxed) != 0) {
-    detail::g_env_trace_path.clear();
+    detail::env_trace_path().clear();
     detail::end_session_locked();
   }
   return r;
