@@ -1,5 +1,6 @@
 """``python -m pyattach``: a smoke test a user can type. Runs a small executor, prints the thread
-report while its workers are inside tasks, then the executor's counters; exits 0 on success."""
+report while its workers are inside tasks, then the executor's counters and its GIL metrics;
+exits 0 on success."""
 
 import sys
 import threading
@@ -9,6 +10,7 @@ import pyattach
 
 def main():
     workers = 2
+    pyattach.set_metrics(True)
     inside = threading.Barrier(workers + 1)
     release = threading.Event()
 
@@ -39,6 +41,12 @@ def main():
     for w in s["workers"]:
         print("  worker %-16s native_id %-8d tasks %-4d attaches %d" % (
             w["name"], w["native_id"], w["tasks"], w["attaches"]))
+    pool = [p for p in pyattach.pool_metrics() if p["name"] == "pyattach-demo"][0]
+    print("GIL metrics of its workers: %d attaches" % pool["attaches"])
+    for kind in ("wait", "attached"):
+        h = pool[kind]
+        print("  %-8s %4d  p50 %8.3f ms  p99 %8.3f ms  max %8.3f ms" % (
+            kind, h["count"], h["p50_s"] * 1e3, h["p99_s"] * 1e3, h["max_s"] * 1e3))
     print("ok" if ok else "FAILED")
     return 0 if ok else 1
 

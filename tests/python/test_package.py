@@ -186,6 +186,7 @@ def test_python_dash_m_pyattach_runs_a_small_report(pyattach):
     assert out.kind == "clean", out.describe()
     assert "pyattach-demo_0" in out.stdout and "pyattach-demo_1" in out.stdout, out.stdout
     assert "attached" in out.stdout and out.stdout.rstrip().endswith("ok"), out.stdout
+    assert "GIL metrics of its workers: " in out.stdout, out.stdout
 
 
 def test_the_stub_declares_the_runtime_api(pyattach):
