@@ -64,8 +64,8 @@ def threads():
 
 def stats():
     """One dict per live executor: name, max_workers, submitted, completed, failed, cancelled,
-    queued, running, shutdown, broken, and workers (name, native_id, tasks, attaches,
-    busy_seconds)."""
+    queued, running, shutdown, broken, and workers (name, native_id, tasks, attaches: one per
+    batch of tasks run under one attach, busy_seconds)."""
     return _core.stats()
 
 
@@ -89,8 +89,8 @@ def reset_metrics():
 
 def metrics():
     """One dict per thread that pyattach has observed (live threads, then one record per pool for
-    its exited workers and one for other exited threads): name (the OS thread name; the kernel
-    keeps 15 characters), native_id (0 for an exited-threads record), ident
+    its exited workers and one for other exited threads): name (a label from the OS thread name,
+    which the kernel cuts to 15 characters, e.g. "measured_0 (tid 1234)"), native_id (0 for an exited-threads record), ident
     (threading.get_ident()), pool (the executor's thread name prefix, or ""), alive, attaches (times
     pyattach took the GIL for it at an outermost attach: a worker's batches of tasks), and three
     dicts of durations in seconds: "wait" (asking for the GIL -> holding it, for every take),
