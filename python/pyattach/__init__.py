@@ -171,8 +171,8 @@ class Trace:
 def trace(path, events_per_thread=65536):
     """Traces the block: starts a trace on entry and writes it to path on exit, also when the block
     raises. The file is Chrome trace-event JSON (open it in https://ui.perfetto.dev or
-    chrome://tracing; docs/observability.md): per thread, spans for waiting for the GIL, attached
-    and detached, the executors' tasks (args pool, worker, task), and thread names.
+    chrome://tracing): per thread, spans for waiting for the GIL, attached and detached, the
+    executors' tasks (args pool, worker, task), and thread names.
 
     Raises RuntimeError on entry if a trace is running already, and on exit if the file could not
     be written (chained to the block's exception, if any). Covers the threads of this package's
