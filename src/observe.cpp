@@ -58,7 +58,7 @@ bool kernel_uses_tsc() {
 }
 }  // namespace
 
-bool g_obs_tsc = false;
+std::atomic<bool> g_obs_tsc{false};
 std::atomic<std::uint64_t> g_obs_epoch{1};
 
 std::uint64_t obs_monotonic_ns() noexcept {
@@ -89,7 +89,7 @@ void tick_pair(std::uint64_t& tick, std::uint64_t& ns) noexcept {
 
 void clock_init() {
   std::call_once(g_clock_once, [] {
-    g_obs_tsc = kernel_uses_tsc();
+    g_obs_tsc.store(kernel_uses_tsc(), std::memory_order_relaxed);
     tick_pair(g_tick0, g_ns0);
   });
 }
@@ -97,7 +97,7 @@ void clock_init() {
 // Nanoseconds per tick, from the interval since clock_init (at least 5 ms: waits for the rest
 // the first time, so that a snapshot right after enabling is still within 0.01%).
 double ns_per_tick() noexcept {
-  if (!g_obs_tsc) return 1.0;
+  if (!g_obs_tsc.load(std::memory_order_relaxed)) return 1.0;
   std::uint64_t t = 0, n = 0;
   tick_pair(t, n);
   if (n - g_ns0 < 5000000) {
@@ -766,7 +766,7 @@ trace_result write_trace_locked(const std::string& path,
     }
     std::fprintf(f, "\n],\n\"displayTimeUnit\":\"ms\",\n\"otherData\":{\"pyattach\":{\"clock\":\"%s\","
                     "\"dropped\":%" PRIu64 ",\"instants_dropped\":%" PRIu64 ",\"threads\":[%s]}}}\n",
-                 g_obs_tsc ? "tsc" : "clock_gettime(CLOCK_MONOTONIC)", dropped, instants_dropped,
+                 g_obs_tsc.load(std::memory_order_relaxed) ? "tsc" : "clock_gettime(CLOCK_MONOTONIC)", dropped, instants_dropped,
                  threads_meta.c_str());
     const bool ok = std::fflush(f) == 0;
     std::fclose(f);
@@ -878,7 +878,7 @@ metrics_snapshot metrics() {
   clock_init();
   metrics_snapshot snap;
   snap.enabled = metrics_enabled();
-  snap.clock = g_obs_tsc ? "tsc" : "clock_gettime(CLOCK_MONOTONIC)";
+  snap.clock = g_obs_tsc.load(std::memory_order_relaxed) ? "tsc" : "clock_gettime(CLOCK_MONOTONIC)";
   const double per_tick = ns_per_tick();
   std::map<std::uint64_t, std::string> pool_of;
   for (auto& [tid, name] : pool_workers()) pool_of[tid] = name;

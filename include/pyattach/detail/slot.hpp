@@ -163,11 +163,11 @@ inline std::uint64_t level_bit(std::uint32_t level) noexcept {
 // otherwise CLOCK_MONOTONIC in nanoseconds. lfence: rdtsc is not ordered after the instructions
 // before it (Intel SDM, RDTSC), and a tick taken right after PyEval_RestoreThread must not be
 // read before the GIL was taken (nor one taken right before PyEval_SaveThread after it).
-extern bool g_obs_tsc;
+extern std::atomic<bool> g_obs_tsc;  // relaxed: set before any slot observes (clock_init)
 std::uint64_t obs_monotonic_ns() noexcept;
 PYATTACH_ALWAYS_INLINE std::uint64_t obs_ticks() noexcept {
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
-  if (PYATTACH_LIKELY(g_obs_tsc)) {
+  if (PYATTACH_LIKELY(g_obs_tsc.load(std::memory_order_relaxed))) {
     __builtin_ia32_lfence();
     return __builtin_ia32_rdtsc();
   }
