@@ -712,6 +712,25 @@ trace_result write_trace_locked(const std::string& path,
     std::fprintf(f, "{\"name\":\"process_name\",\"ph\":\"M\",\"pid\":%ld,\"tid\":0,"
                     "\"args\":{\"name\":\"pyattach trace (pid %ld)\"}}", pid, pid);
     std::uint64_t written = 0, dropped = instants_dropped;
+    // A thread's instants go among its spans in time order (a thread's events must be in time
+    // order: tools/trace_check.py); those of threads with no spans follow them all.
+    std::stable_sort(instants.begin(), instants.end(),
+                     [](const instant_event& a, const instant_event& b) {
+                       return a.os_tid != b.os_tid ? a.os_tid < b.os_tid : a.tick < b.tick;
+                     });
+    std::vector<bool> instant_written(instants.size(), false);
+    const auto write_instant = [&](std::size_t k) {
+      const instant_event& i = instants[k];
+      std::string args;
+      if (!i.message.empty()) args = ",\"args\":{\"message\":\"" + json_escape(i.message) + "\"}";
+      const bool misuse = i.name.rfind("misuse", 0) == 0;
+      std::fprintf(f, ",\n{\"name\":\"%s\",\"cat\":\"%s\",\"ph\":\"i\",\"s\":\"%s\",\"pid\":%ld,"
+                      "\"tid\":%" PRIu64 ",\"ts\":%.3f%s}",
+                   json_escape(i.name).c_str(), misuse ? "misuse" : "pyattach", misuse ? "t" : "g",
+                   pid, i.os_tid, us(i.tick), args.c_str());
+      instant_written[k] = true;
+      ++written;
+    };
     std::string threads_meta;
     for (const thread_events& t : threads) {
       std::string name = t.os_name;
@@ -719,9 +738,21 @@ trace_result write_trace_locked(const std::string& path,
       if (t.ident != 0 && it != names.end()) name += " [python: " + it->second + "]";
       std::fprintf(f, ",\n{\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":%ld,\"tid\":%" PRIu64
                       ",\"args\":{\"name\":\"%s\"}}", pid, t.os_tid, json_escape(name).c_str());
+      // This thread's instants, [next, last): written before the first event after each.
+      const auto before = [](const instant_event& i, std::uint64_t tid) { return i.os_tid < tid; };
+      std::size_t next = static_cast<std::size_t>(
+          std::lower_bound(instants.begin(), instants.end(), t.os_tid, before) - instants.begin());
+      std::size_t last = next;
+      while (last < instants.size() && instants[last].os_tid == t.os_tid) ++last;
+      const auto instants_until = [&](std::uint64_t tick) {
+        for (; next < last && instants[next].tick <= tick; ++next) {
+          if (!instant_written[next]) write_instant(next);  // a reused tid's: written already
+        }
+      };
       // Spans still open now: closed at the write's time, marked open.
       std::vector<const trace_event*> stack;
       for (const trace_event& e : t.events) {
+        instants_until(e.tick);
         if (is_begin(e.kind)) {
           stack.push_back(&e);
         } else if (!stack.empty()) {
@@ -740,6 +771,7 @@ trace_result write_trace_locked(const std::string& path,
                      is_begin(e.kind) ? "B" : "E", pid, t.os_tid, us(e.tick), args.c_str());
         ++written;
       }
+      instants_until(UINT64_MAX);  // recorded before `now`: before the open spans' closing
       const double end_us = std::max(us(now), t.events.empty() ? 0.0 : us(t.events.back().tick));
       for (auto it2 = stack.rbegin(); it2 != stack.rend(); ++it2) {
         std::fprintf(f, ",\n{\"name\":\"%s\",\"cat\":\"%s\",\"ph\":\"E\",\"pid\":%ld,\"tid\":%"
@@ -754,15 +786,8 @@ trace_result write_trace_locked(const std::string& path,
                       "\",\"events\":" + std::to_string(t.events.size()) +
                       ",\"dropped\":" + std::to_string(t.dropped) + "}";
     }
-    for (const instant_event& i : instants) {
-      std::string args;
-      if (!i.message.empty()) args = ",\"args\":{\"message\":\"" + json_escape(i.message) + "\"}";
-      const bool misuse = i.name.rfind("misuse", 0) == 0;
-      std::fprintf(f, ",\n{\"name\":\"%s\",\"cat\":\"%s\",\"ph\":\"i\",\"s\":\"%s\",\"pid\":%ld,"
-                      "\"tid\":%" PRIu64 ",\"ts\":%.3f%s}",
-                   json_escape(i.name).c_str(), misuse ? "misuse" : "pyattach", misuse ? "t" : "g",
-                   pid, i.os_tid, us(i.tick), args.c_str());
-      ++written;
+    for (std::size_t k = 0; k < instants.size(); ++k) {
+      if (!instant_written[k]) write_instant(k);
     }
     std::fprintf(f, "\n],\n\"displayTimeUnit\":\"ms\",\n\"otherData\":{\"pyattach\":{\"clock\":\"%s\","
                     "\"dropped\":%" PRIu64 ",\"instants_dropped\":%" PRIu64 ",\"threads\":[%s]}}}\n",

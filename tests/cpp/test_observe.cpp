@@ -316,6 +316,8 @@ TEST(Trace, PoolTasksAndMisuseAppear) {
     py.release();
     py.release();  // double_release: an instant event
   });
+  // A later span on the same thread: the instant must be written between its spans, in time order.
+  w.run([] { pyattach::attach_scope py; });
   const std::string path = temp_path("pool");
   ASSERT_TRUE(pyattach::stop_trace(path).ok);
   pyattach::attach_scope py;
