@@ -97,14 +97,20 @@ def draw_panel(ax, label, result, styles, xmax):
         if intervals:
             ax.broken_barh([(ms(s), (e - s) / 1000) for s, e in intervals], (y, height), **kw)
 
+    def gil_bars(intervals, lane, colour):
+        # Outlined in their own colour: a 0.1 ms hold in a 300 ms panel is far narrower than a
+        # pixel, and would not show at all; the outline draws it as a thin line.
+        bars(intervals, lane + BAR[0], BAR[1], facecolors=colour, edgecolors=colour,
+             linewidth=0.8)
+
     for lane, tid in enumerate(tids):
         spans = result.span_list[tid]
         by_name = {}
         for s in spans:
             by_name.setdefault(s.name, []).append((s.start, s.end))
-        bars(by_name.get(trace_check.DETACHED), lane + BAR[0], BAR[1], facecolors=DETACHED_COLOUR)
-        bars(by_name.get(trace_check.WAITING), lane + BAR[0], BAR[1], facecolors=WAITING_COLOUR)
-        bars(result.held[tid], lane + BAR[0], BAR[1], facecolors=HELD_COLOUR)
+        gil_bars(by_name.get(trace_check.DETACHED), lane, DETACHED_COLOUR)
+        gil_bars(by_name.get(trace_check.WAITING), lane, WAITING_COLOUR)
+        gil_bars(result.held[tid], lane, HELD_COLOUR)
         bars(by_name.get("task"), lane + TASK[0], TASK[1], facecolors=TASK_FACE,
              edgecolors=TASK_EDGE, linewidth=0.4)
         for ev in result.instants[tid]:
