@@ -26,8 +26,17 @@ class interpreter;
 
 namespace demo {
 
-// The seed's one-thread Boost.Asio pools, and a task whose completion the caller can wait for.
-using pool = boost::asio::thread_pool;
+// Names the calling thread (at most 15 characters): what the trace's lanes, top -H and gdb show.
+void name_thread(const char* name);
+
+// The seed's one-thread Boost.Asio pools, their thread named after the pool; and a task whose
+// completion the caller can wait for.
+class pool : public boost::asio::thread_pool {
+ public:
+  explicit pool(const char* name) : boost::asio::thread_pool(1) {
+    boost::asio::post(*this, [name] { name_thread(name); });  // the first task: before any other
+  }
+};
 
 template <class F>
 std::future<void> post_task(pool& p, F fn) {
@@ -134,8 +143,13 @@ struct child_result {
   bool spawn_failed = false;
 };
 
-// Runs this executable with `args`, capturing stdout and stderr; SIGKILL after timeout_ms.
-child_result run_child(const std::vector<std::string>& args, int timeout_ms);
+// Runs the program at the path argv[0] with argv, capturing stdout and stderr; SIGKILL after
+// timeout_ms. env: "NAME=value" entries that replace or add to this process's environment.
+child_result run_program(const std::vector<std::string>& argv, int timeout_ms,
+                         const std::vector<std::string>& env = {});
+// run_program on this executable, with `args` after its path.
+child_result run_child(const std::vector<std::string>& args, int timeout_ms,
+                       const std::vector<std::string>& env = {});
 
 // "OBS key=value" lines of a child's stdout, in order.
 std::vector<std::pair<std::string, std::string>> parse_observations(const std::string& out);

@@ -74,6 +74,8 @@ std::string fmt_ms(double ms) {
 
 void set_phase(const char* phase) { g_phase.store(phase); }
 
+void name_thread(const char* name) { pthread_setname_np(pthread_self(), name); }
+
 void arm_watchdog(int ms) {
   std::thread([ms] {
     sleep_ms(ms);
@@ -225,6 +227,7 @@ double probe_python() {
 std::shared_ptr<probe> start_thread_probe() {
   auto p = new_probe();
   std::thread([p] {
+    name_thread("probe");
     double got = -1;
     {
       pyattach::attach_scope py;
@@ -262,7 +265,33 @@ void obs_state_count(const std::string& phase) {
 
 // ---- parent side ------------------------------------------------------------------------------
 
-child_result run_child(const std::vector<std::string>& args, int timeout_ms) {
+namespace {
+// environ with `env` ("NAME=value") replacing or adding to it; the pointers live as long as env
+// and environ do.
+std::vector<char*> environment_with(const std::vector<std::string>& env) {
+  std::vector<char*> out;
+  for (char** e = environ; *e != nullptr; ++e) {
+    const char* eq = std::strchr(*e, '=');
+    const size_t name_len = eq ? static_cast<size_t>(eq - *e) + 1 : std::strlen(*e);
+    bool replaced = false;
+    for (const std::string& v : env) replaced |= v.compare(0, name_len, *e, name_len) == 0;
+    if (!replaced) out.push_back(*e);
+  }
+  for (const std::string& v : env) out.push_back(const_cast<char*>(v.c_str()));
+  out.push_back(nullptr);
+  return out;
+}
+}  // namespace
+
+child_result run_child(const std::vector<std::string>& args, int timeout_ms,
+                       const std::vector<std::string>& env) {
+  std::vector<std::string> argv{"/proc/self/exe"};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return run_program(argv, timeout_ms, env);
+}
+
+child_result run_program(const std::vector<std::string>& argv_in, int timeout_ms,
+                         const std::vector<std::string>& env) {
   child_result r;
   const auto t0 = std::chrono::steady_clock::now();
   auto elapsed = [&] {
@@ -285,12 +314,11 @@ child_result run_child(const std::vector<std::string>& args, int timeout_ms) {
   posix_spawn_file_actions_adddup2(&actions, out_pipe[1], 1);
   posix_spawn_file_actions_adddup2(&actions, err_pipe[1], 2);
   std::vector<char*> argv;
-  static char self[] = "/proc/self/exe";
-  argv.push_back(self);
-  for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  for (const std::string& a : argv_in) argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
+  std::vector<char*> envp = environment_with(env);
   pid_t pid = -1;
-  const int rc = posix_spawn(&pid, "/proc/self/exe", &actions, nullptr, argv.data(), environ);
+  const int rc = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), envp.data());
   posix_spawn_file_actions_destroy(&actions);
   ::close(out_pipe[1]);
   ::close(err_pipe[1]);

@@ -2,16 +2,23 @@
 // pyattach scopes on Boost.Asio pools; pyattach::thread_pool, for scenarios 2–6), each in a
 // child process with a timeout, judges what the child observed, and prints a table or JSON.
 //
-//   pyattach-demo [--json] [--scenario N]         the driver
-//   pyattach-demo --child N raw|pyattach|pool     one run (what the driver spawns)
+//   pyattach-demo [--json] [--scenario N] [--trace DIR]   the driver
+//   pyattach-demo --child N raw|pyattach|pool             one run (what the driver spawns)
+//
+// --trace DIR: each child writes a pyattach timeline trace, DIR/scenario<N>-<variant>.json (the
+// pyattach and pool children through PYATTACH_TRACE; the raw ones mark their C API calls by
+// hand, scenarios_raw.cpp); the driver checks each with tools/trace_check.py and draws one PNG
+// per scenario with tools/timeline.py, DIR/scenario<N>.png: raw above pyattach above pool.
 #include <dlfcn.h>
 #include <signal.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -22,6 +29,7 @@ namespace {
 
 constexpr int kChildTimeoutMs = 8000;
 constexpr int kWatchdogMs = 6000;
+constexpr int kToolTimeoutMs = 60000;  // a trace check, or drawing one scenario's timeline
 
 struct observations {
   std::vector<std::pair<std::string, std::string>> items;
@@ -55,6 +63,10 @@ struct row {
   bool correct = false;  // pyattach and pool rows: the verdict is "correct"
   child_result child;
   observations obs;
+  // --trace only:
+  std::string trace;        // the file the child was asked to write
+  std::string trace_check;  // "ok", or why not (missing, or tools/trace_check.py's problems)
+  std::string timeline;     // the scenario's PNG, if it was drawn
 };
 
 // ---- reading the child's fate -----------------------------------------------------------------
@@ -360,15 +372,38 @@ const char* expected_text(int n, const std::string& variant) {
   return texts[n][column];
 }
 
+// What each scenario's program does (../shared/seed/SCENARIOS.md, shortened): the timelines'
+// titles.
+const char* scenario_title(int n) {
+  static const char* const titles[8] = {
+      "",
+      "a thread runs Python in a loop and sleeps between prints; then shutdown",
+      "a pool's init task attaches, a later task releases; idle in between",
+      "two pools, each attaching in an init task and releasing in a later one",
+      "as 3, handing over with PyEval_SaveThread / PyEval_RestoreThread",
+      "as 3, with default_pool blocked in C++ after its init",
+      "an init task returns a releaser that a later task calls",
+      "the same attach released twice",
+  };
+  return titles[n];
+}
+
 // Scenarios the pool variant has (the others are not about pools).
 bool has_pool_variant(int n) { return n >= 2 && n <= 6; }
 
-row run_row(int n, const std::string& variant) {
+// trace_dir: --trace's directory, or "" without it.
+row run_row(int n, const std::string& variant, const std::string& trace_dir) {
   row r;
   r.scenario = n;
   r.variant = variant;
   r.expected = expected_text(n, variant);
-  r.child = run_child({"--child", std::to_string(n), r.variant}, kChildTimeoutMs);
+  std::vector<std::string> env;
+  if (!trace_dir.empty()) {
+    r.trace = trace_dir + "/scenario" + std::to_string(n) + "-" + variant + ".json";
+    std::remove(r.trace.c_str());  // an earlier run's file would pass for this child's
+    env.push_back("PYATTACH_TRACE=" + r.trace);
+  }
+  r.child = run_child({"--child", std::to_string(n), r.variant}, kChildTimeoutMs, env);
   r.obs.items = parse_observations(r.child.out);
   if (variant == "raw") {
     judge_raw(r);
@@ -378,6 +413,134 @@ row run_row(int n, const std::string& variant) {
     judge_pool(r);
   }
   return r;
+}
+
+// ---- --trace: checking the traces, drawing the timelines ---------------------------------------
+
+bool exists(const std::string& path) { return ::access(path.c_str(), F_OK) == 0; }
+
+std::string tail(const std::string& s, size_t n) { return s.size() > n ? s.substr(s.size() - n) : s; }
+
+// The Python that runs the tools: the one this binary embeds (CMake's Python_EXECUTABLE), or
+// Debian's if that one is gone. trace_check.py needs only the standard library.
+std::string tools_python() {
+  return ::access(PYATTACH_DEMO_PYTHON, X_OK) == 0 ? PYATTACH_DEMO_PYTHON : "/usr/bin/python3";
+}
+
+// The first of the embedded Python and Debian's that imports matplotlib (timeline.py draws with
+// it), or "" (and `why` says which were tried).
+std::string python_with_matplotlib(std::string& why) {
+  std::vector<std::string> tried;
+  for (const char* python : {PYATTACH_DEMO_PYTHON, "/usr/bin/python3"}) {
+    if (std::find(tried.begin(), tried.end(), python) != tried.end()) continue;
+    tried.push_back(python);
+    if (::access(python, X_OK) != 0) continue;
+    if (exited_ok(run_program({python, "-c", "import matplotlib"}, kToolTimeoutMs))) return python;
+  }
+  why = "no matplotlib in ";
+  for (size_t i = 0; i < tried.size(); ++i) why += (i ? " or " : "") + tried[i];
+  return "";
+}
+
+std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
+
+// Checks the row's trace with tools/trace_check.py (the GIL overlap check included, raw too).
+void check_trace(row& r, const std::string& python) {
+  if (!exists(r.trace)) {
+    r.trace_check = "missing (the child: " + fate(r.child, r.obs) + ")";
+    return;
+  }
+  const child_result c =
+      run_program({python, PYATTACH_TOOLS_DIR "/trace_check.py", r.trace}, kToolTimeoutMs);
+  if (exited_ok(c)) {
+    r.trace_check = "ok";
+  } else if (c.exit_code == 1 && c.err.find(": not valid\n") != std::string::npos) {
+    // "<file>: not valid", then one indented line per problem.
+    const std::string problems = c.err.substr(c.err.find('\n') + 1);
+    const long n = std::count(problems.begin(), problems.end(), '\n');
+    std::string first = first_line(problems);
+    first.erase(0, first.find_first_not_of(' '));
+    r.trace_check = "NOT VALID: " + first + (n > 1 ? " (+" + std::to_string(n - 1) + " more)" : "");
+  } else {
+    r.trace_check = "NOT CHECKED: trace_check.py " + fate(c, observations{}) + ": " +
+                    first_line(tail(c.err, 300));
+  }
+}
+
+// A pyattach or pool row's trace must exist and pass; a raw one's result is only reported (the
+// raw C API may well break the GIL invariant, or crash before writing).
+bool trace_passes(const row& r) { return r.variant == "raw" || r.trace_check == "ok"; }
+
+const char* panel_label(const std::string& variant) {
+  return variant == "raw" ? "raw C API" : variant == "pyattach" ? "pyattach scopes"
+                                                                : "pyattach::thread_pool";
+}
+
+// Draws scenario n's rows (raw, pyattach, pool: top to bottom) into trace_dir/scenario<n>.png.
+// Returns "" or what went wrong; sets each row's timeline.
+std::string draw_timeline(int n, std::vector<row*> rows, const std::string& trace_dir,
+                          const std::string& python) {
+  const std::string png = trace_dir + "/scenario" + std::to_string(n) + ".png";
+  std::remove(png.c_str());
+  std::string title = "Scenario " + std::to_string(n) + ": " + scenario_title(n);
+  std::string missing;
+  std::vector<std::string> panels;
+  for (const row* r : rows) {
+    if (exists(r->trace)) {
+      panels.push_back(std::string(panel_label(r->variant)) + "=" + r->trace);
+    } else {
+      missing += (missing.empty() ? "" : ", ") + r->variant + " (" + fate(r->child, r->obs) + ")";
+    }
+  }
+  if (panels.empty()) return "no trace to draw";
+  if (!missing.empty()) title += "\nno trace from " + missing;
+  std::vector<std::string> argv{python, PYATTACH_TOOLS_DIR "/timeline.py", "--out", png,
+                                "--same-x", "--title", title};
+  argv.insert(argv.end(), panels.begin(), panels.end());
+  const child_result c = run_program(argv, kToolTimeoutMs);
+  if (!exited_ok(c) || !exists(png)) {
+    return "tools/timeline.py " + fate(c, observations{}) + ": " + first_line(tail(c.err, 300));
+  }
+  for (row* r : rows) r->timeline = png;
+  return "";
+}
+
+// Checks every trace and draws every timeline; `report` receives what went where, a line each.
+// Returns whether every pyattach and pool trace exists and passed.
+bool finish_traces(std::vector<row>& rows, const std::string& trace_dir, std::string& report) {
+  const std::string python = tools_python();
+  bool ok = true;
+  report = "traces in " + trace_dir + " (checked by tools/trace_check.py with " + python + "):\n";
+  bool raw_overlap = false;
+  for (row& r : rows) {
+    check_trace(r, python);
+    ok = ok && trace_passes(r);
+    const bool raw_problem = r.variant == "raw" && r.trace_check != "ok";
+    raw_overlap |= raw_problem && r.trace_check.find("GIL held by two threads") != std::string::npos;
+    report += "  " + std::filesystem::path(r.trace).filename().string() + ": " + r.trace_check +
+              (raw_problem ? " (raw C API: reported, not judged)" : "") + "\n";
+  }
+  if (raw_overlap) {
+    report += "  (a raw trace's spans are marked around the C API calls: they cannot show CPython's "
+              "eval loop handing the GIL to a waiting thread while the holder runs Python)\n";
+  }
+  std::string why;
+  const std::string drawer = python_with_matplotlib(why);
+  if (drawer.empty()) {
+    report += "timelines skipped: " + why +
+              " (Debian: python3-matplotlib; scripts/deps.sh installs it)\n";
+    return ok;
+  }
+  report += "timelines (tools/timeline.py with " + drawer + "):\n";
+  for (size_t i = 0; i < rows.size();) {
+    const int n = rows[i].scenario;
+    std::vector<row*> scenario;
+    for (; i < rows.size() && rows[i].scenario == n; ++i) scenario.push_back(&rows[i]);
+    const std::string error = draw_timeline(n, scenario, trace_dir, drawer);
+    report += "  scenario" + std::to_string(n) + ".png: " + (error.empty() ? "drawn" : error) +
+              "\n";
+  }
+  return ok;
 }
 
 // ---- output -----------------------------------------------------------------------------------
@@ -457,8 +620,6 @@ std::string json_string(const std::string& s) {
   return out + "\"";
 }
 
-std::string tail(const std::string& s, size_t n) { return s.size() > n ? s.substr(s.size() - n) : s; }
-
 void print_json(const std::vector<row>& rows, const std::string& python) {
   std::printf("[\n");
   for (size_t i = 0; i < rows.size(); ++i) {
@@ -478,8 +639,13 @@ void print_json(const std::vector<row>& rows, const std::string& python) {
       std::printf("%s[%s, %s]", k ? ", " : "", json_string(r.obs.items[k].first).c_str(),
                   json_string(r.obs.items[k].second).c_str());
     }
-    std::printf("],\n   \"stderr_tail\": %s}%s\n", json_string(tail(c.err, 600)).c_str(),
-                i + 1 < rows.size() ? "," : "");
+    std::printf("],\n   \"stderr_tail\": %s", json_string(tail(c.err, 600)).c_str());
+    if (!r.trace.empty()) {
+      std::printf(",\n   \"trace\": %s, \"trace_check\": %s, \"timeline\": %s",
+                  json_string(r.trace).c_str(), json_string(r.trace_check).c_str(),
+                  r.timeline.empty() ? "null" : json_string(r.timeline).c_str());
+    }
+    std::printf("}%s\n", i + 1 < rows.size() ? "," : "");
   }
   std::printf("]\n");
 }
@@ -502,12 +668,13 @@ std::string libpython_path() {
 
 int usage() {
   std::fprintf(stderr,
-               "usage: pyattach-demo [--json] [--scenario N]\n"
+               "usage: pyattach-demo [--json] [--scenario N] [--trace DIR]\n"
                "       pyattach-demo --child N raw|pyattach|pool\n");
   return 2;
 }
 
 int child_main(int n, const std::string& variant) {
+  name_thread("main");
   arm_watchdog(kWatchdogMs);
   if (variant == "raw") return run_raw(n);
   if (variant == "pyattach") return run_pyattach(n);
@@ -522,6 +689,7 @@ int main(int argc, char** argv) {
   using namespace demo;
   bool json = false;
   int only = 0;
+  std::string trace_dir;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--child" && i + 2 < argc) return child_main(std::atoi(argv[i + 1]), argv[i + 2]);
@@ -530,11 +698,25 @@ int main(int argc, char** argv) {
     } else if (a == "--scenario" && i + 1 < argc) {
       only = std::atoi(argv[++i]);
       if (only < 1 || only > 7) return usage();
+    } else if (a == "--trace" && i + 1 < argc) {
+      trace_dir = argv[++i];
     } else {
       return usage();
     }
   }
   ::signal(SIGPIPE, SIG_IGN);
+  if (!trace_dir.empty()) {
+    std::error_code ec;
+    std::filesystem::create_directories(trace_dir, ec);
+    const std::filesystem::path abs = std::filesystem::absolute(trace_dir, ec);
+    if (ec || !std::filesystem::is_directory(abs)) {
+      std::fprintf(stderr, "pyattach-demo: --trace %s: not a directory I can make\n",
+                   trace_dir.c_str());
+      return 2;
+    }
+    trace_dir = abs.lexically_normal().string();
+    while (trace_dir.size() > 1 && trace_dir.back() == '/') trace_dir.pop_back();
+  }
   const std::string python = python_version();
   if (!json) {
     std::printf("pyattach-demo: seven scenarios in three variants (raw C API, pyattach scopes, "
@@ -545,20 +727,25 @@ int main(int argc, char** argv) {
   std::vector<row> rows;
   for (int n = 1; n <= 7; ++n) {
     if (only != 0 && n != only) continue;
-    rows.push_back(run_row(n, "raw"));
-    rows.push_back(run_row(n, "pyattach"));
-    if (has_pool_variant(n)) rows.push_back(run_row(n, "pool"));
+    rows.push_back(run_row(n, "raw", trace_dir));
+    rows.push_back(run_row(n, "pyattach", trace_dir));
+    if (has_pool_variant(n)) rows.push_back(run_row(n, "pool", trace_dir));
   }
+  std::string trace_report;
+  const bool traces_ok = trace_dir.empty() || finish_traces(rows, trace_dir, trace_report);
   bool all_correct = true;
   for (const row& r : rows) {
     if (r.variant != "raw") all_correct = all_correct && r.correct;
   }
   if (json) {
     print_json(rows, python);
+    std::fputs(trace_report.c_str(), stderr);  // stdout is the rows' JSON
   } else {
     print_table(rows);
     std::printf("\n%s\n", all_correct ? "every pyattach and pool row is correct"
                                        : "SOME pyattach OR pool ROWS ARE NOT CORRECT");
+    if (!trace_report.empty()) std::printf("\n%s", trace_report.c_str());
+    if (!traces_ok) std::printf("SOME pyattach OR pool TRACES ARE MISSING OR NOT VALID\n");
   }
-  return all_correct ? 0 : 1;
+  return all_correct && traces_ok ? 0 : 1;
 }

@@ -33,6 +33,7 @@ int scenario1() {
   std::atomic<unsigned long> cpp_ident{0}, py_ident{0};
   std::atomic<int> iterations{0};
   std::thread cpp_thread([&] {
+    name_thread("cpp thread");
     cpp_ident = this_thread_ident();
     while (!stop) {
       std::printf("[C++] Hello from the long running cpp thread!\n");
@@ -40,6 +41,7 @@ int scenario1() {
     }
   });
   std::thread py_thread([&] {
+    name_thread("python thread");
     py_ident = this_thread_ident();
     while (!stop) {
       {
@@ -75,7 +77,7 @@ int scenario1() {
 int scenario2() {
   std::optional<pyattach::interpreter> interp(std::in_place);
   pyattach_setup();
-  pool default_pool(1);
+  pool default_pool("default_pool");
   obs_state_count("before");
   unsigned long worker = 0;
   post_task(default_pool, [&] {
@@ -104,7 +106,7 @@ int scenario2() {
 int two_pools(bool blocking, bool issue_script) {
   std::optional<pyattach::interpreter> interp(std::in_place);
   pyattach_setup();
-  pool default_pool(1), custom_pool(1);
+  pool default_pool("default_pool"), custom_pool("custom_pool");
   obs_state_count("before");
   std::atomic<double> def_ran{-1}, cus_ran{-1};
   std::atomic<unsigned long> def_ident{0};
@@ -159,7 +161,7 @@ int two_pools(bool blocking, bool issue_script) {
 int scenario6() {
   std::optional<pyattach::interpreter> interp(std::in_place);
   pyattach_setup();
-  pool default_pool(1), custom_pool(1);
+  pool default_pool("default_pool"), custom_pool("custom_pool");
   post_task(default_pool, [] {
     pyattach::attach_scope py;
     py_set_name("default_pool");
@@ -201,7 +203,7 @@ int scenario6() {
 int scenario7() {
   std::optional<pyattach::interpreter> interp(std::in_place);
   pyattach_setup();
-  pool default_pool(1), custom_pool(1);
+  pool default_pool("default_pool"), custom_pool("custom_pool");
   post_task(default_pool, [] {
     pyattach::attach_scope py;
     py_set_name("default_pool");

@@ -1,27 +1,83 @@
 // scenarios_raw.cpp — the seven seed scenarios written with the raw C API, as the seed wrote them
 // (PyGILState_Ensure/Release, PyEval_SaveThread/RestoreThread, pthreads, one-thread pools).
 // Each one only observes and prints what happened (OBS lines); the parent judges.
+// pyattach is used for one thing only: with --trace, its timeline trace, in which the raw GIL
+// calls are marked by hand (traced_ensure() and its siblings below).
 #include <boost/asio/post.hpp>
 #include <boost/asio/thread_pool.hpp>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <future>
 #include <memory>
+
+#include <pyattach/observe.hpp>
 
 #include "demo.hpp"
 
 namespace demo {
 
 namespace {
+// ---- --trace -----------------------------------------------------------------------------------
+// The driver passes PYATTACH_TRACE=<file>. pyattach reads that variable itself only at its first
+// bind or first thread record, which a raw run never makes before run_raw starts the trace (and
+// were it read first, its trace would simply be the one running): so this file starts the trace,
+// writes it with stop_trace() before Py_FinalizeEx and before every _Exit (a child that crashes
+// earlier leaves no file, which the driver reports), and marks the GIL calls. pyattach sees only
+// its own attaches; these wrappers add the same spans around the raw calls: "waiting for the GIL"
+// across the call that takes it, "attached" until the call that gives it back (so a span is never
+// longer than the hold). Without a trace the marks return at once.
+const char* trace_path() {
+  const char* p = std::getenv("PYATTACH_TRACE");
+  return p != nullptr && *p != '\0' ? p : nullptr;
+}
+
+void write_trace() {
+  const char* path = trace_path();
+  if (path == nullptr) return;
+  const pyattach::trace_result r = pyattach::stop_trace(path);
+  if (!r.ok) std::fprintf(stderr, "pyattach-demo: trace %s: %s\n", path, r.error.c_str());
+}
+
+void mark_taken() {
+  pyattach::trace_end(pyattach::trace_span::waiting);
+  pyattach::trace_begin(pyattach::trace_span::attached);
+}
+
+PyGILState_STATE traced_ensure() {
+  pyattach::trace_begin(pyattach::trace_span::waiting);
+  const PyGILState_STATE g = PyGILState_Ensure();
+  mark_taken();
+  return g;
+}
+
+void traced_release(PyGILState_STATE g) {
+  pyattach::trace_end(pyattach::trace_span::attached);
+  PyGILState_Release(g);
+}
+
+void traced_restore_thread(PyThreadState* state) {
+  pyattach::trace_begin(pyattach::trace_span::waiting);
+  PyEval_RestoreThread(state);
+  mark_taken();
+}
+
+PyThreadState* traced_save_thread() {
+  pyattach::trace_end(pyattach::trace_span::attached);
+  return PyEval_SaveThread();
+}
+
+// ---- the scenarios -----------------------------------------------------------------------------
 bool wait_for(std::future<void>& f, int bound_ms) {
   return f.wait_for(std::chrono::milliseconds(bound_ms)) == std::future_status::ready;
 }
 
 PyThreadState* raw_init() {
   Py_Initialize();
+  pyattach::trace_begin(pyattach::trace_span::attached);  // Py_Initialize returns holding the GIL
   py_define_helpers();
-  return PyEval_SaveThread();  // the seed's pattern: let other threads take the GIL
+  return traced_save_thread();  // the seed's pattern: let other threads take the GIL
 }
 
 // Another thread asks for the GIL now (PyGILState_Ensure may block forever: never waited on
@@ -30,9 +86,10 @@ std::shared_ptr<probe> start_probe() {
   auto p = std::make_shared<probe>();
   p->asked = now_ms();
   std::thread([p] {
-    const PyGILState_STATE g = PyGILState_Ensure();
+    name_thread("probe");
+    const PyGILState_STATE g = traced_ensure();
     p->got = now_ms();
-    PyGILState_Release(g);
+    traced_release(g);
   }).detach();
   return p;
 }
@@ -43,11 +100,12 @@ std::optional<std::vector<unsigned long>> thread_states(int bound_ms) {
   auto ids = std::make_shared<std::vector<unsigned long>>();
   const bool done = run_bounded(
       [ids] {
-        const PyGILState_STATE g = PyGILState_Ensure();
+        name_thread("state lister");
+        const PyGILState_STATE g = traced_ensure();
         *ids = py_thread_state_idents();
         const unsigned long self = this_thread_ident();
         ids->erase(std::remove(ids->begin(), ids->end(), self), ids->end());
-        PyGILState_Release(g);
+        traced_release(g);
       },
       bound_ms);
   if (!done) return std::nullopt;
@@ -69,6 +127,7 @@ void obs_states(const std::string& phase, int bound_ms, unsigned long worker = 0
 
 // Correct raw shutdown for the scenarios whose pitfall is elsewhere: re-attach, finalize.
 int raw_finalize(PyThreadState* main_state) {
+  write_trace();
   set_phase("PyEval_RestoreThread before Py_FinalizeEx");
   PyEval_RestoreThread(main_state);
   set_phase("Py_FinalizeEx");
@@ -84,6 +143,7 @@ int scenario1() {
   std::atomic<unsigned long> cpp_ident{0}, py_ident{0};
   std::atomic<int> iterations{0};
   std::thread cpp_thread([&] {
+    name_thread("cpp thread");
     cpp_ident = this_thread_ident();
     while (!stop) {
       std::printf("[C++] Hello from the long running cpp thread!\n");
@@ -91,14 +151,15 @@ int scenario1() {
     }
   });
   std::thread py_thread([&] {
-    const PyGILState_STATE g = PyGILState_Ensure();  // once, never released while looping
+    name_thread("python thread");
+    const PyGILState_STATE g = traced_ensure();  // once, never released while looping
     py_ident = this_thread_ident();
     while (!stop) {
       py_print("Hello from the long running python thread!");
       ++iterations;
       sleep_ms(kWindowMs);  // holding the GIL
     }
-    PyGILState_Release(g);  // the seed never stops; we stop it to try shutting down
+    traced_release(g);  // the seed never stops; we stop it to try shutting down
   });
   while (iterations == 0) sleep_ms(1);
   sleep_ms(5);  // well inside the Python thread's sleep
@@ -121,6 +182,7 @@ int scenario1() {
   stop = true;
   cpp_thread.join();
   py_thread.join();
+  write_trace();
   set_phase("Py_FinalizeEx without PyEval_RestoreThread");
   obs("finalize", "calling Py_FinalizeEx without PyEval_RestoreThread");
   const int rc = Py_FinalizeEx();  // crashes on 3.9-3.12: no thread state is current
@@ -131,11 +193,11 @@ int scenario1() {
 // 2: a task ensures and returns without releasing; a later task on the same thread releases.
 int scenario2() {
   PyThreadState* main_state = raw_init();
-  pool default_pool(1);
+  pool default_pool("default_pool");
   PyGILState_STATE gstate{};
   unsigned long worker = 0;
   auto init = post_task(default_pool, [&] {
-    gstate = PyGILState_Ensure();
+    gstate = traced_ensure();
     worker = this_thread_ident();
     py_set_name("default_pool");
     py_print("Hello from the default_pool in init_python_thread");
@@ -148,7 +210,7 @@ int scenario2() {
   sleep_ms(static_cast<int>(std::max(0.0, kWindowMs - (now_ms() - idle_start))));
   auto release = post_task(default_pool, [&] {
     obs("name_in_release_task", py_get_name());
-    PyGILState_Release(gstate);
+    traced_release(gstate);
   });
   release.wait();
   obs("idle_window_ms", now_ms() - idle_start);
@@ -163,7 +225,7 @@ enum class handover { hold_gil, save_thread, hold_gil_blocked };
 
 int two_pools(handover how) {
   PyThreadState* main_state = raw_init();
-  pool default_pool(1), custom_pool(1);
+  pool default_pool("default_pool"), custom_pool("custom_pool");
   struct worker_state {
     PyGILState_STATE gstate{};
     PyThreadState* saved = nullptr;
@@ -172,27 +234,27 @@ int two_pools(handover how) {
   };
   worker_state def, cus;
   auto init = [how](worker_state& w, const char* name) {
-    w.gstate = PyGILState_Ensure();
+    w.gstate = traced_ensure();
     w.ran_at = now_ms();
     w.ident = this_thread_ident();
     py_set_name(name);
     py_print(std::string("Hello from ") + name + " in init_python_thread");
     if (how == handover::save_thread) {
       py_issue130394_init(name);
-      w.saved = PyEval_SaveThread();
+      w.saved = traced_save_thread();
     }
     if (how == handover::hold_gil_blocked) sleep_ms(kWindowMs);  // blocked in C++, GIL held
   };  // 3 and 5: returns holding the GIL
   auto release = [how](worker_state& w, const char* name) {
     if (how == handover::save_thread) {
-      PyEval_RestoreThread(w.saved);
+      traced_restore_thread(w.saved);
       obs(std::string("name_in_release_") + name, py_get_name());
       obs(std::string("issue_local_in_release_") + name, py_issue130394_get());
     }
-    PyGILState_Release(w.gstate);  // the outermost Release destroys the thread state
-    const PyGILState_STATE again = PyGILState_Ensure();
+    traced_release(w.gstate);  // the outermost Release destroys the thread state
+    const PyGILState_STATE again = traced_ensure();
     obs(std::string("name_after_release_") + name, py_get_name());
-    PyGILState_Release(again);
+    traced_release(again);
   };
 
   auto def_init = post_task(default_pool, [&] { init(def, "default_pool"); });
@@ -222,6 +284,7 @@ int two_pools(handover how) {
   obs("idle_window_ms", released_at - asked);
   if (!cus_ran) {
     obs("custom_init_wait_ms", "blocked (>" + std::to_string(kBoundMs) + " ms)");
+    write_trace();
     std::fflush(stdout);
     std::_Exit(0);  // custom_pool is stuck: nothing more can be observed
   }
@@ -229,6 +292,7 @@ int two_pools(handover how) {
   auto cus_rel = post_task(custom_pool, [&] { release(cus, "custom_pool"); });
   if (!wait_for(def_rel, kBoundMs) || !wait_for(cus_rel, kBoundMs)) {
     obs("release_tasks", "blocked: a pool kept the GIL");
+    write_trace();
     std::fflush(stdout);
     std::_Exit(0);
   }
@@ -241,12 +305,12 @@ int two_pools(handover how) {
 // 6: the init task returns a releaser capturing the PyGILState_STATE.
 int scenario6() {
   raw_init();
-  pool default_pool(1), custom_pool(1);
+  pool default_pool("default_pool"), custom_pool("custom_pool");
   std::function<void()> releaser;
   auto make_releaser = [&] {
-    const PyGILState_STATE g = PyGILState_Ensure();
+    const PyGILState_STATE g = traced_ensure();
     py_set_name("default_pool");
-    releaser = [g] { PyGILState_Release(g); };
+    releaser = [g] { traced_release(g); };
   };
   post_task(default_pool, make_releaser).wait();
   post_task(default_pool, [&] {
@@ -261,6 +325,7 @@ int scenario6() {
     obs("releaser_wrong_thread", "returned");
   });
   if (!wait_for(wrong, kBoundMs)) obs("releaser_wrong_thread", "did not return");
+  write_trace();
   std::fflush(stdout);
   std::_Exit(0);  // default_pool may still hold the GIL: nothing clean is left to do
 }
@@ -268,22 +333,24 @@ int scenario6() {
 // 7: PyGILState_Release twice with the same state.
 int scenario7() {
   raw_init();
-  pool default_pool(1);
+  pool default_pool("default_pool");
   auto task = post_task(default_pool, [] {
-    const PyGILState_STATE g = PyGILState_Ensure();
+    const PyGILState_STATE g = traced_ensure();
     py_print("Hello from default_pool");
-    PyGILState_Release(g);
+    traced_release(g);
     obs("second_release", "calling");
-    PyGILState_Release(g);  // the same state again: the thread state is already destroyed
+    traced_release(g);  // the same state again: the thread state is already destroyed
     obs("second_release", "returned");
   });
   if (!wait_for(task, kBoundMs)) obs("second_release", "did not return");
+  write_trace();
   std::fflush(stdout);
   std::_Exit(0);
 }
 }  // namespace
 
 int run_raw(int n) {
+  if (trace_path() != nullptr) pyattach::start_trace();
   switch (n) {
     case 1: return scenario1();
     case 2: return scenario2();
