@@ -44,6 +44,8 @@ ALTERNATIVES = [
     ("pybind11_per_call", "pybind11 `gil_scoped_acquire` per call"),
     ("pybind11_inc_ref", "pybind11 `gil_scoped_acquire`, state pinned by `inc_ref()`"),
     ("pyattach", "pyattach `attach_scope`"),
+    ("pyattach_metrics", "pyattach `attach_scope`, metrics on (`set_metrics(true)`)"),
+    ("pyattach_traced", "pyattach `attach_scope`, a trace running (`start_trace()`)"),
     ("pyattach_nested", "pyattach nested `attach_scope` (inside an outer one)"),
     ("pyattach_detach", "pyattach `detach_scope` inside an `attach_scope`"),
     ("body_only", "reference: the body alone, attached throughout (no attach per iteration)"),
@@ -971,6 +973,52 @@ def fast_path_section(legs):
     return out
 
 
+# Issue 13: instructions per attach+detach before the observation branch was added (the figures
+# of issue 12's clean-clone run, docs/benchmarks.md at 51aeb51; callgrind counts do not depend on
+# the machine's load), to measure what the branch costs when metrics and tracing are off.
+BEFORE_OBSERVE = {"debian-3.11": 465, "pyenv-3.12.1": 591, "pyenv-3.13.0": 574}
+
+
+def observability_section(legs):
+    """Issue 13: what metrics and tracing cost per attach + detach pair, per interpreter."""
+    out = ["## What metrics and tracing cost (issue 13)", ""]
+    out.append("Instructions per `attach_scope` attach + detach, empty body (the counted runs "
+               "above): **off** = the default (one branch on the thread's observe byte in the "
+               "inline attach); **metrics** = `set_metrics(true)` (three clock reads, two "
+               "histogram updates, the observed attach and end taken out of line); **trace** = "
+               "`start_trace()` with room for every event (four events per pair; metrics off). "
+               "**before** = the same row before the branch existed (issue 12's clean-clone run, "
+               "51aeb51), so *off − before* is what observation costs when it is off. Targets: "
+               "off ≤ before + 3, metrics ≤ off × 1.10.")
+    out.append("")
+    out.append("| interpreter | floor | before | off | off − before | metrics | × off | "
+               "trace | × off |")
+    out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    verdicts = []
+    for leg in legs:
+        c = leg["counted"]
+
+        def ir(alt):
+            return c.get((alt, "empty"), {}).get("ir_per_iter")
+
+        floor, off, met_, tr = ir("floor"), ir("pyattach"), ir("pyattach_metrics"), ir("pyattach_traced")
+        before = BEFORE_OBSERVE.get(leg["name"])
+        if off is None:
+            continue
+        delta = off - before if before is not None else None
+        out.append(f"| {leg['name']} | {ns(floor)} | {ns(before)} | {ns(off)} | "
+                   f"{'' if delta is None else f'{delta:+.0f}'} | {ns(met_)} | {ratio(met_, off)} | "
+                   f"{ns(tr)} | {ratio(tr, off)} |")
+        if delta is not None and met_ is not None:
+            verdicts.append((leg["name"], delta, met_ / off))
+    out.append("")
+    for name, delta, m in verdicts:
+        out.append(f"- {name}: off costs {delta:+.0f} instructions per pair: {met(delta <= 3)}; "
+                   f"metrics on: {m:.2f}× off: {met(m <= 1.10)}.")
+    out.append("")
+    return out
+
+
 def where_it_goes(leg, with_lines):
     """Annotated evidence: where pyattach's instructions go on this leg (source lines: if asked)."""
     lines = [f"#### {leg['name']}: callgrind_annotate on the pyattach rows (empty body)", ""]
@@ -1437,6 +1485,7 @@ def main():
     for body in bodies:
         out += body
     out += fast_path_section(legs)
+    out += observability_section(legs)
     out.append("## Where pyattach's instructions go")
     out.append("")
     out.append("Source-line annotation (callgrind_annotate --auto=yes) for the first interpreter; "
