@@ -976,7 +976,8 @@ def fast_path_section(legs):
 # Issue 13: instructions per attach+detach before the observation branch was added (the figures
 # of issue 12's clean-clone run, docs/benchmarks.md at 51aeb51; callgrind counts do not depend on
 # the machine's load), to measure what the branch costs when metrics and tracing are off.
-BEFORE_OBSERVE = {"debian-3.11": 465, "pyenv-3.12.1": 591, "pyenv-3.13.0": 574}
+BEFORE_OBSERVE = {"debian-3.11": 465, "pyenv-3.9.18": 460, "pyenv-3.10.13": 461,
+                  "pyenv-3.11.7": 479, "pyenv-3.12.1": 591, "pyenv-3.13.0": 574}
 
 
 def observability_section(legs):
@@ -1005,7 +1006,8 @@ def observability_section(legs):
         before = BEFORE_OBSERVE.get(leg["name"])
         if off is None:
             continue
-        delta = off - before if before is not None else None
+        # Callgrind's figures per pair carry the loop's fraction of a one-off: whole instructions.
+        delta = round(off - before) if before is not None else None
         out.append(f"| {leg['name']} | {ns(floor)} | {ns(before)} | {ns(off)} | "
                    f"{'' if delta is None else f'{delta:+.0f}'} | {ns(met_)} | {ratio(met_, off)} | "
                    f"{ns(tr)} | {ratio(tr, off)} |")

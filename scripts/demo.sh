@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job: install what is needed, build, and run the seven scenarios side by side
 # (raw C API, pyattach scopes, pyattach::thread_pool). Extra arguments go to pyattach-demo (e.g. --json,
-# --scenario 3).
+# --scenario 3, --trace DIR: a timeline trace per scenario and variant, and a PNG per scenario).
 # PYATTACH_PYTHON=/path/to/python3.X chooses another CPython (default: Debian's python3.11).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"

@@ -39,8 +39,10 @@ namespace detail {
 // synchronized, hence monotonic per thread and comparable across threads (the trace needs both).
 // lfence first: rdtsc is not ordered after the instructions before it (Intel SDM, RDTSC), and a
 // timestamp taken right after PyEval_RestoreThread must not be read before the GIL was taken.
-// Cost: 4 instructions, against ~60 for clock_gettime through the vDSO (measured with callgrind,
-// docs/benchmarks.md); the fallback is CLOCK_MONOTONIC in nanoseconds.
+// Cost, measured with callgrind (Debian 3.11, the metrics row of bench/attach_alternatives.cpp,
+// three reads per pair): 612 instructions per pair with the TSC, 669 with PYATTACH_CLOCK set,
+// so clock_gettime through the vDSO costs about 19 instructions more per read than the ~7 of
+// lfence+rdtsc with its branch. The fallback is CLOCK_MONOTONIC in nanoseconds.
 namespace {
 std::once_flag g_clock_once;
 std::uint64_t g_tick0 = 0;    // ticks and CLOCK_MONOTONIC ns read together at clock_init
@@ -151,7 +153,10 @@ std::atomic<std::uint64_t> g_session{0};  // the running trace's number; 0: none
 namespace {
 std::atomic<std::uint8_t> g_bits{0};          // what every slot records (observe_metrics|trace)
 std::mutex g_trace_mutex;                      // start/flush/stop, and the exited threads' buffers
-std::uint32_t g_capacity = 65536;              // the running trace's events per thread
+// The running trace's events per thread: set by start_trace before it publishes the session,
+// read by threads that saw the session (relaxed: a thread still on the previous session may read
+// it while the next start_trace sets it).
+std::atomic<std::uint32_t> g_capacity{65536};
 // PYATTACH_TRACE's path, while its trace runs. Made on first use, not a namespace-scope string:
 // observe_init_once sets it from gate.cpp's load-time bind, which for an extension module runs
 // during the module's static initialization, possibly before this file's dynamic initializers,
@@ -230,7 +235,7 @@ trace_buffer* buffer_for(slot* s, observer* o, bool begin) noexcept {
   }
   try {
     std::lock_guard<std::mutex> lock(registry().mutex);
-    const std::uint32_t cap = g_capacity;
+    const std::uint32_t cap = g_capacity.load(std::memory_order_relaxed);
     if (b == nullptr || b->capacity != cap) {
       auto* fresh = new trace_buffer(cap);
       o->buffer.store(fresh, std::memory_order_release);
@@ -999,7 +1004,7 @@ bool start_trace(trace_options options) noexcept {
   if (g_session.load(std::memory_order_relaxed) != 0) return false;
   clock_init();
   static std::uint64_t sessions = 0;
-  g_capacity = options.events_per_thread;
+  g_capacity.store(options.events_per_thread, std::memory_order_relaxed);
   retired_buffers().clear();
   {
     std::lock_guard<std::mutex> ilock(g_instants_mutex);

@@ -373,3 +373,30 @@ TEST(Observe, EnvironmentSwitchesMetricsAndWritesTheTraceAtClose) {
   Py_DECREF(g);
   if (!HasFailure()) std::remove(path.c_str());
 }
+
+// The fallback clock (another clocksource, another architecture): forced with PYATTACH_CLOCK.
+CHILD_CASE(observe_monotonic_clock) {
+  pyattach::interpreter py;
+  pyattach::set_metrics(true);
+  worker w("clock-worker");
+  w.run([] {
+    pyattach::attach_scope a;
+    std::this_thread::sleep_for(20ms);
+  });
+  const auto m = pyattach::metrics();
+  const auto* t = find_tid(m, w.tid());
+  CHILD_CHECK(m.clock == "clock_gettime(CLOCK_MONOTONIC)");
+  CHILD_CHECK(t != nullptr && t->attaches == 1);
+  CHILD_CHECK(t != nullptr && t->attached.max >= 20ms && t->attached.max < 5s);
+  std::printf("RESULT clock_ok=%d\n", m.clock == "clock_gettime(CLOCK_MONOTONIC)" ? 1 : 0);
+  return child_exit_code();
+}
+USES_CHILD_CASE(observe_monotonic_clock);
+
+TEST(Metrics, FallbackClockTimesTheSame) {
+  child_options o;
+  o.env = {{"PYATTACH_CLOCK", "monotonic"}};
+  const child_result r = run_child(uses_observe_monotonic_clock, o);
+  ASSERT_TRUE(r.exited_cleanly()) << r.describe();
+  EXPECT_EQ(result_field(r.out, "clock_ok"), 1);
+}
