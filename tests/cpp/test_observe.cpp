@@ -248,20 +248,27 @@ TEST(Trace, RealRunPassesTheChecksAndCountsMatch) {
 // GIL is taken must fail it. The same run, marked by hand around the wait instead of after it.
 TEST(Trace, TheOverlapCheckCatchesSpansPlacedBeforeTheGilIsTaken) {
   ASSERT_TRUE(pyattach::start_trace());
-  std::vector<std::unique_ptr<worker>> workers;
-  for (int i = 0; i < 3; ++i) workers.push_back(std::make_unique<worker>("wrong-" + std::to_string(i)));
-  for (auto& w : workers) {
-    w->post([] {
-      for (int k = 0; k < 100; ++k) {
-        pyattach::trace_begin(pyattach::trace_span::attached);  // wrong: before the GIL
-        const PyGILState_STATE st = PyGILState_Ensure();
-        PyRun_SimpleString("_y = sum(range(200))\n");
-        PyGILState_Release(st);
-        pyattach::trace_end(pyattach::trace_span::attached);
-      }
-    });
-  }
-  for (auto& w : workers) w->wait_idle(60s);
+  // One thread holds the GIL for 50 ms; another marks "attached" while it waits for it. The order
+  // is forced (a latch), not left to contention, which a loaded machine may not produce.
+  latch holding;
+  worker holder("wrong-holder"), waiter("wrong-waiter");
+  holder.post([&holding] {
+    pyattach::trace_begin(pyattach::trace_span::attached);
+    const PyGILState_STATE st = PyGILState_Ensure();
+    holding.set();
+    std::this_thread::sleep_for(50ms);  // holding the GIL
+    PyGILState_Release(st);
+    pyattach::trace_end(pyattach::trace_span::attached);
+  });
+  waiter.post([&holding] {
+    holding.wait();
+    pyattach::trace_begin(pyattach::trace_span::attached);  // wrong: before the GIL is taken
+    const PyGILState_STATE st = PyGILState_Ensure();
+    PyGILState_Release(st);
+    pyattach::trace_end(pyattach::trace_span::attached);
+  });
+  holder.wait_idle(60s);
+  waiter.wait_idle(60s);
   const std::string path = temp_path("wrong");
   ASSERT_TRUE(pyattach::stop_trace(path).ok);
   pyattach::attach_scope py;
