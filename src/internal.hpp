@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <mutex>
 #include <string>
 #include <utility>
@@ -94,6 +95,10 @@ bool attached_here(const slot* s) noexcept;
 // This thread's slot, made now if it has none (nullptr after its exit clean-up, or if it cannot
 // be allocated). Needs no GIL.
 slot* this_thread_slot() noexcept;
+
+// ---- thread report (report.cpp) ----
+// threading's name of every thread in threading._active, by ident. PRECONDITION: GIL held.
+std::map<unsigned long, std::string> python_thread_names();
 
 // ---- observation (observe.cpp; pyattach/observe.hpp) ----
 // Reads PYATTACH_METRICS and PYATTACH_TRACE, once per process (make_slot, bind_gate).

@@ -166,7 +166,8 @@ std::string& env_trace_path() {
   return *path;
 }
 thread_local std::string tls_pool, tls_worker;  // set by obs_worker_start on pool workers
-thread_local std::uint32_t tls_label = 0;
+constexpr std::uint32_t k_no_label = ~std::uint32_t{0};
+thread_local std::uint32_t tls_label = k_no_label;  // its g_labels index, once it traced a task
 
 // Pool worker labels for task events: index -> (pool, worker). Protected by g_labels_mutex.
 std::mutex g_labels_mutex;
@@ -436,12 +437,23 @@ void obs_worker_start(const std::string& pool, const std::string& worker) noexce
   try {
     tls_pool = pool;
     tls_worker = worker;
-    std::lock_guard<std::mutex> lock(g_labels_mutex);
-    g_labels.emplace_back(pool, worker);
-    tls_label = static_cast<std::uint32_t>(g_labels.size() - 1);
   } catch (...) {
   }
 }
+
+namespace {
+// This worker's index in g_labels, added at its first traced task (never, without a trace).
+std::uint32_t worker_label() noexcept {
+  if (PYATTACH_LIKELY(tls_label != k_no_label)) return tls_label;
+  try {
+    std::lock_guard<std::mutex> lock(g_labels_mutex);
+    g_labels.emplace_back(tls_pool, tls_worker);
+    tls_label = static_cast<std::uint32_t>(g_labels.size() - 1);
+  } catch (...) {
+  }
+  return tls_label;  // k_no_label if it could not be added: written with empty names
+}
+}  // namespace
 
 bool tracing_anywhere() noexcept {
   return (g_bits.load(std::memory_order_relaxed) & observe_trace) != 0;
@@ -456,9 +468,9 @@ void obs_task(bool begin, std::uint64_t task_number) noexcept {
   if (b == nullptr) return;
   const std::uint64_t t = ticks();
   if (begin) {
-    record_begin(b, ev::task_begin, b->open_task, t, task_number, tls_label);
+    record_begin(b, ev::task_begin, b->open_task, t, task_number, worker_label());
   } else {
-    record_end(b, ev::task_end, b->open_task, t, task_number, tls_label);
+    record_end(b, ev::task_end, b->open_task, t, task_number, worker_label());
   }
 }
 
@@ -593,33 +605,6 @@ struct thread_events {
   std::uint64_t dropped = 0;
 };
 
-// threading's names by ident, read with the GIL (the caller holds it).
-std::map<unsigned long, std::string> python_names() {
-  std::map<unsigned long, std::string> out;
-  PyObject *type, *value, *tb;
-  PyErr_Fetch(&type, &value, &tb);
-  PyObject* modules = PySys_GetObject("modules");  // borrowed
-  PyObject* threading = modules ? PyDict_GetItemString(modules, "threading") : nullptr;
-  PyObject* active = threading ? PyObject_GetAttrString(threading, "_active") : nullptr;
-  if (active != nullptr && PyDict_Check(active)) {
-    PyObject *key, *thread;
-    Py_ssize_t pos = 0;
-    while (PyDict_Next(active, &pos, &key, &thread)) {
-      PyObject* name = PyObject_GetAttrString(thread, "name");
-      const unsigned long ident = PyLong_AsUnsignedLong(key);
-      if (name != nullptr && PyUnicode_Check(name)) {
-        if (const char* u = PyUnicode_AsUTF8(name)) out[ident] = u;
-      }
-      Py_XDECREF(name);
-      PyErr_Clear();
-    }
-  }
-  Py_XDECREF(active);
-  PyErr_Clear();
-  PyErr_Restore(type, value, tb);
-  return out;
-}
-
 void copy_buffer(const trace_buffer* b, std::uint64_t session, thread_events& out) {
   if (b == nullptr || b->session.load(std::memory_order_acquire) != session) return;
   const std::uint32_t n = b->count.load(std::memory_order_acquire);
@@ -646,10 +631,10 @@ bool is_begin(ev kind) noexcept {
 // moment. Never called with g_trace_mutex held: a thread holding the GIL may be waiting for it.
 std::map<unsigned long, std::string> names_if_possible(bool may_attach) noexcept {
   try {
-    if (attached_here(tls_slot)) return python_names();
+    if (attached_here(tls_slot)) return python_thread_names();
     if (may_attach && Py_IsInitialized() != 0) {
       attach_scope py(nothrow);
-      if (py) return python_names();
+      if (py) return python_thread_names();
     }
   } catch (...) {
   }
@@ -910,8 +895,6 @@ metrics_snapshot metrics() {
   snap.enabled = metrics_enabled();
   snap.clock = g_obs_tsc.load(std::memory_order_relaxed) ? "tsc" : "clock_gettime(CLOCK_MONOTONIC)";
   const double per_tick = ns_per_tick();
-  std::map<std::uint64_t, std::string> pool_of;
-  for (auto& [tid, name] : pool_workers()) pool_of[tid] = name;
   {
     std::lock_guard<std::mutex> lock(registry().mutex);
     const std::uint64_t epoch = g_obs_epoch.load(std::memory_order_relaxed);
@@ -921,8 +904,7 @@ metrics_snapshot metrics() {
       thread_metrics t;
       t.os_tid = x->os_tid;
       t.ident = x->py_ident;
-      const auto p = pool_of.find(x->os_tid);
-      t.pool = p != pool_of.end() ? p->second : o->pool;
+      t.pool = o->pool;  // a worker names its pool before its first attach (obs_worker_start)
       // A thread that has not noticed a reset yet: its counters are from before it.
       if (o->epoch == epoch) {
         t.wait = read(o->wait, per_tick);

@@ -36,22 +36,37 @@ thread_attachment from_phase(detail::slot_phase p) {
   return thread_attachment::detached;
 }
 
-// threading's name for a thread ident, or "". PRECONDITION: GIL held.
-std::string python_thread_name(PyObject* active, unsigned long ident) {
-  std::string name;
-  if (active == nullptr) return name;
-  PyObject* key = PyLong_FromUnsignedLong(ident);
-  PyObject* thread = key ? PyDict_GetItemWithError(active, key) : nullptr;  // borrowed
-  PyObject* py_name = thread ? PyObject_GetAttrString(thread, "name") : nullptr;
-  if (py_name != nullptr && PyUnicode_Check(py_name)) {
-    if (const char* utf8 = PyUnicode_AsUTF8(py_name)) name = utf8;
-  }
-  Py_XDECREF(py_name);
-  Py_XDECREF(key);
-  PyErr_Clear();
-  return name;
-}
 }  // namespace
+
+namespace detail {
+std::map<unsigned long, std::string> python_thread_names() {
+  std::map<unsigned long, std::string> out;
+  PyObject *type, *value, *traceback;
+  PyErr_Fetch(&type, &value, &traceback);  // the caller's pending error survives the lookup
+  PyObject* modules = PySys_GetObject("modules");  // borrowed
+  PyObject* threading = modules ? PyDict_GetItemString(modules, "threading") : nullptr;
+  PyObject* active = threading ? PyObject_GetAttrString(threading, "_active") : nullptr;
+  // A copy of the items: reading `name` runs Python code, which may hand the GIL to a thread that
+  // changes _active (and drops the Thread it would otherwise only be borrowed from).
+  PyObject* items = active != nullptr && PyDict_Check(active) ? PyDict_Items(active) : nullptr;
+  const Py_ssize_t n = items != nullptr ? PyList_GET_SIZE(items) : 0;
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    PyObject* item = PyList_GET_ITEM(items, i);  // borrowed from items: (ident, Thread)
+    const unsigned long ident = PyLong_AsUnsignedLong(PyTuple_GET_ITEM(item, 0));
+    PyObject* name = PyObject_GetAttrString(PyTuple_GET_ITEM(item, 1), "name");
+    if (name != nullptr && PyUnicode_Check(name)) {
+      if (const char* utf8 = PyUnicode_AsUTF8(name)) out[ident] = utf8;
+    }
+    Py_XDECREF(name);
+    PyErr_Clear();
+  }
+  Py_XDECREF(items);
+  Py_XDECREF(active);
+  PyErr_Clear();
+  PyErr_Restore(type, value, traceback);
+  return out;
+}
+}  // namespace detail
 
 const char* to_string(thread_attachment state) noexcept {
   switch (state) {
@@ -74,12 +89,7 @@ thread_report make_thread_report() {
     r.interpreter_available = true;
     const std::string version = Py_GetVersion();
     r.python_version = version.substr(0, version.find(' '));
-    PyObject *type, *value, *traceback;
-    PyErr_Fetch(&type, &value, &traceback);
-    PyObject* modules = PySys_GetObject("modules");  // borrowed
-    PyObject* threading = modules ? PyDict_GetItemString(modules, "threading") : nullptr;
-    PyObject* active = threading ? PyObject_GetAttrString(threading, "_active") : nullptr;
-    PyErr_Clear();
+    const std::map<unsigned long, std::string> names = detail::python_thread_names();
     PyThreadState* const self = detail::compat::current_state_unchecked();
     // The list py-spy walks. Holding the GIL keeps every state in it alive while we read it.
     for (PyThreadState* ts = PyInterpreterState_ThreadHead(PyInterpreterState_Main());
@@ -90,7 +100,8 @@ thread_report make_thread_report() {
       ti.os_tid = detail::compat::native_thread_id_of(ts);
       ti.is_caller = ts == self;
       ti.state = ti.is_caller ? thread_attachment::attached : thread_attachment::detached;
-      ti.python_name = python_thread_name(active, ti.ident);
+      const auto name = names.find(ti.ident);
+      if (name != names.end()) ti.python_name = name->second;
       for (std::size_t i = 0; i < slots.size(); ++i) {
         if (!joined[i] && slots[i].ident == ti.ident) {
           joined[i] = true;
@@ -104,8 +115,6 @@ thread_report make_thread_report() {
       r.threads.push_back(std::move(ti));
     }
     r.thread_states = r.threads.size();
-    Py_XDECREF(active);
-    PyErr_Restore(type, value, traceback);
   }
   // pyattach threads without a thread state (never attached yet, after release, or parked after
   // the interpreter that had their state was finalized).
