@@ -406,7 +406,7 @@ void scope_access::attach_slow(attach_scope& sc, const source_site& site) noexce
 
     // 1. Already attached on this thread: a Python-created thread, a callback from Python, or
     //    code that called PyGILState_Ensure. Reuse it as it is; never make a second state.
-    PyThreadState* const gs = initialized ? PyGILState_GetThisThreadState() : nullptr;
+    PyThreadState* const gs = initialized ? compat::gilstate_of_this_thread() : nullptr;
     if (initialized && attached_here(s)) {
       // We hold the GIL: bind and arm the gate if that has not happened (a first pyattach call
       // from Python, or an extension module's pending bind that has not run yet).
@@ -482,11 +482,10 @@ void scope_access::attach_slow(attach_scope& sc, const source_site& site) noexce
       }
       PyEval_RestoreThread(gs);  // inside the gate: the runtime is not finalizing
     } else {
-      // First use: PyGILState_Ensure makes a state that PyGILState knows on every version
-      // (PyThreadState_New does only from 3.12), and attaches it. Its count stays at 1 for the
-      // thread's life: pyattach never calls the matching Release, it deletes the state itself.
-      PyGILState_Ensure();
-      s->tstate = PyGILState_GetThisThreadState();
+      // First use: a state that PyGILState knows on every version, attached (compat.hpp says
+      // how, per version). Its PyGILState count stays at 1 for the thread's life: pyattach never
+      // calls a matching Release, it deletes the state itself.
+      s->tstate = compat::new_main_state_attached();
       s->owned = true;
     }
     if (observed) obs_attached(s, true);

@@ -650,6 +650,11 @@ void pool_core::name_in_python(worker_rec& w) noexcept {
   Py_XDECREF(name);
   Py_XDECREF(current);
   Py_XDECREF(threading);
+  // 3.14+: setting the current thread's Python name also renames the OS thread, cut to 15 bytes
+  // (Lib/threading.py, Thread.name's setter), which drops the "_M" suffix that the pool's OS
+  // name keeps. Name the OS thread again (measured on 3.14.10 and 3.15.2:
+  // tests/python/test_executor.py, test_os_thread_name).
+  if (ok) pthread_setname_np(pthread_self(), w.os_name.c_str());
   // The batch bound (run_python): sys.getswitchinterval(), read here once per interpreter
   // lifetime; on failure the default, 5 ms, stays.
   PyObject* get = PySys_GetObject("getswitchinterval");  // borrowed

@@ -20,16 +20,19 @@
 #error "pyattach has not been validated on free-threaded (Py_GIL_DISABLED) builds yet"
 #endif
 
-// PEP 788 (interpreter views and guards) is used from 3.15.0b2 on. It was merged into CPython's
-// main branch at the 3.15 beta freeze (python/cpython#149116, May 2026); 3.15 alphas do not have
-// it, and 3.15.0b1 is not verified to, so earlier 3.15 pre-releases take the 3.14 path (the gate
-// alone, which is still correct there). -DPYATTACH_PEP788=1 forces it on a build that has it.
+// PEP 788 (interpreter views and guards, CPython 3.15) around every attach: off by default.
+// Measured on 3.15.2 (docs/versions.md, "3.15"): a guard taken and closed around each attach costs
+// +211 instructions per attach+detach (383 -> 594 for the bare pair, callgrind), more than all of
+// pyattach's own overhead; a guard held across a GIL wait is copied into a fork() child whose
+// thread does not exist there, and Py_FinalizeEx in the child waits for it for ever (4 hangs in 5
+// forks with a busy pool, tests/cpp/test_fork.cpp); and it adds no guarantee over the gate, which
+// closes in an atexit callback, before CPython stops handing out guards. -DPYATTACH_PEP788=1
+// turns it on (untested; kept so that the measurement can be repeated).
 #ifndef PYATTACH_PEP788
-#if PY_VERSION_HEX >= 0x030F00B2
-#define PYATTACH_PEP788 1
-#else
 #define PYATTACH_PEP788 0
 #endif
+#if PYATTACH_PEP788 && PY_VERSION_HEX < 0x030F00B2
+#error "PYATTACH_PEP788 needs CPython 3.15.0b2 or later (PEP 788's views and guards)"
 #endif
 
 namespace pyattach::detail::compat {
@@ -59,6 +62,47 @@ inline bool runtime_is_finalizing() noexcept {
 #endif
 }
 
+// The state PyGILState knows for this thread (PyGILState_GetThisThreadState), or nullptr when it
+// knows none that is usable. Needs no GIL.
+//   3.9-3.14: PyGILState keeps it under a TSS key that Py_FinalizeEx deletes; after a new
+//             Py_Initialize every thread reads NULL until it gets a state of the new runtime.
+//   3.15:     it is a C thread-local (python/cpython#132510), and Py_FinalizeEx clears it on the
+//             finalizing thread only. Any other thread that had a state keeps pointing at it after
+//             Py_FinalizeEx + Py_Initialize: a state CPython cleared at finalization (its memory
+//             stays allocated: the thread still holds a reference to it) whose attach hangs the
+//             thread for good (PyEval_RestoreThread, and PyGILState_Ensure, which attaches it).
+//             Measured on 3.15.2: tests/cpp/test_lifecycle.cpp, TwoInterpreterCycles*.
+//             Such a state has _status.cleared set; a live one never has.
+inline PyThreadState* gilstate_of_this_thread() noexcept {
+  PyThreadState* const ts = PyGILState_GetThisThreadState();
+#if PY_VERSION_HEX >= 0x030F0000
+  if (ts != nullptr && ts->_status.cleared) return nullptr;  // left over from a finalized runtime
+#endif
+  return ts;
+}
+
+// Makes a state for this thread in the main interpreter that PyGILState knows (invariant 2 in
+// docs/design.md), and attaches it. PRECONDITION: gilstate_of_this_thread() == nullptr, and the
+// gate admits this thread (the runtime is not finalizing). Returns the new state.
+//   Normally PyGILState_Ensure, which registers the state with PyGILState on every version
+//   (PyThreadState_New does so only from 3.12, and only for a thread that has none).
+//   3.15, after a re-initialization, with the stale state above still bound: PyGILState_Ensure
+//   would attach the stale one and hang. PyThreadState_New, then PyEval_RestoreThread, whose
+//   attach rebinds PyGILState to the new state (tstate_activate, 3.12+; it also marks the stale
+//   one unbound, which is a write to memory that is still allocated, see above).
+// Either way the state's PyGILState counter is 1 and pyattach deletes it itself later.
+inline PyThreadState* new_main_state_attached() noexcept {
+#if PY_VERSION_HEX >= 0x030F0000
+  if (PyGILState_GetThisThreadState() != nullptr) {
+    PyThreadState* const ts = PyThreadState_New(PyInterpreterState_Main());
+    PyEval_RestoreThread(ts);
+    return ts;
+  }
+#endif
+  PyGILState_Ensure();
+  return PyGILState_GetThisThreadState();
+}
+
 // The kernel thread id CPython recorded for a state: 3.11+ only (0 before; pyattach's own
 // slots record it themselves). PRECONDITION: GIL held (the state must not be deleted meanwhile).
 inline unsigned long native_thread_id_of(const PyThreadState* ts) noexcept {
@@ -72,20 +116,20 @@ inline unsigned long native_thread_id_of(const PyThreadState* ts) noexcept {
 
 // Parking a thread that still runs Python when the gate's closer gives up on it (docs/safety.md,
 // "Exit"): a C trace function that releases the GIL and blocks at the thread's next traced event
-// (a line, in a tight loop too), before CPython can end the thread with pthread_exit.
+// (a line, in a tight loop too), before CPython can end or hang the thread.
 //   3.9–3.12: set on that thread only: _PyEval_SetTrace(tstate, ...) is private but exported
 //             (Include/cpython/ceval.h); 3.12 instruments the code objects already executing.
-//   3.13:     _PyEval_SetTrace is internal (not exported): PyEval_SetTraceAllThreads (public since
+//   3.13+:    _PyEval_SetTrace is internal (not exported): PyEval_SetTraceAllThreads (public since
 //             3.12) sets it on every thread; the closer clears it again once the threads parked.
-//   3.14+:    not needed: CPython hangs a thread that takes the GIL while it finalizes
-//             (PyThread_hang_thread) instead of unwinding it, which is parking.
+// On 3.14+ CPython would also hang such a thread itself once it takes the GIL during
+// finalization (PyThread_hang_thread), but without a word: nobody could tell a parked thread
+// from a deadlock, and parked_thread_count() would not count it. So pyattach parks it on every
+// version (measured on 3.14.10 and 3.15.2: tests/cpp/test_exit.cpp, PythonLoopIgnoringTheRequest*).
 // install_park_tracer(ident, fn): for the main interpreter's state of the thread whose CPython
 // thread id is `ident` (threading.get_ident()); false if it has none. Looked up in the
 // interpreter's list, whose states cannot be deleted while the caller holds the GIL (a thread
 // needs the GIL to delete its current state). PRECONDITION: GIL held.
-constexpr bool park_tracer_needed = PY_VERSION_HEX < 0x030E0000;
 inline bool install_park_tracer(unsigned long ident, Py_tracefunc fn) noexcept {
-#if PY_VERSION_HEX < 0x030E0000
   for (PyThreadState* ts = PyInterpreterState_ThreadHead(PyInterpreterState_Main()); ts != nullptr;
        ts = PyThreadState_Next(ts)) {
     if (ts->thread_id != ident) continue;
@@ -97,14 +141,9 @@ inline bool install_park_tracer(unsigned long ident, Py_tracefunc fn) noexcept {
     return true;
   }
   return false;
-#else
-  (void)ident;
-  (void)fn;
-  return false;
-#endif
 }
 inline void clear_park_tracers() noexcept {
-#if PY_VERSION_HEX >= 0x030D0000 && PY_VERSION_HEX < 0x030E0000
+#if PY_VERSION_HEX >= 0x030D0000
   PyEval_SetTraceAllThreads(nullptr, nullptr);
 #endif
 }
