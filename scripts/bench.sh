@@ -1,45 +1,32 @@
 #!/usr/bin/env bash
-# The benchmarks, in one command: install what is needed, then for Debian's python3.11 and every
-# pyenv CPython 3.9–3.13 present, build pyattach_bench in Release (build/bench-<leg>), run the
+# The benchmarks, in one command: install what is needed, then for every CPython
+# scripts/interpreters.sh finds but the debug build (the host's Debian CPython, pyenv's, sid's 3.14
+# and 3.15 in the sid root), build pyattach_bench in Release (build/bench-<leg>), run the
 # wall-time suite (Google Benchmark, repetitions with median/min/max; with it the two-thread
 # contention case contend/<alt>: cycles and ns per pair while two threads attach at once) and the
 # instruction counts (callgrind, collected only around each measured loop, with instruction
 # addresses: the report splits the fast path's instructions per pyattach function by reading the
 # binary's debug info with addr2line), and write docs/benchmarks.md and docs/benchmarks.png
-# (bench/report.py, with Debian's /usr/bin/python3 and python3-matplotlib).
+# (bench/report.py, with the host's Debian CPython and python3-matplotlib).
 # Each leg also builds and runs pyattach_pool_bench (pyattach::thread_pool against
 # boost::asio::thread_pool: no-op and Python-task throughput, idle submit→start latency; the
 # report's "Pools" section), with the same repetitions, and counts its instructions per Python
 # task under callgrind.
 # Benchmarks are not tests: nothing here fails on a timing; it fails if a build or a run fails.
-#   PYATTACH_BENCH_LEGS="debian-3.11 pyenv-3.12.1"   only those legs (names as printed)
+#   PYATTACH_BENCH_LEGS="debian-3.11 sid-3.15"   only those legs (names as printed)
 #   PYATTACH_BENCH_REPETITIONS (default 7), PYATTACH_BENCH_MIN_TIME (seconds per repetition,
 #   default 0.05), PYATTACH_BENCH_CALLGRIND_ITERATIONS (default 20000)
 set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
+pyattach_root="$root"
+source "$root/scripts/interpreters.sh"
+trap release_roots EXIT
 bash "$root/scripts/deps.sh" || exit 1
 jobs="$(nproc)"
 repetitions="${PYATTACH_BENCH_REPETITIONS:-7}"
 min_time="${PYATTACH_BENCH_MIN_TIME:-0.05}"
 iterations="${PYATTACH_BENCH_CALLGRIND_ITERATIONS:-20000}"
-
-# The legs, "name:python": Debian's python3.11, then each pyenv CPython with a shared libpython
-# (the same discovery as scripts/test.sh).
-legs=("debian-3.11:/usr/bin/python3.11")
-pyenv_root="$(pyenv root 2>/dev/null || echo "${PYENV_ROOT:-$HOME/.pyenv}")"
-for minor in 9 10 11 12 13; do
-  found=""
-  for dir in "$pyenv_root"/versions/3."$minor".*; do
-    [ -x "$dir/bin/python3.$minor" ] || continue
-    ls "$dir"/lib/libpython3."$minor"*.so >/dev/null 2>&1 || continue
-    found="$dir/bin/python3.$minor"
-  done
-  if [ -n "$found" ]; then
-    legs+=("pyenv-$(basename "$(dirname "$(dirname "$found")")"):$found")
-  else
-    echo "bench: no pyenv CPython 3.$minor with a shared libpython under $pyenv_root/versions: skipped"
-  fi
-done
+mapfile -t legs < <(interpreter_legs debian pyenv sid)
 if [ -n "${PYATTACH_BENCH_LEGS:-}" ]; then
   selected=()
   for leg in "${legs[@]}"; do
@@ -53,7 +40,8 @@ fi
 failed=0
 result_dirs=()
 for leg in "${legs[@]}"; do
-  IFS=: read -r name python <<<"$leg"
+  IFS=: read -r name python where <<<"$leg"
+  in=(in_root "$where")  # the host, or the sid root
   build="$root/build/bench-$name"
   out="$build/results"
   echo "=== $name ($python)"
@@ -64,10 +52,10 @@ for leg in "${legs[@]}"; do
   echo "$python" >"$out/python"
   # -g only adds debug info (callgrind_annotate's source lines, and the inline chains the
   # per-function breakdown reads); the code is Release's -O3.
-  if ! cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS=-g \
+  if ! "${in[@]}" cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS=-g \
          -DPYATTACH_PYTHON="$python" -DPYATTACH_BUILD_TESTS=OFF -DPYATTACH_BUILD_EXAMPLES=OFF \
          -DPYATTACH_BUILD_BENCH=ON >"$out/configure.log" 2>&1 \
-     || ! cmake --build "$build" -j"$jobs" --target pyattach_bench pyattach_pool_bench \
+     || ! "${in[@]}" cmake --build "$build" -j"$jobs" --target pyattach_bench pyattach_pool_bench \
             >"$out/build.log" 2>&1; then
     tail -n 30 "$out/configure.log" "$out/build.log"
     echo "build failed" >"$out/status"
@@ -77,7 +65,7 @@ for leg in "${legs[@]}"; do
   built=$SECONDS
   bin="$build/bench/pyattach_bench"
   status="ok"
-  if ! "$bin" --benchmark_repetitions="$repetitions" --benchmark_min_time="$min_time" \
+  if ! "${in[@]}" "$bin" --benchmark_repetitions="$repetitions" --benchmark_min_time="$min_time" \
          --benchmark_out="$out/wall.json" --benchmark_out_format=json >"$out/wall.txt" 2>&1; then
     grep -i "error" "$out/wall.txt" | head -10
     status="wall-time run reported errors (results/wall.txt)"
@@ -88,7 +76,7 @@ for leg in "${legs[@]}"; do
   # rows run interleaved in random order, so a burst of load from other work lands on several
   # rows instead of making one row look slow. A hung pool must not hang the whole script:
   # 20 minutes is many times what a leg takes.
-  timeout 1200 "$build/bench/pyattach_pool_bench" --benchmark_repetitions="$repetitions" \
+  "${in[@]}" timeout 1200 "$build/bench/pyattach_pool_bench" --benchmark_repetitions="$repetitions" \
     --benchmark_enable_random_interleaving=true \
     --benchmark_out="$out/pool.json" --benchmark_out_format=json >"$out/pool.txt" 2>&1
   pool_rc=$?
@@ -101,7 +89,7 @@ for leg in "${legs[@]}"; do
   pooled=$SECONDS
   # --dump-instr/--dump-line: every cost line has its instruction address and source line (the
   # report looks the addresses up in this binary, which stays in $build/bench/ next to the dumps).
-  if ! valgrind --tool=callgrind --instr-atstart=no --dump-instr=yes --dump-line=yes \
+  if ! "${in[@]}" valgrind --tool=callgrind --instr-atstart=no --dump-instr=yes --dump-line=yes \
          --callgrind-out-file="$out/callgrind.out" "$bin" --callgrind "$iterations" \
          >"$out/counted.tsv" 2>"$out/callgrind.log"; then
     tail -n 10 "$out/callgrind.log"
@@ -110,7 +98,7 @@ for leg in "${legs[@]}"; do
   fi
   # The pools' instructions per Python task (issue 12): every thread counted around each row's
   # batch of tasks; dumps pool.callgrind.out.N next to the attach ones.
-  if ! valgrind --tool=callgrind --instr-atstart=no \
+  if ! "${in[@]}" valgrind --tool=callgrind --instr-atstart=no \
          --callgrind-out-file="$out/pool.callgrind.out" "$build/bench/pyattach_pool_bench" \
          --callgrind "$iterations" >"$out/pool-counted.tsv" 2>"$out/pool-callgrind.log"; then
     tail -n 10 "$out/pool-callgrind.log"
@@ -128,6 +116,6 @@ if [ ${#result_dirs[@]} -eq 0 ]; then
   echo "bench: nothing ran"
   exit 1
 fi
-/usr/bin/python3 "$root/bench/report.py" --out "$root/docs/benchmarks.md" \
+"$(debian_python)" "$root/bench/report.py" --out "$root/docs/benchmarks.md" \
   --chart "$root/docs/benchmarks.png" "${result_dirs[@]}" || failed=1
 exit "$failed"

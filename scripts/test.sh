@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
-# The whole test suite: install what is needed, then build and run every test against Debian's
-# python3.11 and against every pyenv CPython 3.9–3.13 that is present (the version matrix), then
-# the Python-side suite (tests/python: the extension-module example, pip-installed, under pytest)
-# on the same interpreters, then Debian's python3.11 again with AddressSanitizer+UBSan and with
-# ThreadSanitizer.
-# Prints which interpreters ran and a closing "N passed, N failed" line; fails if any test fails.
+# The whole test suite: install what is needed, then build and run every test against every CPython
+# scripts/interpreters.sh finds (the version matrix): the host's Debian CPython and its debug build,
+# every pyenv CPython 3.9+ present, and the newest releases (3.14, 3.15) from Debian sid in a sid
+# root (scripts/sid-root.sh, made once and kept outside the clone); then the Python-side suite
+# (tests/python: the package, its executor, the extension-module examples, pip-installed, under
+# pytest) on the same interpreters but the debug build; then the host's Debian CPython again with
+# AddressSanitizer+UBSan and with ThreadSanitizer.
+# Prints which legs ran (and which could not, and why) and a closing "N passed, N failed" line;
+# fails if any test fails.
 # PYATTACH_TEST_LEGS="asan-ubsan-3.11 tsan-3.11" (leg names, space-separated) runs only those legs;
-# the pytest legs are named pytest-<interpreter leg>, e.g. "pytest-debian-3.11 pytest-pyenv-3.12.1".
+# the pytest legs are named pytest-<interpreter leg>, e.g. "pytest-debian-3.11 pytest-sid-3.15".
 # PYATTACH_EXIT_RUNS (default 10) sets the pytest legs' exit-race runs (tests/python/test_exit_race.py).
 set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
+pyattach_root="$root"
+source "$root/scripts/interpreters.sh"
+trap release_roots EXIT
 bash "$root/scripts/deps.sh" || exit 1
 jobs="$(nproc)"
 # ccache, for every compile below (CMake 3.17+ takes CMAKE_CXX_COMPILER_LAUNCHER from the
@@ -20,40 +26,33 @@ jobs="$(nproc)"
 export CMAKE_CXX_COMPILER_LAUNCHER=ccache CCACHE_DIR="$root/build/ccache" CCACHE_BASEDIR="$root" \
   CCACHE_NOHASHDIR=1
 
-# The legs, "name:python[:sanitizers]": Debian's python3.11 first (it also runs the CMake consumer
-# tests), its Py_DEBUG build, then pyenv's, then the sanitizer builds (last: the slowest).
-legs=("debian-3.11:/usr/bin/python3.11" "debian-3.11-dbg:/usr/bin/python3.11-dbg")
-# The pytest legs (tests/python) run on Debian's python3.11 (libpython linked statically into the
-# executable: the case that must not load a second CPython) and on every pyenv CPython found.
-# Not on python3.11-dbg: PyPI's pybind11/nanobind wheels and pip builds target release ABIs.
-pytest_legs=("pytest-debian-3.11:/usr/bin/python3.11")
-pyenv_root="$(pyenv root 2>/dev/null || echo "${PYENV_ROOT:-$HOME/.pyenv}")"
-for minor in 9 10 11 12 13; do
-  found=""
-  for dir in "$pyenv_root"/versions/3."$minor".*; do
-    [ -x "$dir/bin/python3.$minor" ] || continue
-    ls "$dir"/lib/libpython3."$minor"*.so >/dev/null 2>&1 || continue  # needs a shared libpython
-    found="$dir/bin/python3.$minor"
-  done
-  if [ -n "$found" ]; then
-    version="$(basename "$(dirname "$(dirname "$found")")")"  # e.g. 3.12.1
-    legs+=("pyenv-$version:$found")
-    pytest_legs+=("pytest-pyenv-$version:$found")
-  else
-    echo "matrix: no pyenv CPython 3.$minor with a shared libpython under $pyenv_root/versions: legs pyenv-3.$minor and pytest-pyenv-3.$minor skipped"
-  fi
+# The legs, "name:python:sanitizers:root" (root: empty on the host, else the sid root the leg runs
+# in). The host's Debian CPython first (it also runs the CMake consumer tests, the benchmark smoke
+# run and the demo), its Py_DEBUG build, pyenv's, sid's, then the sanitizer builds (the slowest).
+deb_minor="$(debian_minor)"
+legs=()
+pytest_legs=()
+while IFS=: read -r name python where; do
+  [ -n "$name" ] || continue
+  legs+=("$name:$python::$where")
+  # Not on the debug build: PyPI's pybind11/nanobind wheels and pip builds target release ABIs.
+  case "$name" in *-dbg) ;; *) pytest_legs+=("pytest-$name:$python::$where") ;; esac
+done < <(interpreter_legs)
+for want in debian pyenv sid; do
+  printf '%s\n' "${legs[@]}" | grep -q "^$want-" ||
+    echo "matrix: no $want interpreter found: its legs are skipped (scripts/interpreters.sh)"
 done
 legs+=("${pytest_legs[@]}")
 
 # Sanitizer legs: pyattach, the tests and the demo built with -DPYATTACH_SANITIZE (CMakeLists.txt)
-# against Debian's python3.11, whose libpython is not instrumented. The runtime options below are
+# against the host's Debian CPython, whose libpython is not instrumented. The runtime options below are
 # inherited by every process of the leg, including the test binary's child cases
 # (--pyattach-child=NAME) and the demo's children, and reports go to stderr, which ctest shows
 # (--output-on-failure) and the child harness captures into the failing test's message.
 # A report ends the process with exit status 66 (halt_on_error, exitcode): a child case then fails
 # its test (which expects 0, or SIGABRT, or its own status), and so does the parent test. Not
 # abort_on_error: a SIGABRT would pass the tests that expect a deliberate abort.
-legs+=("asan-ubsan-3.11:/usr/bin/python3.11:address,undefined" "tsan-3.11:/usr/bin/python3.11:thread")
+legs+=("asan-ubsan-$deb_minor:$(debian_python):address,undefined:" "tsan-$deb_minor:$(debian_python):thread:")
 sanitizers_dir="$root/tests/sanitizers"
 # LeakSanitizer: CPython's own at-exit leaks are suppressed (only allocations made through
 # libpython, see lsan.supp); print_suppressions=0 keeps the children's stderr free of the tally.
@@ -101,18 +100,20 @@ total_fail=0
 # checkout (not an installed pyattach) and of the pyattach package itself (pyproject.toml), each
 # in a build directory kept between runs (incremental), then pytest on tests/python from outside
 # the source tree. A failed venv or build fails the leg.
+# A leg in the sid root runs every step there (in_root, scripts/interpreters.sh).
 pytest_leg() {
-  local name="$1" python="$2"
+  local name="$1" python="$2" where="$3"
   local short="${name#pytest-}"
   local log="$root/build/$name"
   local leg_start=$SECONDS venv
-  if ! venv="$(bash "$root/scripts/venv.sh" "$python" "$short" 2>"$log.venv.log")"; then
+  local in=(in_root "$where")
+  if ! venv="$("${in[@]}" bash "$root/scripts/venv.sh" "$python" "$short" 2>"$log.venv.log")"; then
     tail -30 "$log.venv.log"
     summary+=("$name: VENV FAILED ($log.venv.log)")
     total_fail=$((total_fail + 1))
     return
   fi
-  if ! CMAKE_BUILD_PARALLEL_LEVEL="$jobs" "$venv/bin/python" -m pip install --no-build-isolation \
+  if ! CMAKE_BUILD_PARALLEL_LEVEL="$jobs" "${in[@]}" "$venv/bin/python" -m pip install --no-build-isolation \
          --no-deps --disable-pip-version-check --config-settings=build-dir="$root/build/ext-$short" \
          --config-settings=cmake.define.CMAKE_DISABLE_FIND_PACKAGE_pyattach=ON \
          "$root/examples/extension" >"$log.pip.log" 2>&1; then
@@ -122,7 +123,7 @@ pytest_leg() {
     return
   fi
   # The package itself (pyproject.toml at the root): what `pip install .` gives a user.
-  if ! CMAKE_BUILD_PARALLEL_LEVEL="$jobs" "$venv/bin/python" -m pip install --no-build-isolation \
+  if ! CMAKE_BUILD_PARALLEL_LEVEL="$jobs" "${in[@]}" "$venv/bin/python" -m pip install --no-build-isolation \
          --no-deps --disable-pip-version-check --config-settings=build-dir="$root/build/pkg-$short" \
          "$root" >"$log.pip-package.log" 2>&1; then
     tail -40 "$log.pip-package.log"
@@ -132,15 +133,16 @@ pytest_leg() {
   fi
   local built=$SECONDS
   rm -f "$log.junit.xml"
-  (cd "$root/build" && "$venv/bin/python" -m pytest "$root/tests/python" -p no:cacheprovider -q \
-     -rfEsx --junitxml="$log.junit.xml") >"$log.pytest.log" 2>&1
+  "${in[@]}" /bin/sh -c 'cd "$1/build" && shift && exec "$@"' sh "$root" "$venv/bin/python" \
+    -m pytest "$root/tests/python" -p no:cacheprovider -q -rfEsx --junitxml="$log.junit.xml" \
+    >"$log.pytest.log" 2>&1
   grep -E "^(FAILED|ERROR|SKIPPED|XFAIL|XPASS)|^[0-9]+ (passed|failed)|exit-race-row:|[0-9]+ (passed|failed).* in [0-9.]+s" \
     "$log.pytest.log" | grep -v "^exit-race-row:" | head -40
   echo "time: venv+build $((built - leg_start)) s, pytest $((SECONDS - built)) s"
   # Counts from the JUnit report: passed, failed (failures, errors, strict XPASS), skipped, and
   # xfailed (expected failures, which JUnit files under skipped).
   local counts pass fail skip xfail
-  counts="$("$venv/bin/python" - "$log.junit.xml" <<'PY' 2>/dev/null
+  counts="$("$(debian_python)" - "$log.junit.xml" <<'PY' 2>/dev/null
 import sys, xml.etree.ElementTree as ET
 root = ET.parse(sys.argv[1]).getroot()
 cases = list(root.iter("testcase"))
@@ -163,26 +165,27 @@ PY
 }
 
 for leg in "${legs[@]}"; do
-  IFS=: read -r name python sanitize <<<"$leg"
+  IFS=: read -r name python sanitize where <<<"$leg"
   build="$root/build/test-$name"
-  echo "=== $name ($python)"
+  echo "=== $name ($python${where:+ in $where})"
   case "$name" in
-    pytest-*) pytest_leg "$name" "$python"; continue ;;
+    pytest-*) pytest_leg "$name" "$python" "$where"; continue ;;
   esac
+  primary="debian-$deb_minor"
   labels=()
-  [ "$name" = "debian-3.11" ] || labels=(-LE consumer)  # consumer builds: once is enough
+  [ "$name" = "$primary" ] || labels=(-LE consumer)  # consumer builds: once is enough
   # The benchmark binary's smoke run (ctest -L bench) proves it still works: once is enough too
   # (scripts/bench.sh measures every interpreter).
   bench_flag=(-DPYATTACH_BUILD_BENCH=OFF)
-  [ "$name" = "debian-3.11" ] && bench_flag=(-DPYATTACH_BUILD_BENCH=ON)
-  # The scenario demo (ctest -L demo) runs on Debian's 3.11 and under ASan/UBSan; the other legs
-  # skip its build and run (the suite must stay under 30 minutes on 2 cores; the library it
-  # exercises is tested on every leg by the unit tests).
+  [ "$name" = "$primary" ] && bench_flag=(-DPYATTACH_BUILD_BENCH=ON)
+  # The scenario demo (ctest -L demo) runs on the host's Debian CPython and under ASan/UBSan; the
+  # other legs skip its build and run (the suite must stay under 45 minutes on 2 cores; the
+  # library it exercises is tested on every leg by the unit tests).
   examples_flag=(-DPYATTACH_BUILD_EXAMPLES=OFF)
-  case "$name" in debian-3.11 | asan-*) examples_flag=(-DPYATTACH_BUILD_EXAMPLES=ON) ;; esac
+  case "$name" in "$primary" | asan-*) examples_flag=(-DPYATTACH_BUILD_EXAMPLES=ON) ;; esac
   # A sanitizer leg also never runs the consumer builds: they link the sanitized static library
   # into a project built without -fsanitize (undefined __asan_*/__tsan_* symbols).
-  run=()
+  run=(in_root "$where")  # the host, or the sid root
   sanitize_flags=()
   if [ -n "$sanitize" ]; then
     sanitize_flags=(-DPYATTACH_SANITIZE="$sanitize")
@@ -192,7 +195,7 @@ for leg in "${legs[@]}"; do
     esac
   fi
   leg_start=$SECONDS
-  if ! cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Debug -DPYATTACH_PYTHON="$python" \
+  if ! in_root "$where" cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Debug -DPYATTACH_PYTHON="$python" \
          "${bench_flag[@]}" "${examples_flag[@]}" "${sanitize_flags[@]}" >"$build.configure.log" 2>&1 \
      || ! "${run[@]}" cmake --build "$build" -j"$jobs" >"$build.build.log" 2>&1; then
     tail -30 "$build.configure.log" "$build.build.log" 2>/dev/null
