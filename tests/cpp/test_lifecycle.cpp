@@ -456,9 +456,46 @@ USES_CHILD_CASE(status_finalizing_after_close_gate);
 USES_CHILD_CASE(close_gate_waits_for_threads_inside);
 USES_CHILD_CASE(status_finalizing_in_atexit_callback);
 USES_CHILD_CASE(atexit_callback_registered_after_bind_may_attach);
+// ---- raw PyGILState across two init/finalize cycles: the control for the test above -----------
+// A thread keeps a PyGILState state across Py_FinalizeEx + Py_Initialize (as a pool thread that
+// used PyGILState_Ensure without Release would), then calls PyGILState_Ensure in the new runtime.
+// 3.9–3.14: PyGILState forgets the old state at finalization and makes a new one. 3.15: it still
+// returns the old, cleared state and attaching it hangs the thread (docs/versions.md, "3.15").
+// Prints "ensure returned" when the second Ensure returns; the worker posts it without waiting,
+// so that a hang is seen by the bounded wait below, not by the harness's deadline.
+CHILD_CASE(raw_gilstate_two_cycles) {
+  worker t("raw");
+  Py_InitializeEx(0);
+  PyThreadState* main_state = PyEval_SaveThread();
+  t.run([] {
+    PyGILState_Ensure();  // never released: the thread keeps the state, as in scenario 2
+    PyEval_SaveThread();
+  });
+  PyEval_RestoreThread(main_state);
+  CHILD_CHECK(Py_FinalizeEx() == 0);
+  Py_InitializeEx(0);
+  main_state = PyEval_SaveThread();
+  latch returned;
+  t.post([&] {
+    const PyGILState_STATE st = PyGILState_Ensure();
+    returned.set();
+    PyGILState_Release(st);  // a new state (3.9–3.14): deleted again, the GIL released
+  });
+  const bool ok = returned.wait(3s);
+  std::printf("%s\n", ok ? "ensure returned" : "ensure hung");
+  std::fflush(stdout);
+  if (!ok) std::_Exit(0);  // the worker cannot be joined: it is hung inside CPython
+  t.wait_idle();
+  PyEval_RestoreThread(main_state);
+  CHILD_CHECK(Py_FinalizeEx() == 0);
+  std::printf("done\n");
+  return child_exit_code();
+}
+
 USES_CHILD_CASE(status_racing_finalize);
 USES_CHILD_CASE(status_finalized_and_thread_outlives_interpreter);
 USES_CHILD_CASE(interpreter_two_cycles);
+USES_CHILD_CASE(raw_gilstate_two_cycles);
 USES_CHILD_CASE(interpreter_refused_when_python_initialized_elsewhere);
 
 #define EXPECT_CHILD_CLEAN(r)                                                  \
@@ -515,6 +552,18 @@ TEST(Lifecycle, FinalizedAndAThreadThatOutlivesTheInterpreter) {
 TEST(Lifecycle, TwoInterpreterCyclesGiveThreadsFreshStates) {
   const auto r = run_child(uses_interpreter_two_cycles);
   EXPECT_CHILD_CLEAN(r);
+}
+
+// The control: the raw API on the same thread hangs on 3.15 (a CPython regression), and only there.
+TEST(Lifecycle, RawGilStateAcrossTwoCyclesHangsOnlyOn315) {
+  const auto r = run_child(uses_raw_gilstate_two_cycles);
+  EXPECT_TRUE(r.exited_cleanly()) << r.describe();
+  if (PY_VERSION_HEX >= 0x030F0000) {
+    EXPECT_NE(r.out.find("ensure hung"), std::string::npos) << r.describe();
+  } else {
+    EXPECT_NE(r.out.find("ensure returned"), std::string::npos) << r.describe();
+    EXPECT_NE(r.out.find("done\n"), std::string::npos) << r.describe();
+  }
 }
 
 TEST(Lifecycle, InterpreterRefusedWhenPythonInitializedElsewhere) {
