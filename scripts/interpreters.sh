@@ -94,8 +94,18 @@ in_root() {
     "$@"
     return
   fi
-  # The clone at the same path inside the root, so that paths in build trees and logs mean the
-  # same thing on both sides; /proc for the tests (/proc/self/task) and /dev/shm for semaphores.
+  # The root bound onto itself first: a mount point, so that tests may make private mount
+  # namespaces there (unshare --propagation private fails on a plain directory). Then the clone
+  # at the same path inside the root, so that paths in build trees and logs mean the same thing
+  # on both sides; /proc for the tests (/proc/self/task) and /dev/shm for semaphores.
+  if ! mountpoint -q "$root"; then
+    # What was mounted inside it before would be hidden under the bind: unmount it first.
+    local m
+    for m in $(awk -v d="$root" 'index($2, d "/") == 1 { print $2 }' /proc/mounts | sort -r); do
+      umount "$m" 2>/dev/null || umount -l "$m"
+    done
+    mount --bind "$root" "$root" || return 1
+  fi
   _mount_once "$root/proc" -t proc proc || return 1
   _mount_once "$root/dev/shm" -t tmpfs tmpfs || return 1
   _mount_once "$root$pyattach_root" --bind "$pyattach_root" || return 1
@@ -107,7 +117,7 @@ in_root() {
 }
 
 # Unmounts this clone from the sid root (in_root may have run in subshells, so it is found by
-# path). /proc and /dev/shm stay mounted there: another clone may be using them.
+# path). The root's own mounts stay: another clone may be using them.
 release_roots() {
   local m="$_pyattach_sid$pyattach_root"
   if mountpoint -q "$m" 2>/dev/null; then umount "$m" 2>/dev/null || umount -l "$m"; fi

@@ -59,9 +59,12 @@ fi
 [ "$(id -u)" -eq 0 ] || fail "making the sid root needs root (debootstrap, chroot); run as root or set PYATTACH_SID_ROOT to an existing one"
 if ! command -v debootstrap >/dev/null; then
   echo "sid-root: installing debootstrap" >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >&2 ||
-    { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-        --no-install-recommends debootstrap >&2; } || fail "cannot install debootstrap"
+  mkdir -p "$(dirname "$sid")"
+  log="$sid.debootstrap-install.log"
+  { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap ||
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        --no-install-recommends debootstrap; }; } >"$log" 2>&1 ||
+    { tail -20 "$log" >&2; fail "cannot install debootstrap (log: $log)"; }
 fi
 # The host's Debian mirror: the first non-security URI of its apt sources (deb822 or one-line).
 mirror="$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null |
