@@ -66,9 +66,15 @@ bool generation_live(const slot* s, std::uint64_t w) noexcept {
 // that a closer waits for the pyattach scope at `level` (slot::pass_mask). Open or closing: such
 // a thread is already inside Python, like one that re-enters while a closer waits (attach_slow).
 void take_extra_pass(slot* s, std::uint32_t level, std::uint64_t w) noexcept {
-  const std::uint64_t phase = w & 3;
   if (s->passes.load(std::memory_order_relaxed) != 0 || level_bit(level) == 0) return;
-  if (phase != phase_open && phase != phase_closing) return;
+  // Only while the gate is open. A closing gate admits threads that are inside already, not new
+  // native work: a Python thread that calls native code in a loop would otherwise hold a pass
+  // almost all the time, the closer would never see it drain, and the thread would be sent
+  // InterpreterShutdown at the bound (measured: every run of test_exit.cpp's daemon "within"
+  // case, and 1 in 3 aborted on 3.13.5, where the traceback's print met finalization). Without a
+  // pass, the scope's code runs as it would have before pyattach was bound; a detach_scope in it
+  // takes a pass at its end to re-attach while closing, and parks after the close.
+  if ((w & 3) != phase_open) return;
   if (s->gen.load(std::memory_order_relaxed) != (w >> 2)) return;  // callers set it; defensive
   if (!take_pass(s, w)) return;  // the gate moved: go on without one, as before it was bound
   s->pass_mask |= level_bit(level);
