@@ -73,7 +73,7 @@ def interpreter_is_static():
 static_only = pytest.mark.skipif(
     not interpreter_is_static(),
     reason="this python links a shared libpython itself; the check is for a statically linked one "
-    "(Debian's python3.11 leg)",
+    "(the Debian CPython legs: the host's and sid's)",
 )
 
 
