@@ -9,6 +9,9 @@
 //   floor               the least any correct attach can do: a persistent PyThreadState made once,
 //                       PyEval_RestoreThread/PyEval_SaveThread around each call. Every ratio in
 //                       docs/benchmarks.md is against this one, measured in the same run.
+//   floor_pep788        (CPython 3.15+) the floor with a PEP 788 interpreter guard taken before
+//                       each attach and closed once attached: what an attach that guards itself
+//                       against finalization with CPython's own API pays (docs/versions.md, 3.15).
 //   pybind11_per_call   pybind11's gil_scoped_acquire per call (creates/destroys a state each time).
 //   pybind11_inc_ref    the same guard with the state pinned by one inc_ref() at thread start.
 //   pyattach            pyattach::attach_scope per call (the state persists, made on first use).
@@ -109,6 +112,38 @@ struct floor_state {
  private:
   PyThreadState* ts_ = nullptr;
 };
+
+#if PYATTACH_HAS_PEP788_API
+struct floor_pep788 {
+  static constexpr const char* name = "floor_pep788";
+  static constexpr bool keeps_state = true;
+  void thread_begin() {
+    floor_.thread_begin();
+    view_ = PyInterpreterView_FromMain();  // no attached state needed
+  }
+  void batch_begin() {}
+  template <class Body>
+  void iteration(Body& body) {
+    // While the guard is held the interpreter cannot start finalizing, so the attach below cannot
+    // hang; closed once attached, so that a thread inside never delays shutdown.
+    PyInterpreterGuard* const guard = PyInterpreterGuard_FromView(view_);
+    auto guarded = [&] {
+      PyInterpreterGuard_Close(guard);
+      body();
+    };
+    floor_.iteration(guarded);
+  }
+  void batch_end() {}
+  void thread_end() {
+    floor_.thread_end();
+    PyInterpreterView_Close(view_);
+  }
+
+ private:
+  floor_state floor_;
+  PyInterpreterView* view_ = nullptr;
+};
+#endif
 
 struct pybind11_per_call {
   static constexpr const char* name = "pybind11_per_call";

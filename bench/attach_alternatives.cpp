@@ -195,10 +195,17 @@ void for_each(type_list<T...>, F&& f) {
   (f(tag<T>{}), ...);
 }
 
+#if PYATTACH_HAS_PEP788_API
+using all_alternatives =
+    type_list<gilstate_per_call, gilstate_pinned, floor_state, floor_pep788, pybind11_per_call,
+              pybind11_inc_ref, pyattach_scope, pyattach_metrics, pyattach_traced,
+              pyattach_nested, pyattach_detach, body_only>;
+#else
 using all_alternatives =
     type_list<gilstate_per_call, gilstate_pinned, floor_state, pybind11_per_call,
               pybind11_inc_ref, pyattach_scope, pyattach_metrics, pyattach_traced,
               pyattach_nested, pyattach_detach, body_only>;
+#endif
 using all_workloads = type_list<empty_body, call_body, local_body>;
 using counted_workloads = type_list<empty_body, call_body>;  // the callgrind default
 // The hand-off runs attach per call on two threads; nested, detach and body_only hold the GIL

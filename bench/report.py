@@ -41,6 +41,7 @@ ALTERNATIVES = [
     ("gilstate_per_call", "per-call `PyGILState_Ensure`/`Release`"),
     ("gilstate_pinned", "pinned outer `PyGILState_Ensure` + inner pairs"),
     ("floor", "**floor**: persistent `PyThreadState`, `PyEval_RestoreThread`/`SaveThread`"),
+    ("floor_pep788", "floor + a PEP 788 guard around each attach (3.15+ only)"),
     ("pybind11_per_call", "pybind11 `gil_scoped_acquire` per call"),
     ("pybind11_inc_ref", "pybind11 `gil_scoped_acquire`, state pinned by `inc_ref()`"),
     ("pyattach", "pyattach `attach_scope`"),
@@ -622,6 +623,8 @@ def leg_report(leg):
     lines.append("|---|---:|---:|---:|---:|---|")
     floor = {w: counted.get(("floor", w), {}).get("ir_per_iter") for w in COUNTED_WORKLOADS}
     for alt, text in ALTERNATIVES:
+        if not any((alt, w) in counted for w in COUNTED_WORKLOADS):
+            continue  # not built for this interpreter (floor_pep788 before 3.15)
         cells = []
         states = []
         for w in COUNTED_WORKLOADS:
@@ -653,6 +656,8 @@ def leg_report(leg):
     lines.append(rule)
     wfloor = {w: wall.get(("attach", "floor", w), {}).get("median") for w, _ in WORKLOADS}
     for alt, text in ALTERNATIVES:
+        if not any(("attach", alt, w) in wall for w, _ in WORKLOADS):
+            continue  # not built for this interpreter (floor_pep788 before 3.15)
         row = f"| {text} |"
         states = []
         for w, _ in WORKLOADS:
