@@ -148,12 +148,12 @@ bool destroy_owned_state(slot* s) noexcept {
   }
   // Through the gate like an attach (DESIGN.md: a clean-up that re-attached after finalization
   // was ended inside a destructor and the process aborted).
-  const compat::interpreter_view view = g_gate.view.load();  // 3.15+; after w, before the pass
+  const compat::interpreter_view view = g_gate.view.load();  // opt-in; after w, before the pass
   if (!take_pass(s, w)) {
     forget_state(s);
     return false;
   }
-  compat::entry_guard guard(view);  // 3.15+: refused once CPython started finalizing
+  compat::entry_guard guard(view);  // opt-in: refused once CPython started finalizing
   if (!guard) {
     drop_pass(s);
     forget_state(s);
@@ -369,12 +369,12 @@ void scope_access::attach_slow(attach_scope& sc, const source_site& site) noexce
       sc.status_ = refusal_status(w);
       return;
     }
-    const compat::interpreter_view view = g_gate.view.load();  // 3.15+; after w
+    const compat::interpreter_view view = g_gate.view.load();  // opt-in; after w
     if (!take_oneoff_pass(w)) {
       sc.status_ = attach_status::finalizing;
       return;
     }
-    compat::entry_guard guard(view);  // 3.15+: refused once CPython started finalizing
+    compat::entry_guard guard(view);  // opt-in: refused once CPython started finalizing
     if (!guard) {
       g_gate.inside.fetch_sub(1, std::memory_order_seq_cst);
       sc.status_ = attach_status::finalizing;
@@ -463,12 +463,12 @@ void scope_access::attach_slow(attach_scope& sc, const source_site& site) noexce
       refuse_other_interpreter(sc, s, gs, site);
       return;
     }
-    const compat::interpreter_view view = g_gate.view.load();  // 3.15+; after w, before the pass
+    const compat::interpreter_view view = g_gate.view.load();  // opt-in; after w, before the pass
     // The pass belongs to this generation: tstate, if any, is of it (forgotten above otherwise),
     // and with scopes open the generation cannot differ (refused above).
     s->gen.store(gen, std::memory_order_relaxed);
     if (!take_pass(s, w)) continue;  // the gate moved: decide again
-    // 3.15+: a PEP 788 guard across the attach only. Refused: CPython has started finalizing
+    // opt-in: a PEP 788 guard across the attach only. Refused: CPython has started finalizing
     // although the gate reads open (its hook did not close it): refuse, never retry.
     compat::entry_guard guard(view);
     if (!guard) {
@@ -531,7 +531,7 @@ bool reattach_level(slot* s, std::uint32_t level, std::uint64_t w, bool live) no
     if (!take_pass(s, w)) return false;  // it moved: closed now
     took = true;
   }
-  // 3.15+: a PEP 788 guard across the re-attach; refused once CPython started finalizing
+  // opt-in: a PEP 788 guard across the re-attach; refused once CPython started finalizing
   // although the gate did not show it. No-op before 3.15.
   compat::entry_guard guard(g_gate.view.load());
   if (!guard) {

@@ -210,7 +210,7 @@ std::uint64_t bind_gate() noexcept {
   if ((w & 3) != phase_unbound) return w;
   // Py_IsInitialized and the finalizing flag are plain reads of runtime fields: no GIL needed.
   if (Py_IsInitialized() == 0 || compat::runtime_is_finalizing()) return w;
-  // 3.15+: this generation's view of the main interpreter, for the entry guards; published before
+  // opt-in: this generation's view of the main interpreter, for the entry guards; published before
   // the word, so whoever sees the generation open sees its view. Out of memory: stay unbound (a
   // later attach retries). The previous generation's view is never closed: a thread the closer
   // gave up on may still be about to use it (a few bytes per generation). No-op before 3.15.

@@ -265,7 +265,7 @@ template <class Hooks>
 PYATTACH_ALWAYS_INLINE bool attach_scope::attach_outer(detail::slot* s, std::uint64_t w,
                                                        const source_site& site,
                                                        Hooks& hooks) noexcept {
-  // 3.15+: the view of w's generation (read after w, confirmed with it below); no-op before.
+  // opt-in: the view of w's generation (read after w, confirmed with it below); no-op before.
   const detail::compat::interpreter_view view = detail::g_gate.view.load();
   // Take a pass, then confirm that the gate still reads w (detail/slot.hpp, "Ordering": the
   // closer's heavy barrier pairs with this compiler barrier). Depth 0: no scope is open, so this
@@ -273,7 +273,7 @@ PYATTACH_ALWAYS_INLINE bool attach_scope::attach_outer(detail::slot* s, std::uin
   s->passes.store(1, std::memory_order_relaxed);
   s->phase.store(detail::slot_phase::waiting, std::memory_order_relaxed);
   std::atomic_signal_fence(std::memory_order_seq_cst);
-  // 3.15+: a PEP 788 guard across the attach only; refused once CPython has started finalizing
+  // opt-in: a PEP 788 guard across the attach only; refused once CPython has started finalizing
   // (then attach_slow refuses too). Before 3.15: empty, always true.
   detail::compat::entry_guard guard(view);
   if (PYATTACH_LIKELY(detail::g_gate.word.load(std::memory_order_relaxed) == w && guard)) {
@@ -430,7 +430,7 @@ PYATTACH_ALWAYS_INLINE bool detach_scope::end_fast() noexcept {
   if (PYATTACH_LIKELY(s == owner_ && s->depth == level_ && s->anomaly_mask == 0 &&
                       s->remote_orphans.load(std::memory_order_relaxed) == 0 &&
                       detail::g_gate.word.load(std::memory_order_acquire) == s->fast_word)) {
-    // 3.15+: a PEP 788 guard across the re-attach (refused once CPython started finalizing);
+    // opt-in: a PEP 788 guard across the re-attach (refused once CPython started finalizing);
     // empty and always true before.
     detail::compat::entry_guard guard(detail::g_gate.view.load());
     if (PYATTACH_LIKELY(guard)) {

@@ -170,7 +170,7 @@ constexpr bool current_state_is_per_thread = PY_VERSION_HEX >= 0x030C0000;
 //   3.13.x after 3.13.0: pthread_exit, or a hang in a patch release that carries the backport of
 //                        gh-87135 (python/cpython#137827); not measured here
 //   3.14+: hung forever (PyThread_hang_thread; python/cpython#105805)
-//   3.15+: the same for those calls; PEP 788 guards (entry_guard below) are refused instead
+//   3.15+: the same for those calls; PEP 788 guards are refused instead (not used by default)
 // pyattach's gate exists so that no thread ever reaches that point; see docs/versions.md.
 constexpr const char* finalizing_attach_behaviour =
 #if PYATTACH_PEP788
@@ -184,7 +184,10 @@ constexpr const char* finalizing_attach_behaviour =
     "thread ended by pthread_exit (3.9-3.13.0)";
 #endif
 
-// ---- PEP 788: interpreter views and entry guards (3.15+; empty no-ops before) -----------------
+// ---- PEP 788: interpreter views and entry guards (only with -DPYATTACH_PEP788=1) ---------------
+// Off by default (see PYATTACH_PEP788 at the top of this file for the measurements); with it off,
+// every type below is the empty no-op variant, on every version. Comments at the call sites
+// (attach.hpp, src/attach.cpp, src/gate.cpp) mark these steps "opt-in".
 //
 // CPython 3.15 (PEP 788, "Protecting the C API from Interpreter Finalization"):
 //   PyInterpreterView_FromMain()      a view of the main interpreter; no attached state needed;
@@ -209,8 +212,9 @@ constexpr const char* finalizing_attach_behaviour =
 //           PyEval_RestoreThread(ts);   // or PyGILState_Ensure()
 //           guard.close();
 //
-// Before 3.15 every type below is empty, entry_guard converts to a constexpr `true` and every
-// function is an inline no-op: the code above compiles to exactly the 3.9–3.14 gate.
+// With PYATTACH_PEP788 off (the default, and always before 3.15) every type below is empty,
+// entry_guard converts to a constexpr `true` and every function is an inline no-op: the code
+// above compiles to exactly the gate alone.
 
 constexpr bool has_interpreter_guards = PYATTACH_PEP788 != 0;
 

@@ -74,8 +74,9 @@ struct gate_state {
   // The process is registered for MEMBARRIER_CMD_PRIVATE_EXPEDITED: the fast path may be used
   // (set once, before the first generation is published; never cleared).
   std::atomic<bool> fast_ok{false};
-  // 3.15+: the main interpreter's PEP 788 view for the bound generation, stored before `word`
-  // publishes the generation; empty (no code, no load) before 3.15. See compat::entry_guard.
+  // PYATTACH_PEP788 only: the main interpreter's PEP 788 view for the bound generation, stored
+  // before `word` publishes the generation; empty (no code, no load) otherwise. See
+  // compat::entry_guard.
   compat::view_cell view;
 };
 extern gate_state g_gate;
