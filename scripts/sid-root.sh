@@ -5,12 +5,12 @@
 # on stdout (progress goes to stderr); fails with a message saying why when the root cannot be made.
 #
 #   bash scripts/sid-root.sh            make or reuse it; print its directory
-#   bash scripts/sid-root.sh --enter    also mount /proc inside it (the tests read /proc/self/task)
+# (scripts/interpreters.sh's in_root mounts what a leg needs inside it and runs commands there.)
 #
 # The root lives outside the clone (PYATTACH_SID_ROOT, default /var/cache/pyattach/sid-root) so
 # that a second run, from any clone, does not pay for it again (about 2 minutes and 1.4 GB). It is
 # built in a temporary directory and renamed when complete, so an interrupted run never leaves a
-# half-made root that looks usable; it is remade when the package list below changes.
+# half-made root that looks usable; packages added to the list below are installed into it.
 # Needs root (debootstrap, chroot, mount): as in CI. Debian's mirror is the host's own (its apt
 # sources); no source packages are needed.
 set -euo pipefail
@@ -34,7 +34,7 @@ unmount_all_under() {
 }
 
 enter() {
-  # /proc inside the root, once; a bind of the host's /dev/null etc. is not needed by the tests.
+  # /proc inside the root for apt; in_root arranges the rest when a leg runs.
   mountpoint -q "$sid/proc" || mount -t proc proc "$sid/proc" ||
     fail "cannot mount proc in $sid"
 }
@@ -51,7 +51,6 @@ if [ -f "$sid/.pyattach-packages" ] && [ -x "$sid/usr/bin/python3.14" ] &&
       >>"$sid.log" 2>&1 || { tail -20 "$sid.log" >&2; fail "apt-get in the sid root failed (log: $sid.log)"; }
     echo "$want" >"$sid/.pyattach-packages"
   fi
-  [ "${1:-}" = "--enter" ] && enter
   echo "$sid"
   exit 0
 fi
@@ -107,5 +106,4 @@ if [ -d "$sid" ]; then
 fi
 mv "$tmp" "$sid"
 mv "$tmp.log" "$sid.log"
-[ "${1:-}" = "--enter" ] && enter
 echo "$sid"

@@ -265,7 +265,7 @@ template <class Hooks>
 PYATTACH_ALWAYS_INLINE bool attach_scope::attach_outer(detail::slot* s, std::uint64_t w,
                                                        const source_site& site,
                                                        Hooks& hooks) noexcept {
-  // opt-in: the view of w's generation (read after w, confirmed with it below); no-op before.
+  // opt-in: the view of w's generation (read after w, confirmed with it below); no-op when off.
   const detail::compat::interpreter_view view = detail::g_gate.view.load();
   // Take a pass, then confirm that the gate still reads w (detail/slot.hpp, "Ordering": the
   // closer's heavy barrier pairs with this compiler barrier). Depth 0: no scope is open, so this
@@ -274,7 +274,7 @@ PYATTACH_ALWAYS_INLINE bool attach_scope::attach_outer(detail::slot* s, std::uin
   s->phase.store(detail::slot_phase::waiting, std::memory_order_relaxed);
   std::atomic_signal_fence(std::memory_order_seq_cst);
   // opt-in: a PEP 788 guard across the attach only; refused once CPython has started finalizing
-  // (then attach_slow refuses too). Before 3.15: empty, always true.
+  // (then attach_slow refuses too). Off: empty, always true.
   detail::compat::entry_guard guard(view);
   if (PYATTACH_LIKELY(detail::g_gate.word.load(std::memory_order_relaxed) == w && guard)) {
     hooks.before_take();
@@ -431,7 +431,7 @@ PYATTACH_ALWAYS_INLINE bool detach_scope::end_fast() noexcept {
                       s->remote_orphans.load(std::memory_order_relaxed) == 0 &&
                       detail::g_gate.word.load(std::memory_order_acquire) == s->fast_word)) {
     // opt-in: a PEP 788 guard across the re-attach (refused once CPython started finalizing);
-    // empty and always true before.
+    // empty and always true when off.
     detail::compat::entry_guard guard(detail::g_gate.view.load());
     if (PYATTACH_LIKELY(guard)) {
       s->phase.store(detail::slot_phase::waiting, std::memory_order_relaxed);

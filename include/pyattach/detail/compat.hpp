@@ -23,11 +23,11 @@
 // PEP 788 (interpreter views and guards, CPython 3.15) around every attach: off by default.
 // Measured on 3.15.2 (docs/versions.md, "3.15"): a guard taken and closed around each attach costs
 // +211 instructions per attach+detach (388 -> 599 for the bare pair; docs/benchmarks.md, row
-// floor_pep788), more than all of pyattach's own overhead; a guard held across a GIL wait is copied into a fork() child whose
-// thread does not exist there, and Py_FinalizeEx in the child waits for it for ever (4 hangs in 5
-// forks with a busy pool, tests/cpp/test_fork.cpp); and it adds no guarantee over the gate, which
-// closes in an atexit callback, before CPython stops handing out guards. -DPYATTACH_PEP788=1
-// turns it on (untested; kept so that the measurement can be repeated).
+// floor_pep788), more than all of pyattach's own overhead; a guard held across a GIL wait is
+// copied into a fork() child whose thread does not exist there, and Py_FinalizeEx in the child
+// waits for it for ever (4 hangs in 5 forks with a busy pool, tests/cpp/test_fork.cpp); and it
+// adds no guarantee over the gate, which closes in an atexit callback, before CPython stops
+// handing out guards. -DPYATTACH_PEP788=1 turns it on: compile-checked only (tests/compat).
 #ifndef PYATTACH_PEP788
 #define PYATTACH_PEP788 0
 #endif
