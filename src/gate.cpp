@@ -280,9 +280,9 @@ attach_status refusal_status(std::uint64_t word) noexcept {
 namespace {
 // The wait after the shutdown request (rule 4): long enough for Python code to unwind out of a
 // scope, short enough that exit stays within the close bound plus a small margin. Unwinding runs
-// Python code (finally blocks, and an uncaught exception's printing: from 3.13 on that imports
-// and runs the traceback module, 50-80 ms measured on an idle machine with 3.14.10 and 3.15.2,
-// more under load), so the grace is at least 250 ms.
+// Python code (finally blocks, an uncaught exception's printing): measured from the request to
+// the scope's end, about 15 ms on 3.11 and 40-50 ms on 3.14.10 and 3.15.2 on an idle machine,
+// past 75 ms under load (docs/versions.md, "3.14"), so the grace is at least 250 ms.
 std::chrono::milliseconds leave_grace(std::chrono::milliseconds timeout) noexcept {
   return std::clamp(timeout / 4, std::chrono::milliseconds(250), std::chrono::milliseconds(500));
 }

@@ -511,8 +511,9 @@ TEST(Exit, RawAllowThreadsPastTheCloseFails) {
 // in the thread, and on 3.13.5 its traceback's print sometimes aborted the exit.
 TEST(Exit, DaemonThreadNativeCallWithinTheBound) {
   expect_all_clean(run_case(uses_exit_daemon_thread_native_call, "within", [](const child_result& r) {
-    const long ms = field(r, "finalize_ms");
-    return ms >= 0 && ms < k_close_timeout.count() &&
+    // The closer drained: it did not give up at the bound (no timing assertion: the line says it).
+    return field(r, "finalize_ms") >= 0 &&
+           r.err.find("threads still inside") == std::string::npos &&
            r.err.find("InterpreterShutdown") == std::string::npos &&
            r.err.find("Exception in thread") == std::string::npos;
   }));
