@@ -108,6 +108,11 @@ in_root() {
   fi
   _mount_once "$root/proc" -t proc proc || return 1
   _mount_once "$root/dev/shm" -t tmpfs tmpfs || return 1
+  # A bind left by an interrupted run may show a clone since removed from this path: redo it.
+  if mountpoint -q "$root$pyattach_root" &&
+     [ "$(stat -c %d:%i "$pyattach_root")" != "$(stat -c %d:%i "$root$pyattach_root")" ]; then
+    umount "$root$pyattach_root" 2>/dev/null || umount -l "$root$pyattach_root"
+  fi
   _mount_once "$root$pyattach_root" --bind "$pyattach_root" || return 1
   # A clean environment but for pyattach's, ccache's, CMake's and the sanitizers' settings.
   local pass=()
