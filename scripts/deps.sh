@@ -16,6 +16,7 @@ packages=(
   ccache                         # scripts/test.sh: legs that build the same sources share objects
   "$py-dev"                      # Debian's CPython with its embedding library
   "$py-venv"                     # venvs for the pytest legs and `pip install .` (scripts/venv.sh)
+  "lib$py-testsuite"             # CPython's own tests: the executor is held to them (tests/python)
   libboost-dev                   # Boost.Asio thread pools (the seed's scenarios)
   libgtest-dev libgmock-dev      # GoogleTest
   pybind11-dev                   # interop tests with pybind11's GIL guards

@@ -20,6 +20,7 @@ packages=(
   g++ cmake make ccache libgtest-dev libgmock-dev libboost-dev pybind11-dev
   ca-certificates
   libbenchmark-dev valgrind      # scripts/bench.sh
+  libpython3.14-testsuite libpython3.15-testsuite  # CPython's own executor tests (tests/python)
 )
 want="$(printf '%s\n' "${packages[@]}" | sha256sum | cut -d' ' -f1)"
 fail() { echo "sid-root: $*" >&2; exit 1; }

@@ -3,8 +3,9 @@
 # scripts/interpreters.sh finds (the version matrix): the host's Debian CPython and its debug build,
 # every pyenv CPython 3.9+ present, and the newest releases (3.14, 3.15) from Debian sid in a sid
 # root (scripts/sid-root.sh, made once and kept outside the clone); then the Python-side suite
-# (tests/python: the package, its executor, the extension-module examples, pip-installed, under
-# pytest) on the same interpreters but the debug build; then the host's Debian CPython again with
+# (tests/python: the package, its executor held to CPython's own ThreadPoolExecutor tests, the
+# extension-module examples, pip-installed, under pytest) on the same interpreters but the debug
+# build; then the host's Debian CPython again with
 # AddressSanitizer+UBSan and with ThreadSanitizer.
 # Prints which legs ran (and which could not, and why) and a closing "N passed, N failed" line;
 # fails if any test fails.
@@ -92,6 +93,7 @@ fi
 mkdir -p "$root/build"
 summary=()
 exit_race_rows=()
+cpython_rows=()
 total_pass=0
 total_fail=0
 
@@ -137,7 +139,7 @@ pytest_leg() {
     -m pytest "$root/tests/python" -p no:cacheprovider -q -rfEsx --junitxml="$log.junit.xml" \
     >"$log.pytest.log" 2>&1
   grep -E "^(FAILED|ERROR|SKIPPED|XFAIL|XPASS)|^[0-9]+ (passed|failed)|exit-race-row:|[0-9]+ (passed|failed).* in [0-9.]+s" \
-    "$log.pytest.log" | grep -v "^exit-race-row:" | head -40
+    "$log.pytest.log" | grep -v -E "^(exit-race|cpython-suite)-row:" | head -40
   echo "time: venv+build $((built - leg_start)) s, pytest $((SECONDS - built)) s"
   # Counts from the JUnit report: passed, failed (failures, errors, strict XPASS), skipped, and
   # xfailed (expected failures, which JUnit files under skipped).
@@ -162,6 +164,8 @@ PY
   summary+=("$name: $pass passed, $fail failed, $skip skipped, $xfail expected failures")
   while IFS= read -r row; do exit_race_rows+=("${row#exit-race-row: }"); done \
     < <(grep -E "^exit-race-row:" "$log.pytest.log")
+  while IFS= read -r row; do cpython_rows+=("${row#cpython-suite-row: }"); done \
+    < <(grep -E "^cpython-suite-row:" "$log.pytest.log")
 }
 
 for leg in "${legs[@]}"; do
@@ -229,6 +233,14 @@ if [ "${#exit_race_rows[@]}" -gt 0 ]; then
   for r in "${exit_race_rows[@]}"; do
     read -r interp flavour variant timing rest <<<"$r"
     printf '  %-16s %-9s %-10s %-7s %s\n' "$interp" "$flavour" "$variant" "$timing" "$rest"
+  done
+fi
+if [ "${#cpython_rows[@]}" -gt 0 ]; then
+  echo "=== CPython's own ThreadPoolExecutor tests (tests/python/test_cpython_suite.py): outcomes"
+  printf '  %-16s %-5s %-34s %5s  %-22s %s\n' interpreter suite class tests standard pyattach
+  for r in "${cpython_rows[@]}"; do
+    read -r interp suite cls n std ours <<<"$r"
+    printf '  %-16s %-5s %-34s %5s  %-22s %s\n' "$interp" "$suite" "$cls" "$n" "${std#std:}" "${ours#pyattach:}"
   done
 fi
 echo "=== version matrix"

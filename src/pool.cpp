@@ -106,7 +106,7 @@ struct worker_rec {
   std::thread thread;
   std::atomic<std::uint64_t> os_tid{0};
   std::atomic<std::uint64_t> tasks{0}, completed{0}, failed{0}, refused{0};
-  std::atomic<std::uint64_t> attaches{0};  // attach_scopes made for Python tasks (batches)
+  std::atomic<std::uint64_t> attaches{0};  // attach_scopes made: per batch, and per Python hook
   std::atomic<std::int64_t> busy_ns{0}, attach_wait_ns{0}, attached_ns{0};
   std::atomic<bool> named_in_python{false};
   std::uint64_t named_generation = 0;  // worker-only: the generation its Python name was set in
@@ -122,7 +122,8 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
  public:
   pool_core(pool_options options, source_site site);
   void start();
-  void enqueue(std::unique_ptr<pool_task> task);
+  // Returns true if it started a worker (on demand) for this task.
+  bool enqueue(std::unique_ptr<pool_task> task);
   void wait(const source_site& site);
   void shutdown(shutdown_mode mode, const source_site& site);
   // Stops accepting; for cancel, abandons the queue with pool_error(cancelled, `why`). Never
@@ -159,7 +160,8 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
   void abandon_all(pool_task* list, std::exception_ptr why) noexcept;
   // On demand: creates the thread that enqueue() counted in `launching` (without m held) and
   // registers it as the next worker; `mine` is the task that enqueue queued. See pool.hpp.
-  void launch_on_demand(pool_task* mine);
+  // Returns true if the thread was created.
+  bool launch_on_demand(pool_task* mine);
   // On demand: a start hook threw. Breaks the pool (see pool.hpp, "On demand").
   void break_on_start_failure(std::size_t index, std::exception_ptr e) noexcept;
   std::string start_failure_message(std::size_t index, std::exception_ptr e) const;
@@ -315,7 +317,7 @@ std::string pool_core::start_failure_message(std::size_t index, std::exception_p
          workers[index].name + " threw: " + what + "; the pool was stopped";
 }
 
-void pool_core::launch_on_demand(pool_task* mine) {
+bool pool_core::launch_on_demand(pool_task* mine) {
   std::promise<std::size_t> index;
   std::thread t;
   std::exception_ptr failed;
@@ -340,11 +342,11 @@ void pool_core::launch_on_demand(pool_task* mine) {
     lock.unlock();
     state_cv.notify_all();  // join_workers and wait_workers_done wait for launching == 0
     index.set_value(i);
-    return;
+    return true;
   }
   // A started worker takes the task: it is queued, and workers leave only with the queue empty
   // (or take it to abandon it). The submit succeeded.
-  if (started > 0) return;
+  if (started > 0) return false;
   // None started: none can take it. Unqueue it (unless a stop already took it and completed it)
   // and fail the submit. If no other creation is under way either, the tasks other submits
   // queued meanwhile, counting on this thread or on one that also failed, have no worker coming:
@@ -373,6 +375,7 @@ void pool_core::launch_on_demand(pool_task* mine) {
     delete mine;
     std::rethrow_exception(failed);
   }
+  return false;
 }
 
 // ---- the worker ----------------------------------------------------------------------------------
@@ -609,7 +612,10 @@ std::exception_ptr pool_core::run_hook(const std::function<void(const worker_con
   std::exception_ptr e;
   if (python) {
     attach_scope py(nothrow);
-    if (py) name_in_python(w);
+    if (py) {
+      name_in_python(w);
+      w.attaches.store(w.attaches.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    }
     const worker_context ctx{opts.name, index, w.name, py.status()};
     try {
       hook(ctx);
@@ -693,7 +699,7 @@ void pool_core::report_failure(std::size_t index, const char* where, std::except
 
 // ---- submitting, waiting, stopping ---------------------------------------------------------------
 
-void pool_core::enqueue(std::unique_ptr<pool_task> task) {
+bool pool_core::enqueue(std::unique_ptr<pool_task> task) {
   std::unique_lock<std::mutex> lock(m);
   auto refuse_if_closed = [&] {
     if (accepting) return;
@@ -749,7 +755,7 @@ void pool_core::enqueue(std::unique_ptr<pool_task> task) {
   if (spawn) ++launching;
   lock.unlock();
   if (wake) work_cv.notify_one();
-  if (spawn) launch_on_demand(t);
+  return spawn && launch_on_demand(t);
 }
 
 void pool_core::report_from_worker(const char* call, const source_site* at, void* code) noexcept {
@@ -1133,7 +1139,9 @@ thread_pool::~thread_pool() {
   if (core_) core_->destroy(__builtin_return_address(0));
 }
 
-void thread_pool::enqueue(std::unique_ptr<detail::pool_task> task) { core_->enqueue(std::move(task)); }
+bool thread_pool::enqueue(std::unique_ptr<detail::pool_task> task) {
+  return core_->enqueue(std::move(task));
+}
 void thread_pool::wait(source_site site) { core_->wait(site); }
 void thread_pool::shutdown(shutdown_mode mode, source_site site) { core_->shutdown(mode, site); }
 void thread_pool::stop(shutdown_mode mode) {

@@ -223,8 +223,9 @@ struct worker_stats {
   std::string name;               // "<pool><separator><index>"
   std::uint64_t os_tid = 0;       // the kernel's thread id
   std::uint64_t tasks = 0;        // tasks it took from the queue (ran, or was refused to run)
-  // attach_scopes it made for Python tasks: one per batch (see the worker loop), so at most its
-  // Python tasks; fewer when Python tasks queued up behind each other.
+  // attach_scopes it made: one per batch of Python tasks (see the worker loop), so at most its
+  // Python tasks, fewer when they queued up behind each other; and one per hook run attached
+  // (start_hook_python, stop_hook_python).
   std::uint64_t attaches = 0;
   // Time inside callables (tasks and hooks): each C++ task and hook, and each batch of Python
   // tasks from attached to its last task's end (the clock is read per batch, not per task).
@@ -382,15 +383,17 @@ class thread_pool {
     return submit_impl(true, std::forward<F>(fn));
   }
   // Fire and forget: failures go to options.on_error. Refusal throws as for submit().
+  // Returns true if this call started a worker (spawn_on_demand; see "On demand"): its start
+  // hook runs next on that thread, whichever worker takes the task.
   template <class F>
-  void post(F&& fn) {
+  bool post(F&& fn) {
     using T = detail::posted_task<std::decay_t<F>>;
-    enqueue(std::unique_ptr<detail::pool_task>(new T(false, std::forward<F>(fn))));
+    return enqueue(std::unique_ptr<detail::pool_task>(new T(false, std::forward<F>(fn))));
   }
   template <class F>
-  void post_python(F&& fn) {
+  bool post_python(F&& fn) {
     using T = detail::posted_task<std::decay_t<F>>;
-    enqueue(std::unique_ptr<detail::pool_task>(new T(true, std::forward<F>(fn))));
+    return enqueue(std::unique_ptr<detail::pool_task>(new T(true, std::forward<F>(fn))));
   }
 
   // Blocks until the queue is empty and no task is running (GIL released while waiting).
@@ -430,7 +433,7 @@ class thread_pool {
     enqueue(std::move(task));
     return f;
   }
-  void enqueue(std::unique_ptr<detail::pool_task> task);
+  bool enqueue(std::unique_ptr<detail::pool_task> task);
 
   std::shared_ptr<detail::pool_core> core_;
 };

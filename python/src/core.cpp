@@ -12,6 +12,16 @@
 //   thread: the items it runs are Python calls, whose eval loop gives the GIL up when another
 //   thread asks (sys.getswitchinterval()).
 //
+// Starting a worker, as concurrent.futures does (its submit starts a thread and waits for it)
+//   A submit whose runner made the pool start a worker waits, with the GIL released, until that
+//   worker's start hook (start_worker) has made its Python thread object (in the executor's
+//   _threads when submit returns) and, with no initializer, *claimed* the oldest queued item:
+//   marked it running, so that shutdown(cancel_futures=True) can no longer cancel it, and moved
+//   it to `claimed`, which runners empty before the queue. The runner that submit posted runs
+//   it, on whichever worker takes the runner first. An initializer runs in the hook too, after
+//   the submit was released (as the standard worker runs it after its start), and then nothing
+//   is claimed: a failing initializer must fail every queued item.
+//
 // Locking: every executor_state member is read and written only by a thread that holds the GIL
 //   (submit and shutdown are Python calls; runners run attached), so the GIL is its lock.
 //   pyattach builds for GIL builds only (detail/compat.hpp refuses Py_GIL_DISABLED). Nothing here
@@ -27,8 +37,10 @@
 
 #include <algorithm>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <mutex>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -110,24 +122,31 @@ std::uint64_t next_executor_id() noexcept {
   return ++last;
 }
 
-// The executor id whose initializer this worker thread ran (each worker belongs to one pool, so
-// one id suffices; ids are never reused).
-thread_local std::uint64_t tls_initialized_for = 0;
-
 // What an executor's runners share with it. See the top of the file for the locking rule.
 struct executor_state {
   const std::uint64_t id = next_executor_id();
   std::size_t max_workers = 1;
   std::deque<work_item> queue;
+  std::deque<work_item> claimed;  // marked running by a start hook, waiting for a runner
   std::size_t runners = 0;  // runners posted and not yet returned
   std::size_t busy = 0;     // runners inside an item (runners - busy are about to take one)
+  std::size_t launched = 0;  // workers that this executor's submits started
   bool shut_down = false;
   bool posted_any = false;   // a runner was ever posted: a worker started
   bool forked_away = false;  // this process is a fork() child: the workers do not exist here
   std::string broken;        // non-empty: an initializer failed (BrokenThreadPool's message)
   PyObject* init_worker = nullptr;  // owned; nullptr: no initializer
+  PyObject* on_worker_start = nullptr;  // owned: makes the worker's Python thread object
+  PyObject* fini_worker = nullptr;      // owned; nullptr: nothing to run as a worker leaves
   std::uint64_t submitted = 0, completed = 0, failed = 0, cancelled = 0;
   std::unordered_map<std::uint64_t, std::uint64_t> items_by_tid;  // per worker (kernel tid)
+
+ private:
+  std::mutex ready_m;
+  std::condition_variable ready_cv;
+  std::size_t ready = 0;
+
+ public:
 
   ~executor_state() {
     // Normally the last reference goes with the Python object or a runner, both with the GIL. A
@@ -135,7 +154,44 @@ struct executor_state {
     // decref without the GIL is undefined and the process is ending.
     if (!pyattach::is_attached()) return;
     Py_XDECREF(init_worker);
+    Py_XDECREF(on_worker_start);
+    Py_XDECREF(fini_worker);
     for (auto& item : queue) drop(item);
+    for (auto& item : claimed) drop(item);
+  }
+
+  // Start hooks that reached the point a starting submit waits for. Not under the GIL: the
+  // submit waits for it with the GIL released.
+  void worker_ready() {
+    {
+      std::lock_guard<std::mutex> lock(ready_m);
+      ++ready;
+    }
+    ready_cv.notify_all();
+  }
+  // PRECONDITION: the GIL is released (the hook that counts needs it).
+  void wait_ready(std::size_t n) {
+    std::unique_lock<std::mutex> lock(ready_m);
+    ready_cv.wait(lock, [&] { return ready >= n; });
+  }
+
+  // Moves the oldest queued item that is not cancelled to `claimed`, marked running; cancelled
+  // ones met on the way are dropped (and counted), as a runner would. PRECONDITION: GIL held.
+  void claim_first() noexcept {
+    while (!queue.empty() && broken.empty()) {
+      work_item item = queue.front();
+      queue.pop_front();
+      PyObject* go = PyObject_CallMethodNoArgs(item.future, g_py.set_running);
+      const bool run = go == Py_True;
+      if (go == nullptr) PyErr_WriteUnraisable(item.future);
+      Py_XDECREF(go);
+      if (run) {
+        claimed.push_back(item);
+        return;
+      }
+      if (go != nullptr) ++cancelled;
+      drop(item);
+    }
   }
 
   // Fails every queued item with BrokenThreadPool(broken). PRECONDITION: GIL held.
@@ -161,18 +217,20 @@ struct executor_state {
 };
 
 // Runs one item the way concurrent.futures' _WorkItem.run does; false if it did not run (it was
-// cancelled while queued). PRECONDITION: attached.
-bool run_item(executor_state& s, work_item& item) noexcept {
-  PyObject* go = PyObject_CallMethodNoArgs(item.future, g_py.set_running);
-  if (go == nullptr) {
-    PyErr_WriteUnraisable(item.future);
-    return false;
-  }
-  const bool run = go == Py_True;
-  Py_DECREF(go);
-  if (!run) {
-    ++s.cancelled;
-    return false;
+// cancelled while queued). `marked`: claim_first already set it running. PRECONDITION: attached.
+bool run_item(executor_state& s, work_item& item, bool marked) noexcept {
+  if (!marked) {
+    PyObject* go = PyObject_CallMethodNoArgs(item.future, g_py.set_running);
+    if (go == nullptr) {
+      PyErr_WriteUnraisable(item.future);
+      return false;
+    }
+    const bool run = go == Py_True;
+    Py_DECREF(go);
+    if (!run) {
+      ++s.cancelled;
+      return false;
+    }
   }
   PyObject* result = PyObject_Call(item.fn, item.args, item.kwargs);
   if (result != nullptr) {
@@ -189,31 +247,52 @@ bool run_item(executor_state& s, work_item& item) noexcept {
 }
 
 // A runner: a Python task on one of the pool's workers (attached). See the top of the file.
+// Claimed items run even in a broken pool: they were running before it broke, as in
+// concurrent.futures, where a worker that took an item finishes it.
 void run_batch(executor_state& s) noexcept {
-  if (s.init_worker != nullptr && tls_initialized_for != s.id && s.broken.empty()) {
-    tls_initialized_for = s.id;
-    // init_worker (python/pyattach/_executor.py) runs the user's initializer and logs its
-    // exception as the standard executor does; it returns whether it succeeded.
-    PyObject* ok = PyObject_CallNoArgs(s.init_worker);
-    const bool good = ok == Py_True;
-    if (ok == nullptr) PyErr_WriteUnraisable(s.init_worker);
-    Py_XDECREF(ok);
-    if (!good) {
-      s.broken = "A thread initializer failed, the thread pool is not usable anymore";
-      s.fail_queue_broken();
-    }
-  }
   std::uint64_t& mine = s.items_by_tid[os_tid()];  // node-based map: the reference stays valid
-  for (;;) {
-    if (s.queue.empty() || !s.broken.empty() || s.forked_away) break;
-    work_item item = s.queue.front();
-    s.queue.pop_front();
+  while (!s.forked_away) {
+    const bool marked = !s.claimed.empty();
+    std::deque<work_item>& from = marked ? s.claimed : s.queue;
+    if (from.empty() || (!marked && !s.broken.empty())) break;
+    work_item item = from.front();
+    from.pop_front();
     ++s.busy;
-    if (run_item(s, item)) ++mine;
+    if (run_item(s, item, marked)) ++mine;
     drop(item);
     --s.busy;
   }
   --s.runners;
+}
+
+// The start hook of every worker (attached unless the interpreter is finalizing). See "Starting
+// a worker" at the top of the file. Whatever happens, it counts the worker as ready: a submit
+// waits for that.
+void start_worker(executor_state& s, const pyattach::worker_context& ctx) noexcept {
+  const bool attached = ctx.python == pyattach::attach_status::attached;
+  if (attached) {
+    // on_worker_start (python/pyattach/_executor.py) makes the threading.Thread the program sees
+    // for this worker (threading.current_thread() here, and one of executor._threads).
+    PyObject* name = PyUnicode_FromStringAndSize(ctx.name.data(),
+                                                 static_cast<Py_ssize_t>(ctx.name.size()));
+    PyObject* r = name != nullptr ? PyObject_CallOneArg(s.on_worker_start, name) : nullptr;
+    if (r == nullptr) PyErr_WriteUnraisable(s.on_worker_start);
+    Py_XDECREF(r);
+    Py_XDECREF(name);
+    if (s.init_worker == nullptr && !s.forked_away) s.claim_first();
+  }
+  s.worker_ready();
+  if (!attached || s.init_worker == nullptr || !s.broken.empty()) return;
+  // init_worker runs the user's initializer and logs its exception as the standard executor
+  // does; it returns whether it succeeded.
+  PyObject* ok = PyObject_CallNoArgs(s.init_worker);
+  const bool good = ok == Py_True;
+  if (ok == nullptr) PyErr_WriteUnraisable(s.init_worker);
+  Py_XDECREF(ok);
+  if (!good && s.broken.empty()) {
+    s.broken = "A thread initializer failed, the thread pool is not usable anymore";
+    s.fail_queue_broken();
+  }
 }
 
 class executor;
@@ -233,13 +312,30 @@ std::vector<retired_pool> g_retired;
 
 class executor {
  public:
-  executor(std::size_t max_workers, std::string prefix, nb::object init_worker)
+  executor(std::size_t max_workers, std::string prefix, nb::object on_worker_start,
+           nb::object init_worker, nb::object fini_worker)
       : state_(std::make_shared<executor_state>()) {
     if (max_workers == 0) throw nb::value_error("max_workers must be greater than 0");
     reap_retired(false);
     state_->max_workers = max_workers;
+    state_->on_worker_start = on_worker_start.release().ptr();
     if (!init_worker.is_none()) state_->init_worker = init_worker.release().ptr();
     pyattach::pool_options o;
+    // The state, not the executor: a hook may run after the executor is gone (stop() without
+    // a join, then collected).
+    o.on_start = [state = state_](const pyattach::worker_context& ctx) { start_worker(*state, ctx); };
+    o.start_hook_python = true;
+    if (!fini_worker.is_none()) {
+      state_->fini_worker = fini_worker.release().ptr();
+      // After the worker's last item, as concurrent.futures' worker finalizes its context.
+      o.on_stop = [state = state_](const pyattach::worker_context& ctx) {
+        if (ctx.python != pyattach::attach_status::attached) return;  // finalizing: no Python
+        PyObject* r = PyObject_CallNoArgs(state->fini_worker);
+        if (r == nullptr) PyErr_WriteUnraisable(state->fini_worker);
+        Py_XDECREF(r);
+      };
+      o.stop_hook_python = true;
+    }
     o.name = std::move(prefix);
     o.name_separator = "_";  // concurrent.futures' scheme: "<prefix>_<M>"
     o.workers = max_workers;
@@ -288,11 +384,12 @@ class executor {
     ++s.submitted;
     // A runner posted but not yet running takes one item each; post one more if the queue
     // holds more than they will take (at most max_workers runners).
-    if (s.runners - s.busy < s.queue.size() && s.runners < s.max_workers) {
+    if (s.runners - s.busy < s.queue.size() + s.claimed.size() && s.runners < s.max_workers) {
       ++s.runners;
       s.posted_any = true;
+      bool started = false;
       try {
-        pool_->post_python([state = state_] { run_batch(*state); });
+        started = pool_->post_python([state = state_] { run_batch(*state); });
       } catch (const pyattach::pool_error&) {
         // The gate stopped the pool (the interpreter is finalizing): take the item back.
         --s.runners;
@@ -302,6 +399,13 @@ class executor {
         drop(item);
         Py_DECREF(future);
         raise(PyExc_RuntimeError, "cannot schedule new futures after interpreter shutdown");
+      }
+      if (started) {
+        // As concurrent.futures' submit waits for the thread it starts: see the top of the file.
+        const std::size_t n = ++s.launched;
+        std::shared_ptr<executor_state> keep = state_;
+        nb::gil_scoped_release nogil;
+        keep->wait_ready(n);
       }
     }
     return nb::steal(future);
@@ -342,7 +446,7 @@ class executor {
     d["failed"] = s.failed;
     d["cancelled"] = s.cancelled;
     d["queued"] = s.queue.size();
-    d["running"] = s.busy;
+    d["running"] = s.busy + s.claimed.size();
     d["shutdown"] = s.shut_down;
     d["broken"] = !s.broken.empty();
     nb::list workers;
@@ -354,7 +458,8 @@ class executor {
         wd["native_id"] = w.os_tid;
         const auto it = s.items_by_tid.find(w.os_tid);
         wd["tasks"] = it == s.items_by_tid.end() ? 0 : it->second;
-        // One per batch: runners queued behind each other on a worker run under one attach.
+        // One per batch (runners queued behind each other on a worker run under one attach),
+        // and one for the start hook (and fini_worker's stop hook).
         wd["attaches"] = w.attaches;
         wd["busy_seconds"] = std::chrono::duration<double>(w.busy).count();
         workers.append(wd);
@@ -365,6 +470,27 @@ class executor {
   }
 
   const std::string& name() const noexcept { return name_; }
+
+  // What the standard class keeps in _broken (False, or the message) and _shutdown.
+  nb::object broken() const {
+    if (state_->broken.empty()) return nb::bool_(false);
+    return nb::str(state_->broken.c_str());
+  }
+  bool is_shut_down() const noexcept { return state_->shut_down; }
+  std::size_t queued() const noexcept { return state_->queue.size(); }
+  // Removes the oldest queued item and returns (future, fn, args, kwargs), or None: what
+  // _work_queue.get_nowait() gives (the item leaves the executor, as from the standard queue).
+  nb::object take_queued() {
+    executor_state& s = *state_;
+    if (s.queue.empty()) return nb::none();
+    work_item item = s.queue.front();
+    s.queue.pop_front();
+    nb::object kwargs = item.kwargs ? nb::borrow(item.kwargs) : nb::dict();
+    nb::object out = nb::make_tuple(nb::borrow(item.future), nb::borrow(item.fn),
+                                    nb::borrow(item.args), kwargs);
+    drop(item);
+    return out;
+  }
 
   // At interpreter exit (shutdown_all): stop accepting like concurrent.futures after its
   // _python_exit, run what is queued, and join. PRECONDITION: not on one of its workers.
@@ -584,16 +710,24 @@ NB_MODULE(_core, m) {
 
   nb::class_<executor>(m, "Executor",
                        "An executor's native part; pyattach.ThreadPoolExecutor wraps it.")
-      .def(nb::init<std::size_t, std::string, nb::object>(), "max_workers"_a, "prefix"_a,
-           "init_worker"_a.none(),
-           "init_worker: None, or a callable run once on each worker before its first item, "
-           "returning True on success (False breaks the executor).")
+      .def(nb::init<std::size_t, std::string, nb::object, nb::object, nb::object>(),
+           "max_workers"_a, "prefix"_a, "on_worker_start"_a, "init_worker"_a.none(),
+           "fini_worker"_a.none(),
+           "on_worker_start(name): called on each new worker first (it makes the worker's "
+           "threading.Thread). init_worker: None, or a callable run once on each worker before "
+           "its first item, returning True on success (False breaks the executor). fini_worker: "
+           "None, or a callable run on each worker after its last item.")
       // fn is positional-only (no name), as in Executor.submit(self, fn, /, *args, **kwargs).
       .def("submit", &executor::submit,
            "Queues fn(*args, **kwargs) and returns its concurrent.futures.Future.")
       .def("shutdown", &executor::shutdown, "wait"_a, "cancel_futures"_a,
            "Stops accepting work; cancels queued items if cancel_futures; joins if wait.")
-      .def("stats", &executor::stats, "This executor's counters and workers.");
+      .def("stats", &executor::stats, "This executor's counters and workers.")
+      .def_prop_ro("broken", &executor::broken, "False, or why the executor is broken.")
+      .def_prop_ro("shut_down", &executor::is_shut_down, "Whether it accepts no more work.")
+      .def("queued", &executor::queued, "How many items wait for a worker.")
+      .def("take_queued", &executor::take_queued,
+           "Removes the oldest waiting item: (future, fn, args, kwargs), or None.");
   m.def("shutdown_all", &shutdown_all,
         "threading's exit hook: refuse new work, run what is queued, join every worker.");
   m.def("after_fork_in_child", &after_fork_in_child,

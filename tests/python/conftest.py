@@ -14,6 +14,9 @@ import harness
 
 # (flavour, variant, timing) -> {"runs": n, "clean": n, ...}; filled by test_exit_race.py.
 EXIT_RACE = {}
+# (interpreter, suite version, note, class, tests, standard outcomes, pyattach outcomes), each a
+# Counter of ok/fail/error/skip/hang/...; filled by test_cpython_suite.py.
+CPYTHON_SUITE = []
 KINDS = ("clean", "abort", "crash", "hang", "wrong")
 
 
@@ -35,6 +38,7 @@ def exit_race_rows():
 
 
 def pytest_terminal_summary(terminalreporter):
+    cpython_suite_summary(terminalreporter)
     rows = exit_race_rows()
     if not rows:
         return
@@ -52,3 +56,24 @@ def pytest_terminal_summary(terminalreporter):
         tr.write_line("exit-race-row: %s %s %s %s runs=%d clean=%d aborts=%d crashes=%d hangs=%d "
                       "wrong=%d lost=%d" % (interp, flav, variant, timing, c["runs"], c["clean"],
                                             c["abort"], c["crash"], c["hang"], c["wrong"], c["lost"]))
+
+
+def _outcomes(counts):
+    return " ".join("%s=%d" % kv for kv in sorted(counts.items())) or "-"
+
+
+def cpython_suite_summary(tr):
+    if not CPYTHON_SUITE:
+        return
+    tr.section("CPython's ThreadPoolExecutor tests: standard class vs pyattach's")
+    fmt = "%-16s %-5s %-34s %5s  %-24s %s"
+    tr.write_line(fmt % ("interpreter", "suite", "class", "tests", "standard", "pyattach"))
+    for interp, version, note, cls, n, std, ours in CPYTHON_SUITE:
+        tr.write_line(fmt % (interp, version, cls, n, _outcomes(std), _outcomes(ours)))
+    for note in sorted({row[2] for row in CPYTHON_SUITE if row[2]}):
+        tr.write_line("note: " + note)
+    # One machine-readable line per row, for scripts/test.sh's summary.
+    for interp, version, note, cls, n, std, ours in CPYTHON_SUITE:
+        tr.write_line("cpython-suite-row: %s %s %s %d std:%s pyattach:%s" % (
+            interp, version, cls, n, ",".join("%s=%d" % kv for kv in sorted(std.items())),
+            ",".join("%s=%d" % kv for kv in sorted(ours.items()))))

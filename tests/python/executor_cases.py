@@ -131,6 +131,10 @@ pid = os.fork()
 if pid == 0:
     status = 7
     try:
+        # The parent's workers do not exist here, and their thread objects say so.
+        alive = [t.name for t in ex._threads if t.is_alive()]
+        if alive:
+            raise AssertionError("parent's workers alive in the child: %r" % (alive,))
         with ThreadPoolExecutor(2) as ex2:
             fs2 = [ex2.submit(pow, i, 2) for i in range(10)]
             got = [f.result(timeout=10) for f in fs2]

@@ -838,3 +838,155 @@ def test_fork_with_live_executor(kind, busy):
     lines = out.stdout.split("\n")
     assert "child exit 0" in lines, out.describe()
     assert "parent ok" in lines, out.describe()
+
+
+# --- 13. what programs read of the standard object ---------------------------------------------
+
+def test_worker_threads_as_threading_sees_them(make):
+    # executor._threads: one threading.Thread per started worker, there when the submit that
+    # started it returns, joinable, not a daemon, and the thread its tasks see as current.
+    ex = make(3, thread_name_prefix="Seen")
+    release = threading.Event()
+
+    def task():
+        t = threading.current_thread()
+        release.wait(WAIT)
+        return t, threading.get_ident(), threading.get_native_id()
+
+    fs = [ex.submit(task) for _ in range(3)]
+    threads = set(ex._threads)
+    assert len(threads) == 3
+    assert sorted(t.name for t in threads) == ["Seen_0", "Seen_1", "Seen_2"]
+    assert all(t.is_alive() and not t.daemon for t in threads), [(t, t.daemon) for t in threads]
+    release.set()
+    seen = [f.result(timeout=WAIT) for f in fs]
+    for current, ident, native_id in seen:
+        assert current in threads
+        assert (current.ident, current.native_id) == (ident, native_id)
+    for t in threads:
+        t.join(0)  # a timeout that ends at once, on a live thread: returns, nothing raised
+    ex.shutdown(wait=True)
+    for t in threads:
+        t.join(WAIT)
+        assert not t.is_alive()
+    assert set(threading.enumerate()).isdisjoint(threads)
+
+
+def test_worker_cannot_join_itself(make):
+    ex = make(1)
+
+    def join_self():
+        with pytest.raises(RuntimeError, match="cannot join current thread"):
+            threading.current_thread().join()
+        return True
+
+    assert ex.submit(join_self).result(timeout=WAIT)
+
+
+def test_private_state_as_the_standard_object_has_it(make):
+    ex = make(1, thread_name_prefix="Priv")
+    assert (ex._max_workers, ex._thread_name_prefix, ex._broken, ex._shutdown) == (1, "Priv", False, False)
+    if sys.version_info < (3, 14):
+        init = make(1, initializer=print, initargs=("x",))
+        assert (init._initializer, init._initargs) == (print, ("x",))
+    else:
+        assert ex.BROKEN is BrokenThreadPool
+        assert callable(ex._create_worker_context) and callable(ex._resolve_work_item_task)
+    # _work_queue: the items no worker has taken, which a program may count or take back.
+    release = threading.Event()
+    first = ex.submit(release.wait, WAIT)
+    assert until(first.running)
+    queued = [ex.submit(pow, 2, i) for i in range(3)]
+    assert ex._work_queue.qsize() == 3 and not ex._work_queue.empty()
+    item = ex._work_queue.get_nowait()
+    assert item.future is queued[0]
+    assert ex._work_queue.qsize() == 2
+    release.set()
+    assert first.result(timeout=WAIT) is True
+    assert [f.result(timeout=WAIT) for f in queued[1:]] == [2, 4]
+    assert not queued[0].done()  # taken off the queue: nobody runs it now
+    import queue
+    with pytest.raises(queue.Empty):
+        ex._work_queue.get_nowait()
+    ex.shutdown(wait=True)
+    assert ex._shutdown is True
+
+
+def test_broken_holds_the_message(make):
+    def fail():
+        raise ValueError("no")
+
+    ex = make(1, initializer=fail)
+    f = ex.submit(pow, 2, 2)
+    with pytest.raises(BrokenThreadPool):
+        f.result(timeout=WAIT)
+    assert until(lambda: ex._broken)
+    assert ex._broken == "A thread initializer failed, the thread pool is not usable anymore"
+
+
+def test_submit_that_starts_a_worker_leaves_it_that_item(make):
+    # concurrent.futures' submit waits for the thread it starts, which takes the oldest queued
+    # item: cancelling everything right after never cancels that one (CPython's own
+    # test_cancel_futures relies on it).
+    ex = make(1)
+    fs = [ex.submit(time.sleep, 0.05) for _ in range(20)]
+    ex.shutdown(wait=True, cancel_futures=True)
+    assert not fs[0].cancelled() and fs[0].done()
+    assert all(f.cancelled() for f in fs[2:])
+
+
+@pytest.mark.skipif(sys.version_info < (3, 14), reason="prepare_context is new in 3.14")
+def test_prepare_context_of_a_subclass(Executor, kind):
+    # 3.14's extension point: a subclass's per-worker context initializes on each worker, runs
+    # every task of that worker, and finalizes when the worker leaves.
+    events = []
+
+    class Context:
+        def __init__(self, tag):
+            self.tag = tag
+
+        def initialize(self):
+            events.append(("init", threading.get_ident()))
+
+        def finalize(self):
+            events.append(("fini", threading.get_ident()))
+
+        def run(self, task):
+            fn, args = task
+            return (self.tag, fn(*args))
+
+    class Sub(Executor):
+        @classmethod
+        def prepare_context(cls, initializer, initargs, *, tag):
+            return (lambda: Context(tag)), (lambda fn, args, kwargs: (fn, args))
+
+    ex = Sub(2, tag="T")
+    assert [f.result(timeout=WAIT) for f in [ex.submit(pow, 3, 2), ex.submit(abs, -4)]] == [
+        ("T", 9), ("T", 4)]
+    ex.shutdown(wait=True)
+    inits = [e for e in events if e[0] == "init"]
+    finis = [e for e in events if e[0] == "fini"]
+    assert inits and sorted(i for _, i in inits) == sorted(i for _, i in finis), events
+
+
+@pytest.mark.parametrize("which", ["settrace", "setprofile"])
+def test_threading_hooks_reach_workers(make, which):
+    # threading.settrace/setprofile install their function on each thread threading starts
+    # afterwards; the standard executor's workers are such threads.
+    seen = []
+
+    def hook(frame, event, arg):
+        if frame.f_code.co_name == "traced_task":
+            seen.append(event)
+        return None
+
+    def traced_task():
+        return 42
+
+    getattr(threading, which)(hook)
+    try:
+        ex = make(1)
+        assert ex.submit(traced_task).result(timeout=WAIT) == 42
+    finally:
+        getattr(threading, which)(None)
+    assert "call" in seen, seen
