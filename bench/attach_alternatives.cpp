@@ -211,7 +211,7 @@ using counted_workloads = type_list<empty_body, call_body>;  // the callgrind de
 // The hand-off runs attach per call on two threads; nested, detach and body_only hold the GIL
 // across calls by design, and the pinned/pybind11 variants add nothing the floor does not show.
 using handoff_alternatives = type_list<gilstate_per_call, floor_state, pyattach_scope>;
-// The contention case: pyattach against the floor, both threads attaching at once (issue 12).
+// The contention case: pyattach against the floor, both threads attaching at once.
 using contend_alternatives = type_list<floor_state, pyattach_scope>;
 
 template <class Alt, class Workload>
@@ -332,7 +332,7 @@ inline std::uint64_t tsc() {
 #endif
 }
 
-// Contention (issue 12, part 4): two native threads attach and detach in a loop at the same
+// Contention: two native threads attach and detach in a loop at the same
 // time, the body empty, so every attach of one competes with the other's (the GIL, and whatever
 // shared memory the attach path writes: pyattach's gate counter today). Thread A runs the State
 // loop; thread B runs the same alternative's iteration until A is done and counts its pairs in

@@ -55,7 +55,7 @@ def markdown(legs):
            "the absolute figures." % (datetime.date.today().isoformat(), platform.machine(),
                                        os.cpu_count() or 0),
            "",
-           "## Targets (issue 11): " + TARGETS,
+           "## Targets: " + TARGETS,
            "",
            "| interpreter | lowest `submit` throughput ratio (1/2/4 workers) | target | "
            "highest idle-latency ratio | target |",

@@ -18,17 +18,17 @@
 //                                     per task: the least any correct attach can do
 //                pyattach_post_python / pyattach_submit_python
 //                pyattach_post_python_unbatched: pool_options::batch_python = false (one attach
-//                                     per task, as before issue 12)
+//                                     per task, as before batching)
 //     latency  submit→start of one task on an idle pool (the submitter sleeps 1 ms between
 //              probes): asio_post, pyattach_post (C++ tasks), asio_floor and
 //              pyattach_post_python (Python tasks; the start is after the attach)
-//     gilwait  (issue 12) another thread's wait for the GIL while the pool runs a stream of
+//     gilwait  another thread's wait for the GIL while the pool runs a stream of
 //              Python tasks: a prober thread sleeps 1 ms detached, then times its attach, 300
 //              times; asio_floor and pyattach_post_python, with tasks calling the Python function
 //              (gilwait) and with tasks using the C API only (gilwait_capi: no bytecode, so
 //              CPython's drop request is never honoured inside them; only the pool's own bound,
 //              a batch ends after sys.getswitchinterval(), lets the prober in)
-//   --callgrind N (issue 12): instructions per Python task, every thread counted, for asio_floor,
+//   --callgrind N: instructions per Python task, every thread counted, for asio_floor,
 //   pyattach_post_python and pyattach_submit_python (run under valgrind --tool=callgrind
 //   --instr-atstart=no; one dump per row, named pool/python/<alt>)
 //   Every task counts itself in a per-thread counter (its own cache line: no shared atomic to
@@ -382,7 +382,7 @@ struct pyattach_post_python {
 };
 
 // The same pool with batching off (pool_options::batch_python = false): one attach per Python
-// task, as before issue 12; the reference for what batching gains and what it costs a waiter.
+// task, as before batching; the reference for what batching gains and what it costs a waiter.
 pyattach::pool_options unbatched_options() {
   pyattach::pool_options o = pool_options_for_bench();
   o.batch_python = false;

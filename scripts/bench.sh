@@ -7,7 +7,7 @@
 # instruction counts (callgrind, collected only around each measured loop, with instruction
 # addresses: the report splits the fast path's instructions per pyattach function by reading the
 # binary's debug info with addr2line), and write docs/benchmarks.md and docs/benchmarks.png
-# (bench/report.py, with the host's Debian CPython and python3-matplotlib).
+# (bench/report, with the host's Debian CPython and python3-matplotlib).
 # Each leg also builds and runs pyattach_pool_bench (pyattach::thread_pool against
 # boost::asio::thread_pool: no-op and Python-task throughput, idle submit→start latency; the
 # report's "Pools" section), with the same repetitions, and counts its instructions per Python
@@ -96,7 +96,7 @@ for leg in "${legs[@]}"; do
     failure="callgrind run failed (results/callgrind.log)"
     if [ "$status" = "ok" ]; then status="$failure"; else status="$status; $failure"; fi
   fi
-  # The pools' instructions per Python task (issue 12): every thread counted around each row's
+  # The pools' instructions per Python task: every thread counted around each row's
   # batch of tasks; dumps pool.callgrind.out.N next to the attach ones.
   if ! "${in[@]}" valgrind --tool=callgrind --instr-atstart=no \
          --callgrind-out-file="$out/pool.callgrind.out" "$build/bench/pyattach_pool_bench" \
@@ -116,6 +116,6 @@ if [ ${#result_dirs[@]} -eq 0 ]; then
   echo "bench: nothing ran"
   exit 1
 fi
-"$(debian_python)" "$root/bench/report.py" --out "$root/docs/benchmarks.md" \
+PYTHONPATH="$root/bench" "$(debian_python)" -m report --out "$root/docs/benchmarks.md" \
   --chart "$root/docs/benchmarks.png" "${result_dirs[@]}" || failed=1
 exit "$failed"

@@ -146,8 +146,8 @@ bool destroy_owned_state(slot* s) noexcept {
     forget_state(s);
     return false;
   }
-  // Through the gate like an attach (DESIGN.md: a clean-up that re-attached after finalization
-  // was ended inside a destructor and the process aborted).
+  // Through the gate like an attach (docs/design.md, invariant 4 "never killed": a clean-up that
+  // re-attached after finalization was ended inside a destructor and the process aborted).
   const compat::interpreter_view view = g_gate.view.load();  // opt-in; after w, before the pass
   if (!take_pass(s, w)) {
     forget_state(s);
@@ -173,7 +173,8 @@ struct slot_owner {
 
 slot* make_slot() {
   // A function-local thread_local is constructed on this thread's first call and destroyed at
-  // its exit: that destructor is the clean-up (DESIGN.md: "destroyed on that thread").
+  // its exit: that destructor is the clean-up (docs/design.md, invariant 1 "one state per thread":
+  // made and destroyed on that thread).
   static thread_local slot_owner owner;
   (void)owner;
   install_fork_handlers();

@@ -3,7 +3,7 @@
 // Why a gate: a native thread that takes the GIL while CPython finalizes is ended with
 // pthread_exit (3.9–3.13.0; C++ frames are force-unwound, and a catch(...) or noexcept frame
 // aborts the process) or hangs forever (3.13.1+, 3.14). The gate refuses such attaches before
-// they reach CPython (DESIGN.md invariants 4 and 5; the protocol is in detail/slot.hpp).
+// they reach CPython (docs/design.md, invariants 4 and 5; the protocol is in detail/slot.hpp).
 //
 // Binding (interpreter.hpp lists the calls that bind). Invariant: a generation is never open
 // without its close hook either registered or queued to run before CPython's atexit callbacks
@@ -24,9 +24,10 @@
 //
 // Hooks, per interpreter generation:
 // - atexit.register(close): Python runs atexit callbacks in Py_FinalizeEx after joining
-//   non-daemon threading.Threads and before marking the runtime finalizing, on 3.9–3.13 (measured
-//   in DESIGN.md; the order is the same in 3.14's pylifecycle.c). Registered at bind time, so it
-//   runs after callbacks registered later (atexit is LIFO), which may still use native threads.
+//   non-daemon threading.Threads and before marking the runtime finalizing, on 3.9–3.15
+//   (Python/pylifecycle.c; tests/cpp/test_exit.cpp relies on that order on every leg).
+//   Registered at bind time, so it runs after callbacks registered later (atexit is LIFO),
+//   which may still use native threads.
 // - Py_AtExit(gone): runs at the very end of Py_FinalizeEx; the gate becomes unbound, so the next
 //   Py_Initialize binds a new generation and every old slot is known to be stale.
 #include <algorithm>
@@ -437,8 +438,8 @@ close_result close_gate_impl(std::chrono::milliseconds timeout) noexcept {
   const slot* self = tls_slot;
   const std::uint64_t gen = w >> 2;
 
-  // Release the GIL while waiting: the threads inside need it to finish (DESIGN.md: keeping it
-  // made every drain time out). Only if this thread holds it.
+  // Release the GIL while waiting: the threads inside need it to finish (keeping it made every
+  // drain time out when the gate was prototyped). Only if this thread holds it.
   PyThreadState* saved = attached_here(self) ? PyEval_SaveThread() : nullptr;
 
   auto pause = std::chrono::microseconds(20);

@@ -68,7 +68,7 @@ interpreter::interpreter(options opts) : opts_(std::move(opts)) {
   }
   // The atexit hook closes the gate inside Py_FinalizeEx with this bound. Binding imports
   // threading on this (the main) thread: Python's shutdown then joins its threads before the
-  // atexit hook closes the gate (DESIGN.md, "The gate, as measured").
+  // atexit hook closes the gate (docs/design.md, "Closing, exit and parking").
   set_close_timeout(opts_.close_timeout);
   detail::bind_here();
 
@@ -105,7 +105,8 @@ interpreter::~interpreter() {
   if (detail::compat::current_state_unchecked() != main) PyEval_RestoreThread(main);
   // Py_FinalizeEx joins Python's threads, then runs the atexit hook, which closes the gate with
   // opts_.close_timeout. Closing here instead would refuse native threads that a still-running
-  // Python thread waits for (DESIGN.md). The hook is registered at bind time; if that failed,
+  // Python thread waits for (docs/design.md, "Closing, exit and parking"). The hook is
+  // registered at bind time; if that failed,
   // close now so that no thread attaches while the runtime finalizes.
   if (!detail::register_gate_hooks(current_generation())) detail::close_gate_impl(opts_.close_timeout);
   if (Py_FinalizeEx() < 0) {

@@ -80,7 +80,7 @@ void py_set_name(const std::string& name);  // thread_local.name = name
 std::string py_get_name();                  // thread_local.name, or the AttributeError text
 void py_print(const std::string& text);     // print() from Python, flushed
 std::string py_thread_name();               // threading.current_thread().name
-// What CPython issue 130394's script does in each init: issue_local = threading.local() (a new
+// What python/cpython#130394's script does in each init: issue_local = threading.local() (a new
 // object, rebinding the module-level name), then issue_local.name = name; and read it back.
 void py_issue130394_init(const std::string& name);
 std::string py_issue130394_get();

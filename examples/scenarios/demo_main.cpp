@@ -126,7 +126,7 @@ std::string name_text(const std::string& v) {
 
 bool starts_with(const std::string& s, const char* prefix) { return s.rfind(prefix, 0) == 0; }
 
-// What CPython issue 130394's own script (a new threading.local() in each init) read back.
+// What python/cpython#130394's own script (a new threading.local() in each init) read back.
 std::string issue_text(const observations& o) {
   if (!o.has("issue_local_in_release_default_pool")) return "";
   return "; #130394's script (local re-created per init): " +
@@ -372,8 +372,8 @@ const char* expected_text(int n, const std::string& variant) {
   return texts[n][column];
 }
 
-// What each scenario's program does (../shared/seed/SCENARIOS.md, shortened): the timelines'
-// titles.
+// What each scenario's program does (scenarios_raw.cpp has them as raw C API code), shortened:
+// the timelines' titles.
 const char* scenario_title(int n) {
   static const char* const titles[8] = {
       "",

@@ -102,7 +102,7 @@ int scenario2() {
 }
 
 // 3 and 4 (the same program: the pattern packaged), and 5 (blocking C++ in a detach_scope).
-// issue_script: also run CPython issue 130394's Python code (a threading.local per init).
+// issue_script: also run python/cpython#130394's Python code (a threading.local per init).
 int two_pools(bool blocking, bool issue_script) {
   std::optional<pyattach::interpreter> interp(std::in_place);
   pyattach_setup();

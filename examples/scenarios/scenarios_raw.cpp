@@ -267,7 +267,7 @@ int two_pools(handover how) {
   auto cus_init = post_task(custom_pool, [&] { init(cus, "custom_pool"); });
   if (how == handover::save_thread) {
     // Other native threads call PyGILState_Ensure while both workers keep their states: when
-    // CPython issue 130394 reported the first thread's threading.local data vanishing.
+    // python/cpython#130394 reported the first thread's threading.local data vanishing.
     for (int i = 0; i < 3; ++i) wait_probe(*start_probe(), kBoundMs);
   }
   obs_states("while_idle", how == handover::save_thread ? kBoundMs : kWindowMs / 3, def.ident);

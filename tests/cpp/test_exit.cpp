@@ -1,5 +1,5 @@
 // tests/cpp/test_exit.cpp — threads still inside, or coming back, when the interpreter finalizes
-// (docs/safety.md, "Exit"; issue 10).
+// (docs/safety.md, "Exit").
 //
 // Each case runs in a child process with a deadline: the process must exit on its own, soon
 // after the interpreter finalizes, with no signal and no thread ended by pthread_exit (counted by
@@ -95,7 +95,7 @@ void print_result(const tally& t) {
 
 // ---- 1. a detach_scope that ends after the gate closed, with Python code after it ------------
 // args[0]: "park" (the destructor), "reattach" (the status API) or "raw" (Py_BEGIN/END_ALLOW_THREADS
-// with PyGILState_Ensure: the control). Before issue 10, "park" crashed 10/10 (SIGSEGV).
+// with PyGILState_Ensure: the control). Before these rules, "park" crashed 10/10 (SIGSEGV).
 CHILD_CASE(exit_detach_past_close) {
   const std::string mode = args.empty() ? "park" : args[0];
   std::optional<pyattach::interpreter> py;
@@ -130,7 +130,7 @@ CHILD_CASE(exit_detach_past_close) {
         }
       }
     }
-    // "park": never reached; before issue 10 this ran Python with no thread state.
+    // "park": never reached; before these rules this ran Python with no thread state.
     t.python_without_state.fetch_add(1);
     PyRun_SimpleString("y = 2\n");
   });
@@ -161,7 +161,7 @@ CHILD_CASE(exit_detach_past_close) {
 // args[0]: "within" (each native call blocks 50 ms, less than the close bound: the closer waits
 // for it, and the next call after the close parks), "past" (one call blocks 3 s: the closer gives
 // up, the scope's end parks) or "raw" (the native code uses Py_BEGIN/END_ALLOW_THREADS: control).
-// The native function is noexcept, like a binding that must not throw: before issue 10, the
+// The native function is noexcept, like a binding that must not throw: before these rules, the
 // forced unwind of CPython's pthread_exit reached it and the process aborted 20/20.
 namespace {
 std::atomic<int> g_native_calls{0};
@@ -224,7 +224,7 @@ CHILD_CASE(exit_daemon_thread_native_call) {
 // ---- 3. raw PyGILState_Ensure -> pyattach detach_scope across finalization -> Release --------
 // args[0]: "within" (the scope ends while the closer waits for it), "past" (after the closer
 // gave up: the thread parks, since the code above it is not pyattach's) or "raw" (the same with
-// Py_BEGIN/END_ALLOW_THREADS: the control; before issue 10 pyattach's scope failed the same way,
+// Py_BEGIN/END_ALLOW_THREADS: the control; before these rules pyattach's scope failed the same way,
 // "Fatal Python error: PyGILState_Release" 30/30).
 CHILD_CASE(exit_raw_ensure_then_detach) {
   const std::string mode = args.empty() ? "within" : args[0];
@@ -263,7 +263,7 @@ CHILD_CASE(exit_raw_ensure_then_detach) {
 // args[0]: "plain", "noexcept" (the loop runs behind a noexcept function: a pthread_exit would
 // abort), "swallow" (the Python code catches BaseException and goes on: the shutdown request is
 // ignored, and the thread must be parked at its next line), or "raw" (PyGILState_Ensure around
-// the same loop, behind noexcept: the control). Before issue 10: plain 3 SIGSEGV and 1 SIGABRT in
+// the same loop, behind noexcept: the control). Before these rules: plain 3 SIGSEGV and 1 SIGABRT in
 // 10, noexcept 10/10 crashed.
 namespace {
 const char* k_loop = "import time\n"
@@ -329,7 +329,7 @@ CHILD_CASE(exit_python_loop_past_close) {
 
 // ---- 5. a thread that exits with a scope open --------------------------------------------------
 // args[0]: "pyattach" (an attach_scope never destroyed) or "raw" (PyGILState_Ensure never
-// released: the control; the next attach waits for ever). Before issue 10 "pyattach" hung 3/3.
+// released: the control; the next attach waits for ever). Before these rules "pyattach" hung 3/3.
 CHILD_CASE(exit_thread_exits_attached) {
   const std::string mode = args.empty() ? "pyattach" : args[0];
   std::optional<pyattach::interpreter> py;

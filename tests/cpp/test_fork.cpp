@@ -4,8 +4,8 @@
 // test only sees how that child ended and what both processes printed. The forked grandchild
 // checks that the other threads' records are gone, that new threads attach and keep their
 // threading.local, and that the interpreter (the embedding helper) finalizes cleanly there.
-// Forks from the helper's creating thread must really finalize in the grandchild (issue 10: the
-// destructor refused there, the forking thread having a new tid); forks from any other thread
+// Forks from the helper's creating thread must really finalize in the grandchild (the
+// destructor once refused there, the forking thread having a new tid); forks from any other thread
 // follow fork.hpp's rule for them. The fork-loop cases fork PYATTACH_FORK_RUNS times (default 5;
 // the long mode is e.g. PYATTACH_FORK_RUNS=100 ctest -R Fork). ChildOfCreatorFinalizesWithBusyPool
 // hung 3 of 100 children before the child forgot the parent's thread_pools (fork.hpp).
@@ -411,7 +411,7 @@ TEST(Fork, ForkProcessFromCppWithAttachedThreads) { expect_fork_case_ok(uses_for
 
 TEST(Fork, OsForkFromPythonWithAttachedThreads) { expect_fork_case_ok(uses_fork_from_python_os_fork); }
 
-// Issue 10: the grandchild of the creating thread finalizes (the destructor used to refuse there:
+// The grandchild of the creating thread finalizes (the destructor used to refuse there:
 // "created on thread X", X being the forking thread's tid in the parent).
 TEST(Fork, ChildOfCreatorFinalizes) {
   SKIP_FORK_UNDER_TSAN();

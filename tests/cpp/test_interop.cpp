@@ -1,5 +1,6 @@
 // tests/cpp/test_interop.cpp — PyGILState_* and pybind11 on the same thread as pyattach
-// (DESIGN.md invariant 2: one state per thread, which third-party code finds and reuses), and
+// (docs/design.md, invariant 2 "PyGILState knows it": one state per thread, which third-party
+// code finds and reuses), and
 // pyattach scopes on a Python-created thread.
 #include <gtest/gtest.h>
 #include <pybind11/pybind11.h>

@@ -422,7 +422,7 @@ CHILD_CASE(misuse_scope_outlived_interpreter) {
 
 CHILD_CASE(misuse_scope_outlived_thread) {
   // A thread exits with an attach scope still open (made in static storage and never destroyed,
-  // as a scope leaked on the heap is): it held the GIL. Before issue 10 the next attach anywhere
+  // as a scope leaked on the heap is): it held the GIL. Before threads exiting with scopes open released the GIL, the next attach anywhere
   // waited for that GIL for ever (3 hangs in 3). Now the exit releases it and the state.
   pyattach::interpreter py;
   const std::size_t base_states = thread_states();

@@ -696,8 +696,8 @@ TEST(Stress, FinalizeRaceFencedRuns) {
 }
 
 // The same race when the program initializes and finalizes CPython itself and binds pyattach
-// with pyattach::bind() (issue 9: 5 aborts in 2,330 runs, and 80 of 80 aborted when the main
-// thread kept the GIL, before binding was required), and with loops whose frames turn a
+// with pyattach::bind() (before binding was required: 5 aborts in 2,330 runs, and 80 of 80
+// aborted when the main thread kept the GIL), and with loops whose frames turn a
 // pthread_exit into an abort. A fifth of PYATTACH_STRESS_RUNS per shape and variant.
 class FinalizeRaceShapes
     : public ::testing::TestWithParam<std::tuple<const char*, const char*>> {};
@@ -716,8 +716,9 @@ INSTANTIATE_TEST_SUITE_P(
     });
 
 // The positive control of FinalizeRaceManyRuns: the same race through the raw API must show, in
-// at least one of a few runs, what that test counts as failure (ANCHORS.md: 96% of such threads
-// were ended by pthread_exit on 3.9–3.13, and 41 of 700 runs crashed). If this ever passes with
+// at least one of a few runs, what that test counts as failure (when the gate was prototyped
+// here, 96% of such threads were ended by pthread_exit on 3.9–3.13, and 41 of 700 runs
+// crashed). If this ever passes with
 // no failure seen, the race no longer races, and FinalizeRaceManyRuns proves nothing.
 TEST(Stress, RawApiFailsTheSameRace) {
   constexpr long k_max_runs = 6;

@@ -1,6 +1,6 @@
 """Native threads and a thread_pool calling back into Python return correct results.
 
-Issue 9, part 5: callbacks from 4 native threads x 2,000 calls, and 2,000 pool tasks.
+Callbacks from 4 native threads x 2,000 calls, and 2,000 pool tasks.
 """
 
 import harness

@@ -62,7 +62,7 @@ def test_module_pool_alive_at_exit(flavour):
     assert harness.MISUSE not in out.stderr, out.describe()
 
 
-# Issue 10: the daemon thread's detach_scope holds a gate pass, so the closer waits for it; if it
+# The daemon thread's detach_scope holds a gate pass, so the closer waits for it; if it
 # ends after the close, the thread is parked instead of re-taking the GIL while Py_FinalizeEx runs
 # (before, CPython ended it with pthread_exit and the forced unwind through the scope's noexcept
 # destructor aborted about 6 of 10 runs on every interpreter here).

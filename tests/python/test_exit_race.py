@@ -1,4 +1,4 @@
-"""The exit race (issue 9): import, start detached native threads that attach in a loop, exit.
+"""The exit race: import, start detached native threads that attach in a loop, exit.
 
 Each run is its own process: ``import`` the example, start 4 detached std::threads that loop
 "attach_scope(nothrow) -> call a Python function -> end the scope" until an attach is refused,

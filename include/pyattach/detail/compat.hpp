@@ -161,7 +161,7 @@ constexpr bool threading_keeps_stale_dummy_threads = PY_VERSION_HEX < 0x030D0000
 // (PyGILState registers a PyThreadState_New state with the thread that *created* it, on every
 // version, if that thread has none yet; a state made on one thread for use on another is never
 // this thread's PyGILState state. pyattach makes states with PyGILState_Ensure on their own
-// thread, which registers them everywhere: DESIGN.md invariant 2.)
+// thread, which registers them everywhere: docs/design.md, invariant 2.)
 constexpr bool current_state_is_per_thread = PY_VERSION_HEX >= 0x030C0000;
 
 // What a native thread that takes the GIL (PyEval_RestoreThread, PyGILState_Ensure,

@@ -1,7 +1,7 @@
 // pyattach/detail/slot.hpp — the per-thread slot and the gate. Not part of the public API.
 //
 // They are in a header only so that the common attach/detach path can be inlined into the
-// caller (DESIGN.md: "Cost"); everything rare lives in src/.
+// caller (docs/design.md, "Measured costs"); everything rare lives in src/.
 #pragma once
 
 #include <atomic>
@@ -15,7 +15,8 @@
 #define PYATTACH_LIKELY(x) __builtin_expect(!!(x), 1)
 #define PYATTACH_UNLIKELY(x) __builtin_expect(!!(x), 0)
 // initial-exec: the thread pointer plus a link-time offset, without a __tls_get_addr call even
-// when pyattach sits in a shared library (DESIGN.md measured +61 vs +19 instructions per pair).
+// when pyattach sits in a shared library (+19 instructions per pair, against +61 with the
+// default model: docs/design.md, "Measured costs").
 #define PYATTACH_TLS __thread __attribute__((tls_model("initial-exec")))
 #define PYATTACH_ALWAYS_INLINE inline __attribute__((always_inline))
 #else
@@ -28,7 +29,8 @@
 namespace pyattach::detail {
 
 // ---------------------------------------------------------------------------------------------
-// The gate: the library's view of the (main) interpreter's life. DESIGN.md invariants 4 and 5.
+// The gate: the library's view of the (main) interpreter's life. docs/design.md, invariants 4
+// and 5.
 //
 // `word` packs a generation (which Py_Initialize..Py_FinalizeEx cycle) and a phase:
 //   unbound  no interpreter bound: never initialized, or the last one is gone (Py_AtExit ran)
@@ -64,7 +66,7 @@ namespace pyattach::detail {
 //   fence between the store and the load, paired with heavy_barrier()'s own seq_cst fence.
 // The fast path is allowed only through slot::fast_word, which is set only when the process is
 // registered for expedited membarrier (g_gate.fast_ok), so heavy_barrier() covers every thread
-// that can take it. Test: the finalization stress tests (tests/cpp/test_finalize.cpp, every leg,
+// that can take it. Test: the finalization stress tests (tests/cpp/test_stress.cpp, every leg,
 // and the 1,000-run long mode).
 enum : std::uint64_t { phase_unbound = 0, phase_open = 1, phase_closing = 2, phase_closed = 3 };
 
@@ -86,7 +88,7 @@ constexpr std::uint64_t gate_word(std::uint64_t generation, std::uint64_t phase)
 }
 
 // ---------------------------------------------------------------------------------------------
-// The slot: one per native thread that used pyattach (DESIGN.md invariant 1).
+// The slot: one per native thread that used pyattach (docs/design.md, invariant 1).
 // Protected by: every plain field is read and written only by the owning thread. The atomics
 // are written only by it too (plain load+store, no read-modify-write) and also read, relaxed, by
 // the thread report and the closer: they are advisory there.
