@@ -18,6 +18,7 @@ packages=(
   "$py-venv"                     # venvs for the pytest legs and `pip install .` (scripts/venv.sh)
   "lib$py-testsuite"             # CPython's own tests: the executor is held to them (tests/python)
   libboost-dev                   # Boost.Asio thread pools (the seed's scenarios)
+  nlohmann-json3-dev             # the scenario demo's --json output
   libgtest-dev libgmock-dev      # GoogleTest
   pybind11-dev                   # interop tests with pybind11's GIL guards
   libbenchmark-dev python3-matplotlib valgrind  # scripts/bench.sh: Google Benchmark, chart, callgrind

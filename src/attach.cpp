@@ -103,8 +103,7 @@ void forget_state(slot* s) noexcept {
 // PRECONDITION: GIL held, this thread's state current.
 void drop_dummy_thread_entry() noexcept {
   if (!compat::threading_keeps_stale_dummy_threads) return;
-  PyObject *type, *value, *traceback;
-  PyErr_Fetch(&type, &value, &traceback);
+  const error_scope keep;
   PyObject* modules = PySys_GetObject("modules");  // borrowed
   PyObject* mod = modules ? PyDict_GetItemString(modules, "threading") : nullptr;  // borrowed
   if (mod != nullptr) {
@@ -121,8 +120,6 @@ void drop_dummy_thread_entry() noexcept {
     Py_XDECREF(dummy_type);
     Py_XDECREF(active);
   }
-  PyErr_Clear();
-  PyErr_Restore(type, value, traceback);
 }
 
 // Destroys the slot's state, which is current on this thread, and releases the GIL.

@@ -131,8 +131,7 @@ bool holds_gil_in_main() noexcept {
 // Imports `threading` on this thread unless some thread already has (see the top of the file).
 // PRECONDITION: holds_gil_in_main(). Keeps a Python exception the caller may be handling.
 void import_threading_here() noexcept {
-  PyObject *type, *value, *traceback;
-  PyErr_Fetch(&type, &value, &traceback);
+  const error_scope keep;
   PyObject* modules = PyImport_GetModuleDict();  // borrowed
   if (modules != nullptr && PyDict_GetItemString(modules, "threading") == nullptr) {
     PyObject* threading = PyImport_ImportModule("threading");
@@ -142,7 +141,6 @@ void import_threading_here() noexcept {
     }
     Py_XDECREF(threading);
   }
-  PyErr_Restore(type, value, traceback);
 }
 
 // Py_AddPendingCall's callback for bind_at_load: on the main thread, GIL held, from the eval loop
@@ -238,8 +236,7 @@ bool register_gate_hooks(std::uint64_t gen) noexcept {
   if (prev == gen) return true;
   if (!g_hooks_generation.compare_exchange_strong(prev, gen)) return prev == gen;
   // The caller may be in the middle of handling a Python exception: keep it intact.
-  PyObject *type, *value, *traceback;
-  PyErr_Fetch(&type, &value, &traceback);
+  const error_scope keep;
   PyObject* fn = PyCFunction_New(&g_atexit_def, nullptr);
   PyObject* atexit = fn ? PyImport_ImportModule("atexit") : nullptr;
   PyObject* r = atexit ? PyObject_CallMethod(atexit, "register", "O", fn) : nullptr;
@@ -258,7 +255,6 @@ bool register_gate_hooks(std::uint64_t gen) noexcept {
     std::fputs("pyattach: Py_AtExit is full; a re-initialized interpreter will not be noticed\n",
                stderr);
   }
-  PyErr_Restore(type, value, traceback);
   return ok;
 }
 

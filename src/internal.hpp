@@ -14,6 +14,31 @@
 
 namespace pyattach::detail {
 
+// Keeps the calling thread's pending Python exception through a scope in which pyattach makes
+// C-API calls of its own on the caller's behalf (an import, an attribute lookup): those calls
+// neither see nor lose an exception the caller is handling, and whatever they leave set is
+// dropped when the scope restores the caller's (nanobind's error_scope does the same).
+// PRECONDITION: the GIL is held for the whole scope, on one thread.
+class error_scope {
+ public:
+#if PY_VERSION_HEX >= 0x030C0000
+  error_scope() noexcept : exc_(PyErr_GetRaisedException()) {}
+  ~error_scope() { PyErr_SetRaisedException(exc_); }  // clears what is set, then restores
+#else
+  error_scope() noexcept { PyErr_Fetch(&type_, &value_, &traceback_); }
+  ~error_scope() { PyErr_Restore(type_, value_, traceback_); }  // clears what is set first
+#endif
+  error_scope(const error_scope&) = delete;
+  error_scope& operator=(const error_scope&) = delete;
+
+ private:
+#if PY_VERSION_HEX >= 0x030C0000
+  PyObject* exc_;
+#else
+  PyObject *type_, *value_, *traceback_;
+#endif
+};
+
 // Every live slot, for the thread report and for naming the threads a closer waited for.
 // Protected by: mutex. A slot is added by its thread on creation and removed by its thread before
 // it is freed, so a slot found here under the mutex is alive while the mutex is held.

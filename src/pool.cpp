@@ -646,8 +646,7 @@ void pool_core::name_in_python(worker_rec& w) noexcept {
   w.named_generation = gen;
   // threading.current_thread() makes a _DummyThread for a foreign thread; its name is what
   // threading.enumerate(), tracebacks and py-spy show. PRECONDITION: attached (the caller's scope).
-  PyObject *type, *value, *tb;
-  PyErr_Fetch(&type, &value, &tb);
+  const error_scope keep;
   PyObject* threading = PyImport_ImportModule("threading");
   PyObject* current = threading ? PyObject_CallMethod(threading, "current_thread", nullptr) : nullptr;
   PyObject* name = current ? PyUnicode_FromString(w.name.c_str()) : nullptr;
@@ -672,7 +671,6 @@ void pool_core::name_in_python(worker_rec& w) noexcept {
   } else {
     PyErr_Clear();
   }
-  PyErr_Restore(type, value, tb);
   w.named_in_python.store(ok, std::memory_order_relaxed);
 }
 

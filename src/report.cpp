@@ -41,8 +41,7 @@ thread_attachment from_phase(detail::slot_phase p) {
 namespace detail {
 std::map<unsigned long, std::string> python_thread_names() {
   std::map<unsigned long, std::string> out;
-  PyObject *type, *value, *traceback;
-  PyErr_Fetch(&type, &value, &traceback);  // the caller's pending error survives the lookup
+  const error_scope keep;  // the caller's pending error survives the lookup
   PyObject* modules = PySys_GetObject("modules");  // borrowed
   PyObject* threading = modules ? PyDict_GetItemString(modules, "threading") : nullptr;
   PyObject* active = threading ? PyObject_GetAttrString(threading, "_active") : nullptr;
@@ -62,8 +61,6 @@ std::map<unsigned long, std::string> python_thread_names() {
   }
   Py_XDECREF(items);
   Py_XDECREF(active);
-  PyErr_Clear();
-  PyErr_Restore(type, value, traceback);
   return out;
 }
 }  // namespace detail

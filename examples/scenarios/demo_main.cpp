@@ -22,6 +22,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "demo.hpp"
 
 namespace demo {
@@ -599,55 +601,35 @@ void print_table(const std::vector<row>& rows) {
   }
 }
 
-std::string json_string(const std::string& s) {
-  std::string out = "\"";
-  for (const unsigned char c : s) {
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\t': out += "\\t"; break;
-      default:
-        if (c < 0x20) {
-          char buf[8];
-          std::snprintf(buf, sizeof buf, "\\u%04x", c);
-          out += buf;
-        } else {
-          out += static_cast<char>(c);
-        }
-    }
-  }
-  return out + "\"";
-}
-
+// --json: one object per row, written by nlohmann::json (Debian's nlohmann-json3-dev), keys in
+// insertion order.
 void print_json(const std::vector<row>& rows, const std::string& python) {
-  std::printf("[\n");
-  for (size_t i = 0; i < rows.size(); ++i) {
-    const row& r = rows[i];
+  nlohmann::ordered_json out = nlohmann::ordered_json::array();
+  for (const row& r : rows) {
     const child_result& c = r.child;
-    std::printf("  {\"scenario\": %d, \"variant\": %s, \"python\": %s,\n", r.scenario,
-                json_string(r.variant).c_str(), json_string(python).c_str());
-    std::printf("   \"expected\": %s,\n   \"observed\": %s,\n   \"verdict\": %s,\n",
-                json_string(r.expected).c_str(), json_string(r.observed).c_str(),
-                json_string(r.verdict).c_str());
-    std::printf("   \"exit\": %s, \"signal\": %s, \"timed_out\": %s, \"elapsed_ms\": %.1f,\n",
-                c.signal == 0 && !c.timed_out ? std::to_string(c.exit_code).c_str() : "null",
-                c.signal != 0 ? json_string(signal_name(c.signal)).c_str() : "null",
-                c.timed_out ? "true" : "false", c.elapsed_ms);
-    std::printf("   \"observations\": [");
-    for (size_t k = 0; k < r.obs.items.size(); ++k) {
-      std::printf("%s[%s, %s]", k ? ", " : "", json_string(r.obs.items[k].first).c_str(),
-                  json_string(r.obs.items[k].second).c_str());
-    }
-    std::printf("],\n   \"stderr_tail\": %s", json_string(tail(c.err, 600)).c_str());
+    nlohmann::ordered_json j;
+    j["scenario"] = r.scenario;
+    j["variant"] = r.variant;
+    j["python"] = python;
+    j["expected"] = r.expected;
+    j["observed"] = r.observed;
+    j["verdict"] = r.verdict;
+    j["exit"] = c.signal == 0 && !c.timed_out ? nlohmann::ordered_json(c.exit_code) : nullptr;
+    j["signal"] = c.signal != 0 ? nlohmann::ordered_json(signal_name(c.signal)) : nullptr;
+    j["timed_out"] = c.timed_out;
+    j["elapsed_ms"] = c.elapsed_ms;
+    j["observations"] = nlohmann::ordered_json::array();
+    for (const auto& [key, value] : r.obs.items) j["observations"].push_back({key, value});
+    j["stderr_tail"] = tail(c.err, 600);
     if (!r.trace.empty()) {
-      std::printf(",\n   \"trace\": %s, \"trace_check\": %s, \"timeline\": %s",
-                  json_string(r.trace).c_str(), json_string(r.trace_check).c_str(),
-                  r.timeline.empty() ? "null" : json_string(r.timeline).c_str());
+      j["trace"] = r.trace;
+      j["trace_check"] = r.trace_check;
+      j["timeline"] = r.timeline.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(r.timeline);
     }
-    std::printf("}%s\n", i + 1 < rows.size() ? "," : "");
+    out.push_back(std::move(j));
   }
-  std::printf("]\n");
+  // Invalid UTF-8 in a child's output is replaced, not thrown.
+  std::printf("%s\n", out.dump(2, ' ', false, nlohmann::ordered_json::error_handler_t::replace).c_str());
 }
 
 // The CPython this binary runs against (Py_GetVersion is safe before Py_Initialize).
