@@ -125,7 +125,7 @@ slot* this_thread_slot() noexcept;
 // threading's name of every thread in threading._active, by ident. PRECONDITION: GIL held.
 std::map<unsigned long, std::string> python_thread_names();
 
-// ---- observation (observe.cpp; pyattach/observe.hpp) ----
+// ---- observation (metrics.cpp, trace_recording.cpp; pyattach/observe.hpp) ----
 // Reads PYATTACH_METRICS and PYATTACH_TRACE, once per process (make_slot, bind_gate).
 void observe_init_once() noexcept;
 // What a new slot records (slot::observe). PRECONDITION: registry().mutex held, so that a

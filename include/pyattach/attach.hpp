@@ -66,7 +66,7 @@
 #include <type_traits>
 
 #include "pyattach/detail/compat.hpp"
-#include "pyattach/detail/slot.hpp"
+#include "pyattach/detail/observe_hooks.hpp"
 #include "pyattach/diagnostics.hpp"
 
 namespace pyattach {
@@ -153,7 +153,7 @@ class attach_scope {
                         kind_outer, kind_observed, kind_released = 0x80 };
 
   void attach_fast(const source_site& site) noexcept;
-  // The observed twins (src/observe.cpp): attach_outer and end_outer with detail::obs_hooks,
+  // The observed twins (src/metrics.cpp): attach_outer and end_outer with detail::obs_hooks,
   // out of line, so that the inline paths stay as small as they are without observation.
   bool attach_observed(detail::slot* s, std::uint64_t w, const source_site& site) noexcept;
   bool end_observed(detail::slot* s, const source_site* at) noexcept;
