@@ -71,7 +71,7 @@ void pool_core::worker_main(std::size_t index) {
   mark_done(w);
   tls_worker_of = nullptr;
   // Thread exit next: the core's clean-up destroys this worker's thread state on this thread
-  // (and, <= 3.12, its threading._active entry), through the gate (attach.cpp).
+  // (and, <= 3.12, its threading._active entry), through the gate (slot.cpp).
 }
 
 pool_task* pool_core::pop_locked(worker_rec& w) noexcept {
