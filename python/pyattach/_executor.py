@@ -118,7 +118,7 @@ class _Worker(threading._DummyThread):
 
 
 def _on_worker_start(threads, name):
-    # The native start hook calls this first on each new worker (python/src/core.cpp).
+    # The native start hook calls this first on each new worker (python/src/executor.cpp).
     threads.add(_Worker(name))
 
 
