@@ -306,6 +306,16 @@ inline std::string join(const std::vector<std::string>& v) {
   } while (0)
 
 
+// Holds one of pool's workers busy so that the tasks submitted next queue up: a C++ task that
+// sets `started` and waits for `release` (at most k_wait). Its future gives 1 if it was released
+// in time, 0 if not. The caller waits for `started` before it relies on the worker being taken.
+inline std::future<int> hold_a_worker(thread_pool& pool, latch& started, latch& release) {
+  return pool.submit([&started, &release] {
+    started.set();
+    return release.wait(k_wait) ? 1 : 0;
+  });
+}
+
 // What a task throws when a test needs an exception that is not a std::exception.
 struct custom_failure {
   int code;

@@ -17,10 +17,7 @@ CHILD_CASE(pool_queue_full_fail) {
   o.when_full = full_policy::fail;
   thread_pool pool(o);
   latch started, release;
-  auto blocker = pool.submit([&] {
-    started.set();
-    return release.wait(k_wait);
-  });
+  auto blocker = hold_a_worker(pool, started, release);
   CHILD_CHECK(started.wait(k_wait));
   std::vector<std::future<int>> fs;
   for (int i = 0; i < 3; ++i) fs.push_back(pool.submit([i] { return i; }));
@@ -67,10 +64,7 @@ CHILD_CASE(pool_queue_full_block) {
   o.when_full = full_policy::block;
   thread_pool pool(o);
   latch started, release;
-  auto blocker = pool.submit([&] {
-    started.set();
-    return release.wait(k_wait);
-  });
+  auto blocker = hold_a_worker(pool, started, release);
   CHILD_CHECK(started.wait(k_wait));
   std::vector<std::future<int>> fs;
   std::atomic<int> phase{0};
@@ -208,10 +202,7 @@ TEST(Pool, StatsCountWhatWasDone) {
   // A blocked worker: queued and started as they are.
   thread_pool one("counts1", 1);
   latch started, release;
-  auto blocker = one.submit([&] {
-    started.set();
-    return release.wait(k_wait);
-  });
+  auto blocker = hold_a_worker(one, started, release);
   ASSERT_TRUE(started.wait(k_wait));
   std::vector<std::future<int>> queued;
   for (int i = 0; i < 5; ++i) queued.push_back(one.submit([] { return 2; }));

@@ -242,10 +242,7 @@ TEST(Pool, StopReturnsBeforeTheRunningTaskFinishesAndALaterShutdownJoins) {
   o.on_stop = [&](const pyattach::worker_context&) { ++stops; };
   thread_pool pool(o);
   latch started, release;
-  auto blocker = pool.submit([&] {
-    started.set();
-    return release.wait(k_wait) ? 1 : 0;
-  });
+  auto blocker = hold_a_worker(pool, started, release);
   ASSERT_TRUE(started.wait(k_wait));
   std::vector<std::future<int>> queued;
   for (int i = 0; i < 3; ++i) queued.push_back(pool.submit([i] { return 10 + i; }));
@@ -285,10 +282,7 @@ TEST(Pool, StopCancelCompletesQueuedTasksWithCancelledAndLetsTheRunningOneFinish
   o.on_error = log.handler();
   thread_pool pool(o);
   latch started, release;
-  auto blocker = pool.submit([&] {
-    started.set();
-    return release.wait(k_wait) ? 1 : 0;
-  });
+  auto blocker = hold_a_worker(pool, started, release);
   ASSERT_TRUE(started.wait(k_wait));
   std::atomic<int> ran{0};
   std::vector<std::future<int>> fs;
@@ -327,10 +321,7 @@ TEST(Pool, DetachedPoolIsDestroyedWithoutJoiningAndItsWorkersFinishTheQueueOnThe
   python_on_each_worker(*pool, [] { return PyRun_SimpleString("_d = 1\n") == 0; });
   const std::uint64_t worker_tid = pool->stats().workers.at(0).os_tid;
   latch started, release;
-  auto blocker = pool->submit([&] {
-    started.set();
-    return release.wait(k_wait) ? 1 : 0;
-  });
+  auto blocker = hold_a_worker(*pool, started, release);
   ASSERT_TRUE(started.wait(k_wait));
   std::vector<std::future<int>> queued;
   for (int i = 0; i < 4; ++i) {
@@ -504,10 +495,7 @@ TEST(Pool, OnDemandThrowingStartHookBreaksThePoolLikeShutdownCancel) {
   std::optional<thread_pool> pool;
   ASSERT_NO_THROW(pool.emplace(o)) << "an on-demand pool runs no hook in its constructor";
   latch started, release;
-  auto blocker = pool->submit([&] {
-    started.set();
-    return release.wait(k_wait) ? 1 : 0;
-  });
+  auto blocker = hold_a_worker(*pool, started, release);
   ASSERT_TRUE(started.wait(k_wait));
   // Worker 0 is busy: this task starts worker 1, whose hook throws: the task never runs.
   std::atomic<int> ran{0};

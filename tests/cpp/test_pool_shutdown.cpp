@@ -43,10 +43,7 @@ TEST(Pool, ShutdownDrainRunsEveryQueuedTask) {
   o.on_error = log.handler();
   thread_pool pool(o);
   latch started, release;
-  auto blocker = pool.submit([&] {
-    started.set();
-    return release.wait(k_wait) ? 1 : 0;
-  });
+  auto blocker = hold_a_worker(pool, started, release);
   ASSERT_TRUE(started.wait(k_wait));
   std::atomic<int> ran{0};
   std::vector<std::future<int>> fs;
@@ -96,10 +93,7 @@ TEST(Pool, ShutdownCancelCompletesQueuedTasksWithCancelledAndReportsCancelledPos
   o.on_error = log.handler();
   thread_pool pool(o);
   latch started, release;
-  auto blocker = pool.submit([&] {
-    started.set();
-    return release.wait(k_wait) ? 1 : 0;
-  });
+  auto blocker = hold_a_worker(pool, started, release);
   ASSERT_TRUE(started.wait(k_wait));
   std::atomic<int> ran{0};
   std::vector<std::future<int>> fs;
@@ -249,10 +243,7 @@ TEST(Pool, ConcurrentShutdownsBothWaitForTheFirst) {
   };
   thread_pool pool(o);
   latch started, release;
-  auto blocker = pool.submit([&] {
-    started.set();
-    return release.wait(k_wait);
-  });
+  auto blocker = hold_a_worker(pool, started, release);
   ASSERT_TRUE(started.wait(k_wait));
   std::atomic<int> stops_seen_by_second{-1};
   std::thread first([&] { pool.shutdown(); });
