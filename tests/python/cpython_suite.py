@@ -248,6 +248,10 @@ def _list():
 
 
 if __name__ == "__main__":
+    # The suite first on sys.path, whether or not the venv has the swap's .pth yet (the .pth is
+    # what reaches the tests' own `python -I` subprocesses).
+    if os.environ.get(PATH_ENV) and os.environ[PATH_ENV] not in sys.path:
+        sys.path.insert(0, os.environ[PATH_ENV])
     if sys.argv[1:] == ["--list"]:
         _list()
     else:

@@ -26,7 +26,7 @@ CLASSES = cpython_suite.thread_pool_classes(SUITE) if SUITE else []
 
 @pytest.fixture(scope="module")
 def out_dir():
-    cpython_suite.install_swap()
+    cpython_suite.install_swap()  # before any class runs: its subprocesses need it
     with tempfile.TemporaryDirectory(prefix="pyattach-cpython-suite-") as d:
         yield d
 
