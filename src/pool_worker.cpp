@@ -3,6 +3,8 @@
 // pseudo-code are in include/pyattach/pool.hpp; the queue and shutdown are in pool.cpp.
 #include <pthread.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <mutex>
 #include <thread>
