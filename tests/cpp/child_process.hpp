@@ -9,7 +9,12 @@
 // Completeness: every child case must be used by a test. A test names the cases it runs with
 // USES_CHILD_CASE(name) at namespace scope, which defines `uses_<name>`: the only handle that
 // run_child() accepts. ChildHarness.EveryChildCaseIsUsed compares the two registries.
+//
+// The convention: a case prints "done" as its last act (return child_done()), and the parent
+// checks it with EXPECT_CHILD_CLEAN; a test that does only that is one CHILD_TEST line.
 #pragma once
+
+#include <gtest/gtest.h>
 
 #include <chrono>
 #include <cstdio>
@@ -55,6 +60,13 @@ struct child_result {
 
 child_result run_child(const child_case_use& use, const child_options& options = {});
 
+// Options that only pass arguments to the case, for CHILD_TEST's last argument.
+inline child_options child_args(std::vector<std::string> args) {
+  child_options o;
+  o.args = std::move(args);
+  return o;
+}
+
 // Child side: if argv names a child case, runs it and returns true with its exit code in *rc.
 bool dispatch_child_case(int argc, char** argv, int* rc);
 
@@ -62,6 +74,12 @@ bool dispatch_child_case(int argc, char** argv, int* rc);
 // returns child_exit_code() so that the parent sees a non-zero exit.
 int& child_failures();
 inline int child_exit_code() { return child_failures() == 0 ? 0 : 1; }
+// The end of a case that ran to completion: prints the "done" line the parent looks for.
+inline int child_done() {
+  std::printf("done\n");
+  std::fflush(stdout);
+  return child_exit_code();
+}
 
 // How many times `needle` occurs in `haystack`.
 std::size_t count_occurrences(const std::string& haystack, const std::string& needle);
@@ -89,3 +107,21 @@ std::size_t count_occurrences(const std::string& haystack, const std::string& ne
 // Prints a marker line the parent parses: "SITE <tag>=<file>:<line>".
 #define CHILD_SITE(tag, line) \
   (std::printf("SITE %s=%s:%d\n", tag, __FILE__, line), std::fflush(stdout))
+
+// In the parent: the child exited with status 0, printed no CHILD-FAIL line and reached its end
+// (the "done" line of child_done()).
+#define EXPECT_CHILD_CLEAN(result)                                                          \
+  do {                                                                                      \
+    const ::testutil::child_result& child_result_ = (result);                               \
+    EXPECT_TRUE(child_result_.exited_cleanly()) << child_result_.describe();                \
+    EXPECT_EQ(child_result_.out.find("CHILD-FAIL"), std::string::npos)                      \
+        << child_result_.describe();                                                        \
+    EXPECT_NE(child_result_.out.find("done\n"), std::string::npos) << child_result_.describe(); \
+  } while (0)
+
+// A test that runs one child case (declared with USES_CHILD_CASE) and expects it clean; the
+// optional last argument is a child_options expression (arguments, environment, deadline).
+#define CHILD_TEST(suite, test_name, case_name, ...)                                   \
+  TEST(suite, test_name) {                                                             \
+    EXPECT_CHILD_CLEAN(::testutil::run_child(uses_##case_name, ##__VA_ARGS__));        \
+  }

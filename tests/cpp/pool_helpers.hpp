@@ -298,12 +298,6 @@ inline std::string join(const std::vector<std::string>& v) {
   return s;
 }
 
-#define EXPECT_CHILD_CLEAN(r)                                                   \
-  do {                                                                          \
-    EXPECT_TRUE((r).exited_cleanly()) << (r).describe();                        \
-    EXPECT_EQ((r).out.find("CHILD-FAIL"), std::string::npos) << (r).describe(); \
-    EXPECT_NE((r).out.find("done\n"), std::string::npos) << (r).describe();     \
-  } while (0)
 
 
 // Holds one of pool's workers busy so that the tasks submitted next queue up: a C++ task that

@@ -498,12 +498,6 @@ USES_CHILD_CASE(interpreter_two_cycles);
 USES_CHILD_CASE(raw_gilstate_two_cycles);
 USES_CHILD_CASE(interpreter_refused_when_python_initialized_elsewhere);
 
-#define EXPECT_CHILD_CLEAN(r)                                                  \
-  do {                                                                         \
-    EXPECT_TRUE((r).exited_cleanly()) << (r).describe();                       \
-    EXPECT_EQ((r).out.find("CHILD-FAIL"), std::string::npos) << (r).describe(); \
-    EXPECT_NE((r).out.find("done\n"), std::string::npos) << (r).describe();     \
-  } while (0)
 
 TEST(Lifecycle, NotInitialized) {
   const auto r = run_child(uses_status_not_initialized);
