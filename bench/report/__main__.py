@@ -8,7 +8,7 @@ import os
 
 from .callgrind import load_counted
 from .chart import chart
-from .common import machine, read_text, tool_version
+from .common import machine, per_leg_targets, read_text, tool_version
 from .load import load_pool, load_wall
 from .pools import pools_section
 from .render import fast_path_section, leg_report, observability_section, where_it_goes
@@ -70,23 +70,8 @@ def main():
     out.append("")
 
     # Summary of targets across interpreters.
-    bodies, verdict_rows = [], []
-    for leg in legs:
-        body, verdicts = leg_report(leg)
-        bodies.append(body)
-        verdict_rows.append((leg, verdicts))
-    out.append("## Targets, per interpreter")
-    out.append("")
-    names = [v[0] for v in verdict_rows[0][1]] if verdict_rows and verdict_rows[0][1] else []
-    out.append("| target | " + " | ".join(leg["name"] for leg, _ in verdict_rows) + " |")
-    out.append("|---|" + "---|" * len(verdict_rows))
-    for name in names:
-        cells = []
-        for _, verdicts in verdict_rows:
-            v = next((x for x in verdicts if x[0] == name), None)
-            cells.append("—" if v is None else f"{'met' if v[1] else 'MISSED'}: {v[2]}")
-        out.append(f"| {name} | " + " | ".join(cells) + " |")
-    out.append("")
+    targets, bodies = per_leg_targets("## Targets, per interpreter", legs, leg_report)
+    out += targets
     out.append("## Per interpreter")
     out.append("")
     for body in bodies:

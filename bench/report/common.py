@@ -1,6 +1,7 @@
 """What the report's parts share: the alternatives and workloads it knows, small helpers,
 and the formatting of figures and verdicts."""
 
+import json
 import os
 import subprocess
 
@@ -88,6 +89,15 @@ POOL_LATENCY = [
 ]
 
 
+def read_json(path):
+    """The parsed JSON file, or None if it is missing or not JSON."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
 def read_text(path, default=""):
     try:
         with open(path, encoding="utf-8") as f:
@@ -104,14 +114,16 @@ def median(xs):
     return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
 
 
-def ns(x):
+def tiered(x, tiers):
+    """x formatted by the first (lower bound, format) of tiers that it reaches; "—" for None."""
     if x is None:
         return "—"
-    if x >= 100:
-        return f"{x:,.0f}"
-    if x >= 10:
-        return f"{x:.1f}"
-    return f"{x:.2f}"
+    return next(fmt(x) for bound, fmt in tiers if x >= bound)
+
+
+def ns(x):
+    return tiered(x, [(100, "{:,.0f}".format), (10, "{:.1f}".format),
+                      (float("-inf"), "{:.2f}".format)])
 
 
 def ratio(a, b):
@@ -123,6 +135,47 @@ def ratio(a, b):
 
 def met(ok):
     return "**met**" if ok else "**missed**"
+
+
+def table_head(*columns):
+    """A Markdown table's two head lines; a column named ">name" is right-aligned."""
+    return ["| " + " | ".join(c.lstrip(">") for c in columns) + " |",
+            "|" + "".join("---:|" if c.startswith(">") else "---|" for c in columns)]
+
+
+def per_leg_targets(title, legs, report):
+    """Runs report(leg) -> (body, verdicts) on every leg. Returns the lines of the targets across
+    legs under the heading `title`, and the legs' bodies."""
+    bodies, verdict_rows = [], []
+    for leg in legs:
+        body, verdicts = report(leg)
+        bodies.append(body)
+        verdict_rows.append((leg, verdicts))
+    return [title, ""] + targets_table(verdict_rows), bodies
+
+
+def verdict_table(title, verdicts):
+    """One leg's targets, [(name, ok, figures)], as a Markdown table under `title`."""
+    lines = [title, "", "| target | verdict | figures |", "|---|---|---|"]
+    lines += [f"| {name} | {met(ok)} | {figures} |" for name, ok, figures in verdicts]
+    return lines + [""]
+
+
+def targets_table(verdict_rows):
+    """The targets across interpreters, [(leg, verdicts)], as a Markdown table: one row a target
+    (in the order they first appear), one column a leg."""
+    names = []
+    for _, verdicts in verdict_rows:
+        names += [v[0] for v in verdicts if v[0] not in names]
+    lines = ["| target | " + " | ".join(leg["name"] for leg, _ in verdict_rows) + " |",
+             "|---|" + "---|" * len(verdict_rows)]
+    for name in names:
+        cells = []
+        for _, verdicts in verdict_rows:
+            v = next((x for x in verdicts if x[0] == name), None)
+            cells.append("—" if v is None else f"{'met' if v[1] else 'MISSED'}: {v[2]}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def machine():

@@ -1,19 +1,16 @@
 """Reading Google Benchmark's JSON: the wall-time results (wall.json) and the pools' (pool.json)."""
 
-import json
 import os
 import re
 
 from .callgrind import load_pool_counted
-from .common import CONTEND_COUNTERS, median
+from .common import CONTEND_COUNTERS, median, read_json
 
 
 def load_wall(path):
     """{(kind, alt, workload): {"median","min","max","states","kept","error","reps"}}"""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError):
+    data = read_json(path)
+    if data is None:
         return {}, {}
     out = {}
     for b in data.get("benchmarks", []):
@@ -53,10 +50,8 @@ def load_pool(path):
     """{(group, alt): {...}}: throughput rows ("noop", "python") with rates = items_per_second per
     repetition and median/min/max of them; latency rows with the percentiles; "error" if a run
     failed. And the run's context. ({}, {}) if there is no file."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError):
+    data = read_json(path)
+    if data is None:
         return {}, {}
     out = {}
     families = [b.get("family_index", 0) for b in data.get("benchmarks", [])

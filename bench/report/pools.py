@@ -1,17 +1,24 @@
 """The Pools section: pyattach_pool_bench's throughput, latency, GIL waits and instructions
 per Python task, against the hand-written asio pools."""
 
-from .common import POOL_LATENCY, POOL_NOOP, POOL_PYTHON, met, ratio
+from .common import POOL_LATENCY, POOL_NOOP, POOL_PYTHON, per_leg_targets, ratio, table_head, tiered, verdict_table
 
 
 def rate(x):
-    if x is None:
-        return "—"
-    if x >= 1e6:
-        return f"{x / 1e6:.2f} M"
-    if x >= 1e3:
-        return f"{x / 1e3:.1f} k"
-    return f"{x:.0f}"
+    return tiered(x, [(1e6, lambda v: f"{v / 1e6:.2f} M"), (1e3, lambda v: f"{v / 1e3:.1f} k"),
+                      (float("-inf"), "{:.0f}".format)])
+
+
+# The Python-task rows' descriptions, by alternative.
+POOL_TEXT = {alt: text for alt, text, _ in POOL_PYTHON}
+
+
+def table_row(lead, e, cells):
+    """A Markdown row: the lead cells, then `cells`, or, if the run `e` failed, its error and as
+    many empty cells."""
+    if e.get("error"):
+        return "| " + " | ".join(lead + [f"error: {e['error']}"]) + " |" + " |" * (len(cells) - 1)
+    return "| " + " | ".join(lead + cells) + " |"
 
 
 def us(x):
@@ -100,16 +107,13 @@ def pool_report(leg):
                  f"{ctx.get('workers', '?')} workers), tasks per second: median (min–max) over "
                  f"{reps} repetitions; × asio = median ÷ asio's median in this run:")
     lines.append("")
-    lines.append("| pool | tasks/s | × asio | thread states: pool + warm-up / measured run |")
-    lines.append("|---|---:|---:|---|")
+    lines += table_head("pool", ">tasks/s", ">× asio", "thread states: pool + warm-up / measured run")
     for alt, text in POOL_NOOP:
         e = pool.get(("noop", alt), {})
-        if e.get("error"):
-            lines.append(f"| {text} | error: {e['error']} | | |")
-            continue
-        lines.append(f"| {text} | {rate(e.get('median'))} ({rate(e.get('min'))}–{rate(e.get('max'))})"
-                     f" | {ratio(e.get('median'), asio)} | {states_text(e.get('states_warmup', []))}"
-                     f" / {states_text(e.get('states_measured', []))} |")
+        lines.append(table_row([text], e, [
+            f"{rate(e.get('median'))} ({rate(e.get('min'))}–{rate(e.get('max'))})",
+            ratio(e.get('median'), asio),
+            f"{states_text(e.get('states_warmup', []))} / {states_text(e.get('states_measured', []))}"]))
     lines.append("")
 
     floor = pool.get(("python", "asio_floor"), {}).get("median")
@@ -124,17 +128,14 @@ def pool_report(leg):
     lines.append("|---|---:|---:|---:|---:|---|")
     for alt, text, own in POOL_PYTHON:
         e = pool.get(("python", alt), {})
-        if e.get("error"):
-            lines.append(f"| {text} | error: {e['error']} | | | | |")
-            continue
         m = e.get("median")
         measured = [v for v in e.get("states_measured", []) if v is not None]
         per_task = (f" ({max(measured) / e['tasks']:g} per task)"
                     if measured and e.get("tasks") else "")
-        lines.append(f"| {text} | {rate(m)} ({rate(e.get('min'))}–{rate(e.get('max'))}) | "
-                     f"{ratio(m, asio)} | {ratio(m, floor)} | {ratio(m, noop_median(own))} | "
-                     f"{states_text(e.get('states_warmup', []))} / "
-                     f"{states_text(measured)}{per_task} |")
+        lines.append(table_row([text], e, [
+            f"{rate(m)} ({rate(e.get('min'))}–{rate(e.get('max'))})",
+            ratio(m, asio), ratio(m, floor), ratio(m, noop_median(own)),
+            f"{states_text(e.get('states_warmup', []))} / {states_text(measured)}{per_task}"]))
     lines.append("")
 
     probes = next((int(e["probes"]) for k, e in pool.items()
@@ -145,17 +146,13 @@ def pool_report(leg):
                  "× asio = ÷ asio's figure for the same kind of task (C++: `post`; Python: "
                  "+ persistent state):")
     lines.append("")
-    lines.append("| pool, task | median | p90 | p99 | max | × asio (median) | × asio (p90) |")
-    lines.append("|---|---:|---:|---:|---:|---:|---:|")
+    lines += table_head("pool, task", ">median", ">p90", ">p99", ">max", ">× asio (median)", ">× asio (p90)")
     for alt, text, base in POOL_LATENCY:
         e = pool.get(("latency", alt), {})
         b = pool.get(("latency", base), {})
-        if e.get("error"):
-            lines.append(f"| {text} | error: {e['error']} | | | | | |")
-            continue
-        lines.append(f"| {text} | {us(e.get('median'))} | {us(e.get('p90'))} | {us(e.get('p99'))} | "
-                     f"{us(e.get('max'))} | {ratio(e.get('median'), b.get('median'))} | "
-                     f"{ratio(e.get('p90'), b.get('p90'))} |")
+        lines.append(table_row([text], e, [
+            us(e.get('median')), us(e.get('p90')), us(e.get('p99')), us(e.get('max')),
+            ratio(e.get('median'), b.get('median')), ratio(e.get('p90'), b.get('p90'))]))
     lines.append("")
 
     counted = [(alt, pool[("counted", alt)]) for alt in
@@ -170,12 +167,10 @@ def pool_report(leg):
                      "submits and wait, the workers' attaches, calls and bookkeeping; "
                      "× asio + state = ÷ that row):")
         lines.append("")
-        lines.append("| pool | instructions per task | × asio + state | status |")
-        lines.append("|---|---:|---:|---|")
-        texts = {alt: text for alt, text, _ in POOL_PYTHON}
+        lines += table_head("pool", ">instructions per task", ">× asio + state", "status")
         for alt, e in counted:
             per = e.get("ir_per_task")
-            lines.append(f"| {texts.get(alt, alt)} | {'—' if per is None else f'{per:,.0f}'} | "
+            lines.append(f"| {POOL_TEXT.get(alt, alt)} | {'—' if per is None else f'{per:,.0f}'} | "
                          f"{ratio(per, base)} | {e.get('status')} |")
         lines.append("")
     gil = [(g, alt) for g in ("gilwait", "gilwait_capi")
@@ -190,29 +185,19 @@ def pool_report(leg):
                      f"queued), ms; sys.getswitchinterval() = {iv / 1e6:g} ms. C-API-only tasks run "
                      "no bytecode, so CPython's drop request is never honoured inside them:")
         lines.append("")
-        lines.append("| tasks | pool | median | p90 | p99 | max | tasks run meanwhile |")
-        lines.append("|---|---|---:|---:|---:|---:|---:|")
-        texts = {alt: text for alt, text, _ in POOL_PYTHON}
+        lines += table_head("tasks", "pool", ">median", ">p90", ">p99", ">max", ">tasks run meanwhile")
         for g, alt in gil:
             e = pool[(g, alt)]
             what = "trivial Python call" if g == "gilwait" else "C API only"
-            if e.get("error"):
-                lines.append(f"| {what} | {texts.get(alt, alt)} | error: {e['error']} | | | | |")
-                continue
             ms = lambda x: "—" if x is None else f"{x / 1e6:.3f}"
-            lines.append(f"| {what} | {texts.get(alt, alt)} | {ms(e.get('median'))} | "
-                         f"{ms(e.get('p90'))} | {ms(e.get('p99'))} | {ms(e.get('max'))} | "
-                         f"{int(e.get('tasks') or 0):,} |")
+            lines.append(table_row([what, POOL_TEXT.get(alt, alt)], e, [
+                ms(e.get('median')), ms(e.get('p90')), ms(e.get('p99')), ms(e.get('max')),
+                f"{int(e.get('tasks') or 0):,}"]))
         lines.append("")
 
     verdicts = pool_verdicts(pool) + pool_part2_verdicts(pool)
-    lines.append("Targets (wall medians and instruction counts of this run, never asserted):")
-    lines.append("")
-    lines.append("| target | verdict | figures |")
-    lines.append("|---|---|---|")
-    for name, ok, figures in verdicts:
-        lines.append(f"| {name} | {met(ok)} | {figures} |")
-    lines.append("")
+    lines += verdict_table("Targets (wall medians and instruction counts of this run, never asserted):",
+                           verdicts)
     return lines, verdicts
 
 
@@ -248,25 +233,8 @@ def pools_section(legs):
     out.append("- 2 cores shared with other work: three busy threads (submitter + 2 workers) "
                "on 2 cores, so these wall figures are noisy; read ratios within one table.")
     out.append("")
-    bodies, verdict_rows = [], []
-    for leg in legs:
-        body, verdicts = pool_report(leg)
-        bodies.append(body)
-        verdict_rows.append((leg, verdicts))
-    out.append("### Pool targets, per interpreter")
-    out.append("")
-    names = []
-    for _, verdicts in verdict_rows:
-        names += [v[0] for v in verdicts if v[0] not in names]
-    out.append("| target | " + " | ".join(leg["name"] for leg, _ in verdict_rows) + " |")
-    out.append("|---|" + "---|" * len(verdict_rows))
-    for name in names:
-        cells = []
-        for _, verdicts in verdict_rows:
-            v = next((x for x in verdicts if x[0] == name), None)
-            cells.append("—" if v is None else f"{'met' if v[1] else 'MISSED'}: {v[2]}")
-        out.append(f"| {name} | " + " | ".join(cells) + " |")
-    out.append("")
+    targets, bodies = per_leg_targets("### Pool targets, per interpreter", legs, pool_report)
+    out += targets
     out += [
         "Notes on the pool targets (found while building batching, Debian 3.11; the "
         "figures above are this run's):",

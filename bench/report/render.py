@@ -4,7 +4,7 @@ observability sections, and the source annotation."""
 import sys
 
 from .callgrind import COLUMNS, annotated_lines, attribution, breakdown
-from .common import ALTERNATIVES, ANNOTATED, CONTEND, COUNTED_WORKLOADS, FAST_PATH, HANDOFF, WORKLOADS, met, ns, ratio
+from .common import ALTERNATIVES, ANNOTATED, CONTEND, COUNTED_WORKLOADS, FAST_PATH, HANDOFF, WORKLOADS, met, ns, ratio, verdict_table
 
 
 def leg_report(leg):
@@ -164,13 +164,7 @@ def leg_report(leg):
         verdicts.append(("zero thread states created per iteration after warm-up",
                          all(s == 0 for s in states),
                          f"{len(states)} pyattach runs, max {max(states):g} per iteration"))
-    lines.append("Targets:")
-    lines.append("")
-    lines.append("| target | verdict | figures |")
-    lines.append("|---|---|---|")
-    for name, ok, figures in verdicts:
-        lines.append(f"| {name} | {met(ok)} | {figures} |")
-    lines.append("")
+    lines += verdict_table("Targets:", verdicts)
     return lines, verdicts
 
 
