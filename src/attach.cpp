@@ -176,7 +176,7 @@ bool scope_access::attach_through_gate(attach_scope& sc, slot* s, std::uint64_t 
   guard.close();  // entry only: a thread that stays inside never delays shutdown
   refresh_fast_word(s);
   s->phase.store(slot_phase::attached, std::memory_order_relaxed);
-  s->scopes.store(s->scopes.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  add_owned(s->scopes, 1);
   push(sc, s, attach_scope::kind_restored, site);
   return true;
 }

@@ -1,6 +1,7 @@
 // src/internal.hpp — what the compiled core's files share. Not installed.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <map>
@@ -13,6 +14,13 @@
 #include "pyattach/interpreter.hpp"
 
 namespace pyattach::detail {
+
+// Adds n to a counter that one thread writes and others only read: a relaxed load and store
+// rather than fetch_add, which needs no locked instruction and loses nothing with one writer.
+template <class T>
+inline void add_owned(std::atomic<T>& counter, typename std::atomic<T>::value_type n) noexcept {
+  counter.store(counter.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+}
 
 // Keeps the calling thread's pending Python exception through a scope in which pyattach makes
 // C-API calls of its own on the caller's behalf (an import, an attribute lookup): those calls

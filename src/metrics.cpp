@@ -255,22 +255,18 @@ metrics_snapshot metrics() {
   {
     std::lock_guard<std::mutex> lock(registry().mutex);
     const std::uint64_t epoch = g_obs_epoch.load(std::memory_order_relaxed);
-    for (slot* x : registry().slots) {
-      observer* o = x->obs.load(std::memory_order_acquire);
-      if (o == nullptr) continue;
-      thread_metrics t;
+    for_each_observer([&](slot* x, observer* o) {
+      thread_metrics& t = snap.threads.emplace_back();
       t.os_tid = x->os_tid;
       t.ident = x->py_ident;
       t.pool = o->pool;  // a worker names its pool before its first attach (obs_worker_start)
       // A thread that has not noticed a reset yet: its counters are from before it.
-      if (o->epoch == epoch) {
-        t.wait = read(o->wait, per_tick);
-        t.attaches = t.wait.count - std::min(t.wait.count, o->retakes.load(std::memory_order_relaxed));
-        t.attached = read(o->attached, per_tick);
-        t.detached = read(o->detached, per_tick);
-      }
-      snap.threads.push_back(std::move(t));
-    }
+      if (o->epoch != epoch) return;
+      t.wait = read(o->wait, per_tick);
+      t.attaches = t.wait.count - std::min(t.wait.count, o->retakes.load(std::memory_order_relaxed));
+      t.attached = read(o->attached, per_tick);
+      t.detached = read(o->detached, per_tick);
+    });
     for (const auto& [pool, r] : retired()) {
       thread_metrics t;
       t.alive = false;

@@ -110,6 +110,16 @@ extern std::mutex g_instants_mutex;
 extern std::vector<instant_event> g_instants;
 extern std::uint64_t g_instants_dropped;
 
+// Calls f(slot, its observer) for every registered thread that has one. PRECONDITION:
+// registry().mutex held: a thread frees its observer at exit under it (obs_thread_exit).
+template <class F>
+void for_each_observer(F f) {
+  for (slot* x : registry().slots) {
+    observer* o = x->obs.load(std::memory_order_acquire);
+    if (o != nullptr) f(x, o);
+  }
+}
+
 // The calling thread's observer: the slot's, or one made now if the slot observes anything.
 inline observer* observer_of(slot* s) noexcept {
   observer* o = s->obs.load(std::memory_order_relaxed);
@@ -126,7 +136,7 @@ inline void record(trace_buffer* b, ev kind, std::uint64_t tick, std::uint64_t a
                    std::uint32_t aux = 0) noexcept {
   const std::uint32_t n = b->count.load(std::memory_order_relaxed);
   if (PYATTACH_UNLIKELY(n >= b->capacity)) {
-    b->dropped.store(b->dropped.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    add_owned(b->dropped, 1);
     return;
   }
   b->events[n] = trace_event{tick, arg, aux, kind};
@@ -142,7 +152,7 @@ inline void record_begin(trace_buffer* b, ev kind, std::uint8_t& open, std::uint
   const std::uint32_t pending =
       b->open_attached + b->open_detached + b->open_waiting + b->open_task + 1u;
   if (n + pending + 1 > b->capacity) {
-    b->dropped.store(b->dropped.load(std::memory_order_relaxed) + 2, std::memory_order_relaxed);
+    add_owned(b->dropped, 2);
     return;
   }
   record(b, kind, tick, arg, aux);

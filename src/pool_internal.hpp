@@ -73,10 +73,17 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
 
  private:
   void worker_main(std::size_t index);
+  // Runs one task on worker w (never attaching) and counts it: completed or failed, and no
+  // longer busy. Returns its failure; the caller makes its future ready (complete()).
+  std::exception_ptr run_counted(worker_rec& w, pool_task& task);
   void run_task(worker_rec& w, std::size_t index, std::unique_ptr<pool_task> task);
   // A Python task, and the Python tasks queued right behind it, under one attach (a batch).
   // Returns with the last task it ran still counted in `running`, as run_task does.
   void run_python(worker_rec& w, std::size_t index, std::unique_ptr<pool_task> task);
+  // A Python task the gate refused (status): fails it with pool_error and counts it. Returns the
+  // failure to report to on_error, or null if the task's future carries it.
+  std::exception_ptr refuse_python(worker_rec& w, std::unique_ptr<pool_task> task,
+                                   attach_status status);
   // Under m: pops the queue's head and counts it as running on this worker.
   pool_task* pop_locked(worker_rec& w) noexcept;
   std::exception_ptr run_hook(const std::function<void(const worker_context&)>& hook, bool python,

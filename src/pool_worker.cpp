@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include "pool_internal.hpp"
@@ -84,28 +85,32 @@ pool_task* pool_core::pop_locked(worker_rec& w) noexcept {
   ++running;
   if (opts.spawn_on_demand) busy.fetch_add(1, std::memory_order_relaxed);
   if (blocked_submitters > 0) space_cv.notify_one();
-  w.tasks.store(w.tasks.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  add_owned(w.tasks, 1);
   return t;
+}
+
+std::exception_ptr pool_core::run_counted(worker_rec& w, pool_task& task) {
+  w.current = &task;  // its own scopes, or the gate, may park this worker: worker_parked() fails it
+  const bool traced = tracing_anywhere();
+  const std::uint64_t number = w.tasks.load(std::memory_order_relaxed);
+  if (traced) obs_task(true, number);
+  std::exception_ptr failure = task.run();
+  if (traced) obs_task(false, number);
+  w.current = nullptr;
+  // The counters are updated before the future is made ready (the caller's complete()), so that
+  // whoever saw every future ready also sees them in stats(), and, on demand, sees this worker
+  // not busy.
+  if (opts.spawn_on_demand) busy.fetch_sub(1, std::memory_order_relaxed);
+  add_owned(failure ? w.failed : w.completed, 1);
+  return failure;
 }
 
 void pool_core::run_task(worker_rec& w, std::size_t index, std::unique_ptr<pool_task> task) {
   // A C++ task: never attached.
   const bool has_future = task->has_future();
   const auto t0 = steady::now();
-  w.current = task.get();  // its own scopes may park this worker too
-  const bool traced = tracing_anywhere();
-  const std::uint64_t number = w.tasks.load(std::memory_order_relaxed);
-  if (traced) obs_task(true, number);
-  const std::exception_ptr failure = task->run();
-  if (traced) obs_task(false, number);
-  w.current = nullptr;
-  // The counters are updated before the future is made ready (complete()), so that whoever saw
-  // every future ready also sees them in stats(), and, on demand, sees this worker not busy.
-  if (opts.spawn_on_demand) busy.fetch_sub(1, std::memory_order_relaxed);
-  w.busy_ns.store(w.busy_ns.load(std::memory_order_relaxed) + (steady::now() - t0).count(),
-                  std::memory_order_relaxed);
-  std::atomic<std::uint64_t>& c = failure ? w.failed : w.completed;
-  c.store(c.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  const std::exception_ptr failure = run_counted(w, *task);
+  add_owned(w.busy_ns, (steady::now() - t0).count());
   task->complete();
   task.reset();
   if (failure && !has_future) report_failure(index, "task", failure);
@@ -146,8 +151,42 @@ void pool_core::run_task(worker_rec& w, std::size_t index, std::unique_ptr<pool_
 // checkpoint's, if it ended there, or one). measure_python_time adds one before attaching.
 // w.busy_ns counts the batch from attached to its end; attach_wait_ns and attached_ns are summed
 // per batch.
+std::exception_ptr pool_core::refuse_python(worker_rec& w, std::unique_ptr<pool_task> task,
+                                             attach_status status) {
+  std::exception_ptr why = std::make_exception_ptr(pool_error(
+      status == attach_status::not_bound ? pool_errc::not_bound : pool_errc::finalizing,
+      "pyattach::thread_pool '" + opts.name + "': the task was not run: "
+          "attaching to Python was refused (" + to_string(status) + ")"));
+  if (opts.spawn_on_demand) busy.fetch_sub(1, std::memory_order_relaxed);
+  add_owned(w.refused, 1);
+  task->abandon(why);
+  return task->has_future() ? nullptr : why;
+}
+
+// The batch's time bound (above), with the clock read at checkpoints only.
+struct batch_bound {
+  static constexpr std::size_t kMaxStep = 32;
+  steady::time_point start;  // attached
+  std::int64_t limit;        // ns: half the switch interval
+  std::size_t next_check = 1;
+
+  // After the batch's `ran`-th task: false once the bound is reached. Sets *now if it read the
+  // clock (at a checkpoint).
+  bool allows_more(std::size_t ran, std::optional<steady::time_point>* now) {
+    if (ran != next_check) return true;
+    *now = steady::now();
+    const std::int64_t elapsed = (**now - start).count();
+    if (elapsed >= limit) return false;
+    // The next checkpoint: at the average so far, at most half the time left away.
+    const std::int64_t avg = elapsed / static_cast<std::int64_t>(ran) + 1;
+    const std::int64_t step = (limit - elapsed) / (2 * avg);
+    next_check = ran + static_cast<std::size_t>(
+                           std::clamp<std::int64_t>(step, 1, static_cast<std::int64_t>(kMaxStep)));
+    return true;
+  }
+};
+
 void pool_core::run_python(worker_rec& w, std::size_t index, std::unique_ptr<pool_task> task) {
-  constexpr std::size_t kMaxStep = 32;
   const bool measure = opts.measure_python_time;
   std::exception_ptr to_report;  // a posted task's failure: reported once detached
   bool timed_out = false;
@@ -159,53 +198,21 @@ void pool_core::run_python(worker_rec& w, std::size_t index, std::unique_ptr<poo
       // The gate refused: the interpreter is finalizing or gone (or pyattach was never bound to
       // it). Never run Python without a state. Only this task: the worker loop takes the next
       // one, which tries (and is refused) on its own.
-      to_report = std::make_exception_ptr(pool_error(
-          py.status() == attach_status::not_bound ? pool_errc::not_bound : pool_errc::finalizing,
-          "pyattach::thread_pool '" + opts.name + "': the task was not run: "
-                                 "attaching to Python was refused (" + to_string(py.status()) + ")"));
-      if (opts.spawn_on_demand) busy.fetch_sub(1, std::memory_order_relaxed);
-      w.refused.store(w.refused.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-      task->abandon(to_report);
-      if (task->has_future()) to_report = nullptr;
-      task.reset();
+      to_report = refuse_python(w, std::move(task), py.status());
     } else {
-      w.attaches.store(w.attaches.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+      add_owned(w.attaches, 1);
       name_in_python(w);
-      const steady::time_point t1 = steady::now();  // the batch's start: attached
-      const std::int64_t limit = w.switch_interval_ns / 2;  // the time bound (above)
-      std::size_t ran = 0, next_check = 1;
+      batch_bound bound{steady::now(), w.switch_interval_ns / 2};
+      std::size_t ran = 0;
       for (;;) {
-        w.current = task.get();  // if the task parks this worker, worker_parked() fails it
-        const bool traced = tracing_anywhere();
-        const std::uint64_t number = w.tasks.load(std::memory_order_relaxed);
-        if (traced) obs_task(true, number);
-        const std::exception_ptr failure = task->run();
-        if (traced) obs_task(false, number);
-        w.current = nullptr;
+        const std::exception_ptr failure = run_counted(w, *task);
         ++ran;
-        // The counters first: complete() below makes the future ready (see run_task).
-        if (opts.spawn_on_demand) busy.fetch_sub(1, std::memory_order_relaxed);
-        std::atomic<std::uint64_t>& c = failure ? w.failed : w.completed;
-        c.store(c.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
         if (failure && !task->has_future()) to_report = failure;
-
+        std::optional<steady::time_point> now;
         bool go_on = !to_report && opts.batch_python;
-        steady::time_point now{};
-        bool have_now = false;
-        if (go_on && ran == next_check) {
-          now = steady::now();
-          have_now = true;
-          const std::int64_t elapsed = (now - t1).count();
-          if (elapsed >= limit) {
-            go_on = false;
-            timed_out = true;
-          } else {
-            // The next checkpoint: at the average so far, at most half the time left away.
-            const std::int64_t avg = elapsed / static_cast<std::int64_t>(ran) + 1;
-            const std::int64_t step = (limit - elapsed) / (2 * avg);
-            next_check = ran + static_cast<std::size_t>(std::clamp<std::int64_t>(
-                                   step, 1, static_cast<std::int64_t>(kMaxStep)));
-          }
+        if (go_on && !bound.allows_more(ran, &now)) {
+          go_on = false;
+          timed_out = true;
         }
         std::unique_ptr<pool_task> next;
         if (go_on) {
@@ -217,15 +224,11 @@ void pool_core::run_python(worker_rec& w, std::size_t index, std::unique_ptr<poo
         }
         if (!next) {
           // The batch ends. Its time goes into the stats before the last future is made ready.
-          if (!have_now) now = steady::now();
-          w.busy_ns.store(w.busy_ns.load(std::memory_order_relaxed) + (now - t1).count(),
-                          std::memory_order_relaxed);
+          const steady::time_point end = now ? *now : steady::now();
+          add_owned(w.busy_ns, (end - bound.start).count());
           if (measure) {
-            w.attach_wait_ns.store(
-                w.attach_wait_ns.load(std::memory_order_relaxed) + (t1 - t0).count(),
-                std::memory_order_relaxed);
-            w.attached_ns.store(w.attached_ns.load(std::memory_order_relaxed) + (now - t1).count(),
-                                std::memory_order_relaxed);
+            add_owned(w.attach_wait_ns, (bound.start - t0).count());
+            add_owned(w.attached_ns, (end - bound.start).count());
           }
         }
         task->complete();
@@ -248,7 +251,7 @@ std::exception_ptr pool_core::run_hook(const std::function<void(const worker_con
     attach_scope py(nothrow);
     if (py) {
       name_in_python(w);
-      w.attaches.store(w.attaches.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+      add_owned(w.attaches, 1);
     }
     const worker_context ctx{opts.name, index, w.name, py.status()};
     try {
@@ -268,8 +271,7 @@ std::exception_ptr pool_core::run_hook(const std::function<void(const worker_con
       e = std::current_exception();
     }
   }
-  w.busy_ns.store(w.busy_ns.load(std::memory_order_relaxed) + (steady::now() - t0).count(),
-                  std::memory_order_relaxed);
+  add_owned(w.busy_ns, (steady::now() - t0).count());
   return e;
 }
 

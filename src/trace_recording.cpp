@@ -88,8 +88,7 @@ void obs_attached(slot* s, bool outermost) noexcept {
   const std::uint64_t t = ticks();
   if (metrics_on(s, o)) {
     o->wait.add(t - o->wait_since);
-    if (!outermost) o->retakes.store(o->retakes.load(std::memory_order_relaxed) + 1,
-                                     std::memory_order_relaxed);
+    if (!outermost) add_owned(o->retakes, 1);
   }
   o->wait_since = 0;
   o->hold_since = t;
@@ -278,6 +277,26 @@ trace_result stop_trace(const std::string& path) noexcept {
   return r;
 }
 
+namespace {
+// A span kind of the public API: its two events and the buffer's count of them open.
+struct span_events {
+  detail::ev begin, end;
+  std::uint8_t detail::trace_buffer::*open;
+};
+
+span_events events_of(trace_span span) noexcept {
+  using detail::ev;
+  using detail::trace_buffer;
+  switch (span) {
+    case trace_span::waiting: return {ev::wait_begin, ev::wait_end, &trace_buffer::open_waiting};
+    case trace_span::attached:
+      return {ev::attached_begin, ev::attached_end, &trace_buffer::open_attached};
+    case trace_span::detached: break;
+  }
+  return {ev::detached_begin, ev::detached_end, &trace_buffer::open_detached};
+}
+}  // namespace
+
 void trace_begin(trace_span span) noexcept {
   using namespace detail;
   if (g_session.load(std::memory_order_acquire) == 0) return;
@@ -287,12 +306,8 @@ void trace_begin(trace_span span) noexcept {
   if (o == nullptr) return;
   trace_buffer* b = buffer_for(s, o, true);
   if (b == nullptr) return;
-  const std::uint64_t t = ticks();
-  switch (span) {
-    case trace_span::waiting: record_begin(b, ev::wait_begin, b->open_waiting, t); break;
-    case trace_span::attached: record_begin(b, ev::attached_begin, b->open_attached, t); break;
-    case trace_span::detached: record_begin(b, ev::detached_begin, b->open_detached, t); break;
-  }
+  const span_events e = events_of(span);
+  record_begin(b, e.begin, b->*e.open, ticks());
 }
 
 void trace_end(trace_span span) noexcept {
@@ -301,12 +316,8 @@ void trace_end(trace_span span) noexcept {
   observer* o = s != nullptr ? s->obs.load(std::memory_order_relaxed) : nullptr;
   trace_buffer* b = o != nullptr ? buffer_for(s, o, false) : nullptr;
   if (b == nullptr) return;
-  const std::uint64_t t = ticks();
-  switch (span) {
-    case trace_span::waiting: record_end(b, ev::wait_end, b->open_waiting, t); break;
-    case trace_span::attached: record_end(b, ev::attached_end, b->open_attached, t); break;
-    case trace_span::detached: record_end(b, ev::detached_end, b->open_detached, t); break;
-  }
+  const span_events e = events_of(span);
+  record_end(b, e.end, b->*e.open, ticks());
 }
 
 }  // namespace pyattach

@@ -102,15 +102,13 @@ trace_result write_trace_locked(const std::string& path,
     std::vector<thread_events> threads;
     {
       std::lock_guard<std::mutex> lock(registry().mutex);
-      for (slot* x : registry().slots) {
-        observer* o = x->obs.load(std::memory_order_acquire);
-        if (o == nullptr) continue;
+      for_each_observer([&](slot* x, observer* o) {
         thread_events t;
         t.os_tid = x->os_tid;
         t.ident = x->py_ident;
         copy_buffer(o->buffer.load(std::memory_order_acquire), session, t);
         if (!t.events.empty() || t.dropped != 0) threads.push_back(std::move(t));
-      }
+      });
     }
     for (thread_events& t : threads) t.os_name = thread_label(t.os_tid);
     for (const retired_buffer& r : retired_buffers()) {

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "bindings.hpp"
 #include "pyattach/pyattach.hpp"
@@ -57,6 +58,20 @@ void put_histograms(nb::dict& d, const pyattach::duration_histogram& wait,
   d["detached"] = histogram_dict(detached);
 }
 
+// A list with one dict per item (a thread's or a pool's metrics): the fields `fill` writes, then
+// the three histograms every item has.
+template <class Item, class Fill>
+nb::list histogram_dicts(const std::vector<Item>& items, Fill fill) {
+  nb::list out;
+  for (const Item& item : items) {
+    nb::dict d;
+    fill(d, item);
+    put_histograms(d, item.wait, item.attached, item.detached);
+    out.append(d);
+  }
+  return out;
+}
+
 // One snapshot as {"enabled", "clock", "threads": [dict], "pools": [dict]}, so that the threads'
 // and the pools' figures of one call agree (a pool's are the sum of its threads').
 nb::dict metrics_dict() {
@@ -65,32 +80,22 @@ nb::dict metrics_dict() {
     nb::gil_scoped_release unlocked;
     snap = pyattach::metrics();
   }
-  nb::list threads;
-  for (const auto& t : snap.threads) {
-    nb::dict d;
+  nb::dict out;
+  out["enabled"] = snap.enabled;
+  out["clock"] = snap.clock;
+  out["threads"] = histogram_dicts(snap.threads, [](nb::dict& d, const auto& t) {
     d["name"] = t.name;
     d["native_id"] = t.os_tid;
     d["ident"] = t.ident;
     d["pool"] = t.pool;
     d["alive"] = t.alive;
     d["attaches"] = t.attaches;
-    put_histograms(d, t.wait, t.attached, t.detached);
-    threads.append(d);
-  }
-  nb::list pools;
-  for (const auto& p : snap.pools) {
-    nb::dict d;
+  });
+  out["pools"] = histogram_dicts(snap.pools, [](nb::dict& d, const auto& p) {
     d["name"] = p.name;
     d["workers"] = p.workers;
     d["attaches"] = p.attaches;
-    put_histograms(d, p.wait, p.attached, p.detached);
-    pools.append(d);
-  }
-  nb::dict out;
-  out["enabled"] = snap.enabled;
-  out["clock"] = snap.clock;
-  out["threads"] = threads;
-  out["pools"] = pools;
+  });
   return out;
 }
 
