@@ -94,6 +94,10 @@ std::vector<unsigned long> py_thread_state_idents();
 
 unsigned long this_thread_ident();  // what CPython records as thread_id for this thread
 
+// Scenario 1's "cpp thread": stores its ident, then prints a line every third of the window
+// until `stop`; it never runs Python.
+std::thread start_cpp_thread(const std::atomic<bool>& stop, std::atomic<unsigned long>& ident);
+
 // One attempt by another thread to run Python: when it asked, and when it got to run.
 struct probe {
   double asked = 0;
@@ -108,6 +112,8 @@ std::string wait_text_since(double ran, double asked, int bound_ms);
 
 // ---- child side, the pyattach and pool variants (they link pyattach; the raw ones do not use it)
 
+// Runs a task on p that attaches and sets thread_local.name = name; waits for it.
+void set_name_in_python(pool& p, const char* name);
 // Misuse reports become OBS lines (misuse, misuse_message); then the Python helpers are defined.
 void pyattach_setup();
 // Ends the interpreter (~interpreter), then OBS finalize=ok and misuse_count. Returns 0.

@@ -122,6 +122,17 @@ std::string wait_text_since(double ran, double asked, int bound_ms) {
 
 unsigned long this_thread_ident() { return static_cast<unsigned long>(pthread_self()); }
 
+std::thread start_cpp_thread(const std::atomic<bool>& stop, std::atomic<unsigned long>& ident) {
+  return std::thread([&stop, &ident] {
+    name_thread("cpp thread");
+    ident = this_thread_ident();
+    while (!stop) {
+      std::printf("[C++] Hello from the long running cpp thread!\n");
+      sleep_ms(kWindowMs / 3);
+    }
+  });
+}
+
 void py_define_helpers() {
   py_exec(
       "import sys, threading\n"
@@ -189,6 +200,13 @@ std::vector<unsigned long> py_thread_state_idents() {
 }
 
 // ---- the pyattach and pool variants ------------------------------------------------------------
+
+void set_name_in_python(pool& p, const char* name) {
+  post_task(p, [name] {
+    pyattach::attach_scope py;
+    py_set_name(name);
+  }).wait();
+}
 
 namespace {
 // Misuse reports become observations (the handler must not call Python or pyattach).

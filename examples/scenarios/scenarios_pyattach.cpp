@@ -32,14 +32,7 @@ int scenario1() {
   std::atomic<bool> stop{false};
   std::atomic<unsigned long> cpp_ident{0}, py_ident{0};
   std::atomic<int> iterations{0};
-  std::thread cpp_thread([&] {
-    name_thread("cpp thread");
-    cpp_ident = this_thread_ident();
-    while (!stop) {
-      std::printf("[C++] Hello from the long running cpp thread!\n");
-      sleep_ms(kWindowMs / 3);
-    }
-  });
+  std::thread cpp_thread = start_cpp_thread(stop, cpp_ident);
   std::thread py_thread([&] {
     name_thread("python thread");
     py_ident = this_thread_ident();
@@ -162,10 +155,7 @@ int scenario6() {
   std::optional<pyattach::interpreter> interp(std::in_place);
   pyattach_setup();
   pool default_pool("default_pool"), custom_pool("custom_pool");
-  post_task(default_pool, [] {
-    pyattach::attach_scope py;
-    py_set_name("default_pool");
-  }).wait();
+  set_name_in_python(default_pool, "default_pool");
   auto p = start_pool_probe(custom_pool);
   obs("other_pool_wait_ms", wait_text(wait_probe(*p, kBoundMs), kBoundMs));
   post_task(default_pool, [] {

@@ -142,14 +142,7 @@ int scenario1() {
   std::atomic<bool> stop{false};
   std::atomic<unsigned long> cpp_ident{0}, py_ident{0};
   std::atomic<int> iterations{0};
-  std::thread cpp_thread([&] {
-    name_thread("cpp thread");
-    cpp_ident = this_thread_ident();
-    while (!stop) {
-      std::printf("[C++] Hello from the long running cpp thread!\n");
-      sleep_ms(kWindowMs / 3);
-    }
-  });
+  std::thread cpp_thread = start_cpp_thread(stop, cpp_ident);
   std::thread py_thread([&] {
     name_thread("python thread");
     const PyGILState_STATE g = traced_ensure();  // once, never released while looping

@@ -25,28 +25,10 @@
 #ifndef PYATTACH_COMPAT_SHIM_PY314_H
 #define PYATTACH_COMPAT_SHIM_PY314_H
 
-/* A system header for the compiler: -Wpedantic would flag #include_next (a GCC/Clang extension,
- * which is what makes this shim possible) when the file that includes it is compiled with it. */
-#pragma GCC system_header
-
+#pragma GCC system_header /* for #include_next: see ../claim_version.h */
 #include_next <Python.h>
-
-#if PY_MAJOR_VERSION != 3 || PY_MINOR_VERSION != 13
-#error "tests/compat/py314/Python.h must wrap a CPython 3.13 <Python.h>"
-#endif
-
-#undef PY_MINOR_VERSION
-#undef PY_MICRO_VERSION
-#undef PY_RELEASE_LEVEL
-#undef PY_RELEASE_SERIAL
-#undef PY_VERSION
-#undef PY_VERSION_HEX
-#define PY_MINOR_VERSION 14
-#define PY_MICRO_VERSION 0
-#define PY_RELEASE_LEVEL PY_RELEASE_LEVEL_FINAL
-#define PY_RELEASE_SERIAL 0
-#define PY_VERSION "3.14.0"
-#define PY_VERSION_HEX 0x030E00F0
+#define PYATTACH_SHIM_MINOR 14
+#include "../claim_version.h"
 
 /* pyattach's 3.13+ paths must use the public names above, not the private ones that 3.13 still
  * provides (as an alias, or not at all) and whose presence in 3.14 is not verified here. */

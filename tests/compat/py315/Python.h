@@ -35,28 +35,10 @@
 #ifndef PYATTACH_COMPAT_SHIM_PY315_H
 #define PYATTACH_COMPAT_SHIM_PY315_H
 
-/* A system header for the compiler: -Wpedantic would flag #include_next (a GCC/Clang extension,
- * which is what makes this shim possible) when the file that includes it is compiled with it. */
-#pragma GCC system_header
-
+#pragma GCC system_header /* for #include_next: see ../claim_version.h */
 #include_next <Python.h>
-
-#if PY_MAJOR_VERSION != 3 || PY_MINOR_VERSION != 13
-#error "tests/compat/py315/Python.h must wrap a CPython 3.13 <Python.h>"
-#endif
-
-#undef PY_MINOR_VERSION
-#undef PY_MICRO_VERSION
-#undef PY_RELEASE_LEVEL
-#undef PY_RELEASE_SERIAL
-#undef PY_VERSION
-#undef PY_VERSION_HEX
-#define PY_MINOR_VERSION 15
-#define PY_MICRO_VERSION 0
-#define PY_RELEASE_LEVEL PY_RELEASE_LEVEL_FINAL
-#define PY_RELEASE_SERIAL 0
-#define PY_VERSION "3.15.0"
-#define PY_VERSION_HEX 0x030F00F0
+#define PYATTACH_SHIM_MINOR 15
+#include "../claim_version.h"
 
 #ifdef __cplusplus
 extern "C" {
