@@ -104,6 +104,24 @@ def default_max_workers():
     return min(32, (os.cpu_count() or 1) + 4)
 
 
+class Held:
+    """Holds one worker of `ex` busy, so that what is submitted next queues: a task that sets
+    `started` and returns "first" once `release` is set (or after WAIT). `future` is its future;
+    the constructor returns once the task runs."""
+
+    def __init__(self, ex):
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+        def first():
+            self.started.set()
+            self.release.wait(WAIT)
+            return "first"
+
+        self.future = ex.submit(first)
+        assert self.started.wait(WAIT)
+
+
 def settle_concurrency(ex, expected, extra=2):
     """Submits expected + extra tasks that block until released, waits until `expected` of them
     run at once and a little longer for more to start, releases them all, and returns the most
@@ -275,23 +293,15 @@ def test_done_callback(Executor, make):
 
 def test_cancel_queued_future(Executor, make):
     ex = make(1)
-    release = threading.Event()
-    started = threading.Event()
+    held = Held(ex)
+    f1 = held.future
     ran = []
-
-    def blocker():
-        started.set()
-        release.wait(WAIT)
-        return "first"
-
-    f1 = ex.submit(blocker)
-    assert started.wait(WAIT)
     f2 = ex.submit(ran.append, "second")
     assert f1.running() and not f2.running() and not f2.done()
     assert not f1.cancel(), "a running future was cancelled"
     assert f2.cancel() is True
     assert f2.cancelled() and f2.done()
-    release.set()
+    held.release.set()
     assert f1.result(timeout=WAIT) == "first"
     # The worker must skip the cancelled item: it must run the next one, and never the cancelled.
     assert ex.submit(ran.append, "third").result(timeout=WAIT) is None
@@ -442,42 +452,31 @@ def test_shutdown_wait_waits_for_running_and_queued(Executor, make):
 
 def test_shutdown_nowait_returns_while_running(Executor, make):
     ex = make(1)
-    release = threading.Event()
-    started = threading.Event()
-    f = ex.submit(lambda: (started.set(), release.wait(WAIT))[1])
-    assert started.wait(WAIT)
+    held = Held(ex)
     queued = ex.submit(pow, 3, 3)
     ex.shutdown(wait=False)
-    assert not f.done()  # f ends only after release.set(): shutdown did not wait for it
-    release.set()
-    assert f.result(timeout=WAIT) is True
+    assert not held.future.done()  # it ends only after release: shutdown did not wait for it
+    held.release.set()
+    assert held.future.result(timeout=WAIT) == "first"
     assert queued.result(timeout=WAIT) == 27  # without cancel_futures, queued work still runs
 
 
 @pytest.mark.parametrize("wait", [False, True], ids=["nowait", "wait"])
 def test_shutdown_cancel_futures(Executor, make, wait):
     ex = make(1)
-    release = threading.Event()
-    started = threading.Event()
+    held = Held(ex)
+    f1 = held.future
     ran = []
-
-    def first():
-        started.set()
-        release.wait(WAIT)
-        return "first"
-
-    f1 = ex.submit(first)
-    assert started.wait(WAIT)
     queued = [ex.submit(ran.append, i) for i in range(5)]
     if wait:
-        timer = threading.Timer(0.2, release.set)
+        timer = threading.Timer(0.2, held.release.set)
         timer.start()
         ex.shutdown(wait=True, cancel_futures=True)
         timer.join()
         assert f1.done()
     else:
         ex.shutdown(wait=False, cancel_futures=True)
-        release.set()
+        held.release.set()
     assert f1.result(timeout=WAIT) == "first"
     assert all(f.cancelled() for f in queued)
     ex.shutdown(wait=True)
