@@ -94,9 +94,20 @@ std::vector<unsigned long> py_thread_state_idents();
 
 unsigned long this_thread_ident();  // what CPython records as thread_id for this thread
 
-// Scenario 1's "cpp thread": stores its ident, then prints a line every third of the window
-// until `stop`; it never runs Python.
-std::thread start_cpp_thread(const std::atomic<bool>& stop, std::atomic<unsigned long>& ident);
+// Scenario 1's "cpp thread": from construction until stop(), prints a line every third of the
+// window; it never runs Python. stopping() also ends the scenario's Python loop.
+class printing_thread {
+ public:
+  printing_thread();
+  ~printing_thread() { stop(); }
+  void stop();  // and joins
+  bool stopping() const { return stop_; }
+  unsigned long ident() const { return ident_; }  // 0 until the thread runs
+ private:
+  std::atomic<bool> stop_{false};
+  std::atomic<unsigned long> ident_{0};
+  std::thread thread_;
+};
 
 // One attempt by another thread to run Python: when it asked, and when it got to run.
 struct probe {

@@ -122,15 +122,19 @@ std::string wait_text_since(double ran, double asked, int bound_ms) {
 
 unsigned long this_thread_ident() { return static_cast<unsigned long>(pthread_self()); }
 
-std::thread start_cpp_thread(const std::atomic<bool>& stop, std::atomic<unsigned long>& ident) {
-  return std::thread([&stop, &ident] {
-    name_thread("cpp thread");
-    ident = this_thread_ident();
-    while (!stop) {
-      std::printf("[C++] Hello from the long running cpp thread!\n");
-      sleep_ms(kWindowMs / 3);
-    }
-  });
+printing_thread::printing_thread()
+    : thread_([this] {
+        name_thread("cpp thread");
+        ident_ = this_thread_ident();
+        while (!stop_) {
+          std::printf("[C++] Hello from the long running cpp thread!\n");
+          sleep_ms(kWindowMs / 3);
+        }
+      }) {}
+
+void printing_thread::stop() {
+  stop_ = true;
+  if (thread_.joinable()) thread_.join();
 }
 
 void py_define_helpers() {

@@ -29,14 +29,13 @@ std::shared_ptr<probe> start_pool_probe(pool& other) {
 int scenario1() {
   std::optional<pyattach::interpreter> interp(std::in_place);
   pyattach_setup();
-  std::atomic<bool> stop{false};
-  std::atomic<unsigned long> cpp_ident{0}, py_ident{0};
+  printing_thread cpp_thread;
+  std::atomic<unsigned long> py_ident{0};
   std::atomic<int> iterations{0};
-  std::thread cpp_thread = start_cpp_thread(stop, cpp_ident);
   std::thread py_thread([&] {
     name_thread("python thread");
     py_ident = this_thread_ident();
-    while (!stop) {
+    while (!cpp_thread.stopping()) {
       {
         pyattach::attach_scope py;
         py_print("Hello from the long running python thread!");
@@ -54,14 +53,13 @@ int scenario1() {
   const pyattach::thread_report r = pyattach::make_thread_report();
   bool cpp_listed = false, py_listed = false;
   for (const auto& t : r.threads) {
-    cpp_listed |= t.has_thread_state && t.ident == cpp_ident;
+    cpp_listed |= t.has_thread_state && t.ident == cpp_thread.ident();
     py_listed |= t.has_thread_state && t.ident == py_ident;
   }
   obs("states", std::to_string(r.thread_states));
   obs("cpp_thread_listed", cpp_listed ? "yes" : "no");
   obs("py_thread_listed", py_listed ? "yes" : "no");
-  stop = true;
-  cpp_thread.join();
+  cpp_thread.stop();
   py_thread.join();
   return pyattach_finish(interp);
 }

@@ -139,15 +139,14 @@ int raw_finalize(PyThreadState* main_state) {
 // 1: a pthread runs Python holding the GIL forever (sleeps holding it); another only prints.
 int scenario1() {
   raw_init();  // main's saved state is never restored below: the seed's shutdown mistake
-  std::atomic<bool> stop{false};
-  std::atomic<unsigned long> cpp_ident{0}, py_ident{0};
+  printing_thread cpp_thread;
+  std::atomic<unsigned long> py_ident{0};
   std::atomic<int> iterations{0};
-  std::thread cpp_thread = start_cpp_thread(stop, cpp_ident);
   std::thread py_thread([&] {
     name_thread("python thread");
     const PyGILState_STATE g = traced_ensure();  // once, never released while looping
     py_ident = this_thread_ident();
-    while (!stop) {
+    while (!cpp_thread.stopping()) {
       py_print("Hello from the long running python thread!");
       ++iterations;
       sleep_ms(kWindowMs);  // holding the GIL
@@ -167,13 +166,12 @@ int scenario1() {
       return std::find(ids->begin(), ids->end(), id) != ids->end();
     };
     obs("states", std::to_string(ids->size()));
-    obs("cpp_thread_listed", has(cpp_ident) ? "yes" : "no");
+    obs("cpp_thread_listed", has(cpp_thread.ident()) ? "yes" : "no");
     obs("py_thread_listed", has(py_ident) ? "yes" : "no");
   } else {
     obs("states", "blocked: GIL held by another thread");
   }
-  stop = true;
-  cpp_thread.join();
+  cpp_thread.stop();
   py_thread.join();
   write_trace();
   set_phase("Py_FinalizeEx without PyEval_RestoreThread");
