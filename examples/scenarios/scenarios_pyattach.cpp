@@ -26,9 +26,7 @@ std::shared_ptr<probe> start_pool_probe(pool& other) {
 }
 
 // 1: a thread runs Python in a scope per iteration and sleeps outside it; another only prints.
-int scenario1() {
-  std::optional<pyattach::interpreter> interp(std::in_place);
-  pyattach_setup();
+void scenario1() {
   printing_thread cpp_thread;
   std::atomic<unsigned long> py_ident{0};
   std::atomic<int> iterations{0};
@@ -61,13 +59,10 @@ int scenario1() {
   obs("py_thread_listed", py_listed ? "yes" : "no");
   cpp_thread.stop();
   py_thread.join();
-  return pyattach_finish(interp);
 }
 
 // 2: the worker keeps its thread state between tasks without holding the GIL.
-int scenario2() {
-  std::optional<pyattach::interpreter> interp(std::in_place);
-  pyattach_setup();
+void scenario2() {
   pool default_pool("default_pool");
   obs_state_count("before");
   unsigned long worker = 0;
@@ -89,14 +84,11 @@ int scenario2() {
   obs("idle_window_ms", now_ms() - idle_start);
   obs("other_thread_wait_ms", wait_text(wait, kBoundMs));
   default_pool.join();
-  return pyattach_finish(interp);
 }
 
 // 3 and 4 (the same program: the pattern packaged), and 5 (blocking C++ in a detach_scope).
 // issue_script: also run python/cpython#130394's Python code (a threading.local per init).
-int two_pools(bool blocking, bool issue_script) {
-  std::optional<pyattach::interpreter> interp(std::in_place);
-  pyattach_setup();
+void two_pools(bool blocking, bool issue_script) {
   pool default_pool("default_pool"), custom_pool("custom_pool");
   obs_state_count("before");
   std::atomic<double> def_ran{-1}, cus_ran{-1};
@@ -145,13 +137,10 @@ int two_pools(bool blocking, bool issue_script) {
   default_pool.join();
   custom_pool.join();
   obs_state_count("after_join");
-  return pyattach_finish(interp);
 }
 
 // 6: no releaser needed; then a heap-held scope ended on the wrong thread.
-int scenario6() {
-  std::optional<pyattach::interpreter> interp(std::in_place);
-  pyattach_setup();
+void scenario6() {
   pool default_pool("default_pool"), custom_pool("custom_pool");
   set_name_in_python(default_pool, "default_pool");
   auto p = start_pool_probe(custom_pool);
@@ -184,13 +173,10 @@ int scenario6() {
   if (!wait) arm_watchdog(kBoundMs);  // a thread keeps the GIL: shutting down may hang
   default_pool.join();
   custom_pool.join();
-  return pyattach_finish(interp);
 }
 
 // 7: release() twice on the same scope.
-int scenario7() {
-  std::optional<pyattach::interpreter> interp(std::in_place);
-  pyattach_setup();
+void scenario7() {
   pool default_pool("default_pool"), custom_pool("custom_pool");
   post_task(default_pool, [] {
     pyattach::attach_scope py;
@@ -209,21 +195,25 @@ int scenario7() {
   }).wait();
   default_pool.join();
   custom_pool.join();
-  return pyattach_finish(interp);
 }
 }  // namespace
 
 int run_pyattach(int n) {
+  if (n < 1 || n > 7) return 2;
+  // Every scenario runs between these two: the scenario joins what it started, and its objects
+  // are gone before the interpreter ends.
+  std::optional<pyattach::interpreter> interp(std::in_place);
+  pyattach_setup();
   switch (n) {
-    case 1: return scenario1();
-    case 2: return scenario2();
-    case 3: return two_pools(false, false);
-    case 4: return two_pools(false, true);
-    case 5: return two_pools(true, false);
-    case 6: return scenario6();
-    case 7: return scenario7();
+    case 1: scenario1(); break;
+    case 2: scenario2(); break;
+    case 3: two_pools(false, false); break;
+    case 4: two_pools(false, true); break;
+    case 5: two_pools(true, false); break;
+    case 6: scenario6(); break;
+    case 7: scenario7(); break;
   }
-  return 2;
+  return pyattach_finish(interp);
 }
 
 }  // namespace demo
