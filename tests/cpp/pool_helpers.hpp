@@ -1,6 +1,6 @@
 // tests/cpp/pool_helpers.hpp — what the thread_pool tests (test_pool_*.cpp) share: deadlines,
-// outcomes of futures, thread counts and names from /proc, running a task on every worker, a
-// Python globals dict, an on_error recorder, and the child-case check.
+// outcomes of futures and calls, thread counts and names from /proc, running a task on every
+// worker, a held worker, pool options, a Python globals dict, and on_error / hook recorders.
 #pragma once
 
 // futures with a deadline and end the process through fatal_stuck() instead of hanging.
@@ -16,6 +16,8 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <functional>
+#include <future>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -89,6 +91,33 @@ bool is_ready(std::future<T>& f) {
   return f.wait_for(std::chrono::seconds(0)) == std::future_status::ready;
 }
 
+// How a call ended: `if_returned` ("returned" unless told), or describe_error's text
+// ("pool_error:<code>", ...).
+template <class F>
+std::string call_outcome(F&& fn, const char* if_returned = "returned") {
+  try {
+    fn();
+    return if_returned;
+  } catch (...) {
+    return describe_error(std::current_exception());
+  }
+}
+
+// Polls cond() every millisecond until it holds or `timeout` passes; cond()'s last value.
+template <class F>
+bool poll_until(F cond, std::chrono::milliseconds timeout = k_wait) {
+  const auto end = std::chrono::steady_clock::now() + timeout;
+  while (!cond() && std::chrono::steady_clock::now() < end) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return cond();
+}
+
+// Milliseconds from t0 to now.
+inline double ms_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
 // Runs fn on a new thread with a deadline (fatal_stuck on expiry); for calls that must return.
 template <class F>
 void run_with_deadline(const std::string& what, F fn, std::chrono::milliseconds timeout = k_wait) {
@@ -157,6 +186,14 @@ inline std::size_t settled_os_thread_count() {
   return last;
 }
 
+// The settled thread count before a test starts threads of its own. A first thread is started
+// and joined beforehand: TSan starts its background thread at the first pthread_create, and it
+// must be in the baseline, not counted as a worker left behind.
+inline std::size_t baseline_os_thread_count() {
+  std::thread([] {}).join();
+  return settled_os_thread_count();
+}
+
 inline bool ends_with(const std::string& s, const std::string& tail) {
   return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
 }
@@ -182,55 +219,41 @@ class rendezvous {
   std::size_t arrived_ = 0;
 };
 
-// Runs fn() attached once on EVERY worker of `pool`: pool.size() Python tasks that meet at a
-// rendezvous (detached, GIL released) after fn, so no worker can take two of them. fn's results.
+// Runs fn() once on EVERY worker of `pool`: pool.size() tasks (Python tasks, attached, if
+// `python`) that meet at a rendezvous after fn (a Python task detached, GIL released), so no
+// worker can take two of them. fn's results.
 template <class F>
-auto python_on_each_worker(thread_pool& pool, F fn) -> std::vector<decltype(fn())> {
+auto on_each_worker(thread_pool& pool, bool python, F fn) -> std::vector<decltype(fn())> {
   using R = decltype(fn());
   auto meet = std::make_shared<rendezvous>(pool.size());
+  auto task = [meet, fn, python]() mutable {
+    R r = fn();
+    std::optional<pyattach::detach_scope> nogil;
+    if (python) nogil.emplace();
+    const bool met = meet->arrive_and_wait();
+    return std::make_pair(std::move(r), met);
+  };
   std::vector<std::future<std::pair<R, bool>>> fs;
   for (std::size_t i = 0; i < pool.size(); ++i) {
-    fs.push_back(pool.submit_python([meet, fn]() mutable {
-      R r = fn();
-      bool met;
-      {
-        pyattach::detach_scope nogil;
-        met = meet->arrive_and_wait();
-      }
-      return std::make_pair(std::move(r), met);
-    }));
+    fs.push_back(python ? pool.submit_python(task) : pool.submit(task));
   }
   std::vector<R> out;
   for (auto& f : fs) {
-    require_ready(f, "python_on_each_worker on " + pool.name());
+    require_ready(f, std::string(python ? "python" : "cpp") + "_on_each_worker on " + pool.name());
     auto p = f.get();
     EXPECT_TRUE(p.second) << "the workers of " << pool.name() << " did not all meet";
     out.push_back(std::move(p.first));
   }
   return out;
 }
-
+template <class F>
+auto python_on_each_worker(thread_pool& pool, F fn) {
+  return on_each_worker(pool, true, std::move(fn));
+}
 // The same with C++ tasks (never attached).
 template <class F>
-auto cpp_on_each_worker(thread_pool& pool, F fn) -> std::vector<decltype(fn())> {
-  using R = decltype(fn());
-  auto meet = std::make_shared<rendezvous>(pool.size());
-  std::vector<std::future<std::pair<R, bool>>> fs;
-  for (std::size_t i = 0; i < pool.size(); ++i) {
-    fs.push_back(pool.submit([meet, fn]() mutable {
-      R r = fn();
-      const bool met = meet->arrive_and_wait();
-      return std::make_pair(std::move(r), met);
-    }));
-  }
-  std::vector<R> out;
-  for (auto& f : fs) {
-    require_ready(f, "cpp_on_each_worker on " + pool.name());
-    auto p = f.get();
-    EXPECT_TRUE(p.second) << "the workers of " << pool.name() << " did not all meet";
-    out.push_back(std::move(p.first));
-  }
-  return out;
+auto cpp_on_each_worker(thread_pool& pool, F fn) {
+  return on_each_worker(pool, false, std::move(fn));
 }
 
 // worker os_tid -> its stats entry.
@@ -252,24 +275,46 @@ inline void drop(PyObject* o) {
   Py_XDECREF(o);
 }
 
-// Records every on_error call (called on the workers; must not throw).
-struct error_log {
-  struct entry {
-    std::string pool_name;
-    std::size_t worker_index;
-    std::string where;
-    std::string error;  // describe_error(failure.error)
-    std::string what;
-    std::string expected_what;  // what() of the rethrown error, or "unknown exception"
-    std::uint64_t tid;
-  };
-  std::mutex m;
-  std::vector<entry> entries;
+// A list that several threads append to (hooks and on_error run on the workers).
+template <class T>
+class shared_list {
+ public:
+  void add(T x) {
+    std::lock_guard<std::mutex> g(m_);
+    items_.push_back(std::move(x));
+  }
+  std::vector<T> snapshot() const {
+    std::lock_guard<std::mutex> g(m_);
+    return items_;
+  }
+  template <class Pred>
+  std::size_t count_if(Pred pred) const {
+    std::lock_guard<std::mutex> g(m_);
+    return static_cast<std::size_t>(std::count_if(items_.begin(), items_.end(), pred));
+  }
 
+ private:
+  mutable std::mutex m_;
+  std::vector<T> items_;
+};
+
+// One on_error call.
+struct error_entry {
+  std::string pool_name;
+  std::size_t worker_index;
+  std::string where;
+  std::string error;  // describe_error(failure.error)
+  std::string what;
+  std::string expected_what;  // what() of the rethrown error, or "unknown exception"
+  std::uint64_t tid;
+};
+
+// Records every on_error call (called on the workers; must not throw).
+struct error_log : shared_list<error_entry> {
   std::function<void(const pyattach::task_failure&)> handler() {
     return [this](const pyattach::task_failure& f) {
-      entry e{f.pool_name, f.worker_index, f.where ? f.where : "(null)", describe_error(f.error),
-              f.what, "", os_tid()};
+      error_entry e{f.pool_name, f.worker_index, f.where ? f.where : "(null)", describe_error(f.error),
+                    f.what, "", os_tid()};
       try {
         std::rethrow_exception(f.error);
       } catch (const std::exception& x) {
@@ -277,28 +322,37 @@ struct error_log {
       } catch (...) {
         e.expected_what = "unknown exception";
       }
-      std::lock_guard<std::mutex> g(m);
-      entries.push_back(std::move(e));
+      add(std::move(e));
     };
   }
-  std::vector<entry> snapshot() {
-    std::lock_guard<std::mutex> g(m);
-    return entries;
-  }
-  std::size_t count(const std::string& error) {
-    std::lock_guard<std::mutex> g(m);
-    return static_cast<std::size_t>(std::count_if(entries.begin(), entries.end(),
-                                                  [&](const entry& e) { return e.error == error; }));
+  std::size_t count(const std::string& error) const {
+    return count_if([&](const error_entry& e) { return e.error == error; });
   }
 };
+
+// ---- pool options ----
+inline pool_options named_options(const std::string& name, std::size_t workers) {
+  pool_options o;
+  o.name = name;
+  o.workers = workers;
+  return o;
+}
+// The same, with every on_error call recorded in `log`.
+inline pool_options logged_options(const std::string& name, std::size_t workers, error_log& log) {
+  pool_options o = named_options(name, workers);
+  o.on_error = log.handler();
+  return o;
+}
+// A hook that counts its calls in `n` (on_start, on_stop).
+inline std::function<void(const pyattach::worker_context&)> counting_hook(std::atomic<int>& n) {
+  return [&n](const pyattach::worker_context&) { ++n; };
+}
 
 inline std::string join(const std::vector<std::string>& v) {
   std::string s;
   for (const auto& x : v) s += (s.empty() ? "" : ", ") + x;
   return s;
 }
-
-
 
 // Holds one of pool's workers busy so that the tasks submitted next queue up: a C++ task that
 // sets `started` and waits for `release` (at most k_wait). Its future gives 1 if it was released
@@ -308,6 +362,45 @@ inline std::future<int> hold_a_worker(thread_pool& pool, latch& started, latch& 
     started.set();
     return release.wait(k_wait) ? 1 : 0;
   });
+}
+
+// The same, keeping the latches and the future together: `ASSERT_TRUE(held.hold(pool))`, then
+// `held.release.set()`; `held.blocker` gives 1 if the task was released in time.
+struct held_worker {
+  latch started, release;
+  std::future<int> blocker;
+  // True once the task runs (within k_wait).
+  bool hold(thread_pool& pool) {
+    blocker = hold_a_worker(pool, started, release);
+    return started.wait(k_wait);
+  }
+};
+
+// The set-up of tests that queue tasks behind a running one and then shut down, stop or cancel:
+// a one-worker pool named by the test, reporting to `log`, its worker held (held_worker) so that
+// what the test submits queues up; `ran` counts the queued tasks that ran, `fs` keeps futures.
+class PoolWithHeldWorker : public ::testing::Test {
+ protected:
+  // Makes the pool and holds its worker: ASSERT_NO_FATAL_FAILURE(start("name")).
+  void start(const std::string& name) {
+    pool.emplace(logged_options(name, 1, log));
+    ASSERT_TRUE(held.hold(*pool));
+  }
+
+  error_log log;
+  std::optional<thread_pool> pool;
+  held_worker held;
+  std::atomic<int> ran{0};
+  std::vector<std::future<int>> fs;
+};
+
+// Tries each way to hand the pool a task (submit, submit_python, post, post_python): which
+// way, and how the call ended ("accepted", or describe_error's text: "pool_error:<code>", ...).
+inline std::vector<std::pair<std::string, std::string>> try_each_submit(thread_pool& pool) {
+  return {{"submit", call_outcome([&] { pool.submit([] { return 0; }); }, "accepted")},
+          {"submit_python", call_outcome([&] { pool.submit_python([] { return 0; }); }, "accepted")},
+          {"post", call_outcome([&] { pool.post([] {}); }, "accepted")},
+          {"post_python", call_outcome([&] { pool.post_python([] {}); }, "accepted")}};
 }
 
 // What a task throws when a test needs an exception that is not a std::exception.
@@ -345,6 +438,35 @@ inline std::vector<std::string> enumerate_names(PyObject* g) {
   return names;
 }
 
+// Expects every name in `expected` among threading.enumerate()'s thread names.
+inline void expect_in_threading_enumerate(PyObject* g, const std::vector<std::string>& expected) {
+  const auto names = enumerate_names(g);
+  for (const auto& n : expected) {
+    EXPECT_NE(std::find(names.begin(), names.end(), n), names.end())
+        << n << " missing from threading.enumerate(): " << join(names);
+  }
+}
+
+// worker_context::name by worker index, as an on_start hook (hook()) saw it.
+class start_hook_names {
+ public:
+  std::function<void(const pyattach::worker_context&)> hook() {
+    return [this](const pyattach::worker_context& c) {
+      std::lock_guard<std::mutex> lock(m_);
+      names_[c.index] = c.name;
+    };
+  }
+  std::string of(std::size_t index) {
+    std::lock_guard<std::mutex> lock(m_);
+    const auto it = names_.find(index);
+    return it == names_.end() ? "(no start hook)" : it->second;
+  }
+
+ private:
+  std::mutex m_;
+  std::map<std::size_t, std::string> names_;
+};
+
 // ---- hooks (test_pool_names_hooks.cpp, test_pool_on_demand.cpp) ----
 struct hook_event {
   std::string kind;  // "start", "task", "stop"
@@ -358,21 +480,9 @@ struct hook_event {
   std::string tl_mark;    // Python hooks/tasks: threading.local's mark on this thread
 };
 
-struct event_log {
-  std::mutex m;
-  std::vector<hook_event> events;
-  void add(hook_event e) {
-    std::lock_guard<std::mutex> g(m);
-    events.push_back(std::move(e));
-  }
-  std::vector<hook_event> snapshot() {
-    std::lock_guard<std::mutex> g(m);
-    return events;
-  }
-  std::size_t count(const std::string& kind) {
-    std::lock_guard<std::mutex> g(m);
-    return static_cast<std::size_t>(std::count_if(events.begin(), events.end(),
-                                                  [&](const hook_event& e) { return e.kind == kind; }));
+struct event_log : shared_list<hook_event> {
+  std::size_t count(const std::string& kind) const {
+    return count_if([&](const hook_event& e) { return e.kind == kind; });
   }
 };
 
@@ -389,12 +499,23 @@ inline hook_event hook_record(const char* kind, const pyattach::worker_context& 
   return e;
 }
 
-// ---- misuse reports (test_pool_shutdown.cpp, test_pool_on_demand.cpp) ----
-inline std::mutex g_pool_reports_mutex;
-inline std::vector<pyattach::misuse_report> g_pool_reports;
-inline void record_pool_report(const pyattach::misuse_report& r) noexcept {
-  std::lock_guard<std::mutex> lock(g_pool_reports_mutex);
-  g_pool_reports.push_back(r);
+// What a task records: kind "task", on this thread.
+inline hook_event task_event() {
+  hook_event e;
+  e.kind = "task";
+  e.tid = os_tid();
+  return e;
 }
+
+// Events grouped by the thread they ran on, in order.
+inline std::map<std::uint64_t, std::vector<hook_event>> events_by_tid(const std::vector<hook_event>& events) {
+  std::map<std::uint64_t, std::vector<hook_event>> by_tid;
+  for (const auto& e : events) by_tid[e.tid].push_back(e);
+  return by_tid;
+}
+
+// ---- misuse reports (test_pool_shutdown.cpp, test_pool_on_demand.cpp) ----
+inline shared_list<pyattach::misuse_report> g_pool_reports;
+inline void record_pool_report(const pyattach::misuse_report& r) noexcept { g_pool_reports.add(r); }
 
 }  // namespace pool_test

@@ -97,9 +97,7 @@ TEST(Pool, WithoutBatchPythonEachPythonTaskAttachesOnItsOwn) {
 
 TEST(Pool, CppTaskBetweenPythonTasksRunsDetachedAndEndsTheBatch) {
   error_log log;
-  pool_options o;
-  o.name = "split";
-  o.workers = 1;
+  pool_options o = named_options("split", 1);
   std::atomic<int> on_error_attached{0};
   auto forward = log.handler();
   o.on_error = [&, forward](const pyattach::task_failure& f) {
@@ -177,8 +175,7 @@ CHILD_CASE(pool_batch_lets_a_waiting_thread_in) {
     const auto t0 = std::chrono::steady_clock::now();
     {
       pyattach::attach_scope gil;
-      waits_ms.push_back(std::chrono::duration<double, std::milli>(
-                             std::chrono::steady_clock::now() - t0).count());
+      waits_ms.push_back(ms_since(t0));
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
@@ -195,8 +192,7 @@ CHILD_CASE(pool_batch_lets_a_waiting_thread_in) {
   // the batch ignores the bound. 500 ms: 100 intervals, for a loaded or sanitized machine.
   CHILD_CHECK(worst < 500.0);
   CHILD_CHECK(ran_by_then < n);  // the waits overlapped the queue (else they prove nothing)
-  std::printf("done\n");
-  return child_exit_code();
+  return child_done();
 }
 USES_CHILD_CASE(pool_batch_lets_a_waiting_thread_in);
 

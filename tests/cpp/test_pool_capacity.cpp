@@ -8,67 +8,52 @@ using namespace pool_test;
 
 // ==== 11. back-pressure ========================================================================
 
+namespace {
+// A one-worker pool that queues at most `max_queued` tasks and then applies `when_full`.
+pool_options bounded(const std::string& name, std::size_t max_queued, full_policy when_full) {
+  pool_options o = named_options(name, 1);
+  o.max_queued = max_queued;
+  o.when_full = when_full;
+  return o;
+}
+}  // namespace
+
 CHILD_CASE(pool_queue_full_fail) {
   pyattach::interpreter py;
-  pool_options o;
-  o.name = "bounded";
-  o.workers = 1;
-  o.max_queued = 3;
-  o.when_full = full_policy::fail;
-  thread_pool pool(o);
-  latch started, release;
-  auto blocker = hold_a_worker(pool, started, release);
-  CHILD_CHECK(started.wait(k_wait));
+  thread_pool pool(bounded("bounded", 3, full_policy::fail));
+  held_worker held;
+  CHILD_CHECK(held.hold(pool));
   std::vector<std::future<int>> fs;
   for (int i = 0; i < 3; ++i) fs.push_back(pool.submit([i] { return i; }));
   CHILD_CHECK(pool.stats().queued == 3);
   int refused = 0;
-  for (int kind = 0; kind < 4; ++kind) {
-    try {
-      if (kind == 0) pool.submit([] { return 0; });
-      if (kind == 1) pool.submit_python([] { return 0; });
-      if (kind == 2) pool.post([] {});
-      if (kind == 3) pool.post_python([] {});
-      std::printf("kind %d accepted with a full queue\n", kind);
-    } catch (const pool_error& e) {
-      std::printf("kind %d: %s\n", kind, pyattach::to_string(e.code()));
-      refused += e.code() == pool_errc::queue_full;
-    }
+  for (const auto& [call, how] : try_each_submit(pool)) {
+    std::printf("%s with a full queue: %s\n", call.c_str(), how.c_str());
+    refused += how == "pool_error:queue_full";
   }
   CHILD_CHECK(refused == 4);
   CHILD_CHECK(pool.stats().queued == 3);
-  release.set();
+  held.release.set();
   pool.wait();
   for (int i = 0; i < 3; ++i) CHILD_CHECK(fs[static_cast<size_t>(i)].get() == i);
-  CHILD_CHECK(blocker.get());
+  CHILD_CHECK(held.blocker.get());
   // Room again.
   auto again = pool.submit([] { return 9; });
   require_ready(again, "after the queue drained");
   CHILD_CHECK(again.get() == 9);
-  std::printf("done\n");
-  return child_exit_code();
+  return child_done();
 }
 USES_CHILD_CASE(pool_queue_full_fail);
-
-TEST(Pool, QueueFullWithFailPolicyThrowsQueueFull) {
-  const auto r = run_child(uses_pool_queue_full_fail);
-  EXPECT_CHILD_CLEAN(r);
-}
+CHILD_TEST(Pool, QueueFullWithFailPolicyThrowsQueueFull, pool_queue_full_fail);
 
 CHILD_CASE(pool_queue_full_block) {
   pyattach::interpreter py;
-  pool_options o;
-  o.name = "blocking";
-  o.workers = 1;
-  o.max_queued = 2;
-  o.when_full = full_policy::block;
-  thread_pool pool(o);
-  latch started, release;
-  auto blocker = hold_a_worker(pool, started, release);
-  CHILD_CHECK(started.wait(k_wait));
-  std::vector<std::future<int>> fs;
+  thread_pool pool(bounded("blocking", 2, full_policy::block));
+  held_worker held;
+  CHILD_CHECK(held.hold(pool));
   std::atomic<int> phase{0};
   std::atomic<bool> still_attached{false};
+  std::vector<std::future<int>> fs;  // the submitter's
   std::thread submitter([&] {
     pyattach::attach_scope gil;  // submits while holding the GIL
     for (int i = 0; i < 3; ++i) {
@@ -85,10 +70,7 @@ CHILD_CASE(pool_queue_full_block) {
     still_attached = pyattach::is_attached() && PyGILState_Check() == 1;
   });
   // Two fit; the third blocks.
-  const auto end = std::chrono::steady_clock::now() + k_wait;
-  while (phase.load() < 2 && std::chrono::steady_clock::now() < end) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
+  poll_until([&] { return phase.load() >= 2; });
   CHILD_CHECK(phase.load() == 2);
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   std::printf("phase after 200 ms: %d, queued %zu\n", phase.load(), pool.stats().queued);
@@ -96,7 +78,7 @@ CHILD_CASE(pool_queue_full_block) {
   CHILD_CHECK(pool.stats().queued == 2);
   // The blocked submitter does not hold the GIL.
   CHILD_CHECK(other_thread_can_run_python(k_prompt));
-  release.set();
+  held.release.set();
   submitter.join();
   CHILD_CHECK(phase.load() == 3);
   CHILD_CHECK(still_attached.load());  // submit took the GIL back before returning
@@ -105,20 +87,15 @@ CHILD_CASE(pool_queue_full_block) {
     CHILD_CHECK(is_ready(fs[static_cast<size_t>(i)]));
     CHILD_CHECK(fs[static_cast<size_t>(i)].get() == i);
   }
-  CHILD_CHECK(blocker.get());
-  std::printf("done\n");
-  return child_exit_code();
+  CHILD_CHECK(held.blocker.get());
+  return child_done();
 }
 USES_CHILD_CASE(pool_queue_full_block);
 
 CHILD_CASE(pool_queue_full_submit_from_own_worker) {
   pyattach::interpreter py;
-  pool_options o;
-  o.name = "selffull";
-  o.workers = 1;
-  o.max_queued = 2;
-  o.when_full = full_policy::block;  // blocking on its own worker would wait for itself
-  thread_pool pool(o);
+  // block: blocking on its own worker would wait for itself.
+  thread_pool pool(bounded("selffull", 2, full_policy::block));
   std::vector<std::future<int>> inner;
   auto outer = pool.submit([&] {
     std::string how = "accepted";
@@ -136,30 +113,19 @@ CHILD_CASE(pool_queue_full_submit_from_own_worker) {
   CHILD_CHECK(inner.size() == 2);
   pool.wait();
   for (std::size_t i = 0; i < inner.size(); ++i) CHILD_CHECK(inner[i].get() == static_cast<int>(i));
-  std::printf("done\n");
-  return child_exit_code();
+  return child_done();
 }
 USES_CHILD_CASE(pool_queue_full_submit_from_own_worker);
 
-TEST(Pool, QueueFullWithBlockPolicyBlocksTheSubmitterWithoutHoldingTheGil) {
-  const auto r = run_child(uses_pool_queue_full_block);
-  EXPECT_CHILD_CLEAN(r);
-}
-
-TEST(Pool, QueueFullWithBlockPolicyFailsInsteadOfBlockingOnItsOwnWorker) {
-  const auto r = run_child(uses_pool_queue_full_submit_from_own_worker);
-  EXPECT_CHILD_CLEAN(r);
-}
+CHILD_TEST(Pool, QueueFullWithBlockPolicyBlocksTheSubmitterWithoutHoldingTheGil, pool_queue_full_block);
+CHILD_TEST(Pool, QueueFullWithBlockPolicyFailsInsteadOfBlockingOnItsOwnWorker,
+           pool_queue_full_submit_from_own_worker);
 
 // ==== 12. stats ================================================================================
 
 TEST(Pool, StatsCountWhatWasDone) {
   error_log log;
-  pool_options o;
-  o.name = "counts";
-  o.workers = 2;
-  o.on_error = log.handler();
-  thread_pool pool(o);
+  thread_pool pool(logged_options("counts", 2, log));
   std::vector<std::future<int>> fs;
   for (int i = 0; i < 10; ++i) fs.push_back(pool.submit([] { return 1; }));
   for (int i = 0; i < 4; ++i) fs.push_back(pool.submit([]() -> int { throw std::runtime_error("x"); }));
@@ -201,9 +167,8 @@ TEST(Pool, StatsCountWhatWasDone) {
 
   // A blocked worker: queued and started as they are.
   thread_pool one("counts1", 1);
-  latch started, release;
-  auto blocker = hold_a_worker(one, started, release);
-  ASSERT_TRUE(started.wait(k_wait));
+  held_worker held;
+  ASSERT_TRUE(held.hold(one));
   std::vector<std::future<int>> queued;
   for (int i = 0; i < 5; ++i) queued.push_back(one.submit([] { return 2; }));
   auto mid = one.stats();
@@ -212,7 +177,7 @@ TEST(Pool, StatsCountWhatWasDone) {
   EXPECT_EQ(mid.queued, 5u);
   EXPECT_EQ(mid.completed, 0u);
   EXPECT_EQ(mid.workers.at(0).tasks, 1u);
-  release.set();
+  held.release.set();
   one.wait();
   auto end = one.stats();
   EXPECT_EQ(end.started, 6u);
@@ -222,9 +187,7 @@ TEST(Pool, StatsCountWhatWasDone) {
 }
 
 TEST(Pool, StatsMeasureBusyTimeAndAttachedTimeOnlyWhenAsked) {
-  pool_options o;
-  o.name = "timed";
-  o.workers = 1;
+  pool_options o = named_options("timed", 1);
   o.measure_python_time = true;
   thread_pool timed(o);
   o.name = "untimed";
@@ -257,13 +220,8 @@ TEST(Pool, StatsMeasureBusyTimeAndAttachedTimeOnlyWhenAsked) {
 // ==== 13. the thread report ====================================================================
 
 TEST(Pool, ThreadReportListsEachWorkerWithItsPool) {
-  pool_options o;
-  o.name = "rpool";
-  o.workers = 3;
-  thread_pool a(o);
-  o.name = "rpool2";
-  o.workers = 2;
-  thread_pool b(o);
+  thread_pool a("rpool", 3);
+  thread_pool b("rpool2", 2);
   for (thread_pool* p : {&a, &b}) {
     python_on_each_worker(*p, [] { return PyRun_SimpleString("_r = 1\n") == 0; });
     p->wait();
@@ -330,10 +288,7 @@ TEST(Pool, StressRandomCppAndPythonExceptionsEveryFutureResolvedExactlyOnce) {
   // Under ASan/TSan everything runs several times slower: 10,000 tasks there.
   const long n = k_sanitized ? 10000 : 100000;
   constexpr int k_submitters = 2;
-  pool_options o;
-  o.name = "stress";
-  o.workers = 8;
-  thread_pool pool(o);
+  thread_pool pool("stress", 8);
   const auto t0 = std::chrono::steady_clock::now();
   struct item {
     long i;

@@ -9,12 +9,45 @@ using namespace pool_test;
 
 // ==== 4. futures ===============================================================================
 
+namespace {
+// f.get() must throw an E, which check(e) then examines; no exception (`if_none`) or an exception
+// of another type fails the test.
+template <class E, class T, class Check>
+void expect_get_throws(std::future<T>& f, Check check, const char* if_none = "no exception") {
+  try {
+    if constexpr (std::is_void_v<T>) {
+      f.get();
+      ADD_FAILURE() << if_none;
+    } else {
+      const auto v = f.get();
+      ADD_FAILURE() << if_none << ", value " << ::testing::PrintToString(v);
+    }
+  } catch (const E& e) {
+    check(e);
+  } catch (...) {
+    ADD_FAILURE() << "wrong type: " << describe_error(std::current_exception());
+  }
+}
+
+// f.get() must throw a python_error of `type` with `message` (unless nullptr) and a traceback that
+// contains each of `in_traceback`.
+template <class T>
+void expect_python_error(std::future<T>& f, const char* type, const char* message,
+                         std::vector<std::string> in_traceback, const char* if_none = "no exception") {
+  expect_get_throws<python_error>(f, [&](const python_error& e) {
+    EXPECT_EQ(e.type_name(), type);
+    if (message != nullptr) {
+      EXPECT_EQ(e.message(), message) << type;
+    }
+    for (const auto& part : in_traceback) {
+      EXPECT_TRUE(contains(e.traceback(), part)) << type << ": '" << part << "' not in " << e.traceback();
+    }
+  }, if_none);
+}
+}  // namespace
 
 TEST(Pool, FuturesReceiveValuesOfEveryKind) {
-  pool_options o;
-  o.name = "values";
-  o.workers = 2;
-  thread_pool pool(o);
+  thread_pool pool("values", 2);
   auto a = pool.submit([] { return 42; });
   auto b = pool.submit([] { return std::string("forty-two"); });
   std::atomic<int> side{0};
@@ -54,30 +87,13 @@ TEST(Pool, FuturesReceiveCppExceptionsWithTheirTypeAndTheWorkerSurvives) {
   auto after = pool.submit([] { return 1; });
   for (auto* f : {&a, &b, &c}) require_ready(*f, "throwing task");
   settle(pool);
-  try {
-    a.get();
-    ADD_FAILURE() << "no exception";
-  } catch (const std::out_of_range& x) {
+  expect_get_throws<std::out_of_range>(a, [](const auto& x) {
     EXPECT_STREQ(x.what(), "index 9 out of range");
-  } catch (...) {
-    ADD_FAILURE() << "wrong type: " << describe_error(std::current_exception());
-  }
-  try {
-    b.get();
-    ADD_FAILURE() << "no exception";
-  } catch (const custom_failure& x) {
-    EXPECT_EQ(x.code, 17);
-  } catch (...) {
-    ADD_FAILURE() << "wrong type: " << describe_error(std::current_exception());
-  }
-  try {
-    c.get();
-    ADD_FAILURE() << "no exception";
-  } catch (const std::invalid_argument& x) {
+  });
+  expect_get_throws<custom_failure>(b, [](const auto& x) { EXPECT_EQ(x.code, 17); });
+  expect_get_throws<std::invalid_argument>(c, [](const auto& x) {
     EXPECT_STREQ(x.what(), "from a python task");
-  } catch (...) {
-    ADD_FAILURE() << "wrong type: " << describe_error(std::current_exception());
-  }
+  });
   require_ready(after, "task after the failures");
   EXPECT_EQ(after.get(), 1);
   require_ready(t1, "tid");
@@ -96,7 +112,7 @@ TEST(Pool, PythonErrorLeftSetArrivesAsPythonErrorAndTheWorkerSurvives) {
   });
   auto set = pool.submit_python([] {
     PyErr_SetString(PyExc_KeyError, "k");
-    return 0;
+    return false;
   });
   // The next task on the same (only) worker finds no error set and runs normally.
   auto next = pool.submit_python([g] {
@@ -106,31 +122,13 @@ TEST(Pool, PythonErrorLeftSetArrivesAsPythonErrorAndTheWorkerSurvives) {
     Py_XDECREF(r);
     return std::make_pair(clean, v);
   });
-  require_ready(raise, "raise ValueError");
-  require_ready(set, "PyErr_SetString");
+  for (auto* f : {&raise, &set}) require_ready(*f, "a task that left a Python error set");
   require_ready(next, "task after the errors");
   settle(pool);
-  try {
-    raise.get();
-    ADD_FAILURE() << "a Python error left set did not reach the future";
-  } catch (const python_error& e) {
-    EXPECT_EQ(e.type_name(), "ValueError");
-    EXPECT_EQ(e.message(), "boom");
-    EXPECT_TRUE(contains(e.traceback(), "ValueError")) << e.traceback();
-    EXPECT_TRUE(contains(e.traceback(), "boom")) << e.traceback();
-  } catch (...) {
-    ADD_FAILURE() << "wrong type: " << describe_error(std::current_exception());
-  }
-  try {
-    set.get();
-    ADD_FAILURE() << "PyErr_SetString did not reach the future";
-  } catch (const python_error& e) {
-    EXPECT_EQ(e.type_name(), "KeyError");
-    EXPECT_EQ(e.message(), "'k'") << "message must be str(exception)";
-    EXPECT_TRUE(contains(e.traceback(), "KeyError")) << e.traceback();
-  } catch (...) {
-    ADD_FAILURE() << "wrong type: " << describe_error(std::current_exception());
-  }
+  expect_python_error(raise, "ValueError", "boom", {"ValueError", "boom"},
+                      "a Python error left set did not reach the future");
+  // The message is str(exception): a KeyError's is quoted.
+  expect_python_error(set, "KeyError", "'k'", {"KeyError"}, "PyErr_SetString did not reach the future");
   const auto n = next.get();
   EXPECT_TRUE(n.first) << "a Python error leaked into the next task";
   EXPECT_EQ(n.second, 2);
@@ -153,29 +151,13 @@ TEST(Pool, ThrownPythonErrorFetchArrivesAndClearsTheError) {
   });
   auto none = pool.submit_python([]() -> int { throw python_error::fetch(); });  // nothing set
   auto next = pool.submit_python([] { return PyErr_Occurred() == nullptr; });
-  require_ready(thrown, "thrown fetch");
-  require_ready(none, "fetch without an error");
+  for (auto* f : {&thrown, &none}) require_ready(*f, "a task that threw python_error::fetch()");
   require_ready(next, "next");
   settle(pool);
-  try {
-    const int v = thrown.get();
-    ADD_FAILURE() << "no exception, value " << v;
-  } catch (const python_error& e) {
-    EXPECT_EQ(e.type_name(), "ValueError");
-    EXPECT_EQ(e.message(), "boom");
-    EXPECT_TRUE(contains(e.traceback(), "ValueError")) << e.traceback();
-    EXPECT_TRUE(contains(e.traceback(), "in f")) << "the traceback names the frame: " << e.traceback();
-  } catch (...) {
-    ADD_FAILURE() << "wrong type: " << describe_error(std::current_exception());
-  }
-  try {
-    none.get();
-    ADD_FAILURE() << "no exception";
-  } catch (const python_error& e) {
-    EXPECT_EQ(e.type_name(), "SystemError") << "fetch() with no error set";
-  } catch (...) {
-    ADD_FAILURE() << "wrong type: " << describe_error(std::current_exception());
-  }
+  // The traceback names the frame ("in f").
+  expect_python_error(thrown, "ValueError", "boom", {"ValueError", "in f"});
+  // fetch() with no error set: a SystemError (whatever its message).
+  expect_python_error(none, "SystemError", nullptr, {});
   EXPECT_TRUE(next.get()) << "an error leaked into the next task";
   drop(g);
 }
@@ -215,11 +197,7 @@ TEST(Pool, PythonErrorAccessors) {
 
 TEST(Pool, PostFailuresGoToOnErrorWithWhereTaskAndTheWorkerSurvives) {
   error_log log;
-  pool_options o;
-  o.name = "posterr";
-  o.workers = 2;
-  o.on_error = log.handler();
-  thread_pool pool(o);
+  thread_pool pool(logged_options("posterr", 2, log));
   PyObject* g = make_globals();
   std::atomic<int> ok{0};
   pool.post([] { throw std::runtime_error("posted boom"); });
@@ -250,10 +228,10 @@ TEST(Pool, PostFailuresGoToOnErrorWithWhereTaskAndTheWorkerSurvives) {
     EXPECT_EQ(tids.at(e.tid).name, "posterr-" + std::to_string(e.worker_index))
         << "worker_index does not name the worker that ran the task";
   }
-  EXPECT_EQ(errors.count("exception:posted boom"), 1u) << join({errors.begin(), errors.end()});
-  EXPECT_EQ(errors.count("python_error:ValueError:pyboom"), 1u) << join({errors.begin(), errors.end()});
-  EXPECT_EQ(errors.count("python_error:TypeError:typed"), 1u) << join({errors.begin(), errors.end()});
-  EXPECT_EQ(errors.count("unknown"), 1u) << join({errors.begin(), errors.end()});
+  for (const char* error : {"exception:posted boom", "python_error:ValueError:pyboom",
+                            "python_error:TypeError:typed", "unknown"}) {
+    EXPECT_EQ(errors.count(error), 1u) << error << " in " << join({errors.begin(), errors.end()});
+  }
   for (const auto& e : entries) {
     if (e.error == "unknown") {
       EXPECT_EQ(e.what, "unknown exception");
@@ -261,7 +239,6 @@ TEST(Pool, PostFailuresGoToOnErrorWithWhereTaskAndTheWorkerSurvives) {
   }
   drop(g);
 }
-
 
 // ==== the rest of the contract =================================================================
 

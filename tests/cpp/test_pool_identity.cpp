@@ -51,27 +51,56 @@ PyObject* compile_eval(const char* expr) {
   if (c == nullptr) PyErr_Print();
   return c;
 }
+
+// The globals with bump() and its compiled call, for identity tasks; dropped at the end.
+struct identity_python {
+  PyObject* globals = make_globals(k_identity_setup);
+  PyObject* code = compile_eval("bump()");
+  identity_python() = default;
+  identity_python(const identity_python&) = delete;
+  identity_python& operator=(const identity_python&) = delete;
+  ~identity_python() {
+    drop(code);
+    drop(globals);
+  }
+  // An identity task's callable.
+  auto task() const {
+    return [code = code, globals = globals] { return identity_task(code, globals); };
+  }
+};
+
+// Submits n identity tasks to `pool`; what each saw, in submission order.
+std::vector<identity_sample> run_identity_tasks(thread_pool& pool, const identity_python& py, int n,
+                                                const std::string& what) {
+  std::vector<std::future<identity_sample>> fs;
+  fs.reserve(static_cast<std::size_t>(n));
+  for (int i = 0; i < n; ++i) fs.push_back(pool.submit_python(py.task()));
+  std::vector<identity_sample> s;
+  for (auto& f : fs) {
+    require_ready(f, what);
+    s.push_back(f.get());
+  }
+  return s;
+}
+
+// The threading.local counts (tl_n) that one thread's tasks saw: 1, 2, ..., n, each once.
+void expect_counted_one_to_n(std::vector<long> ns, long n, const std::string& who) {
+  std::sort(ns.begin(), ns.end());
+  EXPECT_EQ(ns.front(), 1) << who;
+  EXPECT_EQ(ns.back(), n) << who << ": threading.local's counter did not reach its task count";
+  EXPECT_EQ(std::adjacent_find(ns.begin(), ns.end()), ns.end()) << who << ": a tl.n value repeats";
+}
 }  // namespace
 
 TEST(Pool, OneWorkerKeepsOneThreadStateAcross10000PythonTasks) {
   constexpr int k_tasks = 10000;
   const std::size_t baseline = thread_states();
-  PyObject* globals = make_globals(k_identity_setup);
-  PyObject* code = compile_eval("bump()");
-  ASSERT_NE(code, nullptr);
+  identity_python py;
+  ASSERT_NE(py.code, nullptr);
   {
     thread_pool pool("persist", 1);
     EXPECT_EQ(thread_states(), baseline) << "a worker made a thread state before any Python task";
-    std::vector<std::future<identity_sample>> fs;
-    fs.reserve(k_tasks);
-    for (int i = 0; i < k_tasks; ++i) {
-      fs.push_back(pool.submit_python([code, globals] { return identity_task(code, globals); }));
-    }
-    std::vector<identity_sample> s;
-    for (auto& f : fs) {
-      require_ready(f, "a persistence task");
-      s.push_back(f.get());
-    }
+    const std::vector<identity_sample> s = run_identity_tasks(pool, py, k_tasks, "a persistence task");
     ASSERT_EQ(s.size(), static_cast<std::size_t>(k_tasks));
     const identity_sample& first = s.front();
     int diff_tid = 0, diff_state = 0, diff_ident = 0, diff_local = 0, no_gil = 0;
@@ -89,10 +118,7 @@ TEST(Pool, OneWorkerKeepsOneThreadStateAcross10000PythonTasks) {
     EXPECT_EQ(diff_ident, 0) << "threading.get_ident() changed between tasks";
     EXPECT_EQ(diff_local, 0) << "threading.local was reset: its id changed";
     EXPECT_EQ(no_gil, 0) << "PyGILState_Check() was not 1 inside a Python task";
-    std::sort(ns.begin(), ns.end());
-    EXPECT_EQ(ns.front(), 1);
-    EXPECT_EQ(ns.back(), k_tasks) << "threading.local's counter did not reach the task count";
-    EXPECT_EQ(std::adjacent_find(ns.begin(), ns.end()), ns.end()) << "a tl.n value repeats";
+    expect_counted_one_to_n(ns, k_tasks, "the worker");
     EXPECT_EQ(thread_states(), baseline + 1) << "10,000 tasks on one worker: one thread state";
     const auto st = pool.stats();
     ASSERT_EQ(st.workers.size(), 1u);
@@ -102,35 +128,21 @@ TEST(Pool, OneWorkerKeepsOneThreadStateAcross10000PythonTasks) {
     EXPECT_EQ(thread_states(), baseline) << "the worker's thread state survived its thread";
   }
   EXPECT_EQ(thread_states(), baseline);
-  drop(code);
-  drop(globals);
 }
 
 TEST(Pool, EachWorkerHasItsOwnThreadStateAndTheCountGrowsByTheWorkerCountOnly) {
   constexpr std::size_t k_workers = 4;
   constexpr int k_tasks = 10000;
   const std::size_t baseline = thread_states();
-  PyObject* globals = make_globals(k_identity_setup);
-  PyObject* code = compile_eval("bump()");
-  ASSERT_NE(code, nullptr);
+  identity_python py;
+  ASSERT_NE(py.code, nullptr);
   {
-    pool_options o;
-    o.name = "states";
-    o.workers = k_workers;
-    thread_pool pool(o);
+    thread_pool pool("states", k_workers);
     EXPECT_EQ(thread_states(), baseline) << "workers made thread states before any Python task";
     // One Python task on each worker: every worker now has its state.
-    std::vector<identity_sample> s =
-        python_on_each_worker(pool, [code, globals] { return identity_task(code, globals); });
+    std::vector<identity_sample> s = python_on_each_worker(pool, py.task());
     EXPECT_EQ(thread_states(), baseline + k_workers);
-    std::vector<std::future<identity_sample>> fs;
-    for (int i = 0; i < k_tasks; ++i) {
-      fs.push_back(pool.submit_python([code, globals] { return identity_task(code, globals); }));
-    }
-    for (auto& f : fs) {
-      require_ready(f, "an identity task");
-      s.push_back(f.get());
-    }
+    for (auto& x : run_identity_tasks(pool, py, k_tasks, "an identity task")) s.push_back(x);
     EXPECT_EQ(thread_states(), baseline + k_workers)
         << "the thread-state count must grow by the worker count, never the task count";
 
@@ -151,11 +163,8 @@ TEST(Pool, EachWorkerHasItsOwnThreadStateAndTheCountGrowsByTheWorkerCountOnly) {
         ns.push_back(x.tl_n);
       }
       EXPECT_EQ(diff, 0) << "worker " << tid << " changed PyThreadState, ident or threading.local";
-      std::sort(ns.begin(), ns.end());
       // This worker's threading.local counted exactly the tasks it ran: 1, 2, ..., v.size().
-      EXPECT_EQ(ns.front(), 1) << "worker " << tid;
-      EXPECT_EQ(ns.back(), static_cast<long>(v.size())) << "worker " << tid;
-      EXPECT_EQ(std::adjacent_find(ns.begin(), ns.end()), ns.end()) << "worker " << tid;
+      expect_counted_one_to_n(ns, static_cast<long>(v.size()), "worker " + std::to_string(tid));
       local_ids.insert(v[0].tl_id);
       states.insert(v[0].tstate);
       idents.insert(v[0].ident);
@@ -168,8 +177,6 @@ TEST(Pool, EachWorkerHasItsOwnThreadStateAndTheCountGrowsByTheWorkerCountOnly) {
     pool.shutdown();
     EXPECT_EQ(thread_states(), baseline) << "worker thread states were not destroyed at exit";
   }
-  drop(code);
-  drop(globals);
 }
 
 // ==== 2. C++ tasks never attach ================================================================
@@ -203,10 +210,7 @@ TEST(Pool, CppTaskNeverAttachesAnotherThreadRunsPythonWhileItBlocks) {
 
 TEST(Pool, PoolThatRanOnlyCppTasksAddsNoThreadState) {
   const std::size_t baseline = thread_states();
-  pool_options o;
-  o.name = "cxxonly2";
-  o.workers = 3;
-  thread_pool pool(o);
+  thread_pool pool("cxxonly2", 3);
   std::atomic<int> attached{0}, ran{0};
   std::vector<std::future<int>> fs;
   for (int i = 0; i < 1000; ++i) {
@@ -245,10 +249,7 @@ TEST(Pool, PoolThatRanOnlyCppTasksAddsNoThreadState) {
 // ==== 3. idle workers hold no GIL ==============================================================
 
 TEST(Pool, IdleWorkersHoldNoGilAfterRunningPythonTasks) {
-  pool_options o;
-  o.name = "idle";
-  o.workers = 4;
-  thread_pool pool(o);
+  thread_pool pool("idle", 4);
   python_on_each_worker(pool, [] { return PyRun_SimpleString("_idle_x = sum(range(100))\n") == 0; });
   // A burst more, so the workers go idle right after Python work.
   std::vector<std::future<int>> fs;

@@ -8,18 +8,11 @@ using namespace pool_test;
 
 // ==== 6. names =================================================================================
 
-
 TEST(Pool, WorkerOsAndPythonNamesArePoolDashIndex) {
   PyObject* g = make_globals();
-  pool_options o;
-  o.name = "pnames";
-  o.workers = 3;
-  std::mutex m;
-  std::map<std::size_t, std::string> hook_names;  // index -> worker_context::name
-  o.on_start = [&](const pyattach::worker_context& c) {
-    std::lock_guard<std::mutex> lock(m);
-    hook_names[c.index] = c.name;
-  };
+  start_hook_names hook_names;
+  pool_options o = named_options("pnames", 3);
+  o.on_start = hook_names.hook();
   thread_pool pool(o);
   EXPECT_EQ(pool.name(), "pnames");
   EXPECT_EQ(pool.size(), 3u);
@@ -32,7 +25,7 @@ TEST(Pool, WorkerOsAndPythonNamesArePoolDashIndex) {
     EXPECT_EQ(st.workers[i].name, expected);
     EXPECT_NE(st.workers[i].os_tid, 0u);
     EXPECT_EQ(thread_comm(st.workers[i].os_tid), expected) << "OS name of worker " << i;
-    EXPECT_EQ(hook_names[i], expected) << "worker_context::name of worker " << i;
+    EXPECT_EQ(hook_names.of(i), expected) << "worker_context::name of worker " << i;
     name_of_tid[st.workers[i].os_tid] = expected;
   }
   const auto samples = python_on_each_worker(pool, [g] { return name_task(g); });
@@ -44,11 +37,7 @@ TEST(Pool, WorkerOsAndPythonNamesArePoolDashIndex) {
     seen.insert(s.python_name);
   }
   EXPECT_EQ(seen.size(), 3u);
-  const auto names = enumerate_names(g);
-  for (const auto& n : {"pnames-0", "pnames-1", "pnames-2"}) {
-    EXPECT_NE(std::find(names.begin(), names.end(), n), names.end())
-        << n << " missing from threading.enumerate(): " << join(names);
-  }
+  expect_in_threading_enumerate(g, {"pnames-0", "pnames-1", "pnames-2"});
   for (const auto& w : pool.stats().workers) EXPECT_TRUE(w.named_in_python) << w.name;
   drop(g);
 }
@@ -59,15 +48,9 @@ TEST(Pool, LongPoolNameShortensOnlyTheOsNameTo15CharactersKeepingTheIndex) {
   const std::string long_name = "a_rather_long_pool_name";  // 23 characters
   constexpr std::size_t k_workers = 11;                      // indices up to two digits
   PyObject* g = make_globals();
-  pool_options o;
-  o.name = long_name;
-  o.workers = k_workers;
-  std::mutex m;
-  std::map<std::size_t, std::string> hook_names;
-  o.on_start = [&](const pyattach::worker_context& c) {
-    std::lock_guard<std::mutex> lock(m);
-    hook_names[c.index] = c.name;
-  };
+  start_hook_names hook_names;
+  pool_options o = named_options(long_name, k_workers);
+  o.on_start = hook_names.hook();
   thread_pool pool(o);
   EXPECT_EQ(pool.name(), long_name);
   const auto st = pool.stats();
@@ -85,7 +68,7 @@ TEST(Pool, LongPoolNameShortensOnlyTheOsNameTo15CharactersKeepingTheIndex) {
     EXPECT_EQ(long_name.compare(0, prefix.size(), prefix), 0)
         << "'" << comm << "' does not start with a prefix of the pool name";
     EXPECT_EQ(st.workers[i].name, full) << "worker_stats::name";
-    EXPECT_EQ(hook_names[i], full) << "worker_context::name";
+    EXPECT_EQ(hook_names.of(i), full) << "worker_context::name";
     full_of_tid[st.workers[i].os_tid] = full;
     distinct.insert(comm);
   }
@@ -103,10 +86,7 @@ TEST(Pool, WorkersLeaveThreadingActiveAndEnumerateAfterShutdown) {
   PyObject* g = make_globals();
   std::vector<name_sample> samples;
   {
-    pool_options o;
-    o.name = "gone";
-    o.workers = 3;
-    thread_pool pool(o);
+    thread_pool pool("gone", 3);
     samples = python_on_each_worker(pool, [g] { return name_task(g); });
     const auto names = enumerate_names(g);
     for (const auto& s : samples) {
@@ -132,13 +112,10 @@ TEST(Pool, WorkersLeaveThreadingActiveAndEnumerateAfterShutdown) {
 
 // ==== 7. hooks =================================================================================
 
-
 TEST(Pool, StartAndStopHooksRunOncePerWorkerOnTheWorkerAroundItsTasks) {
   constexpr std::size_t k_workers = 3;
   event_log log;
-  pool_options o;
-  o.name = "hooks";
-  o.workers = k_workers;
+  pool_options o = named_options("hooks", k_workers);
   o.on_start = [&](const pyattach::worker_context& c) { log.add(hook_record("start", c)); };
   o.on_stop = [&](const pyattach::worker_context& c) { log.add(hook_record("stop", c)); };
   std::optional<thread_pool> pool;
@@ -148,27 +125,14 @@ TEST(Pool, StartAndStopHooksRunOncePerWorkerOnTheWorkerAroundItsTasks) {
   EXPECT_EQ(log.count("stop"), 0u);
   const auto tids = workers_by_tid(*pool);
   cpp_on_each_worker(*pool, [&] {  // every worker runs at least one task
-    hook_event e;
-    e.kind = "task";
-    e.tid = os_tid();
-    log.add(e);
+    log.add(task_event());
     return 0;
   });
   for (int i = 0; i < 60; ++i) {
     if (i % 2 == 0) {
-      pool->post([&] {
-        hook_event e;
-        e.kind = "task";
-        e.tid = os_tid();
-        log.add(e);
-      });
+      pool->post([&] { log.add(task_event()); });
     } else {
-      pool->post_python([&] {
-        hook_event e;
-        e.kind = "task";
-        e.tid = os_tid();
-        log.add(e);
-      });
+      pool->post_python([&] { log.add(task_event()); });
     }
   }
   pool->wait();
@@ -179,8 +143,7 @@ TEST(Pool, StartAndStopHooksRunOncePerWorkerOnTheWorkerAroundItsTasks) {
   const auto events = log.snapshot();
   EXPECT_EQ(log.count("start"), k_workers);
   EXPECT_EQ(log.count("stop"), k_workers) << "a stop hook ran twice (shutdown, then destructor)";
-  std::map<std::uint64_t, std::vector<hook_event>> by_tid;
-  for (const auto& e : events) by_tid[e.tid].push_back(e);
+  const auto by_tid = events_by_tid(events);
   EXPECT_EQ(by_tid.size(), k_workers) << "hooks or tasks ran on a thread that is not a worker";
   std::set<std::size_t> indices;
   for (const auto& [tid, v] : by_tid) {
@@ -220,9 +183,7 @@ TEST(Pool, PythonHooksRunAttachedAndShareTheWorkersThreadState) {
     }
     return e;
   };
-  pool_options o;
-  o.name = "pyhooks";
-  o.workers = k_workers;
+  pool_options o = named_options("pyhooks", k_workers);
   o.start_hook_python = true;
   o.stop_hook_python = true;
   o.on_start = [&](const pyattach::worker_context& c) { log.add(python_record("start", c, true)); };
@@ -231,9 +192,7 @@ TEST(Pool, PythonHooksRunAttachedAndShareTheWorkersThreadState) {
     thread_pool pool(o);
     EXPECT_EQ(thread_states(), baseline + k_workers) << "Python start hooks made the workers' states";
     const auto tasks = python_on_each_worker(pool, [g] {
-      hook_event e;
-      e.kind = "task";
-      e.tid = os_tid();
+      hook_event e = task_event();
       e.tstate = PyThreadState_Get();
       e.tl_mark = py_eval_str("getattr(tl, 'mark', 'unset')", g);
       return e;
@@ -242,9 +201,7 @@ TEST(Pool, PythonHooksRunAttachedAndShareTheWorkersThreadState) {
     EXPECT_EQ(thread_states(), baseline + k_workers);
   }
   EXPECT_EQ(thread_states(), baseline);
-  const auto events = log.snapshot();
-  std::map<std::uint64_t, std::vector<hook_event>> by_tid;
-  for (const auto& e : events) by_tid[e.tid].push_back(e);
+  const auto by_tid = events_by_tid(log.snapshot());
   ASSERT_EQ(by_tid.size(), k_workers);
   for (const auto& [tid, v] : by_tid) {
     ASSERT_EQ(v.size(), 3u) << "worker " << tid << ": start, task, stop";
@@ -269,18 +226,13 @@ CHILD_CASE(pool_start_hook_failure) {
   // args[0]: "python" to run the hooks attached.
   const bool python = !args.empty() && args[0] == "python";
   pyattach::interpreter py;
-  // A first thread, joined: TSan starts its background thread at the first pthread_create, and
-  // it must be in the baseline, not counted as a worker left behind.
-  std::thread([] {}).join();
-  const std::size_t baseline_threads = settled_os_thread_count();
+  const std::size_t baseline_threads = baseline_os_thread_count();
   const std::size_t baseline_states = thread_states();
   constexpr std::size_t k_workers = 4;
   std::mutex m;
   std::map<std::size_t, int> started, stopped;
   std::map<std::size_t, std::uint64_t> start_tid, stop_tid;
-  pool_options o;
-  o.name = "badstart";
-  o.workers = k_workers;
+  pool_options o = named_options("badstart", k_workers);
   o.start_hook_python = python;
   o.stop_hook_python = python;
   o.on_start = [&](const pyattach::worker_context& c) {
@@ -329,29 +281,16 @@ CHILD_CASE(pool_start_hook_failure) {
   std::printf("threads %zu (baseline %zu)\n", os_thread_count(), baseline_threads);
   CHILD_CHECK(thread_states() == baseline_states);
   CHILD_CHECK(other_thread_can_run_python());
-  std::printf("done\n");
-  return child_exit_code();
+  return child_done();
 }
 USES_CHILD_CASE(pool_start_hook_failure);
-
-TEST(Pool, ThrowingStartHookFailsTheConstructorAndStopsEveryWorker) {
-  const auto r = run_child(uses_pool_start_hook_failure);
-  EXPECT_CHILD_CLEAN(r);
-}
-
-TEST(Pool, ThrowingPythonStartHookFailsTheConstructorAndStopsEveryWorker) {
-  child_options o;
-  o.args = {"python"};
-  const auto r = run_child(uses_pool_start_hook_failure, o);
-  EXPECT_CHILD_CLEAN(r);
-}
+CHILD_TEST(Pool, ThrowingStartHookFailsTheConstructorAndStopsEveryWorker, pool_start_hook_failure);
+CHILD_TEST(Pool, ThrowingPythonStartHookFailsTheConstructorAndStopsEveryWorker,
+           pool_start_hook_failure, child_args({"python"}));
 
 TEST(Pool, ThrowingStopHookGoesToOnErrorWithWhereStopHook) {
   error_log log;
-  pool_options o;
-  o.name = "badstop";
-  o.workers = 2;
-  o.on_error = log.handler();
+  pool_options o = logged_options("badstop", 2, log);
   o.on_stop = [](const pyattach::worker_context& c) {
     throw std::runtime_error("stop hook " + std::to_string(c.index) + " failed");
   };

@@ -13,9 +13,7 @@ using namespace pool_test;
 
 namespace {
 pool_options on_demand(const std::string& name, std::size_t workers) {
-  pool_options o;
-  o.name = name;
-  o.workers = workers;
+  pool_options o = named_options(name, workers);
   o.spawn_on_demand = true;
   return o;
 }
@@ -25,25 +23,13 @@ std::vector<std::string> stats_names(const thread_pool& pool) {
   for (const auto& w : pool.stats().workers) v.push_back(w.name);
   return v;
 }
-
-// How a call ended: "returned", "pool_error:<code>", or describe_error's text.
-template <class F>
-std::string call_outcome(F&& fn) {
-  try {
-    fn();
-    return "returned";
-  } catch (...) {
-    return describe_error(std::current_exception());
-  }
-}
 }  // namespace
 
 TEST(Pool, OnDemandStartsNoWorkerAtConstruction) {
-  std::thread([] {}).join();  // (TSan's background thread, if any, into the baseline)
-  const std::size_t baseline = settled_os_thread_count();
   std::atomic<int> starts{0};
+  const std::size_t baseline = baseline_os_thread_count();
   pool_options o = on_demand("lazy", 4);
-  o.on_start = [&](const pyattach::worker_context&) { ++starts; };
+  o.on_start = counting_hook(starts);
   {
     thread_pool pool(o);
     EXPECT_EQ(pool.size(), 4u) << "size() is the most workers that may start";
@@ -68,8 +54,7 @@ TEST(Pool, OnDemandStartsNoWorkerAtConstruction) {
 }
 
 TEST(Pool, OnDemandOneQuickTaskAtATimeReusesWorkerZero) {
-  std::thread([] {}).join();
-  const std::size_t baseline = settled_os_thread_count();
+  const std::size_t baseline = baseline_os_thread_count();
   thread_pool pool(on_demand("reuse", 4));
   // The worker destroys a task's callable right after making its future ready (pool.hpp): this
   // one's destructor keeps it there for 2 ms, neither idle nor running a task. It counts as free
@@ -130,10 +115,7 @@ TEST(Pool, OnDemandConcurrentBlockingTasksStartMinOfTasksAndWorkers) {
         return os_tid();
       }));
     }
-    const auto end = std::chrono::steady_clock::now() + k_wait;
-    while (running.load() < 3 && std::chrono::steady_clock::now() < end) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
+    poll_until([&] { return running.load() >= 3; });
     EXPECT_EQ(running.load(), 3);
     const auto st = pool.stats();
     EXPECT_EQ(st.workers.size(), 3u);
@@ -169,11 +151,7 @@ TEST(Pool, OnDemandPythonTasksAndHooksRunOnLazilyStartedWorkers) {
       seen.insert(s.python_name);
     }
     EXPECT_EQ(seen, (std::set<std::string>{"lazypy-0", "lazypy-1", "lazypy-2"}));
-    const auto names = enumerate_names(g);
-    for (const auto& n : seen) {
-      EXPECT_NE(std::find(names.begin(), names.end(), n), names.end())
-          << n << " missing from threading.enumerate(): " << join(names);
-    }
+    expect_in_threading_enumerate(g, {seen.begin(), seen.end()});
     for (const auto& w : pool.stats().workers) EXPECT_TRUE(w.named_in_python) << w.name;
     // The start hooks ran attached on the workers the submits started.
     const auto starts = log.snapshot();
@@ -193,16 +171,10 @@ TEST(Pool, OnDemandPythonTasksAndHooksRunOnLazilyStartedWorkers) {
 
 TEST(Pool, NameSeparatorUnderscoreGivesPoolUnderscoreIndex) {
   PyObject* g = make_globals();
-  std::mutex m;
-  std::map<std::size_t, std::string> hook_names;
-  pool_options o;
-  o.name = "X";
+  start_hook_names hook_names;
+  pool_options o = named_options("X", 2);
   o.name_separator = "_";
-  o.workers = 2;
-  o.on_start = [&](const pyattach::worker_context& c) {
-    std::lock_guard<std::mutex> lock(m);
-    hook_names[c.index] = c.name;
-  };
+  o.on_start = hook_names.hook();
   {
     thread_pool pool(o);
     const auto st = pool.stats();
@@ -211,7 +183,7 @@ TEST(Pool, NameSeparatorUnderscoreGivesPoolUnderscoreIndex) {
       const std::string expected = "X_" + std::to_string(i);
       EXPECT_EQ(st.workers[i].name, expected);
       EXPECT_EQ(thread_comm(st.workers[i].os_tid), expected);
-      EXPECT_EQ(hook_names[i], expected);
+      EXPECT_EQ(hook_names.of(i), expected);
     }
     std::set<std::string> py_names;
     for (const auto& s : python_on_each_worker(pool, [g] { return name_task(g); })) {
@@ -233,21 +205,17 @@ TEST(Pool, NameSeparatorUnderscoreGivesPoolUnderscoreIndex) {
 }
 
 TEST(Pool, StopReturnsBeforeTheRunningTaskFinishesAndALaterShutdownJoins) {
-  std::thread([] {}).join();
-  const std::size_t baseline = settled_os_thread_count();
+  const std::size_t baseline = baseline_os_thread_count();
   std::atomic<int> stops{0};
-  pool_options o;
-  o.name = "stopper";
-  o.workers = 1;
-  o.on_stop = [&](const pyattach::worker_context&) { ++stops; };
+  pool_options o = named_options("stopper", 1);
+  o.on_stop = counting_hook(stops);
   thread_pool pool(o);
-  latch started, release;
-  auto blocker = hold_a_worker(pool, started, release);
-  ASSERT_TRUE(started.wait(k_wait));
+  held_worker held;
+  ASSERT_TRUE(held.hold(pool));
   std::vector<std::future<int>> queued;
   for (int i = 0; i < 3; ++i) queued.push_back(pool.submit([i] { return 10 + i; }));
   run_with_deadline("stop() with a task running", [&] { pool.stop(); }, k_prompt);
-  EXPECT_FALSE(is_ready(blocker)) << "stop() waited for the running task";
+  EXPECT_FALSE(is_ready(held.blocker)) << "stop() waited for the running task";
   EXPECT_EQ(stops.load(), 0);
   EXPECT_EQ(call_outcome([&] { pool.submit([] { return 0; }); }), "pool_error:shut_down");
   EXPECT_EQ(call_outcome([&] { pool.post_python([] {}); }), "pool_error:shut_down");
@@ -264,76 +232,60 @@ TEST(Pool, StopReturnsBeforeTheRunningTaskFinishesAndALaterShutdownJoins) {
     EXPECT_EQ(call_outcome([&] { self_stop.submit([] { return 0; }); }), "pool_error:shut_down");
   }
   EXPECT_TRUE(os_thread_count_becomes(baseline + 1)) << "the stopped worker left before its task ended";
-  release.set();
+  held.release.set();
   // The worker drains the queue on its own (drain) and leaves; shutdown() joins it.
   for (auto& f : queued) require_ready(f, "a task queued before stop()");
   run_with_deadline("shutdown after stop()", [&] { pool.shutdown(); });
-  EXPECT_EQ(blocker.get(), 1);
+  EXPECT_EQ(held.blocker.get(), 1);
   for (int i = 0; i < 3; ++i) EXPECT_EQ(queued[i].get(), 10 + i);
   EXPECT_EQ(stops.load(), 1);
   EXPECT_TRUE(os_thread_count_becomes(baseline)) << "shutdown() did not join the stopped worker";
 }
 
-TEST(Pool, StopCancelCompletesQueuedTasksWithCancelledAndLetsTheRunningOneFinish) {
-  error_log log;
-  pool_options o;
-  o.name = "stopcancel";
-  o.workers = 1;
-  o.on_error = log.handler();
-  thread_pool pool(o);
-  latch started, release;
-  auto blocker = hold_a_worker(pool, started, release);
-  ASSERT_TRUE(started.wait(k_wait));
-  std::atomic<int> ran{0};
-  std::vector<std::future<int>> fs;
-  for (int i = 0; i < 3; ++i) fs.push_back(pool.submit([&] { return ++ran; }));
-  for (int i = 0; i < 2; ++i) fs.push_back(pool.submit_python([&] { return ++ran; }));
-  pool.post([&] { ++ran; });
-  pool.post_python([&] { ++ran; });
-  run_with_deadline("stop(cancel)", [&] { pool.stop(shutdown_mode::cancel); }, k_prompt);
+TEST_F(PoolWithHeldWorker, StopCancelCompletesQueuedTasksWithCancelledAndLetsTheRunningOneFinish) {
+  ASSERT_NO_FATAL_FAILURE(start("stopcancel"));
+  for (int i = 0; i < 3; ++i) fs.push_back(pool->submit([&] { return ++ran; }));
+  for (int i = 0; i < 2; ++i) fs.push_back(pool->submit_python([&] { return ++ran; }));
+  pool->post([&] { ++ran; });
+  pool->post_python([&] { ++ran; });
+  run_with_deadline("stop(cancel)", [&] { pool->stop(shutdown_mode::cancel); }, k_prompt);
   // Cancelled at once, while the running task still runs.
   for (auto& f : fs) {
     ASSERT_TRUE(is_ready(f)) << "a queued task was not completed by stop(cancel)";
     EXPECT_EQ(outcome(f), "pool_error:cancelled");
   }
-  EXPECT_FALSE(is_ready(blocker));
+  EXPECT_FALSE(is_ready(held.blocker));
   EXPECT_EQ(log.count("pool_error:cancelled"), 2u) << "the cancelled posts go to on_error";
-  EXPECT_EQ(call_outcome([&] { pool.submit([] { return 0; }); }), "pool_error:shut_down");
-  release.set();
-  run_with_deadline("shutdown after stop(cancel)", [&] { pool.shutdown(); });
-  EXPECT_EQ(blocker.get(), 1);
+  EXPECT_EQ(call_outcome([&] { pool->submit([] { return 0; }); }), "pool_error:shut_down");
+  held.release.set();
+  run_with_deadline("shutdown after stop(cancel)", [&] { pool->shutdown(); });
+  EXPECT_EQ(held.blocker.get(), 1);
   EXPECT_EQ(ran.load(), 0);
-  const auto st = pool.stats();
+  const auto st = pool->stats();
   EXPECT_EQ(st.cancelled, 7u);
   EXPECT_EQ(st.completed, 1u);
 }
 
 TEST(Pool, DetachedPoolIsDestroyedWithoutJoiningAndItsWorkersFinishTheQueueOnTheirOwn) {
-  std::thread([] {}).join();
-  const std::size_t baseline = settled_os_thread_count();
+  const std::size_t baseline = baseline_os_thread_count();
   std::atomic<int> stops{0};
-  pool_options o;
-  o.name = "letgo";
-  o.workers = 1;
-  o.on_stop = [&](const pyattach::worker_context&) { ++stops; };
+  pool_options o = named_options("letgo", 1);
+  o.on_stop = counting_hook(stops);
   auto pool = std::make_unique<thread_pool>(o);
   // The worker runs Python once, so that the thread report knows it.
   python_on_each_worker(*pool, [] { return PyRun_SimpleString("_d = 1\n") == 0; });
   const std::uint64_t worker_tid = pool->stats().workers.at(0).os_tid;
-  latch started, release;
-  auto blocker = hold_a_worker(*pool, started, release);
-  ASSERT_TRUE(started.wait(k_wait));
+  held_worker held;
+  ASSERT_TRUE(held.hold(*pool));
   std::vector<std::future<int>> queued;
-  for (int i = 0; i < 4; ++i) {
-    queued.push_back(pool->submit([i] { return 20 + i; }));
-  }
+  for (int i = 0; i < 4; ++i) queued.push_back(pool->submit([i] { return 20 + i; }));
   run_with_deadline("detach()", [&] { pool->detach(); }, k_prompt);
   EXPECT_EQ(call_outcome([&] { pool->submit([] { return 0; }); }), "pool_error:shut_down");
   run_with_deadline("detach() again", [&] { pool->detach(); }, k_prompt);
   // The destructor does not wait for the running task: the threads were let go.
   run_with_deadline("destroying a detached pool with a task running", [&] { pool.reset(); },
                     k_prompt);
-  EXPECT_FALSE(is_ready(blocker));
+  EXPECT_FALSE(is_ready(held.blocker));
   // Still running, so still a pool worker in the thread report.
   const auto report = pyattach::make_thread_report();
   std::string pool_of_worker = "(not in the report)";
@@ -341,18 +293,15 @@ TEST(Pool, DetachedPoolIsDestroyedWithoutJoiningAndItsWorkersFinishTheQueueOnThe
     if (t.os_tid == worker_tid) pool_of_worker = t.pool;
   }
   EXPECT_EQ(pool_of_worker, "letgo") << pyattach::to_string(report);
-  release.set();
-  require_ready(blocker, "the running task of a detached pool");
-  EXPECT_EQ(blocker.get(), 1);
+  held.release.set();
+  require_ready(held.blocker, "the running task of a detached pool");
+  EXPECT_EQ(held.blocker.get(), 1);
   for (int i = 0; i < 4; ++i) {
     require_ready(queued[i], "a task queued before detach()");
     EXPECT_EQ(queued[i].get(), 20 + i) << "detach() drains the queue";
   }
   // The worker runs its stop hook and exits on its own.
-  const auto end = std::chrono::steady_clock::now() + k_wait;
-  while (stops.load() < 1 && std::chrono::steady_clock::now() < end) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
+  poll_until([&] { return stops.load() >= 1; });
   EXPECT_EQ(stops.load(), 1);
   EXPECT_TRUE(os_thread_count_becomes(baseline)) << "a detached worker did not exit";
 }
@@ -364,13 +313,12 @@ CHILD_CASE(pool_detached_and_destroyed_on_own_worker) {
   const bool python = !args.empty() && args[0] == "python";
   pyattach::interpreter py;
   CHILD_CHECK(pyattach::set_misuse_handler(record_pool_report) == nullptr);
-  std::thread([] {}).join();
-  const std::size_t baseline = settled_os_thread_count();
+  const std::size_t baseline = baseline_os_thread_count();
   std::atomic<int> stops{0};
   pool_options o = on_demand("collected", 1);
   o.name_separator = "_";
   o.stop_hook_python = python;
-  o.on_stop = [&](const pyattach::worker_context&) { ++stops; };
+  o.on_stop = counting_hook(stops);
   auto* pool = new thread_pool(o);
   latch go;
   auto self_destroy = [pool, &go, python] {
@@ -390,35 +338,31 @@ CHILD_CASE(pool_detached_and_destroyed_on_own_worker) {
     require_ready(queued[i], "a task queued behind the destroyer");
     CHILD_CHECK(queued[i].get() == i);
   }
-  const auto end = std::chrono::steady_clock::now() + k_wait;
-  while (stops.load() < 1 && std::chrono::steady_clock::now() < end) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
+  poll_until([&] { return stops.load() >= 1; });
   CHILD_CHECK(stops.load() == 1);
   CHILD_CHECK(os_thread_count_becomes(baseline));
   std::printf("misuse reports %zu\n", static_cast<std::size_t>(pyattach::misuse_count()));
   CHILD_CHECK(pyattach::misuse_count() == 0);
   pyattach::set_misuse_handler(nullptr);
   CHILD_CHECK(other_thread_can_run_python());
-  std::printf("done\n");
-  return child_exit_code();
+  return child_done();
 }
 USES_CHILD_CASE(pool_detached_and_destroyed_on_own_worker);
 
-TEST(Pool, DetachedPoolDestroyedByItsOwnCppTaskIsNoMisuse) {
-  child_options o;
-  o.args = {"cpp"};
-  const auto r = run_child(uses_pool_detached_and_destroyed_on_own_worker, o);
+namespace {
+// The case with a "cpp" or "python" task: clean, and no misuse report on its stderr either.
+void expect_destroyed_on_own_worker_without_misuse(const char* task) {
+  const auto r = run_child(uses_pool_detached_and_destroyed_on_own_worker, child_args({task}));
   EXPECT_CHILD_CLEAN(r);
   EXPECT_EQ(r.err.find("pool_call_from_worker"), std::string::npos) << r.describe();
 }
+}  // namespace
 
+TEST(Pool, DetachedPoolDestroyedByItsOwnCppTaskIsNoMisuse) {
+  expect_destroyed_on_own_worker_without_misuse("cpp");
+}
 TEST(Pool, DetachedPoolDestroyedByItsOwnPythonTaskIsNoMisuse) {
-  child_options o;
-  o.args = {"python"};
-  const auto r = run_child(uses_pool_detached_and_destroyed_on_own_worker, o);
-  EXPECT_CHILD_CLEAN(r);
-  EXPECT_EQ(r.err.find("pool_call_from_worker"), std::string::npos) << r.describe();
+  expect_destroyed_on_own_worker_without_misuse("python");
 }
 
 // The interpreter's end still stops a detached, destroyed pool whose worker runs: its queue
@@ -453,8 +397,7 @@ CHILD_CASE(pool_detached_pool_stopped_by_finalization) {
   pool.reset();  // no join: the worker runs on, holding the pool
   const auto t0 = std::chrono::steady_clock::now();
   py.reset();  // Py_FinalizeEx: the gate stops every pool first, detached ones included
-  const double destroy_ms =
-      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  const double destroy_ms = ms_since(t0);
   std::printf("interpreter destroyed in %.1f ms; stop hooks %d (status %d)\n", destroy_ms,
               stops.load(), stop_status.load());
   CHILD_CHECK(is_ready(blocker));  // the closer waited for it
@@ -473,15 +416,11 @@ CHILD_CASE(pool_detached_pool_stopped_by_finalization) {
   std::printf("finalizing %zu of %zu, ran %d\n", finalizing, fs.size(), ran.load());
   CHILD_CHECK(finalizing == fs.size());
   CHILD_CHECK(ran.load() == 0);
-  std::printf("done\n");
-  return child_exit_code();
+  return child_done();
 }
 USES_CHILD_CASE(pool_detached_pool_stopped_by_finalization);
-
-TEST(Pool, DetachedPoolIsStillStoppedAndWaitedForByFinalization) {
-  const auto r = run_child(uses_pool_detached_pool_stopped_by_finalization);
-  EXPECT_CHILD_CLEAN(r);
-}
+CHILD_TEST(Pool, DetachedPoolIsStillStoppedAndWaitedForByFinalization,
+           pool_detached_pool_stopped_by_finalization);
 
 TEST(Pool, OnDemandThrowingStartHookBreaksThePoolLikeShutdownCancel) {
   error_log log;
@@ -491,12 +430,11 @@ TEST(Pool, OnDemandThrowingStartHookBreaksThePoolLikeShutdownCancel) {
   o.on_start = [](const pyattach::worker_context& c) {
     if (c.index == 1) throw std::runtime_error("start hook 1 failed");
   };
-  o.on_stop = [&](const pyattach::worker_context&) { ++stops; };
+  o.on_stop = counting_hook(stops);
   std::optional<thread_pool> pool;
   ASSERT_NO_THROW(pool.emplace(o)) << "an on-demand pool runs no hook in its constructor";
-  latch started, release;
-  auto blocker = hold_a_worker(*pool, started, release);
-  ASSERT_TRUE(started.wait(k_wait));
+  held_worker held;
+  ASSERT_TRUE(held.hold(*pool));
   // Worker 0 is busy: this task starts worker 1, whose hook throws: the task never runs.
   std::atomic<int> ran{0};
   auto victim = pool->submit([&] { return ++ran; });
@@ -513,10 +451,10 @@ TEST(Pool, OnDemandThrowingStartHookBreaksThePoolLikeShutdownCancel) {
   EXPECT_TRUE(contains(what, "start hook 1 failed")) << what;
   EXPECT_TRUE(contains(what, "brittle-1")) << what;
   // Worker 0 finishes its task, then its stop hook runs; worker 1 never started: no stop hook.
-  EXPECT_FALSE(is_ready(blocker));
-  release.set();
+  EXPECT_FALSE(is_ready(held.blocker));
+  held.release.set();
   run_with_deadline("shutdown of a broken pool", [&] { pool->shutdown(); });
-  EXPECT_EQ(blocker.get(), 1);
+  EXPECT_EQ(held.blocker.get(), 1);
   EXPECT_EQ(ran.load(), 0);
   EXPECT_EQ(stops.load(), 1);
   EXPECT_EQ(stats_names(*pool), (std::vector<std::string>{"brittle-0", "brittle-1"}));

@@ -15,61 +15,58 @@ std::string site_of(int line) { return std::string(__FILE__) + ":" + std::to_str
 // ==== 9. shutdown ==============================================================================
 
 namespace {
-// On another thread: submits probes until the pool refuses one (shutdown began), then releases
-// `release`. The probes accepted before that are returned through `probes`.
-std::thread release_when_shut_down(thread_pool& pool, latch& release, std::vector<std::future<int>>& probes,
-                                   std::optional<pool_errc>& refusal) {
-  return std::thread([&] {
+// What probing a shutdown found: the probes the pool accepted before the shutdown began (drained
+// or cancelled with the rest of the queue), and the error that refused the first probe after.
+struct probed_shutdown {
+  std::vector<std::future<int>> probes;
+  std::optional<pool_errc> refusal;
+};
+
+// Shuts `pool` down in `mode` (with a deadline) while another thread submits probes until the
+// pool refuses one (shutdown began), then releases `held`'s running task.
+probed_shutdown shut_down_while_probing(thread_pool& pool, held_worker& held, shutdown_mode mode,
+                                        const std::string& what) {
+  probed_shutdown r;
+  std::thread releaser([&] {
     const auto end = std::chrono::steady_clock::now() + k_wait;
     while (std::chrono::steady_clock::now() < end) {
       try {
-        probes.push_back(pool.submit([] { return -1; }));
+        r.probes.push_back(pool.submit([] { return -1; }));
       } catch (const pool_error& e) {
-        refusal = e.code();
+        r.refusal = e.code();
         break;
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
-    release.set();
+    held.release.set();
   });
+  run_with_deadline(what, [&] { pool.shutdown(mode); });
+  releaser.join();
+  return r;
 }
 }  // namespace
 
-TEST(Pool, ShutdownDrainRunsEveryQueuedTask) {
-  error_log log;
-  pool_options o;
-  o.name = "drain";
-  o.workers = 1;
-  o.on_error = log.handler();
-  thread_pool pool(o);
-  latch started, release;
-  auto blocker = hold_a_worker(pool, started, release);
-  ASSERT_TRUE(started.wait(k_wait));
-  std::atomic<int> ran{0};
-  std::vector<std::future<int>> fs;
+TEST_F(PoolWithHeldWorker, ShutdownDrainRunsEveryQueuedTask) {
+  ASSERT_NO_FATAL_FAILURE(start("drain"));
   for (int i = 0; i < 50; ++i) {
-    fs.push_back(pool.submit([&, i] {
+    fs.push_back(pool->submit([&, i] {
       ++ran;
       return i;
     }));
-    fs.push_back(pool.submit_python([&, i] {
+    fs.push_back(pool->submit_python([&, i] {
       ++ran;
       return PyRun_SimpleString("_drained = 1\n") == 0 ? i : -2;
     }));
-    pool.post([&] { ++ran; });
-    pool.post_python([&] { ++ran; });
+    pool->post([&] { ++ran; });
+    pool->post_python([&] { ++ran; });
   }
-  EXPECT_EQ(pool.stats().queued, 200u);
-  std::vector<std::future<int>> probes;
-  std::optional<pool_errc> refusal;
-  std::thread releaser = release_when_shut_down(pool, release, probes, refusal);
-  run_with_deadline("shutdown(drain)", [&] { pool.shutdown(shutdown_mode::drain); });
-  releaser.join();
+  EXPECT_EQ(pool->stats().queued, 200u);
+  auto [probes, refusal] = shut_down_while_probing(*pool, held, shutdown_mode::drain, "shutdown(drain)");
   ASSERT_TRUE(refusal.has_value()) << "submit was never refused while shutdown ran";
   EXPECT_STREQ(pyattach::to_string(*refusal), "shut_down");
   EXPECT_EQ(ran.load(), 200) << "shutdown(drain) did not run every queued task";
-  ASSERT_TRUE(is_ready(blocker));
-  EXPECT_EQ(blocker.get(), 1);
+  ASSERT_TRUE(is_ready(held.blocker));
+  EXPECT_EQ(held.blocker.get(), 1);
   for (std::size_t i = 0; i < fs.size(); ++i) {
     ASSERT_TRUE(is_ready(fs[i])) << "future " << i << " not ready after shutdown(drain)";
     EXPECT_EQ(fs[i].get(), static_cast<int>(i / 2)) << "future " << i;
@@ -79,41 +76,27 @@ TEST(Pool, ShutdownDrainRunsEveryQueuedTask) {
     EXPECT_EQ(outcome(p), "value") << "a probe queued before shutdown was not drained";
   }
   EXPECT_TRUE(log.snapshot().empty());
-  const auto st = pool.stats();
+  const auto st = pool->stats();
   EXPECT_EQ(st.completed, 201u + probes.size());
   EXPECT_EQ(st.cancelled, 0u);
   EXPECT_EQ(st.queued, 0u);
 }
 
-TEST(Pool, ShutdownCancelCompletesQueuedTasksWithCancelledAndReportsCancelledPosts) {
-  error_log log;
-  pool_options o;
-  o.name = "cancel";
-  o.workers = 1;
-  o.on_error = log.handler();
-  thread_pool pool(o);
-  latch started, release;
-  auto blocker = hold_a_worker(pool, started, release);
-  ASSERT_TRUE(started.wait(k_wait));
-  std::atomic<int> ran{0};
-  std::vector<std::future<int>> fs;
+TEST_F(PoolWithHeldWorker, ShutdownCancelCompletesQueuedTasksWithCancelledAndReportsCancelledPosts) {
+  ASSERT_NO_FATAL_FAILURE(start("cancel"));
   for (int i = 0; i < 30; ++i) {
-    fs.push_back(pool.submit([&] { return ++ran; }));
-    fs.push_back(pool.submit_python([&] { return ++ran; }));
+    fs.push_back(pool->submit([&] { return ++ran; }));
+    fs.push_back(pool->submit_python([&] { return ++ran; }));
   }
   for (int i = 0; i < 5; ++i) {
-    pool.post([&] { ++ran; });
-    pool.post_python([&] { ++ran; });
+    pool->post([&] { ++ran; });
+    pool->post_python([&] { ++ran; });
   }
-  std::vector<std::future<int>> probes;
-  std::optional<pool_errc> refusal;
-  std::thread releaser = release_when_shut_down(pool, release, probes, refusal);
-  run_with_deadline("shutdown(cancel)", [&] { pool.shutdown(shutdown_mode::cancel); });
-  releaser.join();
+  auto [probes, refusal] = shut_down_while_probing(*pool, held, shutdown_mode::cancel, "shutdown(cancel)");
   ASSERT_TRUE(refusal.has_value());
   EXPECT_STREQ(pyattach::to_string(*refusal), "shut_down");
-  ASSERT_TRUE(is_ready(blocker));
-  EXPECT_EQ(blocker.get(), 1) << "the running task must finish";
+  ASSERT_TRUE(is_ready(held.blocker));
+  EXPECT_EQ(held.blocker.get(), 1) << "the running task must finish";
   EXPECT_EQ(ran.load(), 0) << "shutdown(cancel) ran a queued task";
   std::size_t cancelled = 0;
   for (auto* v : {&fs, &probes}) {
@@ -135,7 +118,7 @@ TEST(Pool, ShutdownCancelCompletesQueuedTasksWithCancelledAndReportsCancelledPos
     EXPECT_EQ(e.what, e.expected_what);
     EXPECT_EQ(e.worker_index, static_cast<std::size_t>(-1)) << "a cancelled post never reached a worker";
   }
-  const auto st = pool.stats();
+  const auto st = pool->stats();
   EXPECT_EQ(st.cancelled, 70u + probes.size());
   EXPECT_EQ(st.started, 1u);
   EXPECT_EQ(st.completed, 1u);
@@ -145,10 +128,7 @@ TEST(Pool, ShutdownCancelCompletesQueuedTasksWithCancelledAndReportsCancelledPos
 }
 
 TEST(Pool, WaitBlocksUntilTheQueueIsEmptyAndNoTaskIsRunning) {
-  pool_options o;
-  o.name = "waiter";
-  o.workers = 2;
-  thread_pool pool(o);
+  thread_pool pool("waiter", 2);
   // Two running tasks (blocked) and queued ones behind them; wait() must not return meanwhile.
   latch release;
   std::atomic<int> running{0}, finished{0};
@@ -161,10 +141,7 @@ TEST(Pool, WaitBlocksUntilTheQueueIsEmptyAndNoTaskIsRunning) {
     });
   }
   for (int i = 0; i < 10; ++i) pool.post([&] { ++finished; });
-  const auto end = std::chrono::steady_clock::now() + k_wait;
-  while (running.load() < 2 && std::chrono::steady_clock::now() < end) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
+  poll_until([&] { return running.load() >= 2; });
   ASSERT_EQ(running.load(), 2);
   latch returned;
   std::thread waiter([&] {
@@ -199,29 +176,14 @@ TEST(Pool, WaitBlocksUntilTheQueueIsEmptyAndNoTaskIsRunning) {
 
 TEST(Pool, SubmitAfterShutdownThrowsShutDownAndShutdownIsIdempotent) {
   event_log hooks;
-  pool_options o;
-  o.name = "closed";
-  o.workers = 2;
+  pool_options o = named_options("closed", 2);
   o.on_stop = [&](const pyattach::worker_context& c) { hooks.add(hook_record("stop", c)); };
   thread_pool pool(o);
   auto f = pool.submit([] { return 3; });
   require_ready(f, "task");
   EXPECT_EQ(f.get(), 3);
   run_with_deadline("shutdown", [&] { pool.shutdown(); });
-  auto refused = [](auto&& fn) -> std::string {
-    try {
-      fn();
-      return "accepted";
-    } catch (const pool_error& e) {
-      return std::string("pool_error:") + pyattach::to_string(e.code());
-    } catch (...) {
-      return describe_error(std::current_exception());
-    }
-  };
-  EXPECT_EQ(refused([&] { pool.submit([] { return 1; }); }), "pool_error:shut_down");
-  EXPECT_EQ(refused([&] { pool.submit_python([] { return 1; }); }), "pool_error:shut_down");
-  EXPECT_EQ(refused([&] { pool.post([] {}); }), "pool_error:shut_down");
-  EXPECT_EQ(refused([&] { pool.post_python([] {}); }), "pool_error:shut_down");
+  for (const auto& [call, how] : try_each_submit(pool)) EXPECT_EQ(how, "pool_error:shut_down") << call;
   // A second shutdown (either mode) and wait() return at once; stop hooks do not run again.
   run_with_deadline("second shutdown", [&] { pool.shutdown(shutdown_mode::cancel); });
   run_with_deadline("wait after shutdown", [&] { pool.wait(); });
@@ -233,18 +195,15 @@ TEST(Pool, SubmitAfterShutdownThrowsShutDownAndShutdownIsIdempotent) {
 }
 
 TEST(Pool, ConcurrentShutdownsBothWaitForTheFirst) {
-  pool_options o;
-  o.name = "twice";
-  o.workers = 2;
+  pool_options o = named_options("twice", 2);
   std::atomic<int> stops{0};
   o.on_stop = [&](const pyattach::worker_context&) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
     ++stops;
   };
   thread_pool pool(o);
-  latch started, release;
-  auto blocker = hold_a_worker(pool, started, release);
-  ASSERT_TRUE(started.wait(k_wait));
+  held_worker held;
+  ASSERT_TRUE(held.hold(pool));
   std::atomic<int> stops_seen_by_second{-1};
   std::thread first([&] { pool.shutdown(); });
   std::this_thread::sleep_for(std::chrono::milliseconds(20));
@@ -253,14 +212,14 @@ TEST(Pool, ConcurrentShutdownsBothWaitForTheFirst) {
     stops_seen_by_second = stops.load();  // "a second call waits for the first to finish"
   });
   std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  release.set();
+  held.release.set();
   run_with_deadline("joining two shutdown callers", [&] {
     first.join();
     second.join();
   });
   EXPECT_EQ(stops.load(), 2);
   EXPECT_EQ(stops_seen_by_second.load(), 2) << "the second shutdown returned before the first finished";
-  EXPECT_TRUE(blocker.get());
+  EXPECT_TRUE(held.blocker.get());
 }
 
 // ---- from a thread that holds the GIL (child processes: a deadlock would hang) ---------------
@@ -269,10 +228,7 @@ CHILD_CASE(pool_blocking_calls_holding_the_gil) {
   const std::string how = args.empty() ? "shutdown" : args[0];
   pyattach::interpreter py;
   const std::size_t baseline = thread_states();
-  pool_options o;
-  o.name = "gilholder";
-  o.workers = 2;
-  auto pool = std::make_unique<thread_pool>(o);
+  auto pool = std::make_unique<thread_pool>("gilholder", 2);
   std::atomic<int> ran{0};
   std::vector<std::future<long>> fs;
   std::thread holder([&] {
@@ -301,8 +257,7 @@ CHILD_CASE(pool_blocking_calls_holding_the_gil) {
     } else {
       pool->wait();
     }
-    std::printf("%s took %.1f ms\n", how.c_str(),
-                std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    std::printf("%s took %.1f ms\n", how.c_str(), ms_since(t0));
     // It took the GIL back before returning, on the same thread state.
     CHILD_CHECK(pyattach::is_attached());
     CHILD_CHECK(PyGILState_Check() == 1);
@@ -340,38 +295,23 @@ CHILD_CASE(pool_blocking_calls_holding_the_gil) {
   pool.reset();
   CHILD_CHECK(thread_states() == baseline);
   CHILD_CHECK(other_thread_can_run_python());
-  std::printf("done\n");
-  return child_exit_code();
+  return child_done();
 }
 USES_CHILD_CASE(pool_blocking_calls_holding_the_gil);
 
-TEST(Pool, ShutdownFromAThreadHoldingTheGilWithQueuedPythonTasksDoesNotDeadlock) {
-  child_options o;
-  o.args = {"shutdown"};
-  const auto r = run_child(uses_pool_blocking_calls_holding_the_gil, o);
-  EXPECT_CHILD_CLEAN(r);
-}
+// One test per blocking call: the parameter is {the test's name, the case's args[0]}.
+class BlockingCallFromAThreadHoldingTheGil
+    : public ::testing::TestWithParam<std::pair<const char*, const char*>> {};
 
-TEST(Pool, ShutdownCancelFromAThreadHoldingTheGilWithQueuedPythonTasksDoesNotDeadlock) {
-  child_options o;
-  o.args = {"cancel"};
-  const auto r = run_child(uses_pool_blocking_calls_holding_the_gil, o);
-  EXPECT_CHILD_CLEAN(r);
+TEST_P(BlockingCallFromAThreadHoldingTheGil, WithQueuedPythonTasksDoesNotDeadlock) {
+  EXPECT_CHILD_CLEAN(run_child(uses_pool_blocking_calls_holding_the_gil, child_args({GetParam().second})));
 }
-
-TEST(Pool, DestructorFromAThreadHoldingTheGilWithQueuedPythonTasksDoesNotDeadlock) {
-  child_options o;
-  o.args = {"destructor"};
-  const auto r = run_child(uses_pool_blocking_calls_holding_the_gil, o);
-  EXPECT_CHILD_CLEAN(r);
-}
-
-TEST(Pool, WaitFromAThreadHoldingTheGilWithQueuedPythonTasksDoesNotDeadlock) {
-  child_options o;
-  o.args = {"wait"};
-  const auto r = run_child(uses_pool_blocking_calls_holding_the_gil, o);
-  EXPECT_CHILD_CLEAN(r);
-}
+INSTANTIATE_TEST_SUITE_P(Pool, BlockingCallFromAThreadHoldingTheGil,
+                         ::testing::Values(std::make_pair("Shutdown", "shutdown"),
+                                           std::make_pair("ShutdownCancel", "cancel"),
+                                           std::make_pair("Destructor", "destructor"),
+                                           std::make_pair("Wait", "wait")),
+                         [](const auto& info) { return std::string(info.param.first); });
 
 // ---- wait() / shutdown() from the pool's own worker: misuse, refused -------------------------
 
@@ -381,31 +321,21 @@ CHILD_CASE(pool_wait_or_shutdown_from_own_worker) {
   const int made = __LINE__; thread_pool pool("selfcall", 1);
   thread_pool other("othercall", 1);
   int wait_line = 0, shutdown_line = 0, pywait_line = 0;
-  auto call = [](auto&& fn) -> std::string {
-    try {
-      fn();
-      return "returned";
-    } catch (const pool_error& e) {
-      return std::string("pool_error:") + pyattach::to_string(e.code());
-    } catch (...) {
-      return describe_error(std::current_exception());
-    }
-  };
   auto w = pool.submit([&] {
-    wait_line = __LINE__; return call([&] { pool.wait(); });
+    wait_line = __LINE__; return call_outcome([&] { pool.wait(); });
   });
   auto s = pool.submit([&] {
-    shutdown_line = __LINE__; return call([&] { pool.shutdown(); });
+    shutdown_line = __LINE__; return call_outcome([&] { pool.shutdown(); });
   });
   auto pw = pool.submit_python([&] {  // attached: refused all the same, GIL kept
-    pywait_line = __LINE__; std::string r = call([&] { pool.wait(); });
+    pywait_line = __LINE__; std::string r = call_outcome([&] { pool.wait(); });
     if (!pyattach::is_attached()) r += " (no longer attached)";
     return r;
   });
   // On another pool's worker, this pool's wait() is legitimate; and the reverse.
   auto cross = other.submit([&] {
     const bool mine = pool.on_worker();
-    return call([&] { pool.wait(); }) + (mine ? " (on_worker true)" : "");
+    return call_outcome([&] { pool.wait(); }) + (mine ? " (on_worker true)" : "");
   });
   auto self_check = pool.submit([&] { return pool.on_worker() && !other.on_worker(); });
   auto after = pool.submit([] { return std::string("survived"); });
@@ -427,11 +357,7 @@ CHILD_CASE(pool_wait_or_shutdown_from_own_worker) {
   CHILD_CHECK(still.get() == 5);
 
   const std::uint64_t worker_tid = pool.stats().workers.at(0).os_tid;
-  std::vector<pyattach::misuse_report> reports;
-  {
-    std::lock_guard<std::mutex> lock(g_pool_reports_mutex);
-    reports = g_pool_reports;
-  }
+  const std::vector<pyattach::misuse_report> reports = g_pool_reports.snapshot();
   CHILD_CHECK(reports.size() == 3);
   CHILD_CHECK(pyattach::misuse_count() == 3);
   const int lines[3] = {wait_line, shutdown_line, pywait_line};
@@ -453,22 +379,15 @@ CHILD_CASE(pool_wait_or_shutdown_from_own_worker) {
   pool.shutdown();
   other.shutdown();
   CHILD_CHECK(pyattach::misuse_count() == 3);
-  std::printf("done\n");
-  return child_exit_code();
+  return child_done();
 }
 USES_CHILD_CASE(pool_wait_or_shutdown_from_own_worker);
-
-TEST(Pool, WaitOrShutdownFromItsOwnWorkerThrowsCalledFromWorkerAndReportsMisuse) {
-  const auto r = run_child(uses_pool_wait_or_shutdown_from_own_worker);
-  EXPECT_CHILD_CLEAN(r);
-}
+CHILD_TEST(Pool, WaitOrShutdownFromItsOwnWorkerThrowsCalledFromWorkerAndReportsMisuse,
+           pool_wait_or_shutdown_from_own_worker);
 
 CHILD_CASE(pool_destroyed_from_own_worker) {
   pyattach::interpreter py;
-  pool_options o;
-  o.name = "selfdelete";
-  o.workers = 2;
-  auto* pool = new thread_pool(o);
+  auto* pool = new thread_pool("selfdelete", 2);
   latch deleted;
   auto warm = pool->submit_python([] { return PyRun_SimpleString("_w = 1\n") == 0; });
   require_ready(warm, "warm-up");
@@ -484,8 +403,7 @@ CHILD_CASE(pool_destroyed_from_own_worker) {
   CHILD_CHECK(pyattach::misuse_count() == 1);
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
   CHILD_CHECK(other_thread_can_run_python());
-  std::printf("done\n");
-  return child_exit_code();
+  return child_done();
 }
 USES_CHILD_CASE(pool_destroyed_from_own_worker);
 
@@ -513,10 +431,7 @@ CHILD_CASE(pool_interpreter_destroyed_with_queued_tasks) {
   error_log log;
   std::atomic<int> stops{0};
   std::atomic<int> stop_status{-1};
-  pool_options o;
-  o.name = "finpool";
-  o.workers = 1;
-  o.on_error = log.handler();
+  pool_options o = logged_options("finpool", 1, log);
   o.stop_hook_python = true;
   o.on_stop = [&](const pyattach::worker_context& c) {
     ++stops;
@@ -551,8 +466,7 @@ CHILD_CASE(pool_interpreter_destroyed_with_queued_tasks) {
 
   const auto t0 = std::chrono::steady_clock::now();
   py.reset();  // Py_FinalizeEx: the gate stops the pool first
-  const double destroy_ms =
-      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  const double destroy_ms = ms_since(t0);
   std::printf("interpreter destroyed in %.1f ms; stop hooks so far %d (status %d)\n", destroy_ms,
               stops.load(), stop_status.load());
   if (python_blocker) {
@@ -587,20 +501,9 @@ CHILD_CASE(pool_interpreter_destroyed_with_queued_tasks) {
     CHILD_CHECK(e.worker_index == static_cast<std::size_t>(-1));  // never reached the worker
   }
   // Submissions are refused now.
-  for (int kind = 0; kind < 4; ++kind) {
-    std::string how = "accepted";
-    try {
-      if (kind == 0) pool->submit([] { return 0; });
-      if (kind == 1) pool->submit_python([] { return 0; });
-      if (kind == 2) pool->post([] {});
-      if (kind == 3) pool->post_python([] {});
-    } catch (const pool_error& e) {
-      how = pyattach::to_string(e.code());
-    } catch (...) {
-      how = describe_error(std::current_exception());
-    }
-    std::printf("submit kind %d after finalization: %s\n", kind, how.c_str());
-    CHILD_CHECK(how == "finalizing");
+  for (const auto& [call, how] : try_each_submit(*pool)) {
+    std::printf("%s after finalization: %s\n", call.c_str(), how.c_str());
+    CHILD_CHECK(how == "pool_error:finalizing");
   }
   // The running task finished (Python: the closer waited for its pass) or finishes now (C++).
   if (python_blocker) {
@@ -623,22 +526,14 @@ CHILD_CASE(pool_interpreter_destroyed_with_queued_tasks) {
   CHILD_CHECK(st.submitted == 30);  // warm-up, running task, 28 queued
   CHILD_CHECK(st.completed == 2);
   // The worker left its loop (stopped, queue empty): its stop hook has run, or runs now.
-  const auto hook_deadline = std::chrono::steady_clock::now() + k_wait;
-  while (stops.load() == 0 && std::chrono::steady_clock::now() < hook_deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
+  poll_until([&] { return stops.load() != 0; });
   CHILD_CHECK(stops.load() == 1);
   // "A pool does not outlive the interpreter it ran under": a new interpreter does not revive it.
   {
     pyattach::interpreter again;
-    std::string how2 = "accepted";
-    try {
-      pool->submit_python([] { return 0; });
-    } catch (const pool_error& e) {
-      how2 = pyattach::to_string(e.code());
-    }
+    const std::string how2 = call_outcome([&] { pool->submit_python([] { return 0; }); }, "accepted");
     std::printf("submit under a new interpreter: %s\n", how2.c_str());
-    CHILD_CHECK(how2 == "finalizing");
+    CHILD_CHECK(how2 == "pool_error:finalizing");
     CHILD_CHECK(other_thread_can_run_python());
   }
   // The destructor after the interpreter is gone: returns, runs the stop hook (refused Python).
@@ -654,22 +549,11 @@ CHILD_CASE(pool_interpreter_destroyed_with_queued_tasks) {
     CHILD_CHECK(stop_status.load() == static_cast<int>(pyattach::attach_status::finalizing) ||
                 stop_status.load() == static_cast<int>(pyattach::attach_status::finalized));
   }
-  std::printf("done\n");
-  return child_exit_code();
+  return child_done();
 }
 USES_CHILD_CASE(pool_interpreter_destroyed_with_queued_tasks);
-
-TEST(Pool, InterpreterDestroyedWithQueuedTasksCompletesThemWithFinalizing) {
-  child_options o;
-  o.args = {"cpp"};
-  const auto r = run_child(uses_pool_interpreter_destroyed_with_queued_tasks, o);
-  EXPECT_CHILD_CLEAN(r);
-}
-
-TEST(Pool, RunningPythonTaskFinishesWhenTheInterpreterFinalizesAndTheQueuedOnesDoNotRun) {
-  child_options o;
-  o.args = {"python"};
-  const auto r = run_child(uses_pool_interpreter_destroyed_with_queued_tasks, o);
-  EXPECT_CHILD_CLEAN(r);
-}
+CHILD_TEST(Pool, InterpreterDestroyedWithQueuedTasksCompletesThemWithFinalizing,
+           pool_interpreter_destroyed_with_queued_tasks, child_args({"cpp"}));
+CHILD_TEST(Pool, RunningPythonTaskFinishesWhenTheInterpreterFinalizesAndTheQueuedOnesDoNotRun,
+           pool_interpreter_destroyed_with_queued_tasks, child_args({"python"}));
 
