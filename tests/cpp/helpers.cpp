@@ -201,6 +201,19 @@ void expect_clean(const child_result& r) {
   EXPECT_NE(r.out.find("RESULT "), std::string::npos) << r.describe();
 }
 
+child_result expect_child_prints(const child_case_use& use, const std::string& text,
+                                 const child_options& options) {
+  child_result r = run_child(use, options);
+  EXPECT_CHILD_CLEAN(r);
+  EXPECT_NE(r.out.find(text), std::string::npos) << r.describe();
+  return r;
+}
+
+bool restore_and_finalize(PyThreadState* main_state) {
+  PyEval_RestoreThread(main_state);
+  return Py_FinalizeEx() == 0;
+}
+
 const std::vector<std::pair<std::string, std::string>> k_debug_allocator = {
     {"PYTHONMALLOC", "malloc_debug"}};
 

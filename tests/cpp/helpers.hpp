@@ -14,6 +14,8 @@
 #include <utility>
 #include <vector>
 
+#include "child_process.hpp"
+
 // ---- which sanitizer this test binary was built with (scripts/test.sh's sanitizer legs) ----
 #if defined(__SANITIZE_THREAD__)
 #define PYATTACH_TEST_TSAN 1
@@ -57,8 +59,11 @@ long env_long(const char* name, long fallback);
 // that died before printing it can never pass as "zero problems").
 long result_field(const std::string& out, const std::string& key);
 // A child that ran to the end without a failed check and printed its RESULT line.
-struct child_result;
 void expect_clean(const child_result& r);
+// Runs a case that ends with child_done(), expects it clean (EXPECT_CHILD_CLEAN) and its stdout to
+// contain `text`; returns the result for further checks.
+child_result expect_child_prints(const child_case_use& use, const std::string& text,
+                                 const child_options& options = {});
 // CPython's debug allocator hooks, in every build: freed memory (thread states included) is
 // overwritten with 0xDD, so a touch of a state that Py_FinalizeEx freed crashes the child instead
 // of passing by luck.
@@ -71,6 +76,11 @@ PyObject* py_eval(const std::string& expr, PyObject* globals);  // new ref, or n
 long py_eval_long(const std::string& expr, PyObject* globals, long fallback = -999999);
 bool py_eval_bool(const std::string& expr, PyObject* globals);  // false on error too
 std::string py_eval_str(const std::string& expr, PyObject* globals);  // "<error>" on error
+
+// An embedder that called Py_InitializeEx itself and let other threads run (main_state is what
+// PyEval_SaveThread returned): re-attaches the main thread and finalizes. True if Py_FinalizeEx
+// returned 0.
+bool restore_and_finalize(PyThreadState* main_state);
 
 std::uint64_t os_tid();
 std::size_t thread_states();  // count_thread_states(), or SIZE_MAX if refused

@@ -3,7 +3,7 @@
 // Py_InitializeEx/Py_FinalizeEx itself, in a child process: the shared test interpreter is bound.
 // Binding at module load: a shared object with its own copy of pyattach (load_probe.cpp) is
 // dlopen'ed by a thread holding the GIL, as `import` loads an extension module; the real modules
-// are tested from Python (tests/python/).
+// are tested from Python (tests/python/). Each test follows the case it runs.
 #include <gtest/gtest.h>
 
 #include <dlfcn.h>
@@ -103,11 +103,13 @@ CHILD_CASE(binding_unbound_native_thread_is_refused) {
   CHILD_CHECK(bound_from_native == gate_phase::unbound);
   CHILD_CHECK(!made_state);
   CHILD_CHECK(pyattach::current_gate_phase() == gate_phase::unbound);
-  PyEval_RestoreThread(main_state);
-  CHILD_CHECK(Py_FinalizeEx() == 0);
-  std::printf("done\n");
-  return child_exit_code();
+  CHILD_CHECK(restore_and_finalize(main_state));
+  return child_done();
 }
+
+USES_CHILD_CASE(binding_unbound_native_thread_is_refused);
+CHILD_TEST(Binding, UnboundNativeThreadIsRefusedWithNotBound,
+           binding_unbound_native_thread_is_refused);
 
 // ---- pyattach::bind(): arms the gate, imports threading on the main thread, idempotent ------
 
@@ -124,14 +126,15 @@ CHILD_CASE(binding_explicit_bind) {
   std::printf("threading imported before bind: %d\n", had_threading ? 1 : 0);
   PyThreadState* main_state = PyEval_SaveThread();
   CHILD_CHECK(other_thread_can_run_python());
-  PyEval_RestoreThread(main_state);
-  CHILD_CHECK(Py_FinalizeEx() == 0);
+  CHILD_CHECK(restore_and_finalize(main_state));
   // The hook registered by bind() closed the gate, and Py_AtExit unbound it.
   CHILD_CHECK(pyattach::current_gate_phase() == gate_phase::unbound);
   CHILD_CHECK(pyattach::try_attach().status() == attach_status::finalized);
-  std::printf("done\n");
-  return child_exit_code();
+  return child_done();
 }
+
+USES_CHILD_CASE(binding_explicit_bind);
+CHILD_TEST(Binding, ExplicitBindArmsTheGateAndImportsThreadingOnMain, binding_explicit_bind);
 
 // ---- the inline attach is on exactly when the kernel gives the closer its barrier ---------------
 // args[0]: "on" (default environment) or "off" (PYATTACH_MEMBARRIER=off). detail/slot.hpp,
@@ -155,10 +158,16 @@ CHILD_CASE(binding_inline_attach_mode) {
               kernel_has_it ? 1 : 0, fast_ok ? 1 : 0, eligible ? 1 : 0);
   CHILD_CHECK(fast_ok == (want_on && kernel_has_it));
   CHILD_CHECK(eligible == fast_ok);
-  PyEval_RestoreThread(main_state);
-  CHILD_CHECK(Py_FinalizeEx() == 0);
-  std::printf("done\n");
-  return child_exit_code();
+  CHILD_CHECK(restore_and_finalize(main_state));
+  return child_done();
+}
+
+USES_CHILD_CASE(binding_inline_attach_mode);
+TEST(Binding, InlineAttachOnlyWithTheClosersBarrier) {
+  EXPECT_CHILD_CLEAN(run_child(uses_binding_inline_attach_mode, child_args({"on"})));
+  child_options off = child_args({"off"});
+  off.env = {{"PYATTACH_MEMBARRIER", "off"}};
+  EXPECT_CHILD_CLEAN(run_child(uses_binding_inline_attach_mode, off));
 }
 
 // ---- any scope opened by a thread that holds the GIL binds ------------------------------------
@@ -180,12 +189,14 @@ CHILD_CASE(binding_scope_with_the_gil) {
   CHILD_CHECK(threading_main_ident() == static_cast<long>(PyThread_get_thread_ident()));
   PyThreadState* main_state = PyEval_SaveThread();
   CHILD_CHECK(other_thread_can_run_python());
-  PyEval_RestoreThread(main_state);
-  CHILD_CHECK(Py_FinalizeEx() == 0);
+  CHILD_CHECK(restore_and_finalize(main_state));
   CHILD_CHECK(pyattach::current_gate_phase() == gate_phase::unbound);  // the hooks ran
-  std::printf("done\n");
-  return child_exit_code();
+  return child_done();
 }
+
+USES_CHILD_CASE(binding_scope_with_the_gil);
+CHILD_TEST(Binding, AttachScopeWithTheGilBinds, binding_scope_with_the_gil, child_args({"attach"}));
+CHILD_TEST(Binding, DetachScopeWithTheGilBinds, binding_scope_with_the_gil, child_args({"detach"}));
 
 // ---- a thread_pool made by a thread that holds the GIL binds -------------------------------
 
@@ -203,13 +214,14 @@ CHILD_CASE(binding_pool_made_with_the_gil) {
   });
   f.get();
   CHILD_CHECK(seen_main == main_ident);  // threading was imported on main, not on the worker
-  PyEval_RestoreThread(main_state);
   // The pool is still alive: the gate's atexit hook stops it before closing.
-  CHILD_CHECK(Py_FinalizeEx() == 0);
+  CHILD_CHECK(restore_and_finalize(main_state));
   pool.reset();
-  std::printf("done\n");
-  return child_exit_code();
+  return child_done();
 }
+
+USES_CHILD_CASE(binding_pool_made_with_the_gil);
+CHILD_TEST(Binding, PoolMadeWithTheGilBinds, binding_pool_made_with_the_gil);
 
 // ---- a pool made before anything bound: Python tasks fail with not_bound until bind() --------
 
@@ -233,11 +245,14 @@ CHILD_CASE(binding_pool_before_bind) {
   main_state = PyEval_SaveThread();
   pool->submit_python([&] { ran = PyRun_SimpleString("_late = 1\n") == 0; }).get();
   CHILD_CHECK(ran);  // the same worker attaches now
-  PyEval_RestoreThread(main_state);
-  CHILD_CHECK(Py_FinalizeEx() == 0);
+  CHILD_CHECK(restore_and_finalize(main_state));
   pool.reset();
-  std::printf("done\n");
-  return child_exit_code();
+  return child_done();
+}
+
+USES_CHILD_CASE(binding_pool_before_bind);
+TEST(Binding, PoolMadeBeforeBindRefusesPythonTasksUntilBound) {
+  expect_child_prints(uses_binding_pool_before_bind, "(not_bound)");
 }
 
 // ---- 3.9–3.12: the first importer of threading is its main thread ----------------------------
@@ -269,8 +284,37 @@ CHILD_CASE(binding_worker_imports_threading) {
     std::fflush(stdout);
     CHILD_CHECK(Py_FinalizeEx() == 0);
   }
-  std::printf("done\n");
-  return child_exit_code();
+  return child_done();
+}
+
+USES_CHILD_CASE(binding_worker_imports_threading);
+namespace {
+child_options worker_imports_threading(const char* mode, std::chrono::seconds deadline) {
+  child_options o = child_args({mode});
+  o.timeout = deadline;
+  return o;
+}
+}  // namespace
+
+CHILD_TEST(Binding, WorkerImportingThreadingFirstDoesNotHangFinalize,
+           binding_worker_imports_threading,
+           worker_imports_threading("pyattach", std::chrono::seconds(20)));
+
+// The positive control: the same shape through the raw API hangs Py_FinalizeEx on 3.9–3.12
+// (3.13+ asks _thread which thread is the main one), unless something imported threading
+// on the main thread at start-up (then the case proves nothing here and says so).
+TEST(Binding, RawWorkerImportingThreadingFirstHangsFinalizeBefore313) {
+  const child_result r = run_child(uses_binding_worker_imports_threading,
+                                   worker_imports_threading("raw", std::chrono::seconds(5)));
+  if (r.out.find("threading imported at start: 1") != std::string::npos) {
+    GTEST_SKIP() << "this interpreter imports threading at start-up (a .pth file?): no hazard";
+  }
+  if (PY_VERSION_HEX < 0x030D0000) {
+    EXPECT_TRUE(r.timed_out) << r.describe();
+    EXPECT_NE(r.out.find("finalizing\n"), std::string::npos) << r.describe();
+  } else {
+    EXPECT_CHILD_CLEAN(r);
+  }
 }
 
 // ---- binding at load: a shared object containing pyattach, loaded with the GIL held ---------
@@ -309,8 +353,7 @@ CHILD_CASE(binding_at_load) {
   constexpr int k_threads = 8;
   start(k_threads);
   std::this_thread::sleep_for(std::chrono::microseconds(delay_us));
-  PyEval_RestoreThread(main_state);
-  CHILD_CHECK(Py_FinalizeEx() == 0);
+  CHILD_CHECK(restore_and_finalize(main_state));
   // Each detached thread returns after one refusal; give them a moment to record it.
   long started = 0, attached = 0, ok = 0, other = 0, unwound = 0, errors = 0;
   for (int i = 0; i < 500; ++i) {
@@ -325,104 +368,20 @@ CHILD_CASE(binding_at_load) {
   CHILD_CHECK(ok == k_threads);  // every thread refused with finalizing/finalized, none lost
   CHILD_CHECK(other == 0 && unwound == 0 && errors == 0);
   CHILD_CHECK(phase() == static_cast<int>(gate_phase::unbound));  // its hooks ran
-  std::printf("done\n");
-  return child_exit_code();
+  return child_done();
 }
 
 USES_CHILD_CASE(binding_at_load);
-USES_CHILD_CASE(binding_unbound_native_thread_is_refused);
-USES_CHILD_CASE(binding_explicit_bind);
-USES_CHILD_CASE(binding_inline_attach_mode);
-USES_CHILD_CASE(binding_scope_with_the_gil);
-USES_CHILD_CASE(binding_pool_made_with_the_gil);
-USES_CHILD_CASE(binding_pool_before_bind);
-USES_CHILD_CASE(binding_worker_imports_threading);
-
-namespace {
-void expect_child_clean(const child_result& r) {
-  EXPECT_TRUE(r.exited_cleanly()) << r.describe();
-  EXPECT_EQ(r.out.find("CHILD-FAIL"), std::string::npos) << r.describe();
-  EXPECT_NE(r.out.find("done\n"), std::string::npos) << r.describe();
-}
-}  // namespace
-
-TEST(Binding, UnboundNativeThreadIsRefusedWithNotBound) {
-  expect_child_clean(run_child(uses_binding_unbound_native_thread_is_refused));
-}
-
-TEST(Binding, ExplicitBindArmsTheGateAndImportsThreadingOnMain) {
-  expect_child_clean(run_child(uses_binding_explicit_bind));
-}
-
-TEST(Binding, InlineAttachOnlyWithTheClosersBarrier) {
-  child_options on;
-  on.args = {"on"};
-  expect_child_clean(run_child(uses_binding_inline_attach_mode, on));
-  child_options off;
-  off.args = {"off"};
-  off.env = {{"PYATTACH_MEMBARRIER", "off"}};
-  expect_child_clean(run_child(uses_binding_inline_attach_mode, off));
-}
-
-TEST(Binding, AttachScopeWithTheGilBinds) {
-  child_options o;
-  o.args = {"attach"};
-  expect_child_clean(run_child(uses_binding_scope_with_the_gil, o));
-}
-
-TEST(Binding, DetachScopeWithTheGilBinds) {
-  child_options o;
-  o.args = {"detach"};
-  expect_child_clean(run_child(uses_binding_scope_with_the_gil, o));
-}
-
-TEST(Binding, PoolMadeWithTheGilBinds) {
-  expect_child_clean(run_child(uses_binding_pool_made_with_the_gil));
-}
-
-TEST(Binding, PoolMadeBeforeBindRefusesPythonTasksUntilBound) {
-  const child_result r = run_child(uses_binding_pool_before_bind);
-  expect_child_clean(r);
-  EXPECT_NE(r.out.find("(not_bound)"), std::string::npos) << r.describe();
-}
-
-TEST(Binding, WorkerImportingThreadingFirstDoesNotHangFinalize) {
-  child_options o;
-  o.timeout = std::chrono::seconds(20);
-  o.args = {"pyattach"};
-  expect_child_clean(run_child(uses_binding_worker_imports_threading, o));
-}
-
-// The positive control: the same shape through the raw API hangs Py_FinalizeEx on 3.9–3.12
-// (3.13+ asks _thread which thread is the main one), unless something imported threading
-// on the main thread at start-up (then the case proves nothing here and says so).
-TEST(Binding, RawWorkerImportingThreadingFirstHangsFinalizeBefore313) {
-  child_options o;
-  o.timeout = std::chrono::seconds(5);
-  o.args = {"raw"};
-  const child_result r = run_child(uses_binding_worker_imports_threading, o);
-  if (r.out.find("threading imported at start: 1") != std::string::npos) {
-    GTEST_SKIP() << "this interpreter imports threading at start-up (a .pth file?): no hazard";
-  }
-  if (PY_VERSION_HEX < 0x030D0000) {
-    EXPECT_TRUE(r.timed_out) << r.describe();
-    EXPECT_NE(r.out.find("finalizing\n"), std::string::npos) << r.describe();
-  } else {
-    expect_child_clean(r);
-  }
-}
-
 // Loading a shared object that contains pyattach binds its gate; the hook is in place before the
 // atexit callbacks whether or not the main thread runs Python after the load. 10 runs each, with
 // 0-20 ms between starting the threads and finalizing.
 TEST(Binding, SharedObjectLoadedWithTheGilBindsAndClosesInTime) {
   for (const char* mode : {"bytecode", "no_bytecode"}) {
     for (int run = 0; run < 10; ++run) {
-      child_options o;
+      child_options o = child_args({mode, std::to_string(run * 2654435761u)});
       o.timeout = std::chrono::seconds(20);
-      o.args = {mode, std::to_string(run * 2654435761u)};
       const child_result r = run_child(uses_binding_at_load, o);
-      expect_child_clean(r);
+      EXPECT_CHILD_CLEAN(r);
       if (!r.exited_cleanly()) return;  // one failure says it; the rest would repeat it
     }
   }

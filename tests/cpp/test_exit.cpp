@@ -74,21 +74,34 @@ void wait_for(Pred done, std::chrono::milliseconds limit = 5s) {
 // How long the last finalize() took: rule 2 (the close bound plus a small margin), reported.
 long g_finalize_ms = -1;
 
-void finalize(std::optional<pyattach::interpreter>& py) {
-  const auto t0 = std::chrono::steady_clock::now();
-  py.reset();
-  g_finalize_ms = static_cast<long>(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                        std::chrono::steady_clock::now() - t0)
-                                        .count());
-}
-
-void print_result(const tally& t) {
+// The end of a case: prints the RESULT line and returns the case's exit code.
+int end_case(const tally& t) {
   std::printf("RESULT parked=%llu left=%ld refused=%ld forced_unwind=%ld python_without_state=%ld "
               "finalize_ms=%ld\n",
               static_cast<unsigned long long>(pyattach::parked_thread_count()), t.left.load(),
               t.refused.load(), t.forced_unwind.load(), t.python_without_state.load(),
               g_finalize_ms);
   std::fflush(stdout);
+  return child_exit_code();
+}
+
+// A case with the embedding helper (with the close bound); its threads count into this tally.
+struct exit_case : tally {
+  std::optional<pyattach::interpreter> py;
+  exit_case() { py.emplace(exit_options()); }
+  // Destroys the interpreter, timing it (g_finalize_ms).
+  void finalize() {
+    const auto t0 = std::chrono::steady_clock::now();
+    py.reset();
+    g_finalize_ms = static_cast<long>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                          std::chrono::steady_clock::now() - t0)
+                                          .count());
+  }
+};
+
+// args[0], or `fallback` when the parent passed none.
+std::string mode_arg(const std::vector<std::string>& args, const char* fallback) {
+  return args.empty() ? fallback : args[0];
 }
 
 }  // namespace
@@ -97,10 +110,8 @@ void print_result(const tally& t) {
 // args[0]: "park" (the destructor), "reattach" (the status API) or "raw" (Py_BEGIN/END_ALLOW_THREADS
 // with PyGILState_Ensure: the control). Before these rules, "park" crashed 10/10 (SIGSEGV).
 CHILD_CASE(exit_detach_past_close) {
-  const std::string mode = args.empty() ? "park" : args[0];
-  std::optional<pyattach::interpreter> py;
-  py.emplace(exit_options());
-  tally t;
+  const std::string mode = mode_arg(args, "park");
+  exit_case t;
   latch inside, gone;
   on_detached_thread(t, [&] {
     if (mode == "raw") {
@@ -135,7 +146,7 @@ CHILD_CASE(exit_detach_past_close) {
     PyRun_SimpleString("y = 2\n");
   });
   CHILD_CHECK(inside.wait(10s));
-  finalize(py);
+  t.finalize();
   gone.set();
   wait_for([&] { return pyattach::parked_thread_count() + t.left + t.forced_unwind > 0; });
   if (mode == "park") {
@@ -153,8 +164,7 @@ CHILD_CASE(exit_detach_past_close) {
     });
     wait_for([&] { return t.refused.load() > 0; }, 2s);
   }
-  print_result(t);
-  return child_exit_code();
+  return end_case(t);
 }
 
 // ---- 2. a daemon threading.Thread calling native code with attach_scope + detach_scope -------
@@ -188,11 +198,10 @@ PyMethodDef g_native_block_def = {"native_block", native_block, METH_NOARGS, nul
 }  // namespace
 
 CHILD_CASE(exit_daemon_thread_native_call) {
-  const std::string mode = args.empty() ? "within" : args[0];
+  const std::string mode = mode_arg(args, "within");
   g_raw_native = mode == "raw";
   g_block_ms = mode == "past" ? 1000 : 50;
-  std::optional<pyattach::interpreter> py;
-  py.emplace(exit_options());
+  exit_case t;
   {
     pyattach::attach_scope a;
     PyObject* fn = PyCFunction_New(&g_native_block_def, nullptr);
@@ -207,7 +216,7 @@ CHILD_CASE(exit_daemon_thread_native_call) {
   }
   wait_for([] { return g_native_calls.load() > 0; });
   std::this_thread::sleep_for(10ms);  // inside the native call (all but a few µs of each loop)
-  finalize(py);
+  t.finalize();
   if (mode == "past") {
     wait_for([] { return pyattach::parked_thread_count() > 0; });
   } else {
@@ -216,9 +225,7 @@ CHILD_CASE(exit_daemon_thread_native_call) {
     // between two Python lines, where no C++ frame is on its stack).
     std::this_thread::sleep_for(200ms);
   }
-  tally t;
-  print_result(t);
-  return child_exit_code();
+  return end_case(t);
 }
 
 // ---- 3. raw PyGILState_Ensure -> pyattach detach_scope across finalization -> Release --------
@@ -227,10 +234,8 @@ CHILD_CASE(exit_daemon_thread_native_call) {
 // Py_BEGIN/END_ALLOW_THREADS: the control; before these rules pyattach's scope failed the same way,
 // "Fatal Python error: PyGILState_Release" 30/30).
 CHILD_CASE(exit_raw_ensure_then_detach) {
-  const std::string mode = args.empty() ? "within" : args[0];
-  std::optional<pyattach::interpreter> py;
-  py.emplace(exit_options());
-  tally t;
+  const std::string mode = mode_arg(args, "within");
+  exit_case t;
   latch inside;
   on_detached_thread(t, [&] {
     const PyGILState_STATE st = PyGILState_Ensure();
@@ -253,10 +258,9 @@ CHILD_CASE(exit_raw_ensure_then_detach) {
     t.left.fetch_add(1);
   });
   CHILD_CHECK(inside.wait(10s));
-  finalize(py);
+  t.finalize();
   wait_for([&] { return pyattach::parked_thread_count() + t.left + t.forced_unwind > 0; });
-  print_result(t);
-  return child_exit_code();
+  return end_case(t);
 }
 
 // ---- 4. a Python loop inside an attach_scope, longer than the close bound --------------------
@@ -301,10 +305,8 @@ void run_loop_behind_noexcept(tally& t, latch& inside, bool raw) noexcept {
 }  // namespace
 
 CHILD_CASE(exit_python_loop_past_close) {
-  const std::string mode = args.empty() ? "plain" : args[0];
-  std::optional<pyattach::interpreter> py;
-  py.emplace(exit_options());
-  tally t;
+  const std::string mode = mode_arg(args, "plain");
+  exit_case t;
   latch inside;
   on_detached_thread(t, [&] {
     if (mode == "noexcept" || mode == "raw") {
@@ -321,20 +323,17 @@ CHILD_CASE(exit_python_loop_past_close) {
   });
   CHILD_CHECK(inside.wait(10s));
   std::this_thread::sleep_for(20ms);  // in the loop
-  finalize(py);
+  t.finalize();
   wait_for([&] { return pyattach::parked_thread_count() + t.refused + t.forced_unwind > 0; });
-  print_result(t);
-  return child_exit_code();
+  return end_case(t);
 }
 
 // ---- 5. a thread that exits with a scope open --------------------------------------------------
 // args[0]: "pyattach" (an attach_scope never destroyed) or "raw" (PyGILState_Ensure never
 // released: the control; the next attach waits for ever). Before these rules "pyattach" hung 3/3.
 CHILD_CASE(exit_thread_exits_attached) {
-  const std::string mode = args.empty() ? "pyattach" : args[0];
-  std::optional<pyattach::interpreter> py;
-  py.emplace(exit_options());
-  tally t;
+  const std::string mode = mode_arg(args, "pyattach");
+  exit_case t;
   alignas(pyattach::attach_scope) static unsigned char storage[sizeof(pyattach::attach_scope)];
   std::thread([&] {
     if (mode == "raw") {
@@ -345,19 +344,16 @@ CHILD_CASE(exit_thread_exits_attached) {
     CHILD_CHECK(PyRun_SimpleString("_w = 1\n") == 0);
   }).join();
   CHILD_CHECK(other_thread_can_run_python(3s));
-  finalize(py);
+  t.finalize();
   t.left.fetch_add(1);
-  print_result(t);
-  return child_exit_code();
+  return end_case(t);
 }
 
 // ---- 6. a pool worker whose task is inside a detach_scope past the close bound ----------------
 // The worker parks; its task's future fails with pool_error(finalizing); destroying the pool
 // after that returns at once instead of joining a thread that never ends.
 CHILD_CASE(exit_pool_worker_parks) {
-  std::optional<pyattach::interpreter> py;
-  py.emplace(exit_options());
-  tally t;
+  exit_case t;
   latch inside, gone;
   auto pool = std::make_unique<pyattach::thread_pool>("exit-pool", 1);
   auto f = pool->submit_python([&] {
@@ -366,7 +362,7 @@ CHILD_CASE(exit_pool_worker_parks) {
     gone.wait(20s);
   });
   CHILD_CHECK(inside.wait(10s));
-  finalize(py);
+  t.finalize();
   gone.set();
   try {
     f.get();
@@ -380,8 +376,7 @@ CHILD_CASE(exit_pool_worker_parks) {
               static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(
                                          std::chrono::steady_clock::now() - t0)
                                          .count()));
-  print_result(t);
-  return child_exit_code();
+  return end_case(t);
 }
 
 // ---- 7. an atexit callback that runs after pyattach's hook, on the finalizing thread ---------
@@ -405,17 +400,8 @@ CHILD_CASE(exit_atexit_detach_on_finalizing_thread) {
   CHILD_CHECK(Py_FinalizeEx() == 0);
   tally t;
   t.left.fetch_add(g_native_calls.load());
-  print_result(t);
-  return child_exit_code();
+  return end_case(t);
 }
-
-USES_CHILD_CASE(exit_detach_past_close);
-USES_CHILD_CASE(exit_atexit_detach_on_finalizing_thread);
-USES_CHILD_CASE(exit_daemon_thread_native_call);
-USES_CHILD_CASE(exit_raw_ensure_then_detach);
-USES_CHILD_CASE(exit_python_loop_past_close);
-USES_CHILD_CASE(exit_thread_exits_attached);
-USES_CHILD_CASE(exit_pool_worker_parks);
 
 namespace {
 
@@ -474,11 +460,24 @@ void expect_some_failure(const outcome& o, const char* what) {
   EXPECT_GT(o.bad, 0) << "the raw API survived every run: " << what << " no longer tests anything";
 }
 
+// A control whose children may end in any way: only the failures run_case counts matter.
+bool any_end(const child_result&) { return true; }
+
+// A positive control that only CPython before 3.14 fails: 3.14+ parks such threads itself (or
+// hangs them, which is not a failure of the process). At most 3 runs, `deadline` each.
+template <typename Check>
+void expect_raw_fails_before_314(const child_case_use& use, Check check,
+                                 std::chrono::seconds deadline, const char* what) {
+  if (PY_VERSION_HEX >= 0x030E0000) GTEST_SKIP() << "CPython 3.14+ parks such threads itself";
+  expect_some_failure(run_case(use, "raw", check, deadline, 3), what);
+}
+
 long field(const child_result& r, const char* key) { return result_field(r.out, key); }
 bool said_parked(const child_result& r) { return r.err.find("parked for good") != std::string::npos; }
 
 }  // namespace
 
+USES_CHILD_CASE(exit_detach_past_close);
 // Rule 3: the destructor parks the thread; the code after it never runs.
 TEST(Exit, DetachScopeEndingAfterTheCloseParks) {
   expect_all_clean(run_case(uses_exit_detach_past_close, "park", [](const child_result& r) {
@@ -496,14 +495,13 @@ TEST(Exit, DetachScopeReattachReportsFalse) {
 
 TEST(Exit, RawAllowThreadsPastTheCloseFails) {
   // On 3.14+ CPython hangs the thread instead: not a failure of the process.
-  if (PY_VERSION_HEX >= 0x030E0000) GTEST_SKIP() << "CPython 3.14+ parks such threads itself";
-  expect_some_failure(run_case(uses_exit_detach_past_close, "raw",
-                               [](const child_result& r) {
-                                 return field(r, "python_without_state") == 0;
-                               }, 10s, 3),
-                      "Exit.DetachScopeEndingAfterTheCloseParks");
+  expect_raw_fails_before_314(
+      uses_exit_detach_past_close,
+      [](const child_result& r) { return field(r, "python_without_state") == 0; }, 10s,
+      "Exit.DetachScopeEndingAfterTheCloseParks");
 }
 
+USES_CHILD_CASE(exit_daemon_thread_native_call);
 // Rules 1, 6: a daemon thread's native call holds a pass; the closer waits for that call only
 // (a call begun while closing takes none), so it drains within the bound without asking the
 // thread to leave; its next call after the close parks. Before that, a loop of native calls
@@ -526,12 +524,11 @@ TEST(Exit, DaemonThreadNativeCallPastTheBoundParks) {
 }
 
 TEST(Exit, DaemonThreadRawAllowThreadsAborts) {
-  if (PY_VERSION_HEX >= 0x030E0000) GTEST_SKIP() << "CPython 3.14+ parks such threads itself";
-  expect_some_failure(run_case(uses_exit_daemon_thread_native_call, "raw",
-                               [](const child_result&) { return true; }, 10s, 3),
-                      "Exit.DaemonThreadNativeCall*");
+  expect_raw_fails_before_314(uses_exit_daemon_thread_native_call, any_end, 10s,
+                              "Exit.DaemonThreadNativeCall*");
 }
 
+USES_CHILD_CASE(exit_raw_ensure_then_detach);
 // Rule 6: a detach_scope under a raw PyGILState_Ensure holds a pass.
 TEST(Exit, RawEnsureThenDetachScopeWithinTheBound) {
   expect_all_clean(run_case(uses_exit_raw_ensure_then_detach, "within", [](const child_result& r) {
@@ -547,15 +544,15 @@ TEST(Exit, RawEnsureThenDetachScopePastTheBoundParks) {
 }
 
 TEST(Exit, RawEnsureThenAllowThreadsFails) {
-  if (PY_VERSION_HEX >= 0x030E0000) GTEST_SKIP() << "CPython 3.14+ parks such threads itself";
-  expect_some_failure(run_case(uses_exit_raw_ensure_then_detach, "raw",
-                               [](const child_result& r) {
-                                 return r.err.find("Fatal Python error") == std::string::npos &&
-                                        field(r, "left") == 1;
-                               }, 10s, 3),
-                      "Exit.RawEnsureThenDetachScope*");
+  expect_raw_fails_before_314(uses_exit_raw_ensure_then_detach,
+                              [](const child_result& r) {
+                                return r.err.find("Fatal Python error") == std::string::npos &&
+                                       field(r, "left") == 1;
+                              },
+                              10s, "Exit.RawEnsureThenDetachScope*");
 }
 
+USES_CHILD_CASE(exit_python_loop_past_close);
 // Rule 4: asked to leave with pyattach.InterpreterShutdown; the scope ends; later attaches refused.
 TEST(Exit, PythonLoopPastTheBoundIsAskedToLeave) {
   expect_all_clean(run_case(uses_exit_python_loop_past_close, "plain", [](const child_result& r) {
@@ -578,12 +575,10 @@ TEST(Exit, PythonLoopIgnoringTheRequestIsParked) {
 }
 
 TEST(Exit, RawPythonLoopPastTheBoundFails) {
-  if (PY_VERSION_HEX >= 0x030E0000) GTEST_SKIP() << "CPython 3.14+ parks such threads itself";
-  expect_some_failure(run_case(uses_exit_python_loop_past_close, "raw",
-                               [](const child_result&) { return true; }, 15s, 3),
-                      "Exit.PythonLoop*");
+  expect_raw_fails_before_314(uses_exit_python_loop_past_close, any_end, 15s, "Exit.PythonLoop*");
 }
 
+USES_CHILD_CASE(exit_thread_exits_attached);
 // Rule 5: the exit gives the GIL back; the interpreter finalizes.
 TEST(Exit, ThreadExitingWithAScopeOpenReleasesTheGil) {
   expect_all_clean(run_case(uses_exit_thread_exits_attached, "pyattach", [](const child_result& r) {
@@ -593,11 +588,11 @@ TEST(Exit, ThreadExitingWithAScopeOpenReleasesTheGil) {
 }
 
 TEST(Exit, RawThreadExitingWithTheGilHangs) {
-  expect_some_failure(run_case(uses_exit_thread_exits_attached, "raw",
-                               [](const child_result&) { return true; }, 4s, 1),
+  expect_some_failure(run_case(uses_exit_thread_exits_attached, "raw", any_end, 4s, 1),
                       "Exit.ThreadExitingWithAScopeOpenReleasesTheGil");
 }
 
+USES_CHILD_CASE(exit_atexit_detach_on_finalizing_thread);
 TEST(Exit, FinalizingThreadReattachesAfterTheClose) {
   expect_all_clean(run_case(uses_exit_atexit_detach_on_finalizing_thread, "atexit",
                             [](const child_result& r) {
@@ -606,6 +601,7 @@ TEST(Exit, FinalizingThreadReattachesAfterTheClose) {
                             }));
 }
 
+USES_CHILD_CASE(exit_pool_worker_parks);
 TEST(Exit, PoolWorkerParksAndItsTaskFails) {
   expect_all_clean(run_case(uses_exit_pool_worker_parks, "pool", [](const child_result& r) {
     return field(r, "parked") == 1 && field(r, "refused") == 1 &&

@@ -263,8 +263,7 @@ CHILD_CASE(fork_process_from_cpp) {
   }
   expect_forked_child_ok(pid);
   CHILD_CHECK(pyattach_threads_in_report() >= 1);
-  std::printf("done\n");
-  return child_exit_code();
+  return child_done();
 }
 
 CHILD_CASE(fork_from_python_os_fork) {
@@ -284,57 +283,47 @@ CHILD_CASE(fork_from_python_os_fork) {
     CHILD_CHECK(other_thread_can_run_python());
   }
   expect_forked_child_ok(static_cast<pid_t>(pid));
-  std::printf("done\n");
-  return child_exit_code();
+  return child_done();
 }
 
-// Forks from the helper's creating thread, PYATTACH_FORK_RUNS times, while other threads are
-// attached and one runs Python: each grandchild finalizes CPython through the helper.
-CHILD_CASE(fork_from_creator_finalizes) {
+// Forks from the helper's creating thread, PYATTACH_FORK_RUNS times, while `Load` (threads made
+// before the first fork) is running: each grandchild finalizes CPython through the helper, waited
+// for `deadline`. `check_load` runs after the forks, while the load still runs.
+namespace {
+template <class Load, class Check>
+int forks_from_creator(const char* what, std::chrono::milliseconds deadline, Check check_load) {
   const int runs = fork_runs();
   std::optional<pyattach::interpreter> py;
   py.emplace();
   int clean = 0;
   {
-    parent_threads others;
+    Load load;
     for (int i = 0; i < runs; ++i) {
       const pid_t pid = pyattach::fork_process();
       if (pid == 0) std::_Exit(finalize_in_child_of_creator(py));  // never unwind the threads
       CHILD_CHECK(pid > 0);
-      if (pid > 0 && forked_child_ok(pid)) ++clean;
+      if (pid > 0 && forked_child_ok(pid, deadline)) ++clean;
     }
     CHILD_CHECK(other_thread_can_run_python());
+    check_load(load);
   }
-  std::printf("forks from the creator: %d clean of %d\n", clean, runs);
+  std::printf("%s: %d clean of %d\n", what, clean, runs);
   CHILD_CHECK(clean == runs);
   py.reset();
-  std::printf("done\n");
-  return child_exit_code();
+  return child_done();
+}
+}  // namespace
+
+// Other threads are attached and one runs Python at each fork.
+CHILD_CASE(fork_from_creator_finalizes) {
+  return forks_from_creator<parent_threads>("forks from the creator", 20s, [](parent_threads&) {});
 }
 
 // The same while a thread_pool runs Python tasks: its workers do not exist in the grandchild,
 // which must finalize all the same.
 CHILD_CASE(fork_from_creator_with_busy_pool) {
-  const int runs = fork_runs();
-  std::optional<pyattach::interpreter> py;
-  py.emplace();
-  int clean = 0;
-  {
-    busy_pool busy;
-    for (int i = 0; i < runs; ++i) {
-      const pid_t pid = pyattach::fork_process();
-      if (pid == 0) std::_Exit(finalize_in_child_of_creator(py));  // never unwind the pool
-      CHILD_CHECK(pid > 0);
-      if (pid > 0 && forked_child_ok(pid, 10s)) ++clean;
-    }
-    CHILD_CHECK(other_thread_can_run_python());
-    CHILD_CHECK(busy.failures == 0);
-  }
-  std::printf("forks from the creator with a busy pool: %d clean of %d\n", clean, runs);
-  CHILD_CHECK(clean == runs);
-  py.reset();
-  std::printf("done\n");
-  return child_exit_code();
+  return forks_from_creator<busy_pool>("forks from the creator with a busy pool", 10s,
+                                       [](busy_pool& busy) { CHILD_CHECK(busy.failures == 0); });
 }
 
 // Forks from a pool worker, PYATTACH_FORK_RUNS times, while other threads are attached and one
@@ -369,8 +358,7 @@ CHILD_CASE(fork_from_pool_worker) {
   CHILD_CHECK(clean == runs);
   creator.run([&] { delete helper; });  // the creator finalizes as usual
   CHILD_CHECK(Py_IsInitialized() == 0);
-  std::printf("done\n");
-  return child_exit_code();
+  return child_done();
 }
 
 USES_CHILD_CASE(fork_process_from_cpp);
@@ -393,9 +381,7 @@ child_result run_fork_case(const child_case_use& use, std::chrono::seconds per_f
   child_options options;
   options.timeout = 30s + fork_runs() * per_fork;
   auto r = run_child(use, options);
-  EXPECT_TRUE(r.exited_cleanly()) << r.describe();
-  EXPECT_EQ(r.out.find("CHILD-FAIL"), std::string::npos) << r.describe();
-  EXPECT_NE(r.out.find("done\n"), std::string::npos) << r.describe();
+  EXPECT_CHILD_CLEAN(r);
   return r;
 }
 
@@ -403,6 +389,15 @@ void expect_fork_case_ok(const child_case_use& use) {
   SKIP_FORK_UNDER_TSAN();
   const auto r = run_fork_case(use);
   EXPECT_NE(r.out.find("forked child done\n"), std::string::npos) << r.describe();
+  EXPECT_EQ(r.err.find("CPython was not finalized"), std::string::npos) << r.describe();
+}
+
+// Every grandchild of the creating thread finalized, and no helper destructor refused.
+void expect_every_fork_finalized(const child_case_use& use, std::chrono::seconds per_fork) {
+  SKIP_FORK_UNDER_TSAN();
+  const auto r = run_fork_case(use, per_fork);
+  EXPECT_EQ(count_occurrences(r.out, "forked child finalized\n"), std::size_t(fork_runs()))
+      << r.describe();
   EXPECT_EQ(r.err.find("CPython was not finalized"), std::string::npos) << r.describe();
 }
 }  // namespace
@@ -414,21 +409,13 @@ TEST(Fork, OsForkFromPythonWithAttachedThreads) { expect_fork_case_ok(uses_fork_
 // The grandchild of the creating thread finalizes (the destructor used to refuse there:
 // "created on thread X", X being the forking thread's tid in the parent).
 TEST(Fork, ChildOfCreatorFinalizes) {
-  SKIP_FORK_UNDER_TSAN();
-  const auto r = run_fork_case(uses_fork_from_creator_finalizes);
-  EXPECT_EQ(count_occurrences(r.out, "forked child finalized\n"), std::size_t(fork_runs()))
-      << r.describe();
-  EXPECT_EQ(r.err.find("CPython was not finalized"), std::string::npos) << r.describe();
+  expect_every_fork_finalized(uses_fork_from_creator_finalizes, 1s);
 }
 
 // The same with a thread_pool running Python tasks at each fork. Its grandchildren are waited
 // for 10 s each (a hung one is killed).
 TEST(Fork, ChildOfCreatorFinalizesWithBusyPool) {
-  SKIP_FORK_UNDER_TSAN();
-  const auto r = run_fork_case(uses_fork_from_creator_with_busy_pool, 12s);
-  EXPECT_EQ(count_occurrences(r.out, "forked child finalized\n"), std::size_t(fork_runs()))
-      << r.describe();
-  EXPECT_EQ(r.err.find("CPython was not finalized"), std::string::npos) << r.describe();
+  expect_every_fork_finalized(uses_fork_from_creator_with_busy_pool, 12s);
 }
 
 // A grandchild forked by another thread uses Python, does not finalize (the helper's destructor

@@ -33,53 +33,74 @@ void ensure_pybind11_internals() {
   (void)py::detail::get_internals();
 }
 
-}  // namespace
-
-TEST(Interop, PyGILStateInsideAScopeSeesTheSameState) {
+// Each test: a native worker (named after the test) that PyGILState or pybind11 code runs on,
+// next to pyattach scopes, sharing L's threading.local `tl`. At the end the worker exits and its
+// state goes with it: the thread-state count is back at its baseline.
+class Interop : public ::testing::Test {
+ protected:
   shared_local L;
   const std::size_t baseline = thread_states();
-  worker w("gilstate-inside");
+  worker w{::testing::UnitTest::GetInstance()->current_test_info()->name()};
+  PyThreadState* mine = nullptr;  // the worker's state, once `attach_before` made it
+
+  // The worker attaches once before the test, keeping its state, and sets tl.v = 'before'.
+  void attach_before() {
+    w.run([&] {
+      pyattach::attach_scope s;
+      mine = PyThreadState_Get();
+      ASSERT_TRUE(py_exec("tl.v = 'before'\n", L.g));
+    });
+  }
+
+  // A later scope on the worker makes its state current again (the same state, when `mine` is
+  // known) and still sees tl.v == `value`.
+  void expect_state_kept(const std::string& value, const char* why = "") {
+    w.run([&] {
+      pyattach::attach_scope s;
+      EXPECT_TRUE(s.made_current());
+      if (mine != nullptr) {
+        EXPECT_EQ(PyThreadState_Get(), mine);
+      }
+      EXPECT_EQ(py_eval_str("tl.v", L.g), value) << why;
+    });
+  }
+
+  void TearDown() override {
+    w.join();
+    EXPECT_EQ(thread_states(), baseline);
+  }
+};
+
+}  // namespace
+
+TEST_F(Interop, PyGILStateInsideAScopeSeesTheSameState) {
   w.run([&] {
     pyattach::attach_scope s;
     ASSERT_TRUE(py_exec("tl.v = 'set in scope'\n", L.g));
-    PyThreadState* const mine = PyThreadState_Get();
-    EXPECT_EQ(PyGILState_GetThisThreadState(), mine);
+    PyThreadState* const inside = PyThreadState_Get();
+    EXPECT_EQ(PyGILState_GetThisThreadState(), inside);
     EXPECT_EQ(PyGILState_Check(), 1);
     const PyGILState_STATE st = PyGILState_Ensure();
     EXPECT_EQ(st, PyGILState_LOCKED) << "Ensure inside a scope must find the thread attached";
-    EXPECT_EQ(PyThreadState_Get(), mine);
+    EXPECT_EQ(PyThreadState_Get(), inside);
     EXPECT_EQ(py_eval_str("tl.v", L.g), "set in scope");
     {
       pyattach::attach_scope nested;  // a pyattach scope inside Ensure: counts only
       EXPECT_FALSE(nested.made_current());
-      EXPECT_EQ(PyThreadState_Get(), mine);
+      EXPECT_EQ(PyThreadState_Get(), inside);
     }
     PyGILState_Release(st);
     EXPECT_TRUE(pyattach::is_attached());
-    EXPECT_EQ(PyThreadState_Get(), mine);
+    EXPECT_EQ(PyThreadState_Get(), inside);
     EXPECT_EQ(py_eval_str("tl.v", L.g), "set in scope");
   });
   EXPECT_EQ(thread_states(), baseline + 1) << "PyGILState_Ensure made a second state";
   require_other_thread_can_run_python("after PyGILState inside a scope");
-  w.run([&] {
-    pyattach::attach_scope s;
-    EXPECT_TRUE(s.made_current());
-    EXPECT_EQ(py_eval_str("tl.v", L.g), "set in scope") << "PyGILState_Release destroyed the state";
-  });
-  w.join();
-  EXPECT_EQ(thread_states(), baseline);
+  expect_state_kept("set in scope", "PyGILState_Release destroyed the state");
 }
 
-TEST(Interop, PyGILStateOutsideAScopeOnAnAttachedBeforeThread) {
-  shared_local L;
-  const std::size_t baseline = thread_states();
-  worker w("gilstate-outside");
-  PyThreadState* mine = nullptr;
-  w.run([&] {
-    pyattach::attach_scope s;
-    mine = PyThreadState_Get();
-    ASSERT_TRUE(py_exec("tl.v = 'before'\n", L.g));
-  });
+TEST_F(Interop, PyGILStateOutsideAScopeOnAnAttachedBeforeThread) {
+  attach_before();
   w.run([&] {
     EXPECT_FALSE(pyattach::is_attached());
     // Without the GIL: PyGILState knows the state pyattach made.
@@ -102,34 +123,24 @@ TEST(Interop, PyGILStateOutsideAScopeOnAnAttachedBeforeThread) {
     EXPECT_EQ(PyGILState_GetThisThreadState(), mine) << "PyGILState_Release destroyed the state";
   });
   EXPECT_EQ(thread_states(), baseline + 1);
-  w.run([&] {
-    pyattach::attach_scope s;
-    EXPECT_TRUE(s.made_current());
-    EXPECT_EQ(PyThreadState_Get(), mine);
-    EXPECT_EQ(py_eval_str("tl.v", L.g), "set under Ensure");
-  });
+  expect_state_kept("set under Ensure");
   require_other_thread_can_run_python("after PyGILState outside a scope");
-  w.join();
-  EXPECT_EQ(thread_states(), baseline);
 }
 
-TEST(Interop, Pybind11GilScopedAcquireInsideAScope) {
+TEST_F(Interop, Pybind11GilScopedAcquireInsideAScope) {
   ensure_pybind11_internals();
-  shared_local L;
-  const std::size_t baseline = thread_states();
-  worker w("pybind11-inside");
   w.run([&] {
     pyattach::attach_scope s;
     ASSERT_TRUE(py_exec("tl.v = 'pyattach'\n", L.g));
-    PyThreadState* const mine = PyThreadState_Get();
+    PyThreadState* const inside = PyThreadState_Get();
     {
       py::gil_scoped_acquire gil;
-      EXPECT_EQ(PyThreadState_Get(), mine);
+      EXPECT_EQ(PyThreadState_Get(), inside);
       EXPECT_EQ(py_eval_str("tl.v", L.g), "pyattach");
       EXPECT_EQ(thread_states(), baseline + 1);
     }
     EXPECT_TRUE(pyattach::is_attached());
-    EXPECT_EQ(PyThreadState_Get(), mine);
+    EXPECT_EQ(PyThreadState_Get(), inside);
     EXPECT_EQ(py_eval_str("tl.v", L.g), "pyattach");
     {
       py::gil_scoped_release nogil;
@@ -137,31 +148,17 @@ TEST(Interop, Pybind11GilScopedAcquireInsideAScope) {
       EXPECT_TRUE(other_thread_can_run_python()) << "gil_scoped_release did not release the GIL";
     }
     EXPECT_TRUE(pyattach::is_attached());
-    EXPECT_EQ(PyThreadState_Get(), mine);
+    EXPECT_EQ(PyThreadState_Get(), inside);
     EXPECT_EQ(py_eval_str("tl.v", L.g), "pyattach");
   });
   require_other_thread_can_run_python("after pybind11 inside a scope");
-  w.run([&] {
-    pyattach::attach_scope s;
-    EXPECT_TRUE(s.made_current());
-    EXPECT_EQ(py_eval_str("tl.v", L.g), "pyattach");
-  });
+  expect_state_kept("pyattach");
   EXPECT_EQ(thread_states(), baseline + 1);
-  w.join();
-  EXPECT_EQ(thread_states(), baseline);
 }
 
-TEST(Interop, Pybind11GilScopedAcquireOutsideAScopeOnAnAttachedBeforeThread) {
+TEST_F(Interop, Pybind11GilScopedAcquireOutsideAScopeOnAnAttachedBeforeThread) {
   ensure_pybind11_internals();
-  shared_local L;
-  const std::size_t baseline = thread_states();
-  worker w("pybind11-outside");
-  PyThreadState* mine = nullptr;
-  w.run([&] {
-    pyattach::attach_scope s;
-    mine = PyThreadState_Get();
-    ASSERT_TRUE(py_exec("tl.v = 'before'\n", L.g));
-  });
+  attach_before();
   w.run([&] {
     {
       py::gil_scoped_acquire gil;
@@ -182,15 +179,8 @@ TEST(Interop, Pybind11GilScopedAcquireOutsideAScopeOnAnAttachedBeforeThread) {
     EXPECT_EQ(PyGILState_GetThisThreadState(), mine) << "pybind11 destroyed the state";
   });
   EXPECT_EQ(thread_states(), baseline + 1);
-  w.run([&] {
-    pyattach::attach_scope s;
-    EXPECT_TRUE(s.made_current());
-    EXPECT_EQ(PyThreadState_Get(), mine);
-    EXPECT_EQ(py_eval_str("tl.v", L.g), "set under pybind11");
-  });
+  expect_state_kept("set under pybind11");
   require_other_thread_can_run_python("after pybind11 outside a scope");
-  w.join();
-  EXPECT_EQ(thread_states(), baseline);
 }
 
 // ---- a Python-created thread calling into C++ -----------------------------------------------
@@ -245,9 +235,9 @@ PyObject* called_from_python_thread(PyObject*, PyObject*) {
 PyMethodDef g_def = {"called_from_python_thread", called_from_python_thread, METH_NOARGS, nullptr};
 }  // namespace
 
-TEST(Interop, ScopeOnAPythonCreatedThreadReusesItsStateAndDoesNotDetach) {
+// (The worker and L of the fixture stay unused here: the thread is a threading.Thread.)
+TEST_F(Interop, ScopeOnAPythonCreatedThreadReusesItsStateAndDoesNotDetach) {
   g_obs = python_thread_observations{};
-  const std::size_t baseline = thread_states();
   {
     pyattach::attach_scope s;
     PyObject* g = new_globals();

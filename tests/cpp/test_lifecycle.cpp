@@ -1,6 +1,7 @@
 // tests/cpp/test_lifecycle.cpp — every refusal status, the gate around finalization, and the
 // embedding helper across init/finalize cycles. Each case runs in its own child process
 // (child_process.hpp): it needs its own CPython lifetime, and a regression could hang or crash.
+// Each test follows the case it runs.
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -48,6 +49,29 @@ void print_status(const char* where, attach_status st) {
   std::printf("STATUS %s=%s\n", where, pyattach::to_string(st));
 }
 
+// Registers `def` as an atexit callback. PRECONDITION: attached.
+void register_atexit(PyMethodDef* def) {
+  PyObject* fn = PyCFunction_New(def, nullptr);
+  PyObject* atexit = PyImport_ImportModule("atexit");
+  PyObject* r = PyObject_CallMethod(atexit, "register", "O", fn);
+  CHILD_CHECK(r != nullptr);
+  Py_XDECREF(r);
+  Py_XDECREF(atexit);
+  Py_XDECREF(fn);
+}
+
+// A brand-new native thread attaches with the nothrow form and, if admitted, runs `code`; returns
+// the status it got. PRECONDITION: the calling thread does not hold the GIL.
+attach_status run_python_on_new_thread(const char* code) {
+  attach_status st = attach_status::finalized;
+  std::thread([&] {
+    pyattach::attach_scope s(pyattach::nothrow);
+    st = s.status();
+    if (s) CHILD_CHECK(PyRun_SimpleString(code) == 0);
+  }).join();
+  return st;
+}
+
 }  // namespace
 
 // ---- not_initialized ------------------------------------------------------------------------
@@ -65,9 +89,11 @@ CHILD_CASE(status_not_initialized) {
   const auto report = pyattach::make_thread_report();
   CHILD_CHECK(!report.interpreter_available);
   CHILD_CHECK(Py_IsInitialized() == 0);  // nothing above initialized CPython behind our back
-  std::printf("done\n");
-  return child_exit_code();
+  return child_done();
 }
+
+USES_CHILD_CASE(status_not_initialized);
+CHILD_TEST(Lifecycle, NotInitialized, status_not_initialized);
 
 // ---- finalizing: after close_gate -----------------------------------------------------------
 
@@ -107,9 +133,13 @@ CHILD_CASE(status_finalizing_after_close_gate) {
   w.join();
   py.reset();  // finalizes
   CHILD_CHECK(try_status() == attach_status::finalized);
-  std::printf("done\n");
-  return child_exit_code();
+  return child_done();
 }
+
+USES_CHILD_CASE(status_finalizing_after_close_gate);
+CHILD_TEST(Lifecycle, FinalizingAfterInterpreterCloseGate, status_finalizing_after_close_gate);
+CHILD_TEST(Lifecycle, FinalizingAfterFreeCloseGate, status_finalizing_after_close_gate,
+           child_args({"free"}));
 
 // ---- the gate waits for a thread inside a scope ---------------------------------------------
 
@@ -148,9 +178,11 @@ CHILD_CASE(close_gate_waits_for_threads_inside) {
   CHILD_CHECK(reattached_python.load() == 1);
   CHILD_CHECK(after == attach_status::finalizing);
   py.reset();
-  std::printf("done\n");
-  return child_exit_code();
+  return child_done();
 }
+
+USES_CHILD_CASE(close_gate_waits_for_threads_inside);
+CHILD_TEST(Lifecycle, CloseGateWaitsForThreadsInside, close_gate_waits_for_threads_inside);
 
 // ---- finalizing: inside an atexit callback --------------------------------------------------
 // Raw embedding: the test's atexit callback is registered BEFORE pyattach binds, so pyattach's
@@ -183,13 +215,7 @@ PyMethodDef g_atexit_def = {"test_atexit_callback", atexit_callback, METH_NOARGS
 CHILD_CASE(status_finalizing_in_atexit_callback) {
   Py_InitializeEx(0);
   {
-    PyObject* fn = PyCFunction_New(&g_atexit_def, nullptr);
-    PyObject* atexit = PyImport_ImportModule("atexit");
-    PyObject* r = PyObject_CallMethod(atexit, "register", "O", fn);
-    CHILD_CHECK(r != nullptr);
-    Py_XDECREF(r);
-    Py_XDECREF(atexit);
-    Py_XDECREF(fn);
+    register_atexit(&g_atexit_def);
     PyObject* threading = PyImport_ImportModule("threading");
     Py_XDECREF(threading);
   }
@@ -205,8 +231,7 @@ CHILD_CASE(status_finalizing_in_atexit_callback) {
     pyattach::attach_scope s;
     CHILD_CHECK(s.made_current());
   });
-  PyEval_RestoreThread(main_state);
-  CHILD_CHECK(Py_FinalizeEx() == 0);
+  CHILD_CHECK(restore_and_finalize(main_state));
   // After finalization: finalized everywhere; the worker then exits without touching its state.
   CHILD_CHECK(try_status() == attach_status::finalized);
   CHILD_CHECK(status_on_new_thread() == attach_status::finalized);
@@ -214,8 +239,12 @@ CHILD_CASE(status_finalizing_in_atexit_callback) {
   g_atexit_worker->run([&] { old = try_status(); });
   CHILD_CHECK(old == attach_status::finalized);
   g_atexit_worker.reset();
-  std::printf("done\n");
-  return child_exit_code();
+  return child_done();
+}
+
+USES_CHILD_CASE(status_finalizing_in_atexit_callback);
+TEST(Lifecycle, FinalizingInsideAnAtexitCallback) {
+  expect_child_prints(uses_status_finalizing_in_atexit_callback, "in atexit callback");
 }
 
 // With the embedding helper, pyattach binds in the constructor; a callback registered later runs
@@ -227,11 +256,7 @@ PyObject* late_atexit_callback(PyObject*, PyObject*) {
   // Release the GIL while the native thread runs Python (it needs it).
   attach_status st = attach_status::finalized;
   Py_BEGIN_ALLOW_THREADS
-  std::thread([&] {
-    pyattach::attach_scope s(pyattach::nothrow);
-    st = s.status();
-    if (s) CHILD_CHECK(PyRun_SimpleString("_late = 1\n") == 0);
-  }).join();
+  st = run_python_on_new_thread("_late = 1\n");
   Py_END_ALLOW_THREADS
   print_status("late_atexit_new_thread", st);
   CHILD_CHECK(st == attach_status::attached);
@@ -245,17 +270,15 @@ CHILD_CASE(atexit_callback_registered_after_bind_may_attach) {
   {
     pyattach::interpreter py;
     pyattach::attach_scope s;
-    PyObject* fn = PyCFunction_New(&g_late_atexit_def, nullptr);
-    PyObject* atexit = PyImport_ImportModule("atexit");
-    PyObject* r = PyObject_CallMethod(atexit, "register", "O", fn);
-    CHILD_CHECK(r != nullptr);
-    Py_XDECREF(r);
-    Py_XDECREF(atexit);
-    Py_XDECREF(fn);
+    register_atexit(&g_late_atexit_def);
   }
   CHILD_CHECK(try_status() == attach_status::finalized);
-  std::printf("done\n");
-  return child_exit_code();
+  return child_done();
+}
+
+USES_CHILD_CASE(atexit_callback_registered_after_bind_may_attach);
+TEST(Lifecycle, AtexitCallbackRegisteredAfterBindMayStillAttach) {
+  expect_child_prints(uses_atexit_callback_registered_after_bind_may_attach, "in late atexit callback");
 }
 
 // ---- finalizing / finalized: native threads racing Py_FinalizeEx ----------------------------
@@ -307,9 +330,11 @@ CHILD_CASE(status_racing_finalize) {
     std::printf("\n");
   }
   CHILD_CHECK(try_status() == attach_status::finalized);
-  std::printf("done\n");
-  return child_exit_code();
+  return child_done();
 }
+
+USES_CHILD_CASE(status_racing_finalize);
+CHILD_TEST(Lifecycle, NativeThreadsRacingFinalizeAreRefusedNotKilled, status_racing_finalize);
 
 // ---- finalized, and a thread that outlives the interpreter ----------------------------------
 
@@ -340,9 +365,12 @@ CHILD_CASE(status_finalized_and_thread_outlives_interpreter) {
   });
   CHILD_CHECK(survivor_ok);
   survivor.reset();  // exits: must not touch the finalized interpreter's state
-  std::printf("done\n");
-  return child_exit_code();
+  return child_done();
 }
+
+USES_CHILD_CASE(status_finalized_and_thread_outlives_interpreter);
+CHILD_TEST(Lifecycle, FinalizedAndAThreadThatOutlivesTheInterpreter,
+           status_finalized_and_thread_outlives_interpreter);
 
 // ---- the embedding helper across two init/finalize cycles -----------------------------------
 
@@ -415,8 +443,56 @@ CHILD_CASE(interpreter_two_cycles) {
   }
   outlives->run([] { CHILD_CHECK(try_status() == attach_status::finalized); });
   outlives.reset();  // exits after cycle 2 ended: its state is only forgotten
-  std::printf("done\n");
-  return child_exit_code();
+  return child_done();
+}
+
+USES_CHILD_CASE(interpreter_two_cycles);
+CHILD_TEST(Lifecycle, TwoInterpreterCyclesGiveThreadsFreshStates, interpreter_two_cycles);
+
+// ---- raw PyGILState across two init/finalize cycles: the control for the test above -----------
+// A thread keeps a PyGILState state across Py_FinalizeEx + Py_Initialize (as a pool thread that
+// used PyGILState_Ensure without Release would), then calls PyGILState_Ensure in the new runtime.
+// 3.9–3.14: PyGILState forgets the old state at finalization and makes a new one. 3.15: it still
+// returns the old, cleared state and attaching it hangs the thread (docs/versions.md, "3.15").
+// Prints "ensure returned" when the second Ensure returns; the worker posts it without waiting,
+// so that a hang is seen by the bounded wait below, not by the harness's deadline.
+CHILD_CASE(raw_gilstate_two_cycles) {
+  worker t("raw");
+  Py_InitializeEx(0);
+  PyThreadState* main_state = PyEval_SaveThread();
+  t.run([] {
+    PyGILState_Ensure();  // never released: the thread keeps the state, as in scenario 2
+    PyEval_SaveThread();
+  });
+  CHILD_CHECK(restore_and_finalize(main_state));
+  Py_InitializeEx(0);
+  main_state = PyEval_SaveThread();
+  latch returned;
+  t.post([&] {
+    const PyGILState_STATE st = PyGILState_Ensure();
+    returned.set();
+    PyGILState_Release(st);  // a new state (3.9–3.14): deleted again, the GIL released
+  });
+  const bool ok = returned.wait(3s);
+  std::printf("%s\n", ok ? "ensure returned" : "ensure hung");
+  std::fflush(stdout);
+  if (!ok) std::_Exit(0);  // the worker cannot be joined: it is hung inside CPython
+  t.wait_idle();
+  CHILD_CHECK(restore_and_finalize(main_state));
+  return child_done();
+}
+
+USES_CHILD_CASE(raw_gilstate_two_cycles);
+// The control: the raw API on the same thread hangs on 3.15 (a CPython regression), and only there.
+TEST(Lifecycle, RawGilStateAcrossTwoCyclesHangsOnlyOn315) {
+  const auto r = run_child(uses_raw_gilstate_two_cycles);
+  EXPECT_TRUE(r.exited_cleanly()) << r.describe();
+  if (PY_VERSION_HEX >= 0x030F0000) {
+    EXPECT_NE(r.out.find("ensure hung"), std::string::npos) << r.describe();
+  } else {
+    EXPECT_NE(r.out.find("ensure returned"), std::string::npos) << r.describe();
+    EXPECT_NE(r.out.find("done\n"), std::string::npos) << r.describe();
+  }
 }
 
 CHILD_CASE(interpreter_refused_when_python_initialized_elsewhere) {
@@ -435,133 +511,14 @@ CHILD_CASE(interpreter_refused_when_python_initialized_elsewhere) {
     CHILD_CHECK(s.is_valid());
   }
   PyThreadState* main_state = PyEval_SaveThread();
-  attach_status st = attach_status::finalized;
-  std::thread([&] {
-    pyattach::attach_scope s(pyattach::nothrow);
-    st = s.status();
-    if (s) CHILD_CHECK(PyRun_SimpleString("_ok = 1\n") == 0);
-  }).join();
-  CHILD_CHECK(st == attach_status::attached);
-  PyEval_RestoreThread(main_state);
-  CHILD_CHECK(Py_FinalizeEx() == 0);
+  CHILD_CHECK(run_python_on_new_thread("_ok = 1\n") == attach_status::attached);
+  CHILD_CHECK(restore_and_finalize(main_state));
   CHILD_CHECK(try_status() == attach_status::finalized);
-  std::printf("done\n");
-  return child_exit_code();
+  return child_done();
 }
 
-// ---- the tests ------------------------------------------------------------------------------
-
-USES_CHILD_CASE(status_not_initialized);
-USES_CHILD_CASE(status_finalizing_after_close_gate);
-USES_CHILD_CASE(close_gate_waits_for_threads_inside);
-USES_CHILD_CASE(status_finalizing_in_atexit_callback);
-USES_CHILD_CASE(atexit_callback_registered_after_bind_may_attach);
-// ---- raw PyGILState across two init/finalize cycles: the control for the test above -----------
-// A thread keeps a PyGILState state across Py_FinalizeEx + Py_Initialize (as a pool thread that
-// used PyGILState_Ensure without Release would), then calls PyGILState_Ensure in the new runtime.
-// 3.9–3.14: PyGILState forgets the old state at finalization and makes a new one. 3.15: it still
-// returns the old, cleared state and attaching it hangs the thread (docs/versions.md, "3.15").
-// Prints "ensure returned" when the second Ensure returns; the worker posts it without waiting,
-// so that a hang is seen by the bounded wait below, not by the harness's deadline.
-CHILD_CASE(raw_gilstate_two_cycles) {
-  worker t("raw");
-  Py_InitializeEx(0);
-  PyThreadState* main_state = PyEval_SaveThread();
-  t.run([] {
-    PyGILState_Ensure();  // never released: the thread keeps the state, as in scenario 2
-    PyEval_SaveThread();
-  });
-  PyEval_RestoreThread(main_state);
-  CHILD_CHECK(Py_FinalizeEx() == 0);
-  Py_InitializeEx(0);
-  main_state = PyEval_SaveThread();
-  latch returned;
-  t.post([&] {
-    const PyGILState_STATE st = PyGILState_Ensure();
-    returned.set();
-    PyGILState_Release(st);  // a new state (3.9–3.14): deleted again, the GIL released
-  });
-  const bool ok = returned.wait(3s);
-  std::printf("%s\n", ok ? "ensure returned" : "ensure hung");
-  std::fflush(stdout);
-  if (!ok) std::_Exit(0);  // the worker cannot be joined: it is hung inside CPython
-  t.wait_idle();
-  PyEval_RestoreThread(main_state);
-  CHILD_CHECK(Py_FinalizeEx() == 0);
-  std::printf("done\n");
-  return child_exit_code();
-}
-
-USES_CHILD_CASE(status_racing_finalize);
-USES_CHILD_CASE(status_finalized_and_thread_outlives_interpreter);
-USES_CHILD_CASE(interpreter_two_cycles);
-USES_CHILD_CASE(raw_gilstate_two_cycles);
 USES_CHILD_CASE(interpreter_refused_when_python_initialized_elsewhere);
-
-
-TEST(Lifecycle, NotInitialized) {
-  const auto r = run_child(uses_status_not_initialized);
-  EXPECT_CHILD_CLEAN(r);
-}
-
-TEST(Lifecycle, FinalizingAfterInterpreterCloseGate) {
-  const auto r = run_child(uses_status_finalizing_after_close_gate);
-  EXPECT_CHILD_CLEAN(r);
-}
-
-TEST(Lifecycle, FinalizingAfterFreeCloseGate) {
-  child_options o;
-  o.args = {"free"};
-  const auto r = run_child(uses_status_finalizing_after_close_gate, o);
-  EXPECT_CHILD_CLEAN(r);
-}
-
-TEST(Lifecycle, CloseGateWaitsForThreadsInside) {
-  const auto r = run_child(uses_close_gate_waits_for_threads_inside);
-  EXPECT_CHILD_CLEAN(r);
-}
-
-TEST(Lifecycle, FinalizingInsideAnAtexitCallback) {
-  const auto r = run_child(uses_status_finalizing_in_atexit_callback);
-  EXPECT_CHILD_CLEAN(r);
-  EXPECT_NE(r.out.find("in atexit callback"), std::string::npos) << r.describe();
-}
-
-TEST(Lifecycle, AtexitCallbackRegisteredAfterBindMayStillAttach) {
-  const auto r = run_child(uses_atexit_callback_registered_after_bind_may_attach);
-  EXPECT_CHILD_CLEAN(r);
-  EXPECT_NE(r.out.find("in late atexit callback"), std::string::npos) << r.describe();
-}
-
-TEST(Lifecycle, NativeThreadsRacingFinalizeAreRefusedNotKilled) {
-  const auto r = run_child(uses_status_racing_finalize);
-  EXPECT_CHILD_CLEAN(r);
-}
-
-TEST(Lifecycle, FinalizedAndAThreadThatOutlivesTheInterpreter) {
-  const auto r = run_child(uses_status_finalized_and_thread_outlives_interpreter);
-  EXPECT_CHILD_CLEAN(r);
-}
-
-TEST(Lifecycle, TwoInterpreterCyclesGiveThreadsFreshStates) {
-  const auto r = run_child(uses_interpreter_two_cycles);
-  EXPECT_CHILD_CLEAN(r);
-}
-
-// The control: the raw API on the same thread hangs on 3.15 (a CPython regression), and only there.
-TEST(Lifecycle, RawGilStateAcrossTwoCyclesHangsOnlyOn315) {
-  const auto r = run_child(uses_raw_gilstate_two_cycles);
-  EXPECT_TRUE(r.exited_cleanly()) << r.describe();
-  if (PY_VERSION_HEX >= 0x030F0000) {
-    EXPECT_NE(r.out.find("ensure hung"), std::string::npos) << r.describe();
-  } else {
-    EXPECT_NE(r.out.find("ensure returned"), std::string::npos) << r.describe();
-    EXPECT_NE(r.out.find("done\n"), std::string::npos) << r.describe();
-  }
-}
-
 TEST(Lifecycle, InterpreterRefusedWhenPythonInitializedElsewhere) {
-  const auto r = run_child(uses_interpreter_refused_when_python_initialized_elsewhere);
-  EXPECT_CHILD_CLEAN(r);
-  EXPECT_NE(r.out.find("interpreter_error"), std::string::npos) << r.describe();
+  expect_child_prints(uses_interpreter_refused_when_python_initialized_elsewhere,
+                      "interpreter_error");
 }

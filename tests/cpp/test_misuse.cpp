@@ -29,6 +29,32 @@ template <class F>
 void on_new_thread(F&& fn) {
   std::thread(std::forward<F>(fn)).join();
 }
+
+// A new native thread attaches and ends its scope twice: one double_release report.
+void double_release_on_new_thread() {
+  on_new_thread([] {
+    auto s = pyattach::try_attach();
+    s.release();
+    s.release();
+  });
+}
+
+// On the thread that committed a misuse: nothing was left unbalanced, so a new scope makes the
+// thread's state current and runs `code`.
+void attaches_normally_again(const char* code) {
+  pyattach::attach_scope again;
+  CHILD_CHECK(again.made_current());
+  CHILD_CHECK(PyRun_SimpleString(code) == 0);
+}
+
+// The end of a misuse case: nothing was damaged (another thread can run Python, and the thread
+// states are back at `baseline` when one is given) and exactly `misuses` reports were made.
+int end_misuse_case(std::uint64_t misuses, std::optional<std::size_t> baseline = std::nullopt) {
+  CHILD_CHECK(other_thread_can_run_python());
+  if (baseline) CHILD_CHECK(thread_states() == *baseline);
+  CHILD_CHECK(pyattach::misuse_count() == misuses);
+  return child_done();
+}
 }  // namespace
 
 // ---- double release -------------------------------------------------------------------------
@@ -45,11 +71,7 @@ CHILD_CASE(misuse_double_release) {
     CHILD_SITE("misused", __LINE__); s.release();
     CHILD_CHECK(!pyattach::is_attached());
     // Nothing was unbalanced: the thread attaches and detaches normally afterwards.
-    {
-      pyattach::attach_scope again;
-      CHILD_CHECK(again.made_current());
-      CHILD_CHECK(PyRun_SimpleString("_after_double_release = 1\n") == 0);
-    }
+    attaches_normally_again("_after_double_release = 1\n");
     CHILD_CHECK(other_thread_can_run_python());
     // The same for a detach scope.
     pyattach::attach_scope outer;
@@ -61,11 +83,7 @@ CHILD_CASE(misuse_double_release) {
     }
     CHILD_CHECK(pyattach::is_attached());
   });
-  CHILD_CHECK(other_thread_can_run_python());
-  CHILD_CHECK(pyattach::misuse_count() == 2);
-  CHILD_CHECK(thread_states() == baseline);
-  std::printf("done\n");
-  return child_exit_code();
+  return end_misuse_case(2, baseline);
 }
 
 // ---- wrong thread ---------------------------------------------------------------------------
@@ -117,11 +135,7 @@ CHILD_CASE(misuse_wrong_thread) {
   on_new_thread([&] { scope2->release(); });
   ended2.set();
   a2.join();
-  CHILD_CHECK(other_thread_can_run_python());
-  CHILD_CHECK(thread_states() == baseline);
-  CHILD_CHECK(pyattach::misuse_count() == 2);
-  std::printf("done\n");
-  return child_exit_code();
+  return end_misuse_case(2, baseline);
 }
 
 // ---- out of order ---------------------------------------------------------------------------
@@ -157,8 +171,7 @@ CHILD_CASE(misuse_out_of_order) {
   t.join();
   CHILD_CHECK(thread_states() == baseline);
   CHILD_CHECK(pyattach::misuse_count() == 1);
-  std::printf("done\n");
-  return child_exit_code();
+  return child_done();
 }
 
 // ---- detach without attach ------------------------------------------------------------------
@@ -174,14 +187,9 @@ CHILD_CASE(misuse_detach_without_attach) {
       CHILD_CHECK(!pyattach::is_attached());
     }
     // Nothing was detached or unbalanced: attaching works.
-    pyattach::attach_scope s;
-    CHILD_CHECK(s.made_current());
-    CHILD_CHECK(PyRun_SimpleString("_ok = 1\n") == 0);
+    attaches_normally_again("_ok = 1\n");
   });
-  CHILD_CHECK(other_thread_can_run_python());
-  CHILD_CHECK(pyattach::misuse_count() == 1);
-  std::printf("done\n");
-  return child_exit_code();
+  return end_misuse_case(1);
 }
 
 // ---- release_thread_state inside a scope ----------------------------------------------------
@@ -205,11 +213,7 @@ CHILD_CASE(misuse_release_while_attached) {
     }
     CHILD_CHECK(pyattach::release_thread_state());  // outside a scope: fine
   });
-  CHILD_CHECK(other_thread_can_run_python());
-  CHILD_CHECK(thread_states() == baseline);
-  CHILD_CHECK(pyattach::misuse_count() == 1);
-  std::printf("done\n");
-  return child_exit_code();
+  return end_misuse_case(1, baseline);
 }
 
 // ---- a custom handler -----------------------------------------------------------------------
@@ -305,15 +309,10 @@ CHILD_CASE(misuse_custom_handler) {
   }
   // Restoring the default handler: the next report goes to stderr.
   CHILD_CHECK(pyattach::set_misuse_handler(nullptr) == recording_handler);
-  on_new_thread([] {
-    auto s = pyattach::try_attach();
-    s.release();
-    s.release();
-  });
+  double_release_on_new_thread();
   CHILD_CHECK(pyattach::misuse_count() == 4);
   CHILD_CHECK(other_thread_can_run_python());
-  std::printf("done\n");
-  return child_exit_code();
+  return child_done();
 }
 
 // ---- another interpreter attached on this thread --------------------------------------------
@@ -364,14 +363,9 @@ CHILD_CASE(misuse_other_interpreter) {
     }
     leave_sub_interpreter(states);
     // Back to normal: the thread attaches to the main interpreter with a state of its own.
-    pyattach::attach_scope ok;
-    CHILD_CHECK(ok.made_current());
-    CHILD_CHECK(PyRun_SimpleString("assert '_in_sub' not in globals()\n") == 0);
+    attaches_normally_again("assert '_in_sub' not in globals()\n");
   });
-  CHILD_CHECK(other_thread_can_run_python());
-  CHILD_CHECK(pyattach::misuse_count() == 2);
-  std::printf("done\n");
-  return child_exit_code();
+  return end_misuse_case(2);
 }
 
 // 3.12+ only: inside a pyattach scope the thread switches to a sub-interpreter; a nested attach
@@ -394,10 +388,7 @@ CHILD_CASE(misuse_other_interpreter_nested) {
     PyThreadState_Swap(mine);
     CHILD_CHECK(PyRun_SimpleString("_back = 1\n") == 0);
   });
-  CHILD_CHECK(other_thread_can_run_python());
-  CHILD_CHECK(pyattach::misuse_count() == 1);
-  std::printf("done\n");
-  return child_exit_code();
+  return end_misuse_case(1);
 }
 
 // ---- scopes that outlive their interpreter --------------------------------------------------
@@ -416,8 +407,7 @@ CHILD_CASE(misuse_scope_outlived_interpreter) {
   s.reset();
   CHILD_CHECK(pyattach::try_attach().status() == pyattach::attach_status::finalized);
   CHILD_CHECK(pyattach::misuse_count() == 1);
-  std::printf("done\n");
-  return child_exit_code();
+  return child_done();
 }
 
 CHILD_CASE(misuse_scope_outlived_thread) {
@@ -434,11 +424,8 @@ CHILD_CASE(misuse_scope_outlived_thread) {
   });
   t.join();
   CHILD_SITE("made", made);
-  CHILD_CHECK(pyattach::misuse_count() == 1);
-  CHILD_CHECK(other_thread_can_run_python());  // the GIL was given back
-  CHILD_CHECK(thread_states() == base_states);  // and the state destroyed
-  std::printf("done\n");
-  return child_exit_code();
+  // The GIL was given back, and the state destroyed.
+  return end_misuse_case(1, base_states);
 }
 
 CHILD_CASE(misuse_scopes_open_from_finalized_interpreter) {
@@ -485,8 +472,7 @@ CHILD_CASE(misuse_scopes_open_from_finalized_interpreter) {
   // Its old scopes have ended (each reported as scope_outlived_interpreter, filtered above):
   // the same kind of thread attaches to the new interpreter normally.
   CHILD_CHECK(other_thread_can_run_python());
-  std::printf("done\n");
-  return child_exit_code();
+  return child_done();
 }
 
 // ---- Python without an attached state -------------------------------------------------------
@@ -502,8 +488,7 @@ CHILD_CASE(misuse_python_without_state) {
     CHILD_CHECK(pyattach::expect_attached());  // attached: no report
   });
   CHILD_CHECK(pyattach::misuse_count() == 1);
-  std::printf("done\n");
-  return child_exit_code();
+  return child_done();
 }
 
 // ---- the abort option, set from code --------------------------------------------------------
@@ -513,30 +498,11 @@ CHILD_CASE(misuse_action_from_code) {
   pyattach::set_misuse_action(!args.empty() && args[0] == "abort" ? pyattach::misuse_action::abort
                                                                   : pyattach::misuse_action::report);
   pyattach::interpreter py;
-  on_new_thread([] {
-    auto s = pyattach::try_attach();
-    s.release();
-    s.release();
-  });
-  std::printf("done\n");
-  return 0;
+  double_release_on_new_thread();
+  return child_done();
 }
 
 // ---- the tests ------------------------------------------------------------------------------
-
-USES_CHILD_CASE(misuse_double_release);
-USES_CHILD_CASE(misuse_wrong_thread);
-USES_CHILD_CASE(misuse_out_of_order);
-USES_CHILD_CASE(misuse_detach_without_attach);
-USES_CHILD_CASE(misuse_release_while_attached);
-USES_CHILD_CASE(misuse_custom_handler);
-USES_CHILD_CASE(misuse_other_interpreter);
-USES_CHILD_CASE(misuse_other_interpreter_nested);
-USES_CHILD_CASE(misuse_scope_outlived_interpreter);
-USES_CHILD_CASE(misuse_scope_outlived_thread);
-USES_CHILD_CASE(misuse_scopes_open_from_finalized_interpreter);
-USES_CHILD_CASE(misuse_python_without_state);
-USES_CHILD_CASE(misuse_action_from_code);
 
 namespace {
 
@@ -553,64 +519,64 @@ std::vector<std::string> sites_of(const std::string& out) {
   return sites;
 }
 
+// The first line of stderr that starts with `marker`, or "" if there is none.
+std::string report_line(const std::string& err, const std::string& marker) {
+  const std::size_t at = err.find(marker);
+  return at == std::string::npos ? "" : err.substr(at, err.find('\n', at) - at);
+}
+
+// With PYATTACH_ON_MISUSE=abort the child dies by SIGABRT after printing the report.
+child_result expect_abort_on_misuse(const child_case_use& use, const std::string& marker) {
+  SCOPED_TRACE("PYATTACH_ON_MISUSE=abort");
+  child_options o;
+  o.env = {{"PYATTACH_ON_MISUSE", "abort"}};
+  const auto r = run_child(use, o);
+  EXPECT_FALSE(r.timed_out) << r.describe();
+  EXPECT_EQ(r.term_signal, SIGABRT) << r.describe();
+  EXPECT_NE(r.err.find(marker), std::string::npos)
+      << "nothing printed before abort: " << r.describe();
+  return r;
+}
+
+// The misuse `kind`: with the default handler the child runs to its end, and the first report
+// line names both sites it printed; with the abort option it dies at the misuse.
 void check_misuse_child(const child_case_use& use, const char* kind) {
   const std::string marker = std::string("pyattach: misuse: ") + kind;
   {
     SCOPED_TRACE("default handler");
     const auto r = run_child(use);
-    EXPECT_TRUE(r.exited_cleanly()) << r.describe();
-    EXPECT_EQ(r.out.find("CHILD-FAIL"), std::string::npos) << r.describe();
-    EXPECT_NE(r.out.find("done\n"), std::string::npos) << r.describe();
+    EXPECT_CHILD_CLEAN(r);
     EXPECT_NE(r.err.find(marker), std::string::npos) << r.describe();
     const auto sites = sites_of(r.out);
     ASSERT_EQ(sites.size(), 2u) << r.describe();
     // The first report line names both source locations.
-    const std::size_t at = r.err.find(marker);
-    const std::string line = at == std::string::npos ? "" : r.err.substr(at, r.err.find('\n', at) - at);
+    const std::string line = report_line(r.err, marker);
     for (const auto& s : sites) EXPECT_NE(line.find(s + " "), std::string::npos) << s << " not in: " << line;
   }
-  {
-    SCOPED_TRACE("PYATTACH_ON_MISUSE=abort");
-    child_options o;
-    o.env = {{"PYATTACH_ON_MISUSE", "abort"}};
-    const auto r = run_child(use, o);
-    EXPECT_FALSE(r.timed_out) << r.describe();
-    EXPECT_EQ(r.term_signal, SIGABRT) << r.describe();
-    EXPECT_NE(r.err.find(marker), std::string::npos) << "nothing printed before abort: " << r.describe();
-    EXPECT_EQ(r.out.find("done\n"), std::string::npos) << r.describe();
-  }
+  const auto r = expect_abort_on_misuse(use, marker);
+  EXPECT_EQ(r.out.find("done\n"), std::string::npos) << r.describe();
 }
-
 }  // namespace
 
-TEST(Misuse, DoubleRelease) { check_misuse_child(uses_misuse_double_release, "double_release"); }
+// A test of one misuse kind with check_misuse_child: declares the use of the case and runs it.
+#define MISUSE_TEST(test_name, case_name, kind) \
+  USES_CHILD_CASE(case_name);                    \
+  TEST(Misuse, test_name) { check_misuse_child(uses_##case_name, kind); }
 
-TEST(Misuse, WrongThread) { check_misuse_child(uses_misuse_wrong_thread, "wrong_thread"); }
+MISUSE_TEST(DoubleRelease, misuse_double_release, "double_release");
+MISUSE_TEST(WrongThread, misuse_wrong_thread, "wrong_thread");
+MISUSE_TEST(OutOfOrderAndItsDeferredUndo, misuse_out_of_order, "out_of_order");
+MISUSE_TEST(DetachWithoutAttach, misuse_detach_without_attach, "detach_without_attach");
+MISUSE_TEST(ReleaseThreadStateWhileAttached, misuse_release_while_attached,
+            "release_while_attached");
+MISUSE_TEST(AttachWhileAnotherInterpreterIsAttached, misuse_other_interpreter, "other_interpreter");
+MISUSE_TEST(AttachScopeOutlivesTheInterpreter, misuse_scope_outlived_interpreter,
+            "scope_outlived_interpreter");
+MISUSE_TEST(AttachWhileScopesOfAFinalizedInterpreterAreOpen,
+            misuse_scopes_open_from_finalized_interpreter, "other_interpreter");
+MISUSE_TEST(PythonWithoutAnAttachedState, misuse_python_without_state, "python_without_state");
 
-TEST(Misuse, OutOfOrderAndItsDeferredUndo) { check_misuse_child(uses_misuse_out_of_order, "out_of_order"); }
-
-TEST(Misuse, DetachWithoutAttach) {
-  check_misuse_child(uses_misuse_detach_without_attach, "detach_without_attach");
-}
-
-TEST(Misuse, ReleaseThreadStateWhileAttached) {
-  check_misuse_child(uses_misuse_release_while_attached, "release_while_attached");
-}
-
-TEST(Misuse, CustomHandlerReceivesTheReportFields) {
-  const auto r = run_child(uses_misuse_custom_handler);
-  EXPECT_TRUE(r.exited_cleanly()) << r.describe();
-  EXPECT_EQ(r.out.find("CHILD-FAIL"), std::string::npos) << r.describe();
-  EXPECT_NE(r.out.find("done\n"), std::string::npos) << r.describe();
-  // The custom handler printed nothing; only the one report after restoring the default did.
-  EXPECT_EQ(count_occurrences(r.err, "pyattach: misuse:"), 1u) << r.describe();
-  EXPECT_NE(r.err.find("pyattach: misuse: double_release"), std::string::npos) << r.describe();
-}
-
-TEST(Misuse, AttachWhileAnotherInterpreterIsAttached) {
-  check_misuse_child(uses_misuse_other_interpreter, "other_interpreter");
-}
-
+USES_CHILD_CASE(misuse_other_interpreter_nested);
 TEST(Misuse, NestedAttachUnderASubInterpreter) {
   if (!pyattach::detail::compat::current_state_is_per_thread) {
     GTEST_SKIP() << "CPython < 3.12 keeps one global current state: not detectable (documented)";
@@ -618,54 +584,40 @@ TEST(Misuse, NestedAttachUnderASubInterpreter) {
   check_misuse_child(uses_misuse_other_interpreter_nested, "other_interpreter");
 }
 
-TEST(Misuse, AttachScopeOutlivesTheInterpreter) {
-  check_misuse_child(uses_misuse_scope_outlived_interpreter, "scope_outlived_interpreter");
+USES_CHILD_CASE(misuse_custom_handler);
+TEST(Misuse, CustomHandlerReceivesTheReportFields) {
+  const auto r = run_child(uses_misuse_custom_handler);
+  EXPECT_CHILD_CLEAN(r);
+  // The custom handler printed nothing; only the one report after restoring the default did.
+  EXPECT_EQ(count_occurrences(r.err, "pyattach: misuse:"), 1u) << r.describe();
+  EXPECT_NE(r.err.find("pyattach: misuse: double_release"), std::string::npos) << r.describe();
 }
 
+USES_CHILD_CASE(misuse_scope_outlived_thread);
 // Rule 5 of docs/safety.md, "Exit". The misused site is the thread's exit, not a source line.
 TEST(Misuse, ScopeOutlivesItsThread) {
   const std::string marker = "pyattach: misuse: scope_outlived_thread";
   {
     SCOPED_TRACE("default handler");
     const auto r = run_child(uses_misuse_scope_outlived_thread);
-    EXPECT_TRUE(r.exited_cleanly()) << r.describe();
-    EXPECT_NE(r.out.find("done\n"), std::string::npos) << r.describe();
+    EXPECT_CHILD_CLEAN(r);
     const auto sites = sites_of(r.out);
     ASSERT_EQ(sites.size(), 1u) << r.describe();
-    const std::size_t at = r.err.find(marker);
-    ASSERT_NE(at, std::string::npos) << r.describe();
-    const std::string line = r.err.substr(at, r.err.find('\n', at) - at);
+    ASSERT_NE(r.err.find(marker), std::string::npos) << r.describe();
+    const std::string line = report_line(r.err, marker);
     EXPECT_NE(line.find(sites[0] + " "), std::string::npos) << sites[0] << " not in: " << line;
     EXPECT_NE(line.find("1 scope is still open"), std::string::npos) << line;
   }
-  {
-    SCOPED_TRACE("PYATTACH_ON_MISUSE=abort");
-    child_options o;
-    o.env = {{"PYATTACH_ON_MISUSE", "abort"}};
-    const auto r = run_child(uses_misuse_scope_outlived_thread, o);
-    EXPECT_FALSE(r.timed_out) << r.describe();
-    EXPECT_EQ(r.term_signal, SIGABRT) << r.describe();
-    EXPECT_NE(r.err.find(marker), std::string::npos) << r.describe();
-  }
+  expect_abort_on_misuse(uses_misuse_scope_outlived_thread, marker);
 }
 
-TEST(Misuse, AttachWhileScopesOfAFinalizedInterpreterAreOpen) {
-  check_misuse_child(uses_misuse_scopes_open_from_finalized_interpreter, "other_interpreter");
-}
-
-TEST(Misuse, PythonWithoutAnAttachedState) {
-  check_misuse_child(uses_misuse_python_without_state, "python_without_state");
-}
-
+USES_CHILD_CASE(misuse_action_from_code);
 TEST(Misuse, AbortOptionSetFromCodeOverridesTheEnvironment) {
-  child_options abort_opts;
-  abort_opts.args = {"abort"};
-  auto r = run_child(uses_misuse_action_from_code, abort_opts);
+  auto r = run_child(uses_misuse_action_from_code, child_args({"abort"}));
   EXPECT_EQ(r.term_signal, SIGABRT) << r.describe();
   EXPECT_NE(r.err.find("pyattach: misuse: double_release"), std::string::npos) << r.describe();
 
-  child_options report_opts;
-  report_opts.args = {"report"};
+  child_options report_opts = child_args({"report"});
   report_opts.env = {{"PYATTACH_ON_MISUSE", "abort"}};
   r = run_child(uses_misuse_action_from_code, report_opts);
   EXPECT_TRUE(r.exited_cleanly()) << r.describe();

@@ -48,6 +48,12 @@ long arg_long(const std::vector<std::string>& args, std::size_t i, long fallback
   return i < args.size() ? std::atol(args[i].c_str()) : fallback;
 }
 
+std::string one_decimal(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f", v);
+  return buf;
+}
+
 std::size_t rss_bytes() {
   // /proc/self/statm: size resident shared text lib data dt, in pages.
   long size = 0, resident = 0;
@@ -69,6 +75,28 @@ struct thread_tally {
   std::atomic<long> reached_end{0};       // the thread function returned normally
   std::atomic<long> completed{0};         // finished its iterations without being refused
   std::atomic<long> lost_reattach{0};     // a detach_scope ended without re-attaching
+
+  void add(const thread_tally& o) {
+    scopes += o.scopes.load();
+    python_errors += o.python_errors.load();
+    refused_finalizing += o.refused_finalizing.load();
+    refused_finalized += o.refused_finalized.load();
+    bad_status += o.bad_status.load();
+    forced_unwind += o.forced_unwind.load();
+    reached_end += o.reached_end.load();
+    completed += o.completed.load();
+    lost_reattach += o.lost_reattach.load();
+  }
+
+  // The child's RESULT line (read by the parent with result_field): `fields`, then the tally.
+  void print_result(const std::string& fields) const {
+    std::printf("RESULT %s attached_ok=%ld refused_finalizing=%ld refused_finalized=%ld "
+                "completed_threads=%ld bad_status=%ld pthread_exit=%ld reached_end=%ld "
+                "python_errors=%ld lost_reattach=%ld\n",
+                fields.c_str(), scopes.load(), refused_finalizing.load(), refused_finalized.load(),
+                completed.load(), bad_status.load(), forced_unwind.load(), reached_end.load(),
+                python_errors.load(), lost_reattach.load());
+  }
 
   void record_refusal(attach_status st) {
     switch (st) {
@@ -120,6 +148,21 @@ void attach_until_refused(thread_tally& t, long max_iterations, const char* code
     throw;
   }
   t.reached_end.fetch_add(1);
+}
+
+// Starts `n` threads running `body` and returns once each of them has begun.
+template <class F>
+std::vector<std::thread> start_threads(int n, F body) {
+  std::atomic<int> started{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < n; ++i) {
+    threads.emplace_back([&started, body] {
+      started.fetch_add(1);
+      body();
+    });
+  }
+  while (started.load() < n) std::this_thread::yield();
+  return threads;
 }
 
 // Some real work that also touches this thread's state (threading.local lives in it).
@@ -189,15 +232,8 @@ CHILD_CASE(stress_finalize_race) {
     if (shape == race_shape::embed) main_state = PyEval_SaveThread();
   }
   thread_tally t;
-  std::atomic<int> started{0};
-  std::vector<std::thread> threads;
-  for (int i = 0; i < k_threads; ++i) {
-    threads.emplace_back([&] {
-      started.fetch_add(1);
-      race_thread_body(t, variant);
-    });
-  }
-  while (started.load() < k_threads) std::this_thread::yield();
+  std::vector<std::thread> threads =
+      start_threads(k_threads, [&] { race_thread_body(t, variant); });
   if (shape == race_shape::embed_gil) {
     // Main keeps the GIL and runs bytecode: the threads get it only at switch intervals.
     const std::string busy = "import time\n_end = time.monotonic() + " +
@@ -226,12 +262,7 @@ CHILD_CASE(stress_finalize_race) {
   CHILD_CHECK(t.python_errors.load() == 0);
   CHILD_CHECK(t.lost_reattach.load() == 0);
   CHILD_CHECK(pyattach::try_attach().status() == attach_status::finalized);
-  std::printf("RESULT delay_us=%d finalize_ms=%.1f attached_ok=%ld refused_finalizing=%ld "
-              "refused_finalized=%ld bad_status=%ld pthread_exit=%ld reached_end=%ld "
-              "python_errors=%ld lost_reattach=%ld\n",
-              delay_us, fin_ms, t.scopes.load(), t.refused_finalizing.load(),
-              t.refused_finalized.load(), t.bad_status.load(), t.forced_unwind.load(),
-              t.reached_end.load(), t.python_errors.load(), t.lost_reattach.load());
+  t.print_result("delay_us=" + std::to_string(delay_us) + " finalize_ms=" + one_decimal(fin_ms));
   return child_exit_code();
 }
 
@@ -251,34 +282,27 @@ CHILD_CASE(stress_finalize_race_raw) {
   PyThreadState* main_state = PyEval_SaveThread();  // let the threads take the GIL
   std::atomic<bool> stop{false};
   thread_tally t;
-  std::atomic<int> started{0};
-  std::vector<std::thread> threads;
-  for (int i = 0; i < k_threads; ++i) {
-    threads.emplace_back([&] {
-      started.fetch_add(1);
-      try {
-        while (!stop.load()) {
-          // The raw pattern: nothing tells this thread that the interpreter is going away.
-          const PyGILState_STATE g = PyGILState_Ensure();
-          if (PyRun_SimpleString(k_race_code) != 0) t.python_errors.fetch_add(1);
-          PyGILState_Release(g);
-          t.scopes.fetch_add(1);
-        }
-      } catch (abi::__forced_unwind&) {
-        t.forced_unwind.fetch_add(1);  // CPython ended this thread inside PyGILState_Ensure
-        throw;
+  std::vector<std::thread> threads = start_threads(k_threads, [&] {
+    try {
+      while (!stop.load()) {
+        // The raw pattern: nothing tells this thread that the interpreter is going away.
+        const PyGILState_STATE g = PyGILState_Ensure();
+        if (PyRun_SimpleString(k_race_code) != 0) t.python_errors.fetch_add(1);
+        PyGILState_Release(g);
+        t.scopes.fetch_add(1);
       }
-      t.reached_end.fetch_add(1);
-    });
-  }
-  while (started.load() < k_threads) std::this_thread::yield();
+    } catch (abi::__forced_unwind&) {
+      t.forced_unwind.fetch_add(1);  // CPython ended this thread inside PyGILState_Ensure
+      throw;
+    }
+    t.reached_end.fetch_add(1);
+  });
   std::this_thread::sleep_for(std::chrono::microseconds(delay_us));
   PyEval_RestoreThread(main_state);
   const int fin = Py_FinalizeEx();
   stop.store(true);
   for (auto& th : threads) th.join();
-  std::printf("RESULT delay_us=%d finalize_rc=%d attached_ok=%ld pthread_exit=%ld reached_end=%ld\n",
-              delay_us, fin, t.scopes.load(), t.forced_unwind.load(), t.reached_end.load());
+  t.print_result("delay_us=" + std::to_string(delay_us) + " finalize_rc=" + std::to_string(fin));
   return 0;
 }
 
@@ -534,15 +558,9 @@ CHILD_CASE(stress_embed_finalize_cycles) {
     CHILD_CHECK(pyattach::current_generation() > last_gen);
     last_gen = pyattach::current_generation();
     thread_tally t;
-    std::atomic<int> started{0};
-    std::vector<std::thread> threads;
-    for (int i = 0; i < k_threads; ++i) {
-      threads.emplace_back([&] {
-        started.fetch_add(1);
-        attach_until_refused(t, k_iterations, "_n = 1 + 1\n", /*with_detach=*/false);
-      });
-    }
-    while (started.load() < k_threads) std::this_thread::yield();
+    std::vector<std::thread> threads = start_threads(k_threads, [&] {
+      attach_until_refused(t, k_iterations, "_n = 1 + 1\n", /*with_detach=*/false);
+    });
     std::this_thread::sleep_for(std::chrono::microseconds(delay_us));
     py.reset();
     for (auto& th : threads) th.join();
@@ -555,26 +573,15 @@ CHILD_CASE(stress_embed_finalize_cycles) {
     CHILD_CHECK(t.bad_status.load() == 0);
     CHILD_CHECK(refused + t.completed.load() == k_threads);
     CHILD_CHECK(t.python_errors.load() == 0);
-    total.scopes += t.scopes.load();
-    total.refused_finalizing += t.refused_finalizing.load();
-    total.refused_finalized += t.refused_finalized.load();
-    total.bad_status += t.bad_status.load();
-    total.forced_unwind += t.forced_unwind.load();
-    total.reached_end += t.reached_end.load();
-    total.completed += t.completed.load();
-    total.python_errors += t.python_errors.load();
+    total.add(t);
     if (child_failures() != 0) {
       std::printf("cycle %ld failed (delay %d us)\n", c, delay_us);
       break;
     }
   }
   CHILD_CHECK(pyattach::try_attach().status() == attach_status::finalized);
-  std::printf("RESULT cycles=%ld raced_cycles=%ld attached_ok=%ld refused_finalizing=%ld "
-              "refused_finalized=%ld completed_threads=%ld bad_status=%ld pthread_exit=%ld "
-              "reached_end=%ld python_errors=%ld\n",
-              cycles, raced_cycles, total.scopes.load(), total.refused_finalizing.load(),
-              total.refused_finalized.load(), total.completed.load(), total.bad_status.load(),
-              total.forced_unwind.load(), total.reached_end.load(), total.python_errors.load());
+  total.print_result("cycles=" + std::to_string(cycles) + " raced_cycles=" +
+                     std::to_string(raced_cycles));
   return child_exit_code();
 }
 
@@ -588,10 +595,13 @@ USES_CHILD_CASE(stress_embed_finalize_cycles);
 
 namespace {
 constexpr auto k_child_deadline = std::chrono::seconds(60);
-std::string seconds_text(double s) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.1f", s);
-  return buf;
+
+// A stress child's options: the stress deadline, `args`, and CPython's debug allocator hooks.
+child_options stress_options(std::vector<std::string> args) {
+  child_options o = child_args(std::move(args));
+  o.timeout = k_child_deadline;
+  o.env = k_debug_allocator;
+  return o;
 }
 }  // namespace
 
@@ -620,10 +630,7 @@ void finalize_race_many_runs(long runs, const std::string& shape, const std::str
         if (stop || next >= runs) return;
         index = next++;
       }
-      child_options o;
-      o.timeout = k_child_deadline;
-      o.args = {std::to_string(index + seed_base), shape, variant};
-      o.env = k_debug_allocator;
+      child_options o = stress_options({std::to_string(index + seed_base), shape, variant});
       // The gate's other ordering mode: no membarrier, a fence in every attach (detail/slot.hpp).
       if (fenced) o.env.emplace_back("PYATTACH_MEMBARRIER", "off");
       const child_result r = run_child(uses_stress_finalize_race, o);
@@ -666,7 +673,7 @@ void finalize_race_many_runs(long runs, const std::string& shape, const std::str
               "slowest_child=%s\n",
               shape.c_str(), variant.c_str(), done, runs, hangs, crashes, failed_checks, pthread_exits, bad_status, python_errors,
               lost_reattach, refused_finalizing, refused_finalized, attached_ok,
-              seconds_text(secs).c_str(), seconds_text(slowest).c_str());
+              one_decimal(secs).c_str(), one_decimal(slowest).c_str());
   std::fflush(stdout);
   for (const auto& f : failures) ADD_FAILURE() << f;
   EXPECT_EQ(done, runs);
@@ -726,12 +733,10 @@ TEST(Stress, RawApiFailsTheSameRace) {
   std::string first;
   // Stops after two failing runs: each hang costs a whole deadline.
   for (long i = 0; i < k_max_runs && failing < 2; ++i, ++runs) {
-    child_options o;
+    child_options o = stress_options({std::to_string(i)});
     // Hangs are expected here (3.13.1+ and 3.14 by design; seen on Debian 3.11.2 too, a thread
     // ended while holding an interpreter lock): keep the deadline short.
     o.timeout = std::chrono::seconds(5);
-    o.args = {std::to_string(i)};
-    o.env = k_debug_allocator;
     const child_result r = run_child(uses_stress_finalize_race_raw, o);
     const long pe = result_field(r.out, "pthread_exit");
     const bool crash = !r.timed_out && (r.term_signal != 0 || r.exit_code != 0);
@@ -752,9 +757,8 @@ TEST(Stress, RawApiFailsTheSameRace) {
 
 TEST(Stress, TenThousandShortLivedThreads) {
   const long threads = env_long("PYATTACH_STRESS_THREADS", size_default(10000, 2000));
-  child_options o;
+  child_options o = child_args({std::to_string(threads)});
   o.timeout = k_child_deadline;
-  o.args = {std::to_string(threads)};
   const child_result r = run_child(uses_stress_short_lived_threads, o);
   std::printf("STRESS short_lived_threads threads=%ld rss_after_first_kib=%ld rss_after_all_kib=%ld "
               "growth_kib=%ld thread_states_base=%ld thread_states_end=%ld "
@@ -765,21 +769,17 @@ TEST(Stress, TenThousandShortLivedThreads) {
               result_field(r.out, "thread_states_base"), result_field(r.out, "thread_states_end"),
               result_field(r.out, "threading_active_base"),
               result_field(r.out, "threading_active_end"), result_field(r.out, "rss_checked"),
-              seconds_text(r.seconds).c_str());
+              one_decimal(r.seconds).c_str());
   std::fflush(stdout);
   expect_clean(r);
 }
 
 namespace {
 child_result run_outlive(const char* mode) {
-  child_options o;
-  o.timeout = k_child_deadline;
-  o.args = {mode};
-  o.env = k_debug_allocator;
-  const child_result r = run_child(uses_stress_threads_outlive_interpreter, o);
+  const child_result r = run_child(uses_stress_threads_outlive_interpreter, stress_options({mode}));
   std::printf("STRESS outlive_%s finalize_ms=%ld pthread_exit=%ld reached_end=%ld seconds=%s\n", mode,
               result_field(r.out, "finalize_ms"), result_field(r.out, "pthread_exit"),
-              result_field(r.out, "reached_end"), seconds_text(r.seconds).c_str());
+              result_field(r.out, "reached_end"), one_decimal(r.seconds).c_str());
   std::fflush(stdout);
   return r;
 }
@@ -811,16 +811,14 @@ TEST(Stress, ThreadsLeaveDetachScopeWhileTheInterpreterFinalizes) {
 TEST(Stress, EmbedFinalizeCyclesWithThreadsRacing) {
   const long cycles = env_long("PYATTACH_STRESS_CYCLES", size_default(50, 20));
   const long seed_base = env_long("PYATTACH_STRESS_SEED", 0);
-  child_options o;
-  o.timeout = k_child_deadline;
-  o.args = {std::to_string(cycles), std::to_string(seed_base)};
-  o.env = k_debug_allocator;
-  const child_result r = run_child(uses_stress_embed_finalize_cycles, o);
+  const child_result r =
+      run_child(uses_stress_embed_finalize_cycles,
+                stress_options({std::to_string(cycles), std::to_string(seed_base)}));
   std::printf("STRESS embed_finalize_cycles cycles=%ld raced_cycles=%ld pthread_exit=%ld "
               "refused_finalizing=%ld refused_finalized=%ld attached_ok=%ld seconds=%s\n",
               cycles, result_field(r.out, "raced_cycles"), result_field(r.out, "pthread_exit"),
               result_field(r.out, "refused_finalizing"), result_field(r.out, "refused_finalized"),
-              result_field(r.out, "attached_ok"), seconds_text(r.seconds).c_str());
+              result_field(r.out, "attached_ok"), one_decimal(r.seconds).c_str());
   std::fflush(stdout);
   expect_clean(r);
   EXPECT_EQ(result_field(r.out, "pthread_exit"), 0) << r.describe();
