@@ -31,7 +31,8 @@
 //   thread_end()        once; destroys what thread_begin made (pyattach's state goes at thread exit)
 // keeps_state says whether the alternative claims one persistent thread state for the thread:
 // the harness then fails the benchmark (SkipWithError) if a threading.local value did not persist
-// or if a thread state was created after warm-up.
+// or if a thread state was created after warm-up. The hooks an alternative has nothing to do in
+// come from a base (no_hooks, and the bases below it that several alternatives share).
 #pragma once
 
 #include <pyattach/pyattach.hpp>
@@ -43,11 +44,48 @@
 
 namespace bench {
 
-struct gilstate_per_call {
-  static constexpr const char* name = "gilstate_per_call";
-  static constexpr bool keeps_state = false;
+// Every hook but iteration, doing nothing.
+struct no_hooks {
   void thread_begin() {}
   void batch_begin() {}
+  void batch_end() {}
+  void thread_end() {}
+};
+
+// A PyThreadState made once on the alternative's thread and kept until thread_end: the floor's,
+// and body_only's.
+struct own_thread_state : no_hooks {
+  static constexpr bool keeps_state = true;
+  void thread_begin() {
+    // Made on the thread that uses it: PyGILState registers a thread's first PyThreadState_New
+    // state with its creating thread (every version), so nothing else makes a second one; the
+    // GIL is not needed to create a state.
+    ts_ = PyThreadState_New(PyInterpreterState_Main());
+  }
+  void thread_end() {
+    PyEval_RestoreThread(ts_);
+    PyThreadState_Clear(ts_);       // attached: threading.local data is freed under the GIL
+    PyThreadState_DeleteCurrent();  // deletes ts_ and releases the GIL
+  }
+
+ protected:
+  PyThreadState* ts_ = nullptr;
+};
+
+// An attach_scope held around each batch (made at batch_begin, closed at batch_end), so that
+// iteration runs attached: the nested and detach alternatives.
+struct outer_scope : no_hooks {
+  static constexpr bool keeps_state = true;
+  void batch_begin() { outer_.emplace(pyattach::source_site::current()); }
+  void batch_end() { outer_.reset(); }
+
+ private:
+  std::optional<pyattach::attach_scope> outer_;
+};
+
+struct gilstate_per_call : no_hooks {
+  static constexpr const char* name = "gilstate_per_call";
+  static constexpr bool keeps_state = false;
   template <class Body>
   void iteration(Body& body) {
     // No state on this thread: Ensure creates one and attaches it (the gate-less raw API; the
@@ -56,18 +94,15 @@ struct gilstate_per_call {
     body();
     PyGILState_Release(g);  // the outermost Release: clears and deletes the state, drops the GIL
   }
-  void batch_end() {}
-  void thread_end() {}
 };
 
-struct gilstate_pinned {
+struct gilstate_pinned : no_hooks {
   static constexpr const char* name = "gilstate_pinned";
   static constexpr bool keeps_state = true;
   void thread_begin() {
     outer_ = PyGILState_Ensure();  // creates this thread's state; its count stays >= 1 until end
     saved_ = PyEval_SaveThread();  // let go of the GIL between calls (else every thread stalls)
   }
-  void batch_begin() {}
   template <class Body>
   void iteration(Body& body) {
     // The pinned state is found (PyGILState's TSS) and re-attached: PyEval_RestoreThread inside.
@@ -75,7 +110,6 @@ struct gilstate_pinned {
     body();
     PyGILState_Release(g);  // count back to 1: not destroyed, the GIL is released
   }
-  void batch_end() {}
   void thread_end() {
     PyEval_RestoreThread(saved_);  // Release must run attached, on the thread that made it
     PyGILState_Release(outer_);    // count 0: the state is cleared and deleted here
@@ -86,42 +120,24 @@ struct gilstate_pinned {
   PyThreadState* saved_ = nullptr;
 };
 
-struct floor_state {
+struct floor_state : own_thread_state {
   static constexpr const char* name = "floor";
-  static constexpr bool keeps_state = true;
-  void thread_begin() {
-    // Made on the thread that uses it: PyGILState registers a thread's first PyThreadState_New
-    // state with its creating thread (every version), so nothing else makes a second one; the
-    // GIL is not needed to create a state.
-    ts_ = PyThreadState_New(PyInterpreterState_Main());
-  }
-  void batch_begin() {}
   template <class Body>
   void iteration(Body& body) {
     PyEval_RestoreThread(ts_);  // takes the GIL; the interpreter outlives the benchmark
     body();
     PyEval_SaveThread();        // drops the GIL, keeps ts_
   }
-  void batch_end() {}
-  void thread_end() {
-    PyEval_RestoreThread(ts_);
-    PyThreadState_Clear(ts_);       // attached: threading.local data is freed under the GIL
-    PyThreadState_DeleteCurrent();  // deletes ts_ and releases the GIL
-  }
-
- private:
-  PyThreadState* ts_ = nullptr;
 };
 
 #if PYATTACH_HAS_PEP788_API
-struct floor_pep788 {
+struct floor_pep788 : no_hooks {
   static constexpr const char* name = "floor_pep788";
   static constexpr bool keeps_state = true;
   void thread_begin() {
     floor_.thread_begin();
     view_ = PyInterpreterView_FromMain();  // no attached state needed
   }
-  void batch_begin() {}
   template <class Body>
   void iteration(Body& body) {
     // While the guard is held the interpreter cannot start finalizing, so the attach below cannot
@@ -133,7 +149,6 @@ struct floor_pep788 {
     };
     floor_.iteration(guarded);
   }
-  void batch_end() {}
   void thread_end() {
     floor_.thread_end();
     PyInterpreterView_Close(view_);
@@ -145,11 +160,9 @@ struct floor_pep788 {
 };
 #endif
 
-struct pybind11_per_call {
+struct pybind11_per_call : no_hooks {
   static constexpr const char* name = "pybind11_per_call";
   static constexpr bool keeps_state = false;
-  void thread_begin() {}
-  void batch_begin() {}
   template <class Body>
   void iteration(Body& body) {
     // No state known to pybind11 or PyGILState: PyThreadState_New + attach; the destructor's
@@ -157,42 +170,36 @@ struct pybind11_per_call {
     pybind11::gil_scoped_acquire gil;
     body();
   }
-  void batch_end() {}
-  void thread_end() {}
 };
 
-struct pybind11_inc_ref {
+struct pybind11_inc_ref : no_hooks {
   static constexpr const char* name = "pybind11_inc_ref";
   static constexpr bool keeps_state = true;
   void thread_begin() {
     pybind11::gil_scoped_acquire pin;
     pin.inc_ref();  // count 2; the destructor leaves 1: the state survives, the GIL is released
   }
-  void batch_begin() {}
   template <class Body>
   void iteration(Body& body) {
     pybind11::gil_scoped_acquire gil;  // finds the pinned state in pybind11's TLS, re-attaches
     body();
   }
-  void batch_end() {}
   void thread_end() {
     pybind11::gil_scoped_acquire gil;
     gil.dec_ref();  // count 1 -> the destructor's dec_ref reaches 0: cleared and deleted
   }
 };
 
-struct pyattach_scope {
+// No thread_begin: the first attach (in the warm-up) makes the state; no thread_end: the state is
+// destroyed on this thread when it exits.
+struct pyattach_scope : no_hooks {
   static constexpr const char* name = "pyattach";
   static constexpr bool keeps_state = true;
-  void thread_begin() {}  // the first attach (in the warm-up) makes the state
-  void batch_begin() {}
   template <class Body>
   void iteration(Body& body) {
     pyattach::attach_scope py;  // throws attach_error if refused; never here (gate open)
     body();
   }
-  void batch_end() {}
-  void thread_end() {}  // the state is destroyed on this thread when it exits
 };
 
 // pyattach_scope with metrics on (observe.hpp) for the whole thread: what metrics cost when on.
@@ -214,28 +221,17 @@ struct pyattach_traced : pyattach_scope {
   void thread_end() { pyattach::stop_trace("/dev/null"); }
 };
 
-struct pyattach_nested {
+struct pyattach_nested : outer_scope {
   static constexpr const char* name = "pyattach_nested";
-  static constexpr bool keeps_state = true;
-  void thread_begin() {}
-  void batch_begin() { outer_.emplace(pyattach::source_site::current()); }
   template <class Body>
   void iteration(Body& body) {
     pyattach::attach_scope inner;  // already attached by outer_: counts a level, no CPython call
     body();
   }
-  void batch_end() { outer_.reset(); }
-  void thread_end() {}
-
- private:
-  std::optional<pyattach::attach_scope> outer_;
 };
 
-struct pyattach_detach {
+struct pyattach_detach : outer_scope {
   static constexpr const char* name = "pyattach_detach";
-  static constexpr bool keeps_state = true;
-  void thread_begin() {}
-  void batch_begin() { outer_.emplace(pyattach::source_site::current()); }
   template <class Body>
   void iteration(Body& body) {
     {
@@ -244,31 +240,17 @@ struct pyattach_detach {
     }                                   // re-attached here (PyEval_RestoreThread)
     body();
   }
-  void batch_end() { outer_.reset(); }
-  void thread_end() {}
-
- private:
-  std::optional<pyattach::attach_scope> outer_;
 };
 
-struct body_only {
+// Its state as floor's.
+struct body_only : own_thread_state {
   static constexpr const char* name = "body_only";
-  static constexpr bool keeps_state = true;
-  void thread_begin() { ts_ = PyThreadState_New(PyInterpreterState_Main()); }  // as floor
   void batch_begin() { PyEval_RestoreThread(ts_); }  // attached for the whole batch
   template <class Body>
   void iteration(Body& body) {
     body();
   }
   void batch_end() { PyEval_SaveThread(); }
-  void thread_end() {
-    PyEval_RestoreThread(ts_);
-    PyThreadState_Clear(ts_);
-    PyThreadState_DeleteCurrent();
-  }
-
- private:
-  PyThreadState* ts_ = nullptr;
 };
 
 }  // namespace bench

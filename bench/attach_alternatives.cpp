@@ -44,27 +44,19 @@
 
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
-#include <mutex>
 #include <string>
 #include <thread>
 #include <type_traits>
 #include <vector>
 
 #include "alternatives.hpp"
+#include "harness.hpp"
 #include "workloads.hpp"
-
-#ifndef PYATTACH_BENCH_BUILD_TYPE
-#define PYATTACH_BENCH_BUILD_TYPE "unknown"
-#endif
-#ifndef PYATTACH_BENCH_PYTHON
-#define PYATTACH_BENCH_PYTHON "unknown"
-#endif
 
 namespace bench {
 namespace {
@@ -79,48 +71,6 @@ struct options {
 
 options g_options;
 python_objects g_py;
-std::atomic<bool> g_failed{false};  // some run reported an error: exit status 1
-
-// A one-shot signal between two threads.
-class handshake {
- public:
-  void signal() {
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      done_ = true;
-    }
-    cv_.notify_all();
-  }
-  void wait() {
-    std::unique_lock<std::mutex> lock(mutex_);
-    cv_.wait(lock, [&] { return done_; });
-  }
-
- private:
-  std::mutex mutex_;
-  std::condition_variable cv_;
-  bool done_ = false;
-};
-
-// The id CPython gives the next thread state, read by making one. PyThreadState_GetID (3.9+)
-// returns the interpreter's creation counter, so the difference of two probes counts every state
-// created in between, even when malloc hands a new state the address of a deleted one.
-// Runs on the main thread, whose own state (made by Py_Initialize) PyGILState knows: Ensure only
-// re-attaches it, and the probe state is not registered as the thread's (it already has one).
-std::uint64_t probe_state_id() {
-  const PyGILState_STATE g = PyGILState_Ensure();
-  PyThreadState* probe = PyThreadState_New(PyInterpreterState_Main());
-  const std::uint64_t id = PyThreadState_GetID(probe);
-  PyThreadState_Clear(probe);   // never attached, nothing to free but itself; GIL held
-  PyThreadState_Delete(probe);  // not current: Delete, not DeleteCurrent
-  PyGILState_Release(g);
-  return id;
-}
-
-void fail(const std::string& what) {
-  g_failed.store(true);
-  std::fprintf(stderr, "pyattach_bench: %s\n", what.c_str());
-}
 
 // What one run on a native thread observed.
 struct run_outcome {
@@ -144,14 +94,30 @@ std::string check_claims(const run_outcome& out, std::uint64_t lost) {
   return {};
 }
 
+// The benchmark's thread's part of a run on native threads, once they are warm and detached: the
+// thread-state probe, the start signal, the joins (in this order). Returns the thread states
+// created in between (the second probe's own not counted).
+template <class... Threads>
+std::uint64_t start_and_join(latch& go, Threads&... threads) {
+  const std::uint64_t before = probe_state_id();
+  go.count_down();
+  (threads.join(), ...);
+  return probe_state_id() - before - 1;
+}
+
+void count_states(benchmark::State& state, std::uint64_t created) {
+  state.counters["states_per_iter"] =
+      benchmark::Counter(static_cast<double>(created), benchmark::Counter::kAvgIterations);
+}
+
 // Runs `measured(alt, body)` on a fresh native thread, after thread_begin, a warm-up batch and
 // the thread-state probe (see the header comment for why), and returns what it observed.
 template <class Alt, class Workload, class Measured>
 run_outcome run_on_native_thread(Measured&& measured) {
   run_outcome out;
   std::uint64_t lost = 0;
-  handshake warm;
-  handshake go;
+  latch warm;
+  latch go;
   std::thread worker([&] {
     try {
       Alt alt;
@@ -161,7 +127,7 @@ run_outcome run_on_native_thread(Measured&& measured) {
       for (int i = 0; i < g_options.warmup; ++i) alt.iteration(body);
       alt.batch_end();
       body.reset_counts();
-      warm.signal();  // detached now: the main thread can take the GIL for its probe
+      warm.count_down();  // detached now: the main thread can take the GIL for its probe
       go.wait();
       alt.batch_begin();
       measured(alt, body);
@@ -172,14 +138,11 @@ run_outcome run_on_native_thread(Measured&& measured) {
       if constexpr (std::is_same_v<Workload, local_body>) lost = body.lost();
     } catch (const std::exception& e) {
       out.error = std::string(Alt::name) + ": " + e.what();
-      warm.signal();
+      warm.count_down();
     }
   });
   warm.wait();
-  const std::uint64_t before = probe_state_id();
-  go.signal();
-  worker.join();
-  out.states_created = probe_state_id() - before - 1;
+  out.states_created = start_and_join(go, worker);
   if (out.error.empty()) out.error = check_claims<Alt>(out, lost);
   return out;
 }
@@ -226,14 +189,51 @@ void bm_attach(benchmark::State& state) {
   const run_outcome out = run_on_native_thread<Alt, Workload>([&](Alt& alt, Workload& body) {
     for (auto _ : state) alt.iteration(body);
   });
-  state.counters["states_per_iter"] =
-      benchmark::Counter(static_cast<double>(out.states_created),
-                         benchmark::Counter::kAvgIterations);
+  count_states(state, out.states_created);
   if (out.kept >= 0) state.counters["kept"] = out.kept;
   if (!out.error.empty()) {
     fail(label_of<Alt, Workload>() + ": " + out.error);
     state.SkipWithError(out.error.c_str());
   }
+}
+
+// Thread A of a two-thread run (the State loop's) threw: keeps why, tells thread B to stop, and
+// counts `warmed` down if A had not yet (so that the benchmark's thread does not wait for ever).
+void measured_failed(const std::exception& e, std::string& error, std::atomic<bool>& broken,
+                     std::atomic<bool>& stop, latch* warmed) {
+  error = e.what();
+  broken.store(true);
+  stop.store(true);
+  if (warmed != nullptr) warmed->count_down();
+}
+
+// The end of a two-thread run, on the benchmark's thread once both have been joined: the states
+// counter, then the first error (A's, B's, or the claim of one kept state that `created` broke)
+// fails the benchmark.
+template <class Alt>
+void report_pair(benchmark::State& state, const char* kind, std::uint64_t created,
+                 const std::string& error_a, const std::string& error_b) {
+  count_states(state, created);
+  run_outcome out;
+  out.states_created = created;
+  std::string error = !error_a.empty() ? error_a : !error_b.empty() ? error_b
+                                                                     : check_claims<Alt>(out, 0);
+  if (!error.empty()) {
+    fail(kind + std::string(Alt::name) + ": " + error);
+    if (!state.error_occurred()) state.SkipWithError(error.c_str());
+  }
+}
+
+// Runs `work(alt, body)` on the calling thread with a new alternative (thread_begin before,
+// thread_end after) and body; returns the body's failure text ("" if none).
+template <class Alt, class Body, class Work>
+std::string on_this_thread(Work&& work) {
+  Alt alt;
+  Body body(g_py);
+  alt.thread_begin();
+  work(alt, body);
+  alt.thread_end();
+  return body.failure();
 }
 
 // Two native threads take turns: each waits (detached) for its turn, attaches, calls Python,
@@ -246,7 +246,7 @@ void bm_handoff(benchmark::State& state) {
   std::atomic<bool> stop{false};
   std::atomic<bool> broken{false};  // a thread failed: the other stops waiting
   std::string error_a, error_b;
-  handshake warm, go;
+  latch warm, go;
   auto wait_turn = [&](int me) {
     while (turn.load(std::memory_order_acquire) != me) {
       if (broken.load(std::memory_order_relaxed) || (me == 1 && stop.load())) return false;
@@ -256,16 +256,13 @@ void bm_handoff(benchmark::State& state) {
   };
   std::thread partner([&] {
     try {
-      Alt alt;
-      call_body body(g_py);
-      alt.thread_begin();
-      auto play = [&] {
-        body();
-        turn.store(0, std::memory_order_release);
-      };
-      while (wait_turn(1)) alt.iteration(play);
-      alt.thread_end();
-      error_b = body.failure();
+      error_b = on_this_thread<Alt, call_body>([&](Alt& alt, call_body& body) {
+        auto play = [&] {
+          body();
+          turn.store(0, std::memory_order_release);
+        };
+        while (wait_turn(1)) alt.iteration(play);
+      });
     } catch (const std::exception& e) {
       error_b = e.what();
       broken.store(true);
@@ -274,52 +271,32 @@ void bm_handoff(benchmark::State& state) {
   std::thread measured([&] {
     bool started = false;
     try {
-      Alt alt;
-      call_body body(g_py);
-      alt.thread_begin();
-      auto play = [&] {
-        body();
-        turn.store(1, std::memory_order_release);
-      };
-      for (int i = 0; i < g_options.warmup && wait_turn(0); ++i) alt.iteration(play);
-      wait_turn(0);  // B answered the last warm-up round: both threads are detached
-      warm.signal();
-      go.wait();
-      started = true;
-      for (auto _ : state) {
-        if (!wait_turn(0)) {
-          state.SkipWithError("hand-off partner failed");
-          break;
+      error_a = on_this_thread<Alt, call_body>([&](Alt& alt, call_body& body) {
+        auto play = [&] {
+          body();
+          turn.store(1, std::memory_order_release);
+        };
+        for (int i = 0; i < g_options.warmup && wait_turn(0); ++i) alt.iteration(play);
+        wait_turn(0);  // B answered the last warm-up round: both threads are detached
+        warm.count_down();
+        go.wait();
+        started = true;
+        for (auto _ : state) {
+          if (!wait_turn(0)) {
+            state.SkipWithError("hand-off partner failed");
+            break;
+          }
+          alt.iteration(play);
         }
-        alt.iteration(play);
-      }
-      wait_turn(0);
-      stop.store(true);
-      alt.thread_end();
-      error_a = body.failure();
+        wait_turn(0);
+        stop.store(true);
+      });
     } catch (const std::exception& e) {
-      error_a = e.what();
-      broken.store(true);
-      stop.store(true);
-      if (!started) warm.signal();
+      measured_failed(e, error_a, broken, stop, started ? nullptr : &warm);
     }
   });
   warm.wait();
-  const std::uint64_t before = probe_state_id();
-  go.signal();
-  measured.join();
-  partner.join();
-  const std::uint64_t created = probe_state_id() - before - 1;
-  state.counters["states_per_iter"] =
-      benchmark::Counter(static_cast<double>(created), benchmark::Counter::kAvgIterations);
-  run_outcome out;
-  out.states_created = created;
-  std::string error = !error_a.empty() ? error_a : !error_b.empty() ? error_b
-                                                                     : check_claims<Alt>(out, 0);
-  if (!error.empty()) {
-    fail(std::string("handoff/") + Alt::name + ": " + error);
-    if (!state.error_occurred()) state.SkipWithError(error.c_str());
-  }
+  report_pair<Alt>(state, "handoff/", start_and_join(go, measured, partner), error_a, error_b);
 }
 
 // The time-stamp counter: reference cycles at the TSC's fixed nominal rate (constant_tsc), not
@@ -344,12 +321,12 @@ inline std::uint64_t tsc() {
 // share of the pairs: how unevenly the GIL was shared), tsc_ghz (ticks per ns over the window).
 // Each contending thread: make its state, warm it up, say so, then wait for the start.
 template <class Alt>
-void warm_then_wait(Alt& alt, empty_body& body, handshake& warmed, handshake& go) {
+void warm_then_wait(Alt& alt, empty_body& body, latch& warmed, latch& go) {
   alt.thread_begin();
   alt.batch_begin();
   for (int i = 0; i < g_options.warmup; ++i) alt.iteration(body);
   alt.batch_end();
-  warmed.signal();
+  warmed.count_down();
   go.wait();
 }
 
@@ -363,7 +340,7 @@ void bm_contend(benchmark::State& state) {
   std::atomic<bool> stop{false};
   std::atomic<bool> broken{false};
   std::string error_a, error_b;
-  handshake warm_a, warm_b, go;
+  latch warm_a, warm_b, go;
   std::thread partner([&] {
     try {
       Alt alt;
@@ -382,7 +359,7 @@ void bm_contend(benchmark::State& state) {
     } catch (const std::exception& e) {
       error_b = e.what();
       broken.store(true);
-      warm_b.signal();
+      warm_b.count_down();
     }
   });
   std::uint64_t pairs = 0, ticks = 0;
@@ -416,19 +393,12 @@ void bm_contend(benchmark::State& state) {
       state.counters["b_share"] = pairs ? static_cast<double>(b1 - b0) / pairs : 0;
       error_a = body.failure();
     } catch (const std::exception& e) {
-      error_a = e.what();
-      broken.store(true);
-      stop.store(true);
-      if (!started) warm_a.signal();
+      measured_failed(e, error_a, broken, stop, started ? nullptr : &warm_a);
     }
   });
   warm_a.wait();
   warm_b.wait();
-  const std::uint64_t before = probe_state_id();  // both threads are detached here
-  go.signal();
-  measured.join();
-  partner.join();
-  const std::uint64_t created = probe_state_id() - before - 1;
+  const std::uint64_t created = start_and_join(go, measured, partner);  // both are detached here
   if (pairs > 0) {
     state.counters["pairs"] = static_cast<double>(pairs);
     state.counters["ns_per_pair"] = ns / static_cast<double>(pairs);
@@ -437,32 +407,11 @@ void bm_contend(benchmark::State& state) {
       state.counters["tsc_ghz"] = ns > 0 ? static_cast<double>(ticks) / ns : 0;
     }
   }
-  state.counters["states_per_iter"] =
-      benchmark::Counter(static_cast<double>(created), benchmark::Counter::kAvgIterations);
-  run_outcome out;
-  out.states_created = created;
-  std::string error = !error_a.empty() ? error_a : !error_b.empty() ? error_b
-                                                                     : check_claims<Alt>(out, 0);
-  if (!error.empty()) {
-    fail(std::string("contend/") + Alt::name + ": " + error);
-    if (!state.error_occurred()) state.SkipWithError(error.c_str());
-  }
-}
-
-double min_of(const std::vector<double>& v) {
-  double m = v.empty() ? 0 : v[0];
-  for (double x : v) m = x < m ? x : m;
-  return m;
-}
-double max_of(const std::vector<double>& v) {
-  double m = v.empty() ? 0 : v[0];
-  for (double x : v) m = x > m ? x : m;
-  return m;
+  report_pair<Alt>(state, "contend/", created, error_a, error_b);
 }
 
 void configure(benchmark::internal::Benchmark* b) {
-  b->UseRealTime()->Unit(benchmark::kNanosecond);
-  b->ComputeStatistics("min", min_of)->ComputeStatistics("max", max_of);
+  with_min_max(b->UseRealTime()->Unit(benchmark::kNanosecond));
   if (g_options.smoke) b->Iterations(20);
 }
 
@@ -548,23 +497,13 @@ void run_counted_all(std::uint64_t n) {
 
 // PRECONDITION: attached (the main thread, inside PyGILState_Ensure).
 bool make_python_objects() {
-  g_py.globals = PyDict_New();
-  if (g_py.globals == nullptr ||
-      PyDict_SetItemString(g_py.globals, "__builtins__", PyEval_GetBuiltins()) != 0) {
-    return false;
-  }
-  PyObject* r = PyRun_String(
+  g_py.globals = run_in_namespace(
       "import threading\n"
       "def noop():\n"
       "    return None\n"
       "local = threading.local()\n"
-      "tokens = (object(), object())\n",
-      Py_file_input, g_py.globals, g_py.globals);
-  if (r == nullptr) {
-    PyErr_Print();
-    return false;
-  }
-  Py_DECREF(r);
+      "tokens = (object(), object())\n");
+  if (g_py.globals == nullptr) return false;
   // Borrowed from globals, which lives until the end: every benchmark thread is joined by then.
   g_py.noop = PyDict_GetItemString(g_py.globals, "noop");
   g_py.local = PyDict_GetItemString(g_py.globals, "local");
@@ -608,51 +547,35 @@ bool parse_options(int& argc, char** argv) {
   return true;
 }
 
+// The counted mode, or Google Benchmark's run (and, for --smoke, the counted mode after it).
+bool run(int argc, char** argv) {
+  if (g_options.counted) {
+    run_counted_all(g_options.counted_iterations);
+    return true;
+  }
+  const bool flags_ok = run_benchmarks(argc, argv, [] {
+    benchmark::AddCustomContext("pybind11_version",
+                                std::to_string(PYBIND11_VERSION_MAJOR) + "." +
+                                    std::to_string(PYBIND11_VERSION_MINOR) + "." +
+                                    std::to_string(PYBIND11_VERSION_PATCH));
+    register_benchmarks();
+  });
+  if (flags_ok && g_options.smoke) run_counted_all(10);
+  return flags_ok;
+}
+
+void clear_python_objects() {
+  Py_CLEAR(g_py.attr);
+  Py_CLEAR(g_py.globals);
+}
+
 }  // namespace
 }  // namespace bench
 
 int main(int argc, char** argv) {
   using namespace bench;
-  if (!parse_options(argc, argv)) {
-    std::fprintf(stderr, "usage: pyattach_bench [--smoke] [--warmup=N] [--callgrind N [LABEL...]] "
-                         "[Google Benchmark flags]\n");
-    return 2;
-  }
-  pyattach::interpreter python;  // Py_Initialize; the main thread is detached from here on
-  {
-    const PyGILState_STATE g = PyGILState_Ensure();  // the main thread's own state: no new one
-    const bool ok = make_python_objects();
-    PyGILState_Release(g);
-    if (!ok) {
-      std::fprintf(stderr, "pyattach_bench: could not set up the Python objects\n");
-      return 1;
-    }
-  }
-
-  if (g_options.counted) {
-    run_counted_all(g_options.counted_iterations);
-  } else {
-    benchmark::Initialize(&argc, argv);
-    if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 2;
-    benchmark::AddCustomContext("python_version", Py_GetVersion());
-    benchmark::AddCustomContext("python_executable", PYATTACH_BENCH_PYTHON);
-    benchmark::AddCustomContext("pybind11_version",
-                                std::to_string(PYBIND11_VERSION_MAJOR) + "." +
-                                    std::to_string(PYBIND11_VERSION_MINOR) + "." +
-                                    std::to_string(PYBIND11_VERSION_PATCH));
-    benchmark::AddCustomContext("compiler", __VERSION__);
-    benchmark::AddCustomContext("build_type", PYATTACH_BENCH_BUILD_TYPE);
-    register_benchmarks();
-    benchmark::RunSpecifiedBenchmarks();
-    benchmark::Shutdown();
-    if (g_options.smoke) run_counted_all(10);
-  }
-
-  {
-    const PyGILState_STATE g = PyGILState_Ensure();
-    Py_CLEAR(g_py.attr);
-    Py_CLEAR(g_py.globals);
-    PyGILState_Release(g);
-  }
-  return g_failed.load() ? 1 : 0;
+  return run_main({"pyattach_bench", "[--smoke] [--warmup=N] [--callgrind N [LABEL...]] "
+                                     "[Google Benchmark flags]",
+                   parse_options, make_python_objects, run, clear_python_objects},
+                  argc, argv);
 }

@@ -34,8 +34,9 @@
 //   Every task counts itself in a per-thread counter (its own cache line: no shared atomic to
 //   bounce between the workers), so a lost or duplicated task fails the run, and the no-op is a
 //   store the compiler cannot drop (the counters are read afterwards). Thread states are counted
-//   with CPython's creation counter (PyThreadState_GetID of a probe state, as in
-//   attach_alternatives.cpp): before the pool is made, after its warm-up, after the measured run.
+//   with CPython's creation counter (PyThreadState_GetID of a probe state: harness.hpp's
+//   probe_state_id, as in attach_alternatives.cpp): before the pool is made, after its warm-up,
+//   after the measured run.
 //
 // How a measurement runs
 //   Google Benchmark calls each benchmark on the main thread, which embeds CPython
@@ -67,33 +68,14 @@ namespace {
 
 // ---- the harness -----------------------------------------------------------------------------
 
-// Blocks each caller until `parties` have arrived (C++17 has no std::barrier).
-class barrier {
- public:
-  explicit barrier(std::size_t parties) : left_(parties) {}
-  void arrive_and_wait() {
-    std::unique_lock<std::mutex> lock(m_);
-    if (--left_ == 0) {
-      cv_.notify_all();
-    } else {
-      cv_.wait(lock, [&] { return left_ == 0; });
-    }
-  }
-
- private:
-  std::mutex m_;
-  std::condition_variable cv_;
-  std::size_t left_;
-};
-
 // One task of this alternative's kind on each worker, running the workload once: each is held at
-// a barrier (GIL released) until all have started, so every worker gets exactly one. Returns once
-// every warm-up task has finished its workload (the pool is idle again soon after). The barriers
+// a latch (GIL released) until all have started, so every worker gets exactly one. Returns once
+// every warm-up task has finished its workload (the pool is idle again soon after). The latches
 // are shared with the tasks: a task may still be leaving one after this function returned.
 template <class Alt, class Work>
 void warm_up(Alt& alt) {
-  auto all_started = std::make_shared<barrier>(kWorkers);
-  auto all_done = std::make_shared<barrier>(kWorkers + 1);  // + the main thread
+  auto all_started = std::make_shared<latch>(kWorkers);
+  auto all_done = std::make_shared<latch>(kWorkers + 1);  // + the main thread
   for (std::size_t i = 0; i < kWorkers; ++i) {
     alt.submit([all_started, all_done] {
       Work{}();
@@ -363,20 +345,12 @@ void run_counted_all(std::uint64_t n) {
   run_counted<pyattach_post_python_unbatched>(n);
 }
 
-double min_of(const std::vector<double>& v) {
-  return v.empty() ? 0 : *std::min_element(v.begin(), v.end());
-}
-double max_of(const std::vector<double>& v) {
-  return v.empty() ? 0 : *std::max_element(v.begin(), v.end());
-}
-
 template <class Alt>
 void add_throughput() {
   auto* b = benchmark::RegisterBenchmark(name_of(Alt::python ? "python" : "noop", Alt::name).c_str(),
                                          bm_throughput<Alt>);
   // One iteration per repetition: each repetition is one fresh pool and one batch of n tasks.
-  b->UseRealTime()->Unit(benchmark::kMillisecond)->Iterations(1);
-  b->ComputeStatistics("min", min_of)->ComputeStatistics("max", max_of);
+  with_min_max(b->UseRealTime()->Unit(benchmark::kMillisecond)->Iterations(1));
 }
 
 template <class Alt>
@@ -417,17 +391,8 @@ void register_benchmarks() {
 
 // PRECONDITION: attached (the main thread, inside PyGILState_Ensure).
 bool make_python_objects() {
-  g_globals = PyDict_New();
-  if (g_globals == nullptr ||
-      PyDict_SetItemString(g_globals, "__builtins__", PyEval_GetBuiltins()) != 0) {
-    return false;
-  }
-  PyObject* r = PyRun_String("def noop():\n    return None\n", Py_file_input, g_globals, g_globals);
-  if (r == nullptr) {
-    PyErr_Print();
-    return false;
-  }
-  Py_DECREF(r);
+  g_globals = run_in_namespace("def noop():\n    return None\n");
+  if (g_globals == nullptr) return false;
   g_noop = PyDict_GetItemString(g_globals, "noop");  // borrowed: g_globals lives until the end
   PyObject* sys = PyImport_ImportModule("sys");
   PyObject* interval = sys ? PyObject_CallMethod(sys, "getswitchinterval", nullptr) : nullptr;
@@ -480,64 +445,34 @@ bool parse_options(int& argc, char** argv) {
   return g_options.noop_tasks > 0 && g_options.python_tasks > 0 && g_options.probes > 0;
 }
 
-}  // namespace
-}  // namespace bench
-
-namespace bench {
-namespace {
-// Google Benchmark's run; false if it rejected a flag.
-bool run_benchmarks(int argc, char** argv) {
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return false;
-  benchmark::AddCustomContext("python_version", Py_GetVersion());
-  benchmark::AddCustomContext("python_executable", PYATTACH_BENCH_PYTHON);
-  benchmark::AddCustomContext("compiler", __VERSION__);
-  benchmark::AddCustomContext("build_type", PYATTACH_BENCH_BUILD_TYPE);
-  benchmark::AddCustomContext("boost_version", BOOST_LIB_VERSION);
-  benchmark::AddCustomContext("workers", std::to_string(kWorkers));
-  benchmark::AddCustomContext("noop_tasks", std::to_string(g_options.noop_tasks));
-  benchmark::AddCustomContext("python_tasks", std::to_string(g_options.python_tasks));
-  benchmark::AddCustomContext("probes", std::to_string(g_options.probes));
-  benchmark::AddCustomContext("gil_probes", std::to_string(g_options.gil_probes));
-  benchmark::AddCustomContext("switch_interval_s", std::to_string(g_switch_interval_s));
-  register_benchmarks();
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return true;
+// The counted mode, or Google Benchmark's run.
+bool run(int argc, char** argv) {
+  if (g_options.counted > 0) {
+    run_counted_all(g_options.counted);
+    return true;
+  }
+  return run_benchmarks(argc, argv, [] {
+    benchmark::AddCustomContext("boost_version", BOOST_LIB_VERSION);
+    benchmark::AddCustomContext("workers", std::to_string(kWorkers));
+    benchmark::AddCustomContext("noop_tasks", std::to_string(g_options.noop_tasks));
+    benchmark::AddCustomContext("python_tasks", std::to_string(g_options.python_tasks));
+    benchmark::AddCustomContext("probes", std::to_string(g_options.probes));
+    benchmark::AddCustomContext("gil_probes", std::to_string(g_options.gil_probes));
+    benchmark::AddCustomContext("switch_interval_s", std::to_string(g_switch_interval_s));
+    register_benchmarks();
+  });
 }
+
+void clear_python_objects() { Py_CLEAR(g_globals); }
+
 }  // namespace
 }  // namespace bench
 
 int main(int argc, char** argv) {
   using namespace bench;
-  if (!parse_options(argc, argv)) {
-    std::fprintf(stderr, "usage: pyattach_pool_bench [--smoke] [--noop-tasks=N] [--python-tasks=N] "
-                         "[--probes=N] [--gil-probes=N] [--callgrind N] [Google Benchmark flags]\n");
-    return 2;
-  }
-  pyattach::interpreter python;  // Py_Initialize; the main thread is detached from here on
-  {
-    const PyGILState_STATE g = PyGILState_Ensure();  // the main thread's own state: no new one
-    const bool ok = make_python_objects();
-    PyGILState_Release(g);
-    if (!ok) {
-      std::fprintf(stderr, "pyattach_pool_bench: could not set up the Python objects\n");
-      return 1;
-    }
-  }
-
-  bool flags_ok = true;
-  if (g_options.counted > 0) {
-    run_counted_all(g_options.counted);
-  } else {
-    flags_ok = run_benchmarks(argc, argv);
-  }
-
-  {
-    const PyGILState_STATE g = PyGILState_Ensure();
-    Py_CLEAR(g_globals);
-    PyGILState_Release(g);
-  }
-  if (!flags_ok) return 2;
-  return g_failed.load() ? 1 : 0;
+  return run_main({"pyattach_pool_bench", "[--smoke] [--noop-tasks=N] [--python-tasks=N] "
+                                          "[--probes=N] [--gil-probes=N] [--callgrind N] "
+                                          "[Google Benchmark flags]",
+                   parse_options, make_python_objects, run, clear_python_objects},
+                  argc, argv);
 }

@@ -1,7 +1,8 @@
 // bench/pool_alternatives.hpp — the pools pyattach_pool_bench compares (bench/pool_alternatives.cpp
-// says what and why): the run's options and Python objects, counting tasks and thread states,
-// and each alternative (boost::asio with PyGILState per task or a kept state per thread,
-// pyattach::thread_pool with post/submit, batched or not). Included by pool_alternatives.cpp.
+// says what and why): the run's options and Python objects, counting tasks, and each alternative
+// (boost::asio with PyGILState per task or a kept state per thread, pyattach::thread_pool with
+// post/submit, batched or not). Included by pool_alternatives.cpp; the thread-state probe and
+// the rest both benchmark binaries share are in harness.hpp.
 #pragma once
 
 #include <Python.h>
@@ -16,28 +17,20 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <future>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
 #include <type_traits>
 #include <vector>
 
-#ifndef PYATTACH_BENCH_BUILD_TYPE
-#define PYATTACH_BENCH_BUILD_TYPE "unknown"
-#endif
-#ifndef PYATTACH_BENCH_PYTHON
-#define PYATTACH_BENCH_PYTHON "unknown"
-#endif
+#include "harness.hpp"
 
 namespace bench {
-
 
 constexpr std::size_t kWorkers = 2;
 
@@ -54,12 +47,6 @@ inline options g_options;
 inline PyObject* g_globals = nullptr;  // owns the namespace below
 inline PyObject* g_noop = nullptr;     // def noop(): return None (borrowed from g_globals)
 inline double g_switch_interval_s = 0;  // sys.getswitchinterval(), read at start
-inline std::atomic<bool> g_failed{false};
-
-inline void fail(const std::string& what) {
-  g_failed.store(true);
-  std::fprintf(stderr, "pyattach_pool_bench: %s\n", what.c_str());
-}
 
 // ---- counting tasks --------------------------------------------------------------------------
 
@@ -139,21 +126,6 @@ struct capi_task {
   }
 };
 
-// ---- counting thread states (as attach_alternatives.cpp) --------------------------------------
-
-// The id CPython gives the next thread state; two probes' difference (minus the later probe's
-// own) counts every state made in between. On the main thread: PyGILState re-attaches its own
-// state (no new one), and the probe is never registered as the thread's.
-inline std::uint64_t probe_state_id() {
-  const PyGILState_STATE g = PyGILState_Ensure();
-  PyThreadState* probe = PyThreadState_New(PyInterpreterState_Main());
-  const std::uint64_t id = PyThreadState_GetID(probe);
-  PyThreadState_Clear(probe);   // never attached; GIL held
-  PyThreadState_Delete(probe);  // not current: Delete, not DeleteCurrent
-  PyGILState_Release(g);
-  return id;
-}
-
 // ---- the alternatives ------------------------------------------------------------------------
 //
 // Shape: the constructor starts kWorkers threads; submit(f) runs f as one task of this kind
@@ -162,32 +134,71 @@ inline std::uint64_t probe_state_id() {
 // pool() is the pyattach pool, for its stats (nullptr for asio).
 // warm_states: thread states the warm-up (one task per worker) is expected to create;
 // per_task_states: whether the measured run creates one per task (else it must create none).
+// Each alternative is its name and submit() over a base: the pool it runs its tasks on (the pool,
+// finish() and pool()), itself over the kind of its tasks (the constants and blocking).
 
-struct asio_post {
-  static constexpr const char* name = "asio_post";
-  static constexpr bool python = false;
-  static constexpr int warm_states = 0;
-  static constexpr bool per_task_states = false;
-  template <class F>
-  void submit(F f) {
-    boost::asio::post(pool_, std::move(f));
-  }
+// The constants: C++ tasks never attach, so they make no thread state; every Python alternative's
+// warm-up makes one per worker (kept, or, with PerTaskStates, one per task destroyed at its end).
+template <bool Python, bool PerTaskStates = false>
+struct task_kind {
+  static constexpr bool python = Python;
+  static constexpr int warm_states = Python ? kWorkers : 0;
+  static constexpr bool per_task_states = PerTaskStates;
+};
+
+// C++ tasks: blocking(f) only calls f.
+struct cxx_tasks : task_kind<false> {
   template <class F>
   static void blocking(F&& f) {
     f();
   }
-  void finish() { pool_.join(); }  // no stop(): waits until the pool has no outstanding work
+};
+
+// Python tasks attached with CPython's own calls (asio): blocking(f) lets go of the GIL
+// (PyEval_SaveThread) and takes it back.
+template <bool PerTaskStates>
+struct raw_python_tasks : task_kind<true, PerTaskStates> {
+  template <class F>
+  static void blocking(F&& f) {
+    PyThreadState* s = PyEval_SaveThread();  // attached inside a task: let go of the GIL
+    f();
+    PyEval_RestoreThread(s);
+  }
+};
+
+// Python tasks on pyattach's pool (each worker makes its state on its first Python task and keeps
+// it): blocking(f) runs f in a detach_scope (inside the pool's attach_scope: GIL released, state
+// kept).
+struct pyattach_python_tasks : task_kind<true> {
+  template <class F>
+  static void blocking(F&& f) {
+    pyattach::detach_scope nogil;
+    f();
+  }
+};
+
+// boost::asio::thread_pool(kWorkers); finish() joins it (no stop(): join waits until the pool has
+// no outstanding work), so it is the last call.
+template <class Tasks>
+class on_asio_pool : public Tasks {
+ public:
+  void finish() { pool_.join(); }
   pyattach::thread_pool* pool() { return nullptr; }
 
- private:
+ protected:
   boost::asio::thread_pool pool_{kWorkers};
 };
 
-struct asio_gilstate {
+struct asio_post : on_asio_pool<cxx_tasks> {
+  static constexpr const char* name = "asio_post";
+  template <class F>
+  void submit(F f) {
+    boost::asio::post(pool_, std::move(f));
+  }
+};
+
+struct asio_gilstate : on_asio_pool<raw_python_tasks<true>> {
   static constexpr const char* name = "asio_gilstate";
-  static constexpr bool python = true;
-  static constexpr int warm_states = kWorkers;  // one per warm-up task, destroyed at its end
-  static constexpr bool per_task_states = true;
   template <class F>
   void submit(F f) {
     boost::asio::post(pool_, [f = std::move(f)] {
@@ -198,17 +209,6 @@ struct asio_gilstate {
       PyGILState_Release(g);
     });
   }
-  template <class F>
-  static void blocking(F&& f) {
-    PyThreadState* s = PyEval_SaveThread();  // attached inside a task: let go of the GIL
-    f();
-    PyEval_RestoreThread(s);
-  }
-  void finish() { pool_.join(); }
-  pyattach::thread_pool* pool() { return nullptr; }
-
- private:
-  boost::asio::thread_pool pool_{kWorkers};
 };
 
 // The floor's state for the calling asio thread: made on its first task, deleted at thread exit.
@@ -228,11 +228,8 @@ inline PyThreadState* my_floor_state() {
   return s.ts;
 }
 
-struct asio_floor {
+struct asio_floor : on_asio_pool<raw_python_tasks<false>> {
   static constexpr const char* name = "asio_floor";
-  static constexpr bool python = true;
-  static constexpr int warm_states = kWorkers;  // one per asio thread, kept
-  static constexpr bool per_task_states = false;
   template <class F>
   void submit(F f) {
     boost::asio::post(pool_, [f = std::move(f)] {
@@ -241,17 +238,6 @@ struct asio_floor {
       PyEval_SaveThread();  // drops it, keeps the state
     });
   }
-  template <class F>
-  static void blocking(F&& f) {
-    PyThreadState* s = PyEval_SaveThread();
-    f();
-    PyEval_RestoreThread(s);
-  }
-  void finish() { pool_.join(); }
-  pyattach::thread_pool* pool() { return nullptr; }
-
- private:
-  boost::asio::thread_pool pool_{kWorkers};
 };
 
 inline pyattach::pool_options pool_options_for_bench() {
@@ -264,114 +250,28 @@ inline pyattach::pool_options pool_options_for_bench() {
   return o;
 }
 
-struct pyattach_post {
-  static constexpr const char* name = "pyattach_post";
-  static constexpr bool python = false;
-  static constexpr int warm_states = 0;  // C++ tasks never attach
-  static constexpr bool per_task_states = false;
-  template <class F>
-  void submit(F f) {
-    pool_.post(std::move(f));
-  }
-  template <class F>
-  static void blocking(F&& f) {
-    f();
-  }
+// pyattach::thread_pool (pool_options_for_bench(), or the options given); finish() waits until
+// every task has run.
+template <class Tasks>
+class on_pyattach_pool : public Tasks {
+ public:
+  on_pyattach_pool() = default;
+  explicit on_pyattach_pool(pyattach::pool_options o) : pool_(std::move(o)) {}
   void finish() { pool_.wait(); }
   pyattach::thread_pool* pool() { return &pool_; }
 
- private:
+ protected:
   pyattach::thread_pool pool_{pool_options_for_bench()};
 };
 
-struct pyattach_submit {
-  static constexpr const char* name = "pyattach_submit";
-  static constexpr bool python = false;
-  static constexpr int warm_states = 0;
-  static constexpr bool per_task_states = false;
-  pyattach_submit() { futures_.reserve(g_options.noop_tasks + 16); }  // not timed
-  template <class F>
-  void submit(F f) {
-    futures_.push_back(pool_.submit(std::move(f)));
-  }
-  template <class F>
-  static void blocking(F&& f) {
-    f();
-  }
-  void finish() {
-    for (auto& f : futures_) f.get();  // rethrows what a task threw: none here
-    futures_.clear();
-  }
-  pyattach::thread_pool* pool() { return &pool_; }
-
- private:
-  std::vector<std::future<void>> futures_;
-  pyattach::thread_pool pool_{pool_options_for_bench()};  // destroyed before futures_
-};
-
-struct pyattach_post_python {
-  static constexpr const char* name = "pyattach_post_python";
-  static constexpr bool python = true;
-  static constexpr int warm_states = kWorkers;  // each worker's, on its first Python task
-  static constexpr bool per_task_states = false;
-  template <class F>
-  void submit(F f) {
-    pool_.post_python(std::move(f));
-  }
-  template <class F>
-  static void blocking(F&& f) {
-    pyattach::detach_scope nogil;  // inside the pool's attach_scope: GIL released, state kept
-    f();
-  }
-  void finish() { pool_.wait(); }
-  pyattach::thread_pool* pool() { return &pool_; }
-
- private:
-  pyattach::thread_pool pool_{pool_options_for_bench()};
-};
-
-// The same pool with batching off (pool_options::batch_python = false): one attach per Python
-// task, as before batching; the reference for what batching gains and what it costs a waiter.
-inline pyattach::pool_options unbatched_options() {
-  pyattach::pool_options o = pool_options_for_bench();
-  o.batch_python = false;
-  return o;
-}
-struct pyattach_post_python_unbatched {
-  static constexpr const char* name = "pyattach_post_python_unbatched";
-  static constexpr bool python = true;
-  static constexpr int warm_states = kWorkers;
-  static constexpr bool per_task_states = false;
-  template <class F>
-  void submit(F f) {
-    pool_.post_python(std::move(f));
-  }
-  template <class F>
-  static void blocking(F&& f) {
-    pyattach::detach_scope nogil;
-    f();
-  }
-  void finish() { pool_.wait(); }
-  pyattach::thread_pool* pool() { return &pool_; }
-
- private:
-  pyattach::thread_pool pool_{unbatched_options()};
-};
-
-struct pyattach_submit_python {
-  static constexpr const char* name = "pyattach_submit_python";
-  static constexpr bool python = true;
-  static constexpr int warm_states = kWorkers;
-  static constexpr bool per_task_states = false;
-  pyattach_submit_python() { futures_.reserve(g_options.python_tasks + 16); }
-  template <class F>
-  void submit(F f) {
-    futures_.push_back(pool_.submit_python(std::move(f)));
-  }
-  template <class F>
-  static void blocking(F&& f) {
-    pyattach::detach_scope nogil;
-    f();
+// The same pool for a submit alternative, and the futures: reserved up front for the run's task
+// count (not timed), kept until finish() get()s them all (rethrowing what a task threw: none
+// here). The pool is destroyed before the futures.
+template <class Tasks>
+class on_pyattach_pool_futures : public Tasks {
+ public:
+  on_pyattach_pool_futures() {
+    futures_.reserve((Tasks::python ? g_options.python_tasks : g_options.noop_tasks) + 16);
   }
   void finish() {
     for (auto& f : futures_) f.get();
@@ -379,9 +279,59 @@ struct pyattach_submit_python {
   }
   pyattach::thread_pool* pool() { return &pool_; }
 
- private:
+ protected:
   std::vector<std::future<void>> futures_;
   pyattach::thread_pool pool_{pool_options_for_bench()};
+};
+
+struct pyattach_post : on_pyattach_pool<cxx_tasks> {
+  static constexpr const char* name = "pyattach_post";
+  template <class F>
+  void submit(F f) {
+    pool_.post(std::move(f));
+  }
+};
+
+struct pyattach_submit : on_pyattach_pool_futures<cxx_tasks> {
+  static constexpr const char* name = "pyattach_submit";
+  template <class F>
+  void submit(F f) {
+    futures_.push_back(pool_.submit(std::move(f)));
+  }
+};
+
+struct pyattach_post_python : on_pyattach_pool<pyattach_python_tasks> {
+  static constexpr const char* name = "pyattach_post_python";
+  pyattach_post_python() = default;
+  template <class F>
+  void submit(F f) {
+    pool_.post_python(std::move(f));
+  }
+
+ protected:
+  explicit pyattach_post_python(pyattach::pool_options o) : on_pyattach_pool(std::move(o)) {}
+};
+
+// The same pool with batching off (pool_options::batch_python = false): one attach per Python
+// task, as before batching; the reference for what batching gains and what it costs a waiter.
+struct pyattach_post_python_unbatched : pyattach_post_python {
+  static constexpr const char* name = "pyattach_post_python_unbatched";
+  pyattach_post_python_unbatched() : pyattach_post_python(unbatched_options()) {}
+
+ private:
+  static pyattach::pool_options unbatched_options() {
+    pyattach::pool_options o = pool_options_for_bench();
+    o.batch_python = false;
+    return o;
+  }
+};
+
+struct pyattach_submit_python : on_pyattach_pool_futures<pyattach_python_tasks> {
+  static constexpr const char* name = "pyattach_submit_python";
+  template <class F>
+  void submit(F f) {
+    futures_.push_back(pool_.submit_python(std::move(f)));
+  }
 };
 
 }  // namespace bench

@@ -9,11 +9,8 @@
 #   PYATTACH_BENCH_LEGS="debian-3.11 sid-3.15"   only those legs
 #   PYATTACH_EXECUTOR_BENCH_ARGS="--repeats 5 --tasks 20000 --samples 400"   bench/executor.py's
 set -uo pipefail
-root="$(cd "$(dirname "$0")/.." && pwd)"
-pyattach_root="$root"
-source "$root/scripts/interpreters.sh"
-trap release_roots EXIT
-bash "$root/scripts/deps.sh" || exit 1
+source "$(dirname "$0")/common.sh"  # root, jobs, scripts/interpreters.sh's functions
+prepare_host
 mapfile -t legs < <(interpreter_legs debian pyenv sid)
 failed=0
 results=()
@@ -26,9 +23,7 @@ for leg in "${legs[@]}"; do
   out="$root/build/bench-executor-$name"
   mkdir -p "$out"
   if ! venv="$(in_root "$where" bash "$root/scripts/venv.sh" "$python" "$name" 2>"$out/venv.log")" ||
-     ! CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" in_root "$where" "$venv/bin/python" -m pip install \
-         --no-build-isolation --no-deps --disable-pip-version-check \
-         --config-settings=build-dir="$root/build/pkg-$name" "$root" >"$out/pip.log" 2>&1; then
+     ! pip_install "$where" "$venv" "$root/build/pkg-$name" "$root" >"$out/pip.log" 2>&1; then
     tail -20 "$out/venv.log" "$out/pip.log" 2>/dev/null
     failed=1
     continue

@@ -17,25 +17,13 @@
 #   PYATTACH_BENCH_REPETITIONS (default 7), PYATTACH_BENCH_MIN_TIME (seconds per repetition,
 #   default 0.05), PYATTACH_BENCH_CALLGRIND_ITERATIONS (default 20000)
 set -uo pipefail
-root="$(cd "$(dirname "$0")/.." && pwd)"
-pyattach_root="$root"
-source "$root/scripts/interpreters.sh"
-trap release_roots EXIT
-bash "$root/scripts/deps.sh" || exit 1
-jobs="$(nproc)"
+source "$(dirname "$0")/common.sh"  # root, jobs, scripts/interpreters.sh's functions
+prepare_host
 repetitions="${PYATTACH_BENCH_REPETITIONS:-7}"
 min_time="${PYATTACH_BENCH_MIN_TIME:-0.05}"
 iterations="${PYATTACH_BENCH_CALLGRIND_ITERATIONS:-20000}"
 mapfile -t legs < <(interpreter_legs debian pyenv sid)
-if [ -n "${PYATTACH_BENCH_LEGS:-}" ]; then
-  selected=()
-  for leg in "${legs[@]}"; do
-    for want in $PYATTACH_BENCH_LEGS; do
-      [ "${leg%%:*}" = "$want" ] && selected+=("$leg")
-    done
-  done
-  legs=("${selected[@]}")
-fi
+select_legs "${PYATTACH_BENCH_LEGS:-}"
 
 failed=0
 result_dirs=()

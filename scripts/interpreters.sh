@@ -1,6 +1,6 @@
 # scripts/interpreters.sh — the one place that finds the CPython interpreters pyattach is built
-# and tested against. Sourced by scripts/deps.sh, test.sh, demo.sh, bench.sh and bench-executor.sh;
-# nothing else names an interpreter version.
+# and tested against. Sourced by scripts/deps.sh and demo.sh, and through scripts/common.sh by
+# test.sh, bench.sh and bench-executor.sh; nothing else names an interpreter version.
 #
 # What it finds (each "leg" is one interpreter, named as the scripts print it):
 #   debian-3.X       the host's Debian CPython (whatever `python3` is on this release: 3.11 on

@@ -13,12 +13,8 @@
 # the pytest legs are named pytest-<interpreter leg>, e.g. "pytest-debian-3.11 pytest-sid-3.15".
 # PYATTACH_EXIT_RUNS (default 10) sets the pytest legs' exit-race runs (tests/python/test_exit_race.py).
 set -uo pipefail
-root="$(cd "$(dirname "$0")/.." && pwd)"
-pyattach_root="$root"
-source "$root/scripts/interpreters.sh"
-trap release_roots EXIT
-bash "$root/scripts/deps.sh" || exit 1
-jobs="$(nproc)"
+source "$(dirname "$0")/common.sh"  # root, jobs, scripts/interpreters.sh's functions
+prepare_host
 # ccache, for every compile below (CMake 3.17+ takes CMAKE_CXX_COMPILER_LAUNCHER from the
 # environment, pip's builds included): the CMake consumer tests and each pytest leg's two pip
 # builds compile pyattach (and nanobind's runtime) with the same flags several times. The cache
@@ -80,15 +76,7 @@ else
   echo "matrix: setarch -R is not permitted here: sanitizer legs run with address randomization on"
 fi
 
-if [ -n "${PYATTACH_TEST_LEGS:-}" ]; then
-  selected=()
-  for leg in "${legs[@]}"; do
-    for want in $PYATTACH_TEST_LEGS; do
-      [ "${leg%%:*}" = "$want" ] && selected+=("$leg")
-    done
-  done
-  legs=("${selected[@]}")
-fi
+select_legs "${PYATTACH_TEST_LEGS:-}"
 
 mkdir -p "$root/build"
 summary=()
@@ -96,6 +84,15 @@ exit_race_rows=()
 cpython_rows=()
 total_pass=0
 total_fail=0
+
+# A leg that could not run its tests: the end of LOG... (tail -n LINES), and MESSAGE in the summary.
+leg_failed() {  # leg_failed LINES MESSAGE LOG...
+  local lines="$1" message="$2"
+  shift 2
+  tail -n "$lines" "$@" 2>/dev/null
+  summary+=("$message")
+  total_fail=$((total_fail + 1))
+}
 
 # A pytest leg: the interpreter's venv (scripts/venv.sh: pinned pybind11, nanobind,
 # scikit-build-core, ninja, cmake, pytest), `pip install` of examples/extension built against this
@@ -110,27 +107,20 @@ pytest_leg() {
   local leg_start=$SECONDS venv
   local in=(in_root "$where")
   if ! venv="$("${in[@]}" bash "$root/scripts/venv.sh" "$python" "$short" 2>"$log.venv.log")"; then
-    tail -30 "$log.venv.log"
-    summary+=("$name: VENV FAILED ($log.venv.log)")
-    total_fail=$((total_fail + 1))
+    leg_failed 30 "$name: VENV FAILED ($log.venv.log)" "$log.venv.log"
     return
   fi
-  if ! CMAKE_BUILD_PARALLEL_LEVEL="$jobs" "${in[@]}" "$venv/bin/python" -m pip install --no-build-isolation \
-         --no-deps --disable-pip-version-check --config-settings=build-dir="$root/build/ext-$short" \
+  if ! pip_install "$where" "$venv" "$root/build/ext-$short" \
          --config-settings=cmake.define.CMAKE_DISABLE_FIND_PACKAGE_pyattach=ON \
          "$root/examples/extension" >"$log.pip.log" 2>&1; then
-    tail -40 "$log.pip.log"
-    summary+=("$name: BUILD FAILED (pip install ./examples/extension, $log.pip.log)")
-    total_fail=$((total_fail + 1))
+    leg_failed 40 "$name: BUILD FAILED (pip install ./examples/extension, $log.pip.log)" \
+      "$log.pip.log"
     return
   fi
   # The package itself (pyproject.toml at the root): what `pip install .` gives a user.
-  if ! CMAKE_BUILD_PARALLEL_LEVEL="$jobs" "${in[@]}" "$venv/bin/python" -m pip install --no-build-isolation \
-         --no-deps --disable-pip-version-check --config-settings=build-dir="$root/build/pkg-$short" \
-         "$root" >"$log.pip-package.log" 2>&1; then
-    tail -40 "$log.pip-package.log"
-    summary+=("$name: BUILD FAILED (pip install ., $log.pip-package.log)")
-    total_fail=$((total_fail + 1))
+  if ! pip_install "$where" "$venv" "$root/build/pkg-$short" "$root" \
+         >"$log.pip-package.log" 2>&1; then
+    leg_failed 40 "$name: BUILD FAILED (pip install ., $log.pip-package.log)" "$log.pip-package.log"
     return
   fi
   local built=$SECONDS
@@ -202,9 +192,7 @@ for leg in "${legs[@]}"; do
   if ! in_root "$where" cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Debug -DPYATTACH_PYTHON="$python" \
          "${bench_flag[@]}" "${examples_flag[@]}" "${sanitize_flags[@]}" >"$build.configure.log" 2>&1 \
      || ! "${run[@]}" cmake --build "$build" -j"$jobs" >"$build.build.log" 2>&1; then
-    tail -30 "$build.configure.log" "$build.build.log" 2>/dev/null
-    summary+=("$name: BUILD FAILED")
-    total_fail=$((total_fail + 1))
+    leg_failed 30 "$name: BUILD FAILED" "$build.configure.log" "$build.build.log"
     continue
   fi
   built=$SECONDS
