@@ -22,8 +22,7 @@ prepare_host
 repetitions="${PYATTACH_BENCH_REPETITIONS:-7}"
 min_time="${PYATTACH_BENCH_MIN_TIME:-0.05}"
 iterations="${PYATTACH_BENCH_CALLGRIND_ITERATIONS:-20000}"
-mapfile -t legs < <(interpreter_legs debian pyenv sid)
-select_legs "${PYATTACH_BENCH_LEGS:-}"
+bench_legs
 
 failed=0
 result_dirs=()
@@ -38,14 +37,7 @@ for leg in "${legs[@]}"; do
   mkdir -p "$out"
   echo "$name" >"$out/leg"
   echo "$python" >"$out/python"
-  # -g only adds debug info (callgrind_annotate's source lines, and the inline chains the
-  # per-function breakdown reads); the code is Release's -O3.
-  if ! "${in[@]}" cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS=-g \
-         -DPYATTACH_PYTHON="$python" -DPYATTACH_BUILD_TESTS=OFF -DPYATTACH_BUILD_EXAMPLES=OFF \
-         -DPYATTACH_BUILD_BENCH=ON >"$out/configure.log" 2>&1 \
-     || ! "${in[@]}" cmake --build "$build" -j"$jobs" --target pyattach_bench pyattach_pool_bench \
-            >"$out/build.log" 2>&1; then
-    tail -n 30 "$out/configure.log" "$out/build.log"
+  if ! bench_build "$where" "$python" "$build" "$out" pyattach_bench pyattach_pool_bench; then
     echo "build failed" >"$out/status"
     failed=1
     continue

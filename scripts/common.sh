@@ -1,4 +1,4 @@
-# scripts/common.sh — what scripts/test.sh, bench.sh and bench-executor.sh share: how they start
+# scripts/common.sh — what scripts/test.sh, bench.sh, bench-executor.sh and bench-subinterpreters.sh share: how they start
 # and the steps more than one of them takes. Sourced after `set -uo pipefail`, never run:
 #   source "$(dirname "$0")/common.sh"
 # Sourcing it sets, and sources scripts/interpreters.sh (its functions: debian_python,
@@ -10,6 +10,12 @@
 #                            installs what is needed (scripts/deps.sh); exits 1 if that fails
 #   select_legs NAMES        keeps in the array `legs` ("name:..." entries) only the legs named in
 #                            NAMES (space-separated), in legs' order; empty NAMES keeps them all
+#   bench_legs               sets `legs` to the benchmark legs: every interpreter but the debug
+#                            build, or those PYATTACH_BENCH_LEGS names
+#   bench_build WHERE PYTHON BUILD_DIR LOG_DIR TARGET...
+#                            configures BUILD_DIR (Release with -g, benchmarks only) for PYTHON and
+#                            builds the TARGETs, in the sid root WHERE (empty: on the host); logs in
+#                            LOG_DIR; on failure prints their tails and returns 1
 #   pip_install ROOT VENV BUILD_DIR ARGS...
 #                            pip install ARGS (a package of this checkout, and pip's own options)
 #                            into VENV, in the sid root ROOT (empty: on the host), without build
@@ -35,6 +41,25 @@ select_legs() {
     done
   done
   legs=("${selected[@]}")
+}
+
+bench_legs() {
+  mapfile -t legs < <(interpreter_legs debian pyenv sid)
+  select_legs "${PYATTACH_BENCH_LEGS:-}"
+}
+
+# -g only adds debug info (callgrind_annotate's source lines, and the inline chains bench/report
+# reads); the code is Release's -O3.
+bench_build() {
+  local where="$1" python="$2" build="$3" logs="$4"
+  shift 4
+  if ! in_root "$where" cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS=-g \
+         -DPYATTACH_PYTHON="$python" -DPYATTACH_BUILD_TESTS=OFF -DPYATTACH_BUILD_EXAMPLES=OFF \
+         -DPYATTACH_BUILD_BENCH=ON >"$logs/configure.log" 2>&1 \
+     || ! in_root "$where" cmake --build "$build" -j"$jobs" --target "$@" >"$logs/build.log" 2>&1; then
+    tail -n 30 "$logs/configure.log" "$logs/build.log"
+    return 1
+  fi
 }
 
 pip_install() {

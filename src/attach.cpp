@@ -361,6 +361,15 @@ bool scope_access::check_end(slot* s, slot* owner, bool released, std::uint32_t 
 }
 
 void scope_access::end_slow(attach_scope& sc, const source_site* at, void* code) noexcept {
+  if ((sc.kind_ & attach_scope::kind_swapped) != 0) {
+    end_swapped(sc, at);
+    return;
+  }
+  const std::uint8_t kind = sc.kind_ & ~attach_scope::kind_released;
+  if (kind == attach_scope::kind_sub || kind == attach_scope::kind_sub_nested) {
+    end_sub(sc, at, code);
+    return;
+  }
   const bool released = (sc.kind_ & attach_scope::kind_released) != 0;
   if ((sc.kind_ & ~attach_scope::kind_released) == attach_scope::kind_transient) {
     if (released) {
@@ -385,6 +394,8 @@ void scope_access::detach_begin(detach_scope& sc) noexcept {
   sc.owner_ = nullptr;
   sc.level_ = 0;
   sc.state_ = detach_scope::state_idle;
+  sc.sub_ = nullptr;
+  if (detach_sub_begin(sc)) return;  // inside a sub-interpreter scope
   slot* s = tls_slot;
   if (s == nullptr && !tls_exited) s = make_slot();
   if (s == nullptr || !attached_here(s) || s->depth + 1 >= tracked_levels) {
@@ -424,6 +435,11 @@ void scope_access::detach_begin(detach_scope& sc) noexcept {
 
 void scope_access::detach_end(detach_scope& sc, const source_site* at, void* code,
                               bool* reattached) noexcept {
+  if (sc.state_ == detach_scope::state_sub) {
+    detach_sub_end(sc);
+    if (reattached != nullptr) *reattached = true;
+    return;
+  }
   slot* s = tls_slot;
   if (s != nullptr && s == sc.owner_) absorb_remote_orphans(s);
   const bool ok = check_end(s, sc.owner_, sc.state_ == detach_scope::state_ended, sc.level_,

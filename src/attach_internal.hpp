@@ -5,11 +5,14 @@
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "internal.hpp"
 
 namespace pyattach::detail {
+
+struct interp_core;  // src/subinterpreter.cpp
 
 // Set once this thread's exit clean-up has run; an attach after that (from another thread_local's
 // destructor) gets a one-off PyGILState_Ensure/Release pair instead of a persistent state.
@@ -60,6 +63,18 @@ class scope_access {
   // re-attach; from reattach(), receives whether the thread is attached again.
   static void detach_end(detach_scope& sc, const source_site* at, void* code,
                          bool* reattached) noexcept;
+
+  // Sub-interpreter scopes (src/subinterpreter.cpp).
+  static void attach_sub(attach_scope& sc, const std::shared_ptr<interp_core>& core,
+                         const source_site& site) noexcept;
+  static void end_sub(attach_scope& sc, const source_site* at, void* code) noexcept;
+  // attach_scope(subinterpreter::main()): attach_scope() after swapping out a sub-interpreter's
+  // state that is current (kind_swapped), restored by end_swapped.
+  static void attach_main_from_handle(attach_scope& sc, const source_site& site) noexcept;
+  static void end_swapped(attach_scope& sc, const source_site* at) noexcept;
+  // A detach_scope inside a sub-interpreter scope: returns false if the thread is not in one.
+  static bool detach_sub_begin(detach_scope& sc) noexcept;
+  static void detach_sub_end(detach_scope& sc) noexcept;
 
  private:
   static void push(attach_scope& sc, slot* s, std::uint8_t kind, const source_site& site) noexcept {

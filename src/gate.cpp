@@ -395,6 +395,8 @@ close_result close_gate_impl(std::chrono::milliseconds timeout) noexcept {
   if ((g_gate.word.load() & 3) == phase_open) {
     PyThreadState* saved = attached_here(tls_slot) ? PyEval_SaveThread() : nullptr;
     stop_pools_for_finalization(timeout);
+    // Then the sub-interpreters pyattach made, while the main interpreter still runs normally.
+    end_owned_subinterpreters(timeout);
     if (saved != nullptr) PyEval_RestoreThread(saved);  // not finalizing yet: the hook runs first
   }
 

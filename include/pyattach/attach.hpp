@@ -54,7 +54,12 @@
 //   (or by release_thread_state()), through the gate; a state whose interpreter is finalizing or
 //   gone is only forgotten, never touched.
 // - Thread-safety: every function may be called from any thread; each acts on the calling thread.
-// - Limits: one interpreter (the main one). On CPython <= 3.11, a state that another thread made
+// - Interpreters: attach_scope() attaches to the main interpreter; attach_scope(handle) to the
+//   one a subinterpreter handle names (subinterpreter.hpp: one persistent state per thread and
+//   interpreter, a gate per interpreter; CPython 3.12+). A plain attach_scope() while a
+//   sub-interpreter's state is current on the thread is refused (other_interpreter): say which
+//   interpreter with attach_scope(subinterpreter::main()), which swaps.
+// - Limits: on CPython <= 3.11, a state that another thread made
 //   with PyThreadState_New and this thread attached with PyEval_RestoreThread is not this thread's
 //   PyGILState state and cannot be recognised as attached (3.12+ can): attaching on top of it
 //   deadlocks, as PyGILState_Ensure itself does.
@@ -107,6 +112,7 @@ inline constexpr nothrow_t nothrow{};
 namespace detail {
 class scope_access;
 }  // namespace detail
+class subinterpreter;  // subinterpreter.hpp
 
 class attach_scope {
  public:
@@ -114,6 +120,13 @@ class attach_scope {
   explicit attach_scope(source_site site = source_site::current());
   // Attaches or records why not; never throws. Test with status() or operator bool.
   attach_scope(nothrow_t, source_site site = source_site::current()) noexcept;
+  // The same on the interpreter `in` (subinterpreter.hpp): on the main interpreter's handle, as
+  // above; on another, with this thread's persistent state of it, swapping out the state of the
+  // scope around this one (if any) until this one ends. Refused with finalizing (finalized) once
+  // that interpreter's end has begun (ended). Out of line.
+  attach_scope(const subinterpreter& in, source_site site = source_site::current());
+  attach_scope(nothrow_t, const subinterpreter& in,
+               source_site site = source_site::current()) noexcept;
   ~attach_scope();
 
   attach_scope(const attach_scope&) = delete;
@@ -130,10 +143,11 @@ class attach_scope {
   }
   bool is_valid() const noexcept { return kind_ != kind_none; }
   explicit operator bool() const noexcept { return is_valid(); }
-  // True if this scope made the state current (the outermost scope of an idle thread).
+  // True if this scope made the state current (the outermost scope of an idle thread, or a
+  // scope that swapped in another interpreter's state).
   bool made_current() const noexcept {
-    const std::uint8_t k = kind_ & ~kind_released;
-    return k == kind_restored || k == kind_outer || k == kind_observed;
+    const std::uint8_t k = kind_ & ~(kind_released | kind_swapped);
+    return k == kind_restored || k == kind_outer || k == kind_observed || k == kind_sub;
   }
   const source_site& site() const noexcept { return site_; }
 
@@ -149,8 +163,15 @@ class attach_scope {
   // one byte compare tells a live scope of a kind from everything else.
   // observed: outer, made while the thread records metrics or a trace (observe.hpp); its end
   // records too (detail::end_observed), whatever the thread records by then.
+  // sub: on a sub-interpreter (src/subinterpreter.cpp): sub_ is the thread's cached state of it,
+  // outer_ the state it swapped out (null if none); sub_nested: inside a scope of the same one.
+  // swapped: or-ed into a main-interpreter kind whose scope swapped out a sub-interpreter's
+  // state (outer_), restored when it ends. Every sub and swapped scope ends out of line.
   enum : std::uint8_t { kind_none, kind_nested, kind_restored, kind_transient, kind_passed,
-                        kind_outer, kind_observed, kind_released = 0x80 };
+                        kind_outer, kind_observed, kind_sub, kind_sub_nested,
+                        kind_swapped = 0x40, kind_released = 0x80 };
+
+  void attach_on(const subinterpreter& in, const source_site& site) noexcept;
 
   void attach_fast(const source_site& site) noexcept;
   // The observed twins (src/metrics.cpp): attach_outer and end_outer with detail::obs_hooks,
@@ -166,18 +187,26 @@ class attach_scope {
 
   // No default member initializers: the inline path stores each field it needs once, and
   // attach_slow sets all of them before anything else. status_ is read only when kind_ is
-  // kind_none (a refused scope): the inline path never stores it.
+  // kind_none (a refused scope): the inline path never stores it. sub_ and outer_ are read only
+  // for the sub and swapped kinds, which set them.
   detail::slot* owner_;
   source_site site_;
   std::uint32_t level_;
   attach_status status_;
   std::uint8_t kind_;
+  void* sub_;
+  PyThreadState* outer_;
 };
 
 // Attaches without throwing; C++17 guaranteed elision lets the scope be returned by value.
 //   if (auto py = pyattach::try_attach()) { ... } else { log(to_string(py.status())); }
 inline attach_scope try_attach(source_site site = source_site::current()) noexcept {
   return attach_scope(nothrow, site);
+}
+// The same on the interpreter `in` (subinterpreter.hpp).
+inline attach_scope try_attach(const subinterpreter& in,
+                               source_site site = source_site::current()) noexcept {
+  return attach_scope(nothrow, in, site);
 }
 
 class detach_scope {
@@ -216,8 +245,9 @@ class detach_scope {
 
   // idle: the constructor found nothing to detach; active: detached until the scope ends;
   // ended: released, reattached or ended by misuse; observed: active, begun while the thread
-  // records metrics or a trace (observe.hpp), so that its end (out of line) records too.
-  enum : std::uint8_t { state_idle, state_active, state_ended, state_observed };
+  // records metrics or a trace (observe.hpp), so that its end (out of line) records too;
+  // sub: active inside a sub-interpreter scope (sub_: that thread's cached state), out of line.
+  enum : std::uint8_t { state_idle, state_active, state_ended, state_observed, state_sub };
 
   // No default member initializers (as attach_scope): begin_fast stores each field it uses
   // once, and detach_begin_slow sets all of them first.
@@ -225,6 +255,7 @@ class detach_scope {
   source_site site_;
   std::uint32_t level_;
   std::uint8_t state_;
+  void* sub_;
 };
 
 // True if the calling thread is attached (holds the GIL with its own thread state).
@@ -454,7 +485,7 @@ inline detach_scope::detach_scope(source_site site) noexcept : site_(site) {
 inline detach_scope::~detach_scope() {
   if (PYATTACH_LIKELY(state_ == state_active)) {
     if (!end_fast()) detail::detach_end_slow(*this);
-  } else if (state_ == state_observed) {
+  } else if (state_ >= state_observed) {  // observed, sub: ended out of line
     detail::detach_end_slow(*this);
   }
 }

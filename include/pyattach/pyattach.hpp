@@ -16,6 +16,7 @@
 #include "pyattach/observe.hpp"
 #include "pyattach/pool.hpp"
 #include "pyattach/report.hpp"
+#include "pyattach/subinterpreter.hpp"
 
 #define PYATTACH_VERSION_MAJOR 0
 #define PYATTACH_VERSION_MINOR 1

@@ -1,0 +1,145 @@
+// pyattach/subinterpreter.hpp — interpreters other than the main one: native threads that run
+// Python in several interpreters, each with its own GIL (PEP 684, CPython 3.12+), so that N
+// interpreters run Python on N cores at once.
+//
+// Contract
+// - subinterpreter is a handle: a cheap, copyable reference to one interpreter's record. It is
+//   made by create() (pyattach makes the interpreter), adopt() (an interpreter something else
+//   made: C code's PyInterpreterState*, or concurrent.interpreters' by its id), or main().
+//   Copies refer to the same interpreter; the record lives while a handle or a thread's cached
+//   state refers to it. Destroying handles never ends the interpreter: end() does.
+// - attach_scope(handle) (attach.hpp) attaches the calling thread to that interpreter. Each
+//   native thread keeps at most ONE persistent thread state per interpreter: made on its first
+//   attach there, on that thread, and reused by every later one (found in O(1), no allocation);
+//   destroyed on that thread when it exits, or by the interpreter's end, whichever comes first.
+//   A scope on another interpreter inside a scope swaps: the outer state is released (its GIL
+//   too) and the inner one attached; the inner scope's end restores the outer. On the main
+//   interpreter's handle, a scope is the ordinary attach_scope (every rule of attach.hpp).
+// - PyGILState on the thread keeps meaning the main interpreter (CPython's PyGILState_* API
+//   supports the main interpreter only): a thread's first sub-interpreter state would otherwise
+//   become its PyGILState state (CPython 3.12+ binds the first state a thread makes), so a
+//   thread that has no PyGILState state gets its main-interpreter state first, through the main
+//   gate (one attach+detach of the main interpreter, once per thread). While that gate refuses
+//   (not bound, finalizing), such a thread's first attach to a sub-interpreter is refused with
+//   the same status. Inside a sub-interpreter scope, code that calls PyGILState_Ensure (as
+//   pybind11's and nanobind's GIL guards do) reaches the main interpreter: use pyattach scopes.
+// - Ending (end(), or anything that calls Py_EndInterpreter on an interpreter pyattach knows):
+//   the interpreter's own gate closes first. Later attaches to it are refused with
+//   attach_status::finalizing (finalized once it is gone); the end waits, its GIL released and
+//   within its bound, for the threads inside a scope of it. If some are still inside at the
+//   bound, end() returns false and the interpreter stays (closed to new attaches): ending it
+//   then would kill or crash those threads. Otherwise every thread's cached state of it is
+//   destroyed (threads that are not inside hold no lock on it) and Py_EndInterpreter runs. Other
+//   interpreters keep running. The close runs from an atexit callback registered in the
+//   interpreter, so an interpreter that Python code ends (concurrent.interpreters'
+//   Interpreter.close()) closes the same way.
+// - The main interpreter's end (Py_FinalizeEx, pyattach::interpreter's destructor) ends the
+//   sub-interpreters pyattach created first, from its close hook, before the main gate closes.
+// - Versions: create() and adopt() need CPython 3.12+ (PyInterpreterConfig, per-interpreter
+//   GIL); before, they throw interpreter_error, and main() is the only handle.
+// - Thread-safety: every function may be called from any thread. end() may run on any thread,
+//   attached or not, except inside a scope of the interpreter it ends (reported as
+//   misuse_kind::release_while_attached, and refused).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "pyattach/detail/compat.hpp"
+#include "pyattach/interpreter.hpp"
+
+namespace pyattach {
+
+namespace detail {
+struct interp_core;
+}  // namespace detail
+
+// What a new interpreter may do (CPython's PyInterpreterConfig, 3.12+). The defaults are an
+// isolated interpreter with its own GIL; legacy() is the shared-GIL configuration that
+// Py_NewInterpreter() uses.
+struct interpreter_options {
+  bool own_gil = true;             // PyInterpreterConfig_OWN_GIL; else the main interpreter's GIL
+  bool use_main_obmalloc = false;  // must be false with own_gil (CPython refuses otherwise)
+  bool allow_fork = false;
+  bool allow_exec = false;
+  bool allow_threads = true;          // threading.Thread in the interpreter
+  bool allow_daemon_threads = false;  // daemon threads in the interpreter
+  // Refuse to import single-phase-init extension modules, which cannot be shared safely between
+  // interpreters (required with own_gil): their import raises ImportError.
+  bool check_multi_interp_extensions = true;
+
+  static interpreter_options legacy() noexcept {
+    interpreter_options o;
+    o.own_gil = false;
+    o.use_main_obmalloc = true;
+    o.allow_fork = o.allow_exec = o.allow_threads = o.allow_daemon_threads = true;
+    o.check_multi_interp_extensions = false;
+    return o;
+  }
+};
+
+// Counters of one interpreter's record (pyattach's view), for tests and reports.
+struct subinterpreter_stats {
+  std::uint64_t states_made = 0;      // thread states pyattach made in it (one per thread)
+  std::uint64_t states_destroyed = 0; // of those, destroyed (at thread exit, or by its end)
+  std::uint64_t attaches = 0;         // scopes that made a state current in it
+  std::uint64_t refused = 0;          // attaches refused because its gate was closed
+  std::uint64_t threads = 0;          // threads that hold a cached state of it now
+};
+
+class subinterpreter {
+ public:
+  // A new interpreter (Py_NewInterpreterFromConfig), made on the calling thread, whose state
+  // becomes that thread's cached state of it. Throws interpreter_error if CPython refuses, is
+  // older than 3.12, or the main gate is not open. PRECONDITION: the calling thread is not
+  // inside a scope of another sub-interpreter. The calling thread may be attached to the main
+  // interpreter or not; it is left as it was.
+  static subinterpreter create(const interpreter_options& options = {});
+  // The main interpreter: attach_scope(subinterpreter::main()) is attach_scope().
+  static subinterpreter main();
+  // An interpreter something else made and ends (C code, concurrent.interpreters). Registers
+  // pyattach's close hook in it (an atexit callback). PRECONDITION: `interp` exists and is not
+  // finalizing; the calling thread is not inside a scope of it. Adopting the same interpreter
+  // twice gives the same record. Throws interpreter_error before 3.12 or if it cannot attach.
+  static subinterpreter adopt(PyInterpreterState* interp);
+  // The interpreter with this id (PyInterpreterState_GetID), if pyattach knows it (created or
+  // adopted) and it has not ended.
+  static std::optional<subinterpreter> find(std::int64_t id);
+
+  bool is_main() const noexcept;
+  std::int64_t id() const noexcept;
+  // Null once it has ended.
+  PyInterpreterState* state() const noexcept;
+  bool own_gil() const noexcept;
+  bool ended() const noexcept;
+  subinterpreter_stats stats() const;
+
+  // Ends the interpreter (see "Ending" above). Returns true once it has ended (also if it had
+  // already); false if threads were still inside at `bound` (it is then closed, not ended), or
+  // for the main interpreter (never ended from here: pyattach::interpreter does that).
+  bool end(std::chrono::milliseconds bound = std::chrono::milliseconds(2000));
+
+  friend bool operator==(const subinterpreter& a, const subinterpreter& b) noexcept {
+    return a.core_ == b.core_;
+  }
+  friend bool operator!=(const subinterpreter& a, const subinterpreter& b) noexcept {
+    return !(a == b);
+  }
+
+  // Internal (pyattach's own files): the record; null for the main interpreter.
+  const std::shared_ptr<detail::interp_core>& record() const noexcept { return core_; }
+  explicit subinterpreter(std::shared_ptr<detail::interp_core> core) noexcept
+      : core_(std::move(core)) {}
+
+ private:
+  std::shared_ptr<detail::interp_core> core_;  // null for main()
+};
+
+// How many sub-interpreter thread states pyattach holds for the calling thread (its cache), for
+// tests: at most one per interpreter.
+std::size_t cached_subinterpreter_states() noexcept;
+
+}  // namespace pyattach

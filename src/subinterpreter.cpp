@@ -1,0 +1,797 @@
+// src/subinterpreter.cpp — interpreters other than the main one (pyattach/subinterpreter.hpp):
+// each one's record and gate, every thread's cache of its states (one per interpreter), the
+// scopes on them, and their end. The main interpreter's slot and gate (detail/slot.hpp) are not
+// involved, but for a thread's first state (its PyGILState identity, below).
+#include "pyattach/subinterpreter.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <map>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "attach_internal.hpp"
+#include "pyattach/attach.hpp"
+
+namespace pyattach {
+namespace detail {
+
+enum : int { sub_open = 0, sub_closing = 1, sub_closed = 2 };
+
+struct sub_table;
+
+// One thread's cached state of one interpreter. Owned by that thread's table.
+// ts: written by the owning thread while it holds a pass of the interpreter (gate open), or, once
+// the gate is closed and no pass is held, by the closer under interp_core::m.
+struct sub_entry {
+  std::shared_ptr<interp_core> core;
+  PyThreadState* ts = nullptr;
+  std::uint32_t depth = 0;  // open scopes of this thread in this interpreter
+  sub_table* table = nullptr;
+  // Scopes that made ts current (written by the owner only; summed by stats() under core->m).
+  std::atomic<std::uint64_t> attaches{0};
+};
+
+// One interpreter pyattach knows. The gate: an attach adds a pass to `inside` (seq_cst), then
+// reads `phase` (seq_cst); the closer stores `closing` (seq_cst), then waits for `inside` to be
+// 0. In the single total order of these seq_cst operations, either the attacher's read comes
+// after the closer's store (it sees closing and leaves), or its pass comes before the closer's
+// read of `inside` (the closer waits for it). One shared counter per interpreter is enough here:
+// a switch between interpreters already costs two GIL hand-overs.
+struct interp_core {
+  PyInterpreterState* interp = nullptr;  // null once it has ended (under m)
+  std::int64_t id = -1;
+  bool owned = false;  // pyattach created it: it ends it before the main interpreter finalizes
+  bool own_gil = false;
+  std::uint32_t index = 0;  // in every thread's table
+  std::atomic<int> phase{sub_open};
+  std::atomic<std::int64_t> inside{0};
+  std::mutex m;
+  std::vector<sub_entry*> entries;        // every thread's cached state of it (under m)
+  std::vector<PyThreadState*> orphans;    // states of threads that exited while it closed (m)
+  // A state of its own that is never made current, kept from registration to close: CPython
+  // 3.12 aborts ("init_threadstate: thread state already initialized") when a state is made in
+  // an interpreter whose list of states went empty (it reuses the first state's storage), which
+  // every thread's exit could otherwise cause. Written before the record is shared; deleted by
+  // close_core.
+  PyThreadState* anchor = nullptr;
+  std::mutex end_mutex;                   // one end() at a time
+  // attaches: of the threads whose entries are gone (the live ones count in their entries).
+  std::atomic<std::uint64_t> states_made{0}, states_destroyed{0}, attaches{0}, refused{0};
+};
+
+// The calling thread's cache: entries by interpreter index. Its destructor (thread exit)
+// destroys the states on this thread.
+struct sub_table {
+  std::vector<sub_entry*> by_index;
+  ~sub_table();
+};
+
+namespace {
+
+// PyGILState stays on the thread's main-interpreter state. CPython 3.12-3.15 binds a thread's
+// PyGILState to whichever of its states is made current last, unless that state is already
+// marked bound (Python/pystate.c, tstate_activate -> bind_gilstate_tstate), and deleting a bound
+// state clears the PyGILState of the thread that deletes it (tstate_delete_common ->
+// unbind_gilstate_tstate): a state of a sub-interpreter bound on its own thread and deleted by
+// the thread that ends the interpreter would clear the ender's binding and leave the owner's
+// dangling (its next bind writes to the freed state). So pyattach marks each sub-interpreter
+// state it makes as bound (it never is) for its whole life, which keeps CPython from binding it,
+// and unmarks it just before deleting it, which keeps CPython from unbinding anything.
+// CPython's debug build asserts that a marked state is the bound one: create() refuses there.
+#if PY_VERSION_HEX >= 0x030C0000
+void mark_gilstate_bound(PyThreadState* ts) noexcept { ts->_status.bound_gilstate = 1; }
+void unmark_gilstate_bound(PyThreadState* ts) noexcept { ts->_status.bound_gilstate = 0; }
+#else  // no sub-interpreter is ever made or adopted before 3.12 (create() and adopt() refuse)
+void mark_gilstate_bound(PyThreadState*) noexcept {}
+void unmark_gilstate_bound(PyThreadState*) noexcept {}
+#endif
+
+// Every interpreter's record by index (for the O(1) lookup in each thread's table), and which
+// indexes are free. A record keeps its index until it is destroyed.
+struct core_registry {
+  std::mutex m;
+  std::vector<std::weak_ptr<interp_core>> by_index;
+  std::vector<std::uint32_t> free_indexes;
+  std::map<PyInterpreterState*, std::weak_ptr<interp_core>> by_state;  // live ones only
+};
+core_registry& cores() {
+  static core_registry* r = new core_registry;  // never destroyed: thread exits may use it late
+  return *r;
+}
+
+[[maybe_unused]] std::shared_ptr<interp_core> new_core(PyInterpreterState* interp, bool owned, bool own_gil) {
+  core_registry& r = cores();
+  std::lock_guard<std::mutex> lock(r.m);
+  std::uint32_t index;
+  if (!r.free_indexes.empty()) {
+    index = r.free_indexes.back();
+    r.free_indexes.pop_back();
+  } else {
+    index = static_cast<std::uint32_t>(r.by_index.size());
+    r.by_index.emplace_back();
+  }
+  auto core = std::shared_ptr<interp_core>(new interp_core, [](interp_core* c) {
+    core_registry& reg = cores();
+    {
+      std::lock_guard<std::mutex> l(reg.m);
+      reg.free_indexes.push_back(c->index);
+    }
+    delete c;
+  });
+  core->interp = interp;
+  core->id = PyInterpreterState_GetID(interp);
+  core->owned = owned;
+  core->own_gil = own_gil;
+  core->index = index;
+  r.by_index[index] = core;
+  r.by_state[interp] = core;
+  return core;
+}
+
+thread_local sub_table tls_table;
+// Set when this thread's table has been destroyed (thread exit): a scope made later, from another
+// thread_local's destructor, must not touch it.
+PYATTACH_TLS bool tls_table_gone = false;
+// &tls_table once this thread used it: an initial-exec TLS read instead of the thread_local's
+// wrapper and __tls_get_addr (tls_table needs a destructor, so it cannot be PYATTACH_TLS).
+PYATTACH_TLS sub_table* tls_table_ptr = nullptr;
+// The entry whose state a pyattach sub-interpreter scope made current on this thread, if that
+// state is still current (a scope on another interpreter inside it swaps it out: null or that one).
+PYATTACH_TLS sub_entry* tls_current = nullptr;
+
+sub_table* this_table() noexcept {
+  if (PYATTACH_LIKELY(tls_table_ptr != nullptr)) return tls_table_ptr;
+  if (tls_table_gone) return nullptr;
+  tls_table_ptr = &tls_table;
+  return tls_table_ptr;
+}
+
+sub_entry* find_entry(interp_core* core) noexcept {
+  sub_table* const t = this_table();
+  if (t != nullptr && core->index < t->by_index.size()) {
+    sub_entry* e = t->by_index[core->index];
+    if (e != nullptr && e->core.get() == core) return e;
+  }
+  return nullptr;
+}
+
+// The entry of the interpreter whose pyattach state is current on this thread, if any.
+sub_entry* current_entry(PyThreadState* cur) noexcept {
+  sub_table* const t = this_table();
+  if (cur == nullptr || t == nullptr) return nullptr;
+  for (sub_entry* e : t->by_index) {
+    if (e != nullptr && e->ts == cur) return e;
+  }
+  return nullptr;
+}
+
+// Frees an entry whose state is gone (or handed to the closer). PRECONDITION: e->depth == 0.
+void drop_entry(sub_entry* e) noexcept {
+  {
+    std::lock_guard<std::mutex> lock(e->core->m);
+    auto& v = e->core->entries;
+    v.erase(std::remove(v.begin(), v.end(), e), v.end());
+    e->core->attaches.fetch_add(e->attaches.load(std::memory_order_relaxed),
+                                std::memory_order_relaxed);
+    if (e->ts != nullptr) {
+      // The gate is closing or closed: the closer destroys it (it cannot be attached any more).
+      e->core->orphans.push_back(e->ts);
+      e->ts = nullptr;
+    }
+  }
+  if (tls_current == e) tls_current = nullptr;
+  tls_table.by_index[e->core->index] = nullptr;
+  delete e;
+}
+
+sub_entry* entry_for(const std::shared_ptr<interp_core>& core) {
+  if (sub_entry* e = find_entry(core.get())) return e;
+  if (this_table() == nullptr) return nullptr;
+  sub_table& t = tls_table;
+  if (core->index < t.by_index.size() && t.by_index[core->index] != nullptr) {
+    // A record that used this index before is gone; its entry holds no state (it ended).
+    sub_entry* stale = t.by_index[core->index];
+    if (stale->depth == 0) drop_entry(stale);
+    else return nullptr;
+  }
+  if (core->index >= t.by_index.size()) t.by_index.resize(core->index + 1, nullptr);
+  auto* e = new sub_entry;
+  e->core = core;
+  e->table = &t;
+  {
+    std::lock_guard<std::mutex> lock(core->m);
+    core->entries.push_back(e);
+  }
+  t.by_index[core->index] = e;
+  return e;
+}
+
+bool take_sub_pass(interp_core* core) noexcept {
+  core->inside.fetch_add(1, std::memory_order_seq_cst);
+  if (core->phase.load(std::memory_order_seq_cst) == sub_open) return true;
+  core->inside.fetch_sub(1, std::memory_order_seq_cst);
+  core->refused.fetch_add(1, std::memory_order_relaxed);
+  return false;
+}
+
+void drop_sub_pass(interp_core* core) noexcept {
+  core->inside.fetch_sub(1, std::memory_order_seq_cst);
+}
+
+attach_status sub_refusal(const interp_core* core) noexcept {
+  return core->phase.load(std::memory_order_relaxed) == sub_closed ? attach_status::finalized
+                                                                     : attach_status::finalizing;
+}
+
+// Destroys this thread's state of the entry's interpreter, on this thread. PRECONDITION: no
+// scope of it open here; this thread attached to nothing (its thread exit).
+void destroy_own_state(sub_entry* e) noexcept {
+  interp_core* core = e->core.get();
+  if (e->ts != nullptr && take_sub_pass(core)) {
+    PyEval_RestoreThread(e->ts);  // inside its gate: it cannot end meanwhile
+    unmark_gilstate_bound(e->ts);
+    PyThreadState_Clear(e->ts);
+    PyThreadState_DeleteCurrent();  // releases its GIL
+    e->ts = nullptr;
+    core->states_destroyed.fetch_add(1, std::memory_order_relaxed);
+    drop_sub_pass(core);
+  }
+  drop_entry(e);
+}
+
+}  // namespace
+
+sub_table::~sub_table() {
+  for (sub_entry* e : std::vector<sub_entry*>(by_index)) {
+    if (e == nullptr) continue;
+    if (e->depth != 0) {
+      // Scopes leaked on this thread (on the heap): release what they hold, as the main slot does.
+      misuse_details d{misuse_kind::scope_outlived_thread, "attach_scope", source_site{}, nullptr,
+                       nullptr,
+                       std::to_string(e->depth) + " sub-interpreter scope(s) still open; "
+                       "pyattach released its thread state",
+                       this_os_tid()};
+      report_misuse(d);
+      if (compat::current_state_unchecked() == e->ts && e->ts != nullptr) PyEval_SaveThread();
+      for (std::uint32_t i = 0; i < e->depth; ++i) drop_sub_pass(e->core.get());
+      e->depth = 0;
+    }
+    destroy_own_state(e);
+  }
+  tls_table_gone = true;
+  tls_table_ptr = nullptr;
+  tls_current = nullptr;
+}
+
+namespace {
+
+// The close, from the interpreter's atexit callback: on the ending thread, with a state of the
+// interpreter current and its GIL held, before Py_EndInterpreter checks that no other thread
+// state is left. Waits for the passes (GIL released), then destroys every thread's cached state
+// but the current one (which Py_EndInterpreter destroys).
+void close_core(interp_core* core) noexcept {
+  {
+    std::lock_guard<std::mutex> lock(core->m);
+    core->phase.store(sub_closing, std::memory_order_seq_cst);
+  }
+  if (core->inside.load(std::memory_order_seq_cst) != 0) {
+    PyThreadState* self = PyEval_SaveThread();
+    // end() drained the passes before calling Py_EndInterpreter; an end that Python code began
+    // (Interpreter.close()) did not: CPython aborts the process if a state is left, so wait.
+    bool said = false;
+    const auto start = std::chrono::steady_clock::now();
+    while (core->inside.load(std::memory_order_seq_cst) != 0) {
+      if (!said && std::chrono::steady_clock::now() - start > std::chrono::seconds(2)) {
+        std::fprintf(stderr,
+                     "pyattach: sub-interpreter %lld is ending while native threads are inside "
+                     "a scope of it; waiting for them\n",
+                     static_cast<long long>(core->id));
+        said = true;
+      }
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+    PyEval_RestoreThread(self);
+  }
+  PyThreadState* const self = compat::current_state_unchecked();
+  std::lock_guard<std::mutex> lock(core->m);
+  core->phase.store(sub_closed, std::memory_order_seq_cst);
+  // No pass is held: no thread uses these states, and none can make one current again.
+  for (sub_entry* e : core->entries) {
+    if (e->ts == nullptr) continue;
+    if (e->ts != self) {
+      unmark_gilstate_bound(e->ts);
+      PyThreadState_Clear(e->ts);
+      PyThreadState_Delete(e->ts);
+    }
+    e->ts = nullptr;  // self: Py_EndInterpreter deletes it
+    core->states_destroyed.fetch_add(1, std::memory_order_relaxed);
+  }
+  for (PyThreadState* ts : core->orphans) {
+    unmark_gilstate_bound(ts);
+    PyThreadState_Clear(ts);
+    PyThreadState_Delete(ts);
+    core->states_destroyed.fetch_add(1, std::memory_order_relaxed);
+  }
+  core->orphans.clear();
+  if (core->anchor != nullptr && core->anchor != self) {
+    PyThreadState_Clear(core->anchor);  // never current, never bound: nothing else to undo
+    PyThreadState_Delete(core->anchor);
+  }
+  core->anchor = nullptr;
+  {
+    core_registry& r = cores();
+    std::lock_guard<std::mutex> l(r.m);
+    r.by_state.erase(core->interp);
+  }
+  core->interp = nullptr;
+}
+
+// The atexit callback: its self is a capsule holding the record (kept alive by the registry's
+// strong reference in g_live until it ran).
+std::mutex g_live_mutex;
+std::map<interp_core*, std::shared_ptr<interp_core>> g_live;  // records whose close hook is armed
+
+PyObject* close_hook(PyObject* self, PyObject*) {
+  auto* core = static_cast<interp_core*>(PyCapsule_GetPointer(self, "pyattach.subinterpreter"));
+  if (core == nullptr) return nullptr;
+  std::shared_ptr<interp_core> keep;
+  {
+    std::lock_guard<std::mutex> lock(g_live_mutex);
+    auto it = g_live.find(core);
+    if (it != g_live.end()) {
+      keep = it->second;
+      g_live.erase(it);
+    }
+  }
+  if (keep) close_core(core);
+  Py_RETURN_NONE;
+}
+
+PyMethodDef g_close_def = {"_pyattach_close_subinterpreter", close_hook, METH_NOARGS,
+                           "pyattach: closes the interpreter's gate before it ends."};
+
+// Registers the close hook in the interpreter whose state is current (its GIL held).
+[[maybe_unused]] bool arm_close_hook(const std::shared_ptr<interp_core>& core) noexcept {
+  error_scope keep_caller_error;
+  PyObject* capsule = PyCapsule_New(core.get(), "pyattach.subinterpreter", nullptr);
+  if (capsule == nullptr) return false;
+  PyObject* fn = PyCFunction_New(&g_close_def, capsule);
+  Py_DECREF(capsule);
+  if (fn == nullptr) return false;
+  PyObject* atexit = PyImport_ImportModule("atexit");
+  PyObject* r = atexit != nullptr ? PyObject_CallMethod(atexit, "register", "O", fn) : nullptr;
+  Py_XDECREF(atexit);
+  Py_DECREF(fn);
+  if (r == nullptr) return false;
+  Py_DECREF(r);
+  std::lock_guard<std::mutex> lock(g_live_mutex);
+  g_live[core.get()] = core;
+  return true;
+}
+
+[[maybe_unused]] std::shared_ptr<interp_core> registered(PyInterpreterState* interp) {
+  core_registry& r = cores();
+  std::lock_guard<std::mutex> lock(r.m);
+  auto it = r.by_state.find(interp);
+  return it == r.by_state.end() ? nullptr : it->second.lock();
+}
+
+// Gives a thread with no PyGILState state its main-interpreter state first (see the header,
+// "PyGILState"): CPython 3.12+ binds the first state a thread makes, of any interpreter.
+attach_status ensure_main_identity(const source_site& site) noexcept {
+  if (PyGILState_GetThisThreadState() != nullptr) return attach_status::attached;
+  attach_scope main_scope(nothrow, site);
+  return main_scope.status();
+}
+
+}  // namespace
+
+// ---- scopes on a sub-interpreter ------------------------------------------------------------
+
+void scope_access::attach_sub(attach_scope& sc, const std::shared_ptr<interp_core>& core,
+                              const source_site& site) noexcept {
+  // Refused unless set below (the scope's fields are uninitialized until here, attach.hpp).
+  sc.owner_ = nullptr;
+  sc.kind_ = attach_scope::kind_none;
+  if (PYATTACH_UNLIKELY(!take_sub_pass(core.get()))) {
+    sc.status_ = sub_refusal(core.get());
+    return;
+  }
+  sub_entry* e = find_entry(core.get());
+  if (PYATTACH_UNLIKELY(e == nullptr)) {
+    try {
+      e = entry_for(core);
+    } catch (...) {
+    }
+  }
+  if (PYATTACH_UNLIKELY(e == nullptr || e->depth + 1 >= tracked_levels)) {
+    drop_sub_pass(core.get());
+    sc.status_ = attach_status::other_interpreter;
+    return;
+  }
+  std::uint8_t kind = attach_scope::kind_sub_nested;  // inside a scope of this interpreter
+  PyThreadState* cur = e->ts;
+  if (tls_current != e) {
+    kind = attach_scope::kind_sub;
+    cur = compat::current_state_unchecked();  // main, another interpreter's, or none
+    if (e->ts == nullptr && cur == nullptr) {
+      const attach_status main = ensure_main_identity(site);
+      if (main != attach_status::attached) {
+        drop_sub_pass(core.get());
+        sc.status_ = main;
+        return;
+      }
+    }
+    if (cur != nullptr) PyEval_SaveThread();  // the outer state stays this thread's; its GIL goes
+    if (e->ts == nullptr) {
+      // Made on this thread, for this thread only (a state made on one thread and attached on
+      // another deadlocks 3.13: python/cpython#130501). Needs no GIL.
+      e->ts = PyThreadState_New(core->interp);
+      if (e->ts == nullptr) {
+        if (cur != nullptr) PyEval_RestoreThread(cur);
+        drop_sub_pass(core.get());
+        sc.status_ = attach_status::other_interpreter;
+        return;
+      }
+      // The thread has a PyGILState state (its main one, above), so CPython did not bind this
+      // one; mark it so that making it current does not either (see mark_gilstate_bound).
+      mark_gilstate_bound(e->ts);
+      core->states_made.fetch_add(1, std::memory_order_relaxed);
+    }
+    PyEval_RestoreThread(e->ts);  // its GIL; inside the gate: the interpreter cannot end
+    tls_current = e;
+    add_owned(e->attaches, 1);
+  }
+  sc.sub_ = e;
+  sc.outer_ = cur;
+  sc.level_ = ++e->depth;
+  sc.kind_ = kind;
+  sc.status_ = attach_status::attached;
+}
+
+void scope_access::end_sub(attach_scope& sc, const source_site* at, void* code) noexcept {
+  sub_entry* const e = static_cast<sub_entry*>(sc.sub_);
+  if (PYATTACH_UNLIKELY((sc.kind_ & attach_scope::kind_released) != 0)) {
+    misuse_details d{misuse_kind::double_release, "attach_scope", sc.site_, at, code, {},
+                     this_os_tid()};
+    report_misuse(d);
+    return;
+  }
+  sc.kind_ |= attach_scope::kind_released;
+  if (PYATTACH_UNLIKELY(e->table != tls_table_ptr)) {
+    misuse_details d{misuse_kind::wrong_thread, "attach_scope", sc.site_, at, code,
+                     "a sub-interpreter scope", 0};
+    report_misuse(d);
+    return;
+  }
+  if (PYATTACH_UNLIKELY(tls_current != e || e->depth != sc.level_)) {
+    misuse_details d{misuse_kind::out_of_order, "attach_scope", sc.site_, at, code,
+                     "a scope nested inside it (of another interpreter) is", this_os_tid()};
+    report_misuse(d);
+    return;
+  }
+  --e->depth;
+  if (sc.outer_ != e->ts) {
+    PyEval_SaveThread();  // keeps the state for the next attach; hands its GIL on
+    tls_current = nullptr;
+    if (sc.outer_ != nullptr) {
+      PyEval_RestoreThread(sc.outer_);  // the outer scope's pass holds
+      tls_current = current_entry(sc.outer_);  // another interpreter's pyattach scope, or none
+    }
+  }
+  drop_sub_pass(e->core.get());
+}
+
+// A scope on the main interpreter's handle inside a sub-interpreter scope: release the inner
+// state first, attach the main one as attach_scope() does, and restore the inner at the end.
+void scope_access::attach_main_from_handle(attach_scope& sc, const source_site& site) noexcept {
+  PyThreadState* const cur = compat::current_state_unchecked();
+  sub_entry* const inner = current_entry(cur);
+  if (inner == nullptr) {
+    sc.attach_fast(site);
+    return;
+  }
+  PyEval_SaveThread();
+  tls_current = nullptr;
+  sc.attach_fast(site);
+  if (sc.kind_ == attach_scope::kind_none) {
+    PyEval_RestoreThread(cur);
+    tls_current = inner;
+    return;
+  }
+  sc.outer_ = cur;
+  sc.kind_ |= attach_scope::kind_swapped;
+}
+
+void scope_access::end_swapped(attach_scope& sc, const source_site* at) noexcept {
+  sc.kind_ &= static_cast<std::uint8_t>(~attach_scope::kind_swapped);
+  PyThreadState* const outer = static_cast<PyThreadState*>(sc.outer_);
+  sc.finish(at);
+  if (compat::current_state_unchecked() == nullptr) {
+    PyEval_RestoreThread(outer);
+    tls_current = current_entry(outer);
+  }
+}
+
+// ---- detach scopes inside a sub-interpreter scope --------------------------------------------
+
+bool scope_access::detach_sub_begin(detach_scope& sc) noexcept {
+  sub_entry* const e = tls_current;
+  if (e == nullptr || compat::current_state_unchecked() != e->ts) return false;
+  sc.owner_ = nullptr;
+  sc.level_ = e->depth;
+  sc.sub_ = e;
+  PyEval_SaveThread();  // keeps the state; the enclosing scope's pass keeps the interpreter
+  sc.state_ = detach_scope::state_sub;
+  return true;
+}
+
+void scope_access::detach_sub_end(detach_scope& sc) noexcept {
+  auto* e = static_cast<sub_entry*>(sc.sub_);
+  sc.state_ = detach_scope::state_ended;
+  PyEval_RestoreThread(e->ts);
+}
+
+// ---- records --------------------------------------------------------------------------------
+
+bool end_core(const std::shared_ptr<interp_core>& record, std::chrono::milliseconds bound) noexcept {
+  interp_core* const core = record.get();
+  std::lock_guard<std::mutex> ending(core->end_mutex);
+  PyInterpreterState* interp;
+  {
+    std::lock_guard<std::mutex> lock(core->m);
+    interp = core->interp;
+    if (interp == nullptr) return true;
+  }
+  PyThreadState* const cur = compat::current_state_unchecked();
+  sub_entry* const mine = find_entry(core);
+  if (mine != nullptr && mine->depth != 0) {
+    misuse_details d{misuse_kind::release_while_attached, "subinterpreter::end()",
+                     source_site::current(), nullptr, nullptr,
+                     "a scope of this interpreter is open on this thread", this_os_tid()};
+    report_misuse(d);
+    return false;
+  }
+  {
+    std::lock_guard<std::mutex> lock(core->m);
+    core->phase.store(sub_closing, std::memory_order_seq_cst);
+  }
+  // Wait for the threads inside, holding no GIL (with a shared GIL they need the one we hold).
+  PyThreadState* const saved = cur != nullptr ? PyEval_SaveThread() : nullptr;
+  const auto deadline = std::chrono::steady_clock::now() + bound;
+  while (core->inside.load(std::memory_order_seq_cst) != 0 &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  if (core->inside.load(std::memory_order_seq_cst) != 0) {
+    if (saved != nullptr) PyEval_RestoreThread(saved);
+    return false;  // closed to new attaches, not ended: ending would pull states from under them
+  }
+  // Drained: end it on a thread of its own, which has no other state, so that the ending
+  // state is that thread's PyGILState state and goes with it, touching no other thread's
+  // binding. Py_EndInterpreter runs close_hook (atexit) first, which destroys every cached state
+  // (this thread's too).
+  try {
+    std::thread([interp] {
+      PyThreadState* const ts = PyThreadState_New(interp);
+      PyEval_RestoreThread(ts);
+      Py_EndInterpreter(ts);
+    }).join();
+  } catch (...) {  // no thread could be started: it stays closed, not ended
+    if (saved != nullptr) PyEval_RestoreThread(saved);
+    return false;
+  }
+  if (mine != nullptr) drop_entry(mine);
+  std::lock_guard<std::mutex> lock(core->m);
+  if (core->interp != nullptr) {
+    // Its close hook did not run (atexit.register failed at creation): close it here. Unreachable
+    // in practice; keep the record consistent.
+    core->phase.store(sub_closed, std::memory_order_seq_cst);
+    core->interp = nullptr;
+  }
+  if (saved != nullptr) PyEval_RestoreThread(saved);
+  return true;
+}
+
+void end_owned_subinterpreters(std::chrono::milliseconds bound) noexcept {
+  std::vector<std::shared_ptr<interp_core>> owned, others;
+  {
+    core_registry& r = cores();
+    std::lock_guard<std::mutex> lock(r.m);
+    for (auto& [interp, weak] : r.by_state) {
+      if (auto c = weak.lock()) (c->owned ? owned : others).push_back(c);
+    }
+  }
+  for (auto& c : owned) end_core(c, bound);
+  // Python ends the others (3.13+ at finalization, and their close hook then runs): until then,
+  // no new attaches. (Lock order: a record's m, then the registry's; never the reverse.)
+  for (auto& c : others) {
+    std::lock_guard<std::mutex> l(c->m);
+    if (c->phase.load(std::memory_order_relaxed) == sub_open) {
+      c->phase.store(sub_closing, std::memory_order_seq_cst);
+    }
+  }
+}
+
+}  // namespace detail
+
+// ---- the handle -----------------------------------------------------------------------------
+
+subinterpreter subinterpreter::main() { return subinterpreter(nullptr); }
+
+#if PY_VERSION_HEX >= 0x030C0000
+
+subinterpreter subinterpreter::create(const interpreter_options& o) {
+  using namespace detail;
+#ifdef Py_DEBUG
+  (void)o;
+  throw interpreter_error("pyattach::subinterpreter::create: not on a debug build of CPython, "
+                          "which asserts on how pyattach keeps PyGILState on the main "
+                          "interpreter (docs/subinterpreters.md)");
+#endif
+  // Py_NewInterpreterFromConfig needs a current state: this thread's main one, through the gate.
+  PyThreadState* const before = compat::current_state_unchecked();
+  if (current_entry(before) != nullptr) {
+    throw interpreter_error("pyattach::subinterpreter::create: called inside a sub-interpreter "
+                            "scope");
+  }
+  attach_scope main_scope(nothrow);
+  if (!main_scope) {
+    throw interpreter_error(std::string("pyattach::subinterpreter::create: the main interpreter "
+                                        "refused: ") + to_string(main_scope.status()));
+  }
+  PyInterpreterConfig cfg{};
+  cfg.use_main_obmalloc = o.use_main_obmalloc ? 1 : 0;
+  cfg.allow_fork = o.allow_fork ? 1 : 0;
+  cfg.allow_exec = o.allow_exec ? 1 : 0;
+  cfg.allow_threads = o.allow_threads ? 1 : 0;
+  cfg.allow_daemon_threads = o.allow_daemon_threads ? 1 : 0;
+  cfg.check_multi_interp_extensions = o.check_multi_interp_extensions ? 1 : 0;
+  cfg.gil = o.own_gil ? PyInterpreterConfig_OWN_GIL : PyInterpreterConfig_SHARED_GIL;
+  PyThreadState* const main_state = compat::current_state_unchecked();
+  PyThreadState* ts = nullptr;
+  // On success the new state is current with the new interpreter's GIL held, and with its own
+  // GIL the main one is released (CPython docs, Py_NewInterpreterFromConfig, 3.12+).
+  const PyStatus status = Py_NewInterpreterFromConfig(&ts, &cfg);
+  if (PyStatus_Exception(status)) {
+    // CPython restored the previous state (main_state) as current.
+    throw interpreter_error(std::string("pyattach::subinterpreter::create: CPython refused: ") +
+                            (status.err_msg != nullptr ? status.err_msg : "unknown error"));
+  }
+  std::shared_ptr<interp_core> core;
+  try {
+    core = new_core(ts->interp, true, o.own_gil);
+  } catch (...) {
+    Py_EndInterpreter(ts);
+    PyEval_RestoreThread(main_state);
+    throw;
+  }
+  const bool armed = arm_close_hook(core);
+  // The creation state becomes the record's anchor. CPython bound it as this thread's PyGILState
+  // state when it made it current; making the main state current again binds that one again
+  // (tstate_activate), which unbinds the anchor. This thread makes its cached state of the
+  // interpreter on its first scope there, like any other.
+  core->anchor = ts;
+  PyEval_SaveThread();               // releases the new interpreter's GIL
+  PyEval_RestoreThread(main_state);  // as attach_scope made it; its end detaches
+  subinterpreter handle(core);
+  if (!armed) {
+    handle.end();
+    throw interpreter_error("pyattach::subinterpreter::create: could not register its close hook");
+  }
+  return handle;
+}
+
+subinterpreter subinterpreter::adopt(PyInterpreterState* interp) {
+  using namespace detail;
+  if (interp == nullptr) throw interpreter_error("pyattach::subinterpreter::adopt: null");
+  if (interp == PyInterpreterState_Main()) return main();
+#ifdef Py_DEBUG
+  throw interpreter_error("pyattach::subinterpreter::adopt: not on a debug build of CPython "
+                          "(docs/subinterpreters.md)");
+#endif
+  if (auto known = registered(interp)) return subinterpreter(known);
+  auto core = new_core(interp, false, false);
+  subinterpreter handle(core);
+  // The anchor (see interp_core) is made inside the scope below, once this thread has its
+  // PyGILState state (so that CPython does not bind the anchor).
+  bool armed = false;
+  {
+    attach_scope in(nothrow, handle);
+    if (!in) {
+      throw interpreter_error(std::string("pyattach::subinterpreter::adopt: cannot attach: ") +
+                              to_string(in.status()));
+    }
+    armed = arm_close_hook(core);
+    core->anchor = PyThreadState_New(interp);  // this thread's PyGILState is bound: not bound
+  }
+  if (!armed) throw interpreter_error("pyattach::subinterpreter::adopt: atexit.register failed");
+  return handle;
+}
+
+#else
+
+subinterpreter subinterpreter::create(const interpreter_options&) {
+  throw interpreter_error("pyattach::subinterpreter::create needs CPython 3.12+");
+}
+
+subinterpreter subinterpreter::adopt(PyInterpreterState* interp) {
+  if (interp != nullptr && interp == PyInterpreterState_Main()) return main();
+  throw interpreter_error("pyattach::subinterpreter::adopt needs CPython 3.12+");
+}
+
+#endif
+
+std::optional<subinterpreter> subinterpreter::find(std::int64_t id) {
+  detail::core_registry& r = detail::cores();
+  std::lock_guard<std::mutex> lock(r.m);
+  for (auto& [interp, weak] : r.by_state) {
+    if (auto c = weak.lock(); c && c->id == id) return subinterpreter(c);
+  }
+  return std::nullopt;
+}
+
+bool subinterpreter::is_main() const noexcept { return core_ == nullptr; }
+
+std::int64_t subinterpreter::id() const noexcept { return core_ ? core_->id : 0; }
+
+PyInterpreterState* subinterpreter::state() const noexcept {
+  if (!core_) return PyInterpreterState_Main();
+  std::lock_guard<std::mutex> lock(core_->m);
+  return core_->interp;
+}
+
+bool subinterpreter::own_gil() const noexcept { return core_ ? core_->own_gil : true; }
+
+bool subinterpreter::ended() const noexcept { return core_ != nullptr && state() == nullptr; }
+
+subinterpreter_stats subinterpreter::stats() const {
+  subinterpreter_stats s;
+  if (!core_) return s;
+  s.states_made = core_->states_made.load(std::memory_order_relaxed);
+  s.states_destroyed = core_->states_destroyed.load(std::memory_order_relaxed);
+  s.refused = core_->refused.load(std::memory_order_relaxed);
+  std::lock_guard<std::mutex> lock(core_->m);
+  s.attaches = core_->attaches.load(std::memory_order_relaxed);
+  for (const auto* e : core_->entries) {
+    s.threads += e->ts != nullptr ? 1 : 0;
+    s.attaches += e->attaches.load(std::memory_order_relaxed);
+  }
+  return s;
+}
+
+bool subinterpreter::end(std::chrono::milliseconds bound) {
+  return core_ != nullptr && detail::end_core(core_, bound);
+}
+
+std::size_t cached_subinterpreter_states() noexcept {
+  std::size_t n = 0;
+  if (detail::tls_table_gone) return 0;
+  for (const detail::sub_entry* e : detail::tls_table.by_index) n += e != nullptr && e->ts ? 1 : 0;
+  return n;
+}
+
+// attach_scope on a handle (attach.hpp).
+inline void attach_scope::attach_on(const subinterpreter& in, const source_site& site) noexcept {
+  if (PYATTACH_LIKELY(in.record() != nullptr)) {
+    detail::scope_access::attach_sub(*this, in.record(), site);
+  } else {
+    detail::scope_access::attach_main_from_handle(*this, site);
+  }
+}
+
+attach_scope::attach_scope(const subinterpreter& in, source_site site) : site_(site) {
+  attach_on(in, site_);
+  if (kind_ == kind_none) throw attach_error(status_);
+}
+
+attach_scope::attach_scope(nothrow_t, const subinterpreter& in, source_site site) noexcept
+    : site_(site) {
+  attach_on(in, site_);
+}
+
+
+}  // namespace pyattach
