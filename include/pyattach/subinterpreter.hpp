@@ -15,21 +15,22 @@
 //   A scope on another interpreter inside a scope swaps: the outer state is released (its GIL
 //   too) and the inner one attached; the inner scope's end restores the outer. On the main
 //   interpreter's handle, a scope is the ordinary attach_scope (every rule of attach.hpp).
-// - PyGILState on the thread keeps meaning the main interpreter (CPython's PyGILState_* API
-//   supports the main interpreter only): a thread's first sub-interpreter state would otherwise
-//   become its PyGILState state (CPython 3.12+ binds the first state a thread makes), so a
-//   thread that has no PyGILState state gets its main-interpreter state first, through the main
-//   gate (one attach+detach of the main interpreter, once per thread). While that gate refuses
-//   (not bound, finalizing), such a thread's first attach to a sub-interpreter is refused with
-//   the same status. Inside a sub-interpreter scope, code that calls PyGILState_Ensure (as
-//   pybind11's and nanobind's GIL guards do) reaches the main interpreter: use pyattach scopes.
+// - PyGILState on the thread keeps meaning its main-interpreter state (CPython's PyGILState_*
+//   API supports the main interpreter only; CPython 3.12+ would rebind it to each state made
+//   current: docs/subinterpreters.md). A thread that has no PyGILState state gets its
+//   main-interpreter state first, through the main gate (one attach+detach of the main
+//   interpreter, once per thread); while that gate refuses (not bound, finalizing), such a
+//   thread's first attach to a sub-interpreter is refused with the same status. Inside a
+//   sub-interpreter scope, do not call PyGILState_Ensure (pybind11's and nanobind's GIL guards):
+//   it reaches for the main state, which is not current. Nest attach_scope(main()) instead.
 // - Ending (end(), or anything that calls Py_EndInterpreter on an interpreter pyattach knows):
 //   the interpreter's own gate closes first. Later attaches to it are refused with
 //   attach_status::finalizing (finalized once it is gone); the end waits, its GIL released and
 //   within its bound, for the threads inside a scope of it. If some are still inside at the
 //   bound, end() returns false and the interpreter stays (closed to new attaches): ending it
-//   then would kill or crash those threads. Otherwise every thread's cached state of it is
-//   destroyed (threads that are not inside hold no lock on it) and Py_EndInterpreter runs. Other
+//   then would kill or crash those threads. Otherwise Py_EndInterpreter runs on a thread of its
+//   own, and pyattach's callback there destroys every thread's cached state of it first (threads
+//   that are not inside use none). Other
 //   interpreters keep running. The close runs from an atexit callback registered in the
 //   interpreter, so an interpreter that Python code ends (concurrent.interpreters'
 //   Interpreter.close()) closes the same way.
@@ -92,9 +93,10 @@ struct subinterpreter_stats {
 
 class subinterpreter {
  public:
-  // A new interpreter (Py_NewInterpreterFromConfig), made on the calling thread, whose state
-  // becomes that thread's cached state of it. Throws interpreter_error if CPython refuses, is
-  // older than 3.12, or the main gate is not open. PRECONDITION: the calling thread is not
+  // A new interpreter (Py_NewInterpreterFromConfig), made on the calling thread; its creation
+  // state is kept, never current, until it ends (src/subinterpreter.cpp, interp_core::anchor).
+  // Throws interpreter_error if CPython refuses, is older than 3.12 or a debug build (Py_DEBUG),
+  // or the main gate is not open. PRECONDITION: the calling thread is not
   // inside a scope of another sub-interpreter. The calling thread may be attached to the main
   // interpreter or not; it is left as it was.
   static subinterpreter create(const interpreter_options& options = {});
