@@ -183,7 +183,7 @@ void drop_entry(sub_entry* e) noexcept {
     }
   }
   if (tls_current == e) tls_current = nullptr;
-  tls_table.by_index[e->core->index] = nullptr;
+  e->table->by_index[e->core->index] = nullptr;
   delete e;
 }
 
@@ -643,14 +643,7 @@ subinterpreter subinterpreter::create(const interpreter_options& o) {
     throw interpreter_error(std::string("pyattach::subinterpreter::create: the main interpreter "
                                         "refused: ") + to_string(main_scope.status()));
   }
-  PyInterpreterConfig cfg{};
-  cfg.use_main_obmalloc = o.use_main_obmalloc ? 1 : 0;
-  cfg.allow_fork = o.allow_fork ? 1 : 0;
-  cfg.allow_exec = o.allow_exec ? 1 : 0;
-  cfg.allow_threads = o.allow_threads ? 1 : 0;
-  cfg.allow_daemon_threads = o.allow_daemon_threads ? 1 : 0;
-  cfg.check_multi_interp_extensions = o.check_multi_interp_extensions ? 1 : 0;
-  cfg.gil = o.own_gil ? PyInterpreterConfig_OWN_GIL : PyInterpreterConfig_SHARED_GIL;
+  const PyInterpreterConfig cfg = o.config();
   PyThreadState* const main_state = compat::current_state_unchecked();
   PyThreadState* ts = nullptr;
   // On success the new state is current with the new interpreter's GIL held, and with its own
@@ -769,8 +762,9 @@ bool subinterpreter::end(std::chrono::milliseconds bound) {
 
 std::size_t cached_subinterpreter_states() noexcept {
   std::size_t n = 0;
-  if (detail::tls_table_gone) return 0;
-  for (const detail::sub_entry* e : detail::tls_table.by_index) n += e != nullptr && e->ts ? 1 : 0;
+  const detail::sub_table* t = detail::this_table();
+  if (t == nullptr) return 0;
+  for (const detail::sub_entry* e : t->by_index) n += e != nullptr && e->ts ? 1 : 0;
   return n;
 }
 

@@ -72,6 +72,21 @@ struct interpreter_options {
   // interpreters (required with own_gil): their import raises ImportError.
   bool check_multi_interp_extensions = true;
 
+#if PY_VERSION_HEX >= 0x030C0000
+  // The same as CPython's configuration, for Py_NewInterpreterFromConfig.
+  PyInterpreterConfig config() const noexcept {
+    PyInterpreterConfig c{};
+    c.use_main_obmalloc = use_main_obmalloc ? 1 : 0;
+    c.allow_fork = allow_fork ? 1 : 0;
+    c.allow_exec = allow_exec ? 1 : 0;
+    c.allow_threads = allow_threads ? 1 : 0;
+    c.allow_daemon_threads = allow_daemon_threads ? 1 : 0;
+    c.check_multi_interp_extensions = check_multi_interp_extensions ? 1 : 0;
+    c.gil = own_gil ? PyInterpreterConfig_OWN_GIL : PyInterpreterConfig_SHARED_GIL;
+    return c;
+  }
+#endif
+
   static interpreter_options legacy() noexcept {
     interpreter_options o;
     o.own_gil = false;

@@ -283,15 +283,7 @@ pyattach::interpreter_options cycle_options(bool own_gil) {
 
 // The raw C API's cycle, for the control. PRECONDITION: attached to the main interpreter.
 bool raw_cycle(bool own_gil) {
-  PyInterpreterConfig cfg{};
-  const pyattach::interpreter_options o = cycle_options(own_gil);
-  cfg.use_main_obmalloc = o.use_main_obmalloc;
-  cfg.allow_fork = o.allow_fork;
-  cfg.allow_exec = o.allow_exec;
-  cfg.allow_threads = o.allow_threads;
-  cfg.allow_daemon_threads = o.allow_daemon_threads;
-  cfg.check_multi_interp_extensions = o.check_multi_interp_extensions;
-  cfg.gil = own_gil ? PyInterpreterConfig_OWN_GIL : PyInterpreterConfig_SHARED_GIL;
+  const PyInterpreterConfig cfg = cycle_options(own_gil).config();
   PyThreadState* const main_state = PyThreadState_Get();
   PyThreadState* ts = nullptr;
   if (PyStatus_Exception(Py_NewInterpreterFromConfig(&ts, &cfg))) return false;
