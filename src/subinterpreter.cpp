@@ -1,6 +1,7 @@
 // src/subinterpreter.cpp — interpreters other than the main one (pyattach/subinterpreter.hpp):
-// each one's record and gate, every thread's cache of its states (one per interpreter), the
-// scopes on them, and their end. The main interpreter's slot and gate (detail/slot.hpp) are not
+// each one's gate, every thread's cache of its states (one per interpreter), the scopes on them,
+// and their close and end. The records' registry and the public handle are in
+// subinterpreter_handle.cpp. The main interpreter's slot and gate (detail/slot.hpp) are not
 // involved, but for a thread's first state (its PyGILState identity, below).
 #include "pyattach/subinterpreter.hpp"
 
@@ -14,60 +15,10 @@
 
 #include "attach_internal.hpp"
 #include "pyattach/attach.hpp"
+#include "subinterpreter_internal.hpp"
 
 namespace pyattach {
 namespace detail {
-
-enum : int { sub_open = 0, sub_closing = 1, sub_closed = 2 };
-
-struct sub_table;
-
-// One thread's cached state of one interpreter. Owned by that thread's table.
-// ts: written by the owning thread while it holds a pass of the interpreter (gate open), or, once
-// the gate is closed and no pass is held, by the closer under interp_core::m.
-struct sub_entry {
-  std::shared_ptr<interp_core> core;
-  PyThreadState* ts = nullptr;
-  std::uint32_t depth = 0;  // open scopes of this thread in this interpreter
-  sub_table* table = nullptr;
-  // Scopes that made ts current (written by the owner only; summed by stats() under core->m).
-  std::atomic<std::uint64_t> attaches{0};
-};
-
-// One interpreter pyattach knows. The gate: an attach adds a pass to `inside` (seq_cst), then
-// reads `phase` (seq_cst); the closer stores `closing` (seq_cst), then waits for `inside` to be
-// 0. In the single total order of these seq_cst operations, either the attacher's read comes
-// after the closer's store (it sees closing and leaves), or its pass comes before the closer's
-// read of `inside` (the closer waits for it). One shared counter per interpreter is enough here:
-// a switch between interpreters already costs two GIL hand-overs.
-struct interp_core {
-  PyInterpreterState* interp = nullptr;  // null once it has ended (under m)
-  std::int64_t id = -1;
-  bool owned = false;  // pyattach created it: it ends it before the main interpreter finalizes
-  bool own_gil = false;
-  std::uint32_t index = 0;  // in every thread's table
-  std::atomic<int> phase{sub_open};
-  std::atomic<std::int64_t> inside{0};
-  std::mutex m;
-  std::vector<sub_entry*> entries;        // every thread's cached state of it (under m)
-  std::vector<PyThreadState*> orphans;    // states of threads that exited while it closed (m)
-  // A state of its own that is never made current, kept from registration to close: CPython
-  // 3.12 aborts ("init_threadstate: thread state already initialized") when a state is made in
-  // an interpreter whose list of states went empty (it reuses the first state's storage), which
-  // every thread's exit could otherwise cause. Written before the record is shared; deleted by
-  // close_core.
-  PyThreadState* anchor = nullptr;
-  std::mutex end_mutex;                   // one end() at a time
-  // attaches: of the threads whose entries are gone (the live ones count in their entries).
-  std::atomic<std::uint64_t> states_made{0}, states_destroyed{0}, attaches{0}, refused{0};
-};
-
-// The calling thread's cache: entries by interpreter index. Its destructor (thread exit)
-// destroys the states on this thread.
-struct sub_table {
-  std::vector<sub_entry*> by_index;
-  ~sub_table();
-};
 
 namespace {
 
@@ -89,48 +40,6 @@ void mark_gilstate_bound(PyThreadState*) noexcept {}
 void unmark_gilstate_bound(PyThreadState*) noexcept {}
 #endif
 
-// Every interpreter's record by index (for the O(1) lookup in each thread's table), and which
-// indexes are free. A record keeps its index until it is destroyed.
-struct core_registry {
-  std::mutex m;
-  std::vector<std::weak_ptr<interp_core>> by_index;
-  std::vector<std::uint32_t> free_indexes;
-  std::map<PyInterpreterState*, std::weak_ptr<interp_core>> by_state;  // live ones only
-};
-core_registry& cores() {
-  static core_registry* r = new core_registry;  // never destroyed: thread exits may use it late
-  return *r;
-}
-
-[[maybe_unused]] std::shared_ptr<interp_core> new_core(PyInterpreterState* interp, bool owned, bool own_gil) {
-  core_registry& r = cores();
-  std::lock_guard<std::mutex> lock(r.m);
-  std::uint32_t index;
-  if (!r.free_indexes.empty()) {
-    index = r.free_indexes.back();
-    r.free_indexes.pop_back();
-  } else {
-    index = static_cast<std::uint32_t>(r.by_index.size());
-    r.by_index.emplace_back();
-  }
-  auto core = std::shared_ptr<interp_core>(new interp_core, [](interp_core* c) {
-    core_registry& reg = cores();
-    {
-      std::lock_guard<std::mutex> l(reg.m);
-      reg.free_indexes.push_back(c->index);
-    }
-    delete c;
-  });
-  core->interp = interp;
-  core->id = PyInterpreterState_GetID(interp);
-  core->owned = owned;
-  core->own_gil = own_gil;
-  core->index = index;
-  r.by_index[index] = core;
-  r.by_state[interp] = core;
-  return core;
-}
-
 thread_local sub_table tls_table;
 // Set when this thread's table has been destroyed (thread exit): a scope made later, from another
 // thread_local's destructor, must not touch it.
@@ -141,6 +50,8 @@ PYATTACH_TLS sub_table* tls_table_ptr = nullptr;
 // The entry whose state a pyattach sub-interpreter scope made current on this thread, if that
 // state is still current (a scope on another interpreter inside it swaps it out: null or that one).
 PYATTACH_TLS sub_entry* tls_current = nullptr;
+
+}  // namespace
 
 sub_table* this_table() noexcept {
   if (PYATTACH_LIKELY(tls_table_ptr != nullptr)) return tls_table_ptr;
@@ -158,7 +69,6 @@ sub_entry* find_entry(interp_core* core) noexcept {
   return nullptr;
 }
 
-// The entry of the interpreter whose pyattach state is current on this thread, if any.
 sub_entry* current_entry(PyThreadState* cur) noexcept {
   sub_table* const t = this_table();
   if (cur == nullptr || t == nullptr) return nullptr;
@@ -186,6 +96,8 @@ void drop_entry(sub_entry* e) noexcept {
   e->table->by_index[e->core->index] = nullptr;
   delete e;
 }
+
+namespace {
 
 sub_entry* entry_for(const std::shared_ptr<interp_core>& core) {
   if (sub_entry* e = find_entry(core.get())) return e;
@@ -353,8 +265,9 @@ PyObject* close_hook(PyObject* self, PyObject*) {
 PyMethodDef g_close_def = {"_pyattach_close_subinterpreter", close_hook, METH_NOARGS,
                            "pyattach: closes the interpreter's gate before it ends."};
 
-// Registers the close hook in the interpreter whose state is current (its GIL held).
-[[maybe_unused]] bool arm_close_hook(const std::shared_ptr<interp_core>& core) noexcept {
+}  // namespace
+
+bool arm_close_hook(const std::shared_ptr<interp_core>& core) noexcept {
   error_scope keep_caller_error;
   PyObject* capsule = PyCapsule_New(core.get(), "pyattach.subinterpreter", nullptr);
   if (capsule == nullptr) return false;
@@ -372,12 +285,8 @@ PyMethodDef g_close_def = {"_pyattach_close_subinterpreter", close_hook, METH_NO
   return true;
 }
 
-[[maybe_unused]] std::shared_ptr<interp_core> registered(PyInterpreterState* interp) {
-  core_registry& r = cores();
-  std::lock_guard<std::mutex> lock(r.m);
-  auto it = r.by_state.find(interp);
-  return it == r.by_state.end() ? nullptr : it->second.lock();
-}
+namespace {
+
 
 // Gives a thread with no PyGILState state its main-interpreter state first (see the header,
 // "PyGILState"): CPython 3.12+ binds the first state a thread makes, of any interpreter.
@@ -617,175 +526,5 @@ void end_owned_subinterpreters(std::chrono::milliseconds bound) noexcept {
 }
 
 }  // namespace detail
-
-// ---- the handle -----------------------------------------------------------------------------
-
-subinterpreter subinterpreter::main() { return subinterpreter(nullptr); }
-
-#if PY_VERSION_HEX >= 0x030C0000
-
-subinterpreter subinterpreter::create(const interpreter_options& o) {
-  using namespace detail;
-#ifdef Py_DEBUG
-  (void)o;
-  throw interpreter_error("pyattach::subinterpreter::create: not on a debug build of CPython, "
-                          "which asserts on how pyattach keeps PyGILState on the main "
-                          "interpreter (docs/subinterpreters.md)");
-#endif
-  // Py_NewInterpreterFromConfig needs a current state: this thread's main one, through the gate.
-  PyThreadState* const before = compat::current_state_unchecked();
-  if (current_entry(before) != nullptr) {
-    throw interpreter_error("pyattach::subinterpreter::create: called inside a sub-interpreter "
-                            "scope");
-  }
-  attach_scope main_scope(nothrow);
-  if (!main_scope) {
-    throw interpreter_error(std::string("pyattach::subinterpreter::create: the main interpreter "
-                                        "refused: ") + to_string(main_scope.status()));
-  }
-  const PyInterpreterConfig cfg = o.config();
-  PyThreadState* const main_state = compat::current_state_unchecked();
-  PyThreadState* ts = nullptr;
-  // On success the new state is current with the new interpreter's GIL held, and with its own
-  // GIL the main one is released (CPython docs, Py_NewInterpreterFromConfig, 3.12+).
-  const PyStatus status = Py_NewInterpreterFromConfig(&ts, &cfg);
-  if (PyStatus_Exception(status)) {
-    // CPython restored the previous state (main_state) as current.
-    throw interpreter_error(std::string("pyattach::subinterpreter::create: CPython refused: ") +
-                            (status.err_msg != nullptr ? status.err_msg : "unknown error"));
-  }
-  std::shared_ptr<interp_core> core;
-  try {
-    core = new_core(ts->interp, true, o.own_gil);
-  } catch (...) {
-    Py_EndInterpreter(ts);
-    PyEval_RestoreThread(main_state);
-    throw;
-  }
-  const bool armed = arm_close_hook(core);
-  // The creation state becomes the record's anchor. CPython bound it as this thread's PyGILState
-  // state when it made it current; making the main state current again binds that one again
-  // (tstate_activate), which unbinds the anchor. This thread makes its cached state of the
-  // interpreter on its first scope there, like any other.
-  core->anchor = ts;
-  PyEval_SaveThread();               // releases the new interpreter's GIL
-  PyEval_RestoreThread(main_state);  // as attach_scope made it; its end detaches
-  subinterpreter handle(core);
-  if (!armed) {
-    handle.end();
-    throw interpreter_error("pyattach::subinterpreter::create: could not register its close hook");
-  }
-  return handle;
-}
-
-subinterpreter subinterpreter::adopt(PyInterpreterState* interp) {
-  using namespace detail;
-  if (interp == nullptr) throw interpreter_error("pyattach::subinterpreter::adopt: null");
-  if (interp == PyInterpreterState_Main()) return main();
-#ifdef Py_DEBUG
-  throw interpreter_error("pyattach::subinterpreter::adopt: not on a debug build of CPython "
-                          "(docs/subinterpreters.md)");
-#endif
-  if (auto known = registered(interp)) return subinterpreter(known);
-  auto core = new_core(interp, false, false);
-  subinterpreter handle(core);
-  // The anchor (see interp_core) is made inside the scope below, once this thread has its
-  // PyGILState state (so that CPython does not bind the anchor).
-  bool armed = false;
-  {
-    attach_scope in(nothrow, handle);
-    if (!in) {
-      throw interpreter_error(std::string("pyattach::subinterpreter::adopt: cannot attach: ") +
-                              to_string(in.status()));
-    }
-    armed = arm_close_hook(core);
-    core->anchor = PyThreadState_New(interp);  // this thread's PyGILState is bound: not bound
-  }
-  if (!armed) throw interpreter_error("pyattach::subinterpreter::adopt: atexit.register failed");
-  return handle;
-}
-
-#else
-
-subinterpreter subinterpreter::create(const interpreter_options&) {
-  throw interpreter_error("pyattach::subinterpreter::create needs CPython 3.12+");
-}
-
-subinterpreter subinterpreter::adopt(PyInterpreterState* interp) {
-  if (interp != nullptr && interp == PyInterpreterState_Main()) return main();
-  throw interpreter_error("pyattach::subinterpreter::adopt needs CPython 3.12+");
-}
-
-#endif
-
-std::optional<subinterpreter> subinterpreter::find(std::int64_t id) {
-  detail::core_registry& r = detail::cores();
-  std::lock_guard<std::mutex> lock(r.m);
-  for (auto& [interp, weak] : r.by_state) {
-    if (auto c = weak.lock(); c && c->id == id) return subinterpreter(c);
-  }
-  return std::nullopt;
-}
-
-bool subinterpreter::is_main() const noexcept { return core_ == nullptr; }
-
-std::int64_t subinterpreter::id() const noexcept { return core_ ? core_->id : 0; }
-
-PyInterpreterState* subinterpreter::state() const noexcept {
-  if (!core_) return PyInterpreterState_Main();
-  std::lock_guard<std::mutex> lock(core_->m);
-  return core_->interp;
-}
-
-bool subinterpreter::own_gil() const noexcept { return core_ ? core_->own_gil : true; }
-
-bool subinterpreter::ended() const noexcept { return core_ != nullptr && state() == nullptr; }
-
-subinterpreter_stats subinterpreter::stats() const {
-  subinterpreter_stats s;
-  if (!core_) return s;
-  s.states_made = core_->states_made.load(std::memory_order_relaxed);
-  s.states_destroyed = core_->states_destroyed.load(std::memory_order_relaxed);
-  s.refused = core_->refused.load(std::memory_order_relaxed);
-  std::lock_guard<std::mutex> lock(core_->m);
-  s.attaches = core_->attaches.load(std::memory_order_relaxed);
-  for (const auto* e : core_->entries) {
-    s.threads += e->ts != nullptr ? 1 : 0;
-    s.attaches += e->attaches.load(std::memory_order_relaxed);
-  }
-  return s;
-}
-
-bool subinterpreter::end(std::chrono::milliseconds bound) {
-  return core_ != nullptr && detail::end_core(core_, bound);
-}
-
-std::size_t cached_subinterpreter_states() noexcept {
-  std::size_t n = 0;
-  const detail::sub_table* t = detail::this_table();
-  if (t == nullptr) return 0;
-  for (const detail::sub_entry* e : t->by_index) n += e != nullptr && e->ts ? 1 : 0;
-  return n;
-}
-
-// attach_scope on a handle (attach.hpp).
-inline void attach_scope::attach_on(const subinterpreter& in, const source_site& site) noexcept {
-  if (PYATTACH_LIKELY(in.record() != nullptr)) {
-    detail::scope_access::attach_sub(*this, in.record(), site);
-  } else {
-    detail::scope_access::attach_main_from_handle(*this, site);
-  }
-}
-
-attach_scope::attach_scope(const subinterpreter& in, source_site site) : site_(site) {
-  attach_on(in, site_);
-  if (kind_ == kind_none) throw attach_error(status_);
-}
-
-attach_scope::attach_scope(nothrow_t, const subinterpreter& in, source_site site) noexcept
-    : site_(site) {
-  attach_on(in, site_);
-}
-
 
 }  // namespace pyattach

@@ -1,0 +1,99 @@
+// src/subinterpreter_internal.hpp — what subinterpreter.cpp (every thread's cache, the scopes,
+// the close and the end) and subinterpreter_handle.cpp (the records' registry and the public
+// handle) share. Everything here is pyattach's own, in namespace detail.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "pyattach/subinterpreter.hpp"
+
+namespace pyattach::detail {
+
+enum : int { sub_open = 0, sub_closing = 1, sub_closed = 2 };
+
+struct sub_table;
+
+// One thread's cached state of one interpreter. Owned by that thread's table.
+// ts: written by the owning thread while it holds a pass of the interpreter (gate open), or, once
+// the gate is closed and no pass is held, by the closer under interp_core::m.
+struct sub_entry {
+  std::shared_ptr<interp_core> core;
+  PyThreadState* ts = nullptr;
+  std::uint32_t depth = 0;  // open scopes of this thread in this interpreter
+  sub_table* table = nullptr;
+  // Scopes that made ts current (written by the owner only; summed by stats() under core->m).
+  std::atomic<std::uint64_t> attaches{0};
+};
+
+// One interpreter pyattach knows. The gate: an attach adds a pass to `inside` (seq_cst), then
+// reads `phase` (seq_cst); the closer stores `closing` (seq_cst), then waits for `inside` to be
+// 0. In the single total order of these seq_cst operations, either the attacher's read comes
+// after the closer's store (it sees closing and leaves), or its pass comes before the closer's
+// read of `inside` (the closer waits for it). One shared counter per interpreter is enough here:
+// a switch between interpreters already costs two GIL hand-overs.
+struct interp_core {
+  PyInterpreterState* interp = nullptr;  // null once it has ended (under m)
+  std::int64_t id = -1;
+  bool owned = false;  // pyattach created it: it ends it before the main interpreter finalizes
+  bool own_gil = false;
+  std::uint32_t index = 0;  // in every thread's table
+  std::atomic<int> phase{sub_open};
+  std::atomic<std::int64_t> inside{0};
+  std::mutex m;
+  std::vector<sub_entry*> entries;        // every thread's cached state of it (under m)
+  std::vector<PyThreadState*> orphans;    // states of threads that exited while it closed (m)
+  // A state of its own that is never made current, kept from registration to close: CPython
+  // 3.12 aborts ("init_threadstate: thread state already initialized") when a state is made in
+  // an interpreter whose list of states went empty (it reuses the first state's storage), which
+  // every thread's exit could otherwise cause. Written before the record is shared; deleted by
+  // close_core.
+  PyThreadState* anchor = nullptr;
+  std::mutex end_mutex;                   // one end() at a time
+  // attaches: of the threads whose entries are gone (the live ones count in their entries).
+  std::atomic<std::uint64_t> states_made{0}, states_destroyed{0}, attaches{0}, refused{0};
+};
+
+// The calling thread's cache: entries by interpreter index. Its destructor (thread exit)
+// destroys the states on this thread.
+struct sub_table {
+  std::vector<sub_entry*> by_index;
+  ~sub_table();
+};
+
+// Every interpreter's record by index (for the O(1) lookup in each thread's table), and which
+// indexes are free. A record keeps its index until it is destroyed.
+struct core_registry {
+  std::mutex m;
+  std::vector<std::weak_ptr<interp_core>> by_index;
+  std::vector<std::uint32_t> free_indexes;
+  std::map<PyInterpreterState*, std::weak_ptr<interp_core>> by_state;  // live ones only
+};
+inline core_registry& cores() {
+  static core_registry* r = new core_registry;  // never destroyed: thread exits may use it late
+  return *r;
+}
+
+// A new record for `interp`, registered under a fresh index. PRECONDITION: attached (reads its id).
+std::shared_ptr<interp_core> new_core(PyInterpreterState* interp, bool owned, bool own_gil);
+// The live record of `interp`, if pyattach knows it.
+std::shared_ptr<interp_core> registered(PyInterpreterState* interp);
+// Registers the close hook in the interpreter whose state is current (its GIL held).
+bool arm_close_hook(const std::shared_ptr<interp_core>& core) noexcept;
+// The calling thread's table (null once its thread_local is gone: thread exit).
+sub_table* this_table() noexcept;
+// The calling thread's entry of `core`, if it has one.
+sub_entry* find_entry(interp_core* core) noexcept;
+// The entry of the interpreter whose pyattach state is current on this thread, if any.
+sub_entry* current_entry(PyThreadState* cur) noexcept;
+// Frees an entry whose state is gone (or handed to the closer). PRECONDITION: e->depth == 0.
+void drop_entry(sub_entry* e) noexcept;
+// Ends the record's interpreter (subinterpreter::end()).
+bool end_core(const std::shared_ptr<interp_core>& record, std::chrono::milliseconds bound) noexcept;
+
+}  // namespace pyattach::detail
