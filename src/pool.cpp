@@ -690,6 +690,7 @@ void thread_pool::detach() noexcept { core_->detach(); }
 pool_stats thread_pool::stats() const { return core_->stats(); }
 const std::string& thread_pool::name() const noexcept { return core_->opts.name; }
 std::size_t thread_pool::size() const noexcept { return core_->opts.workers; }
+const subinterpreter& thread_pool::interpreter() const noexcept { return core_->opts.interpreter; }
 bool thread_pool::on_worker() const noexcept { return core_->on_worker(); }
 
 }  // namespace pyattach

@@ -89,6 +89,17 @@ pool_task* pool_core::pop_locked(worker_rec& w) noexcept {
   return t;
 }
 
+// Attaches the worker to the pool's interpreter: the main one through the plain attach_scope
+// (the core's inline path), another through its handle (subinterpreter.hpp).
+void attach_worker(std::optional<attach_scope>& py, const subinterpreter& in,
+                   source_site site = source_site::current()) noexcept {
+  if (in.is_main()) {
+    py.emplace(nothrow, site);
+  } else {
+    py.emplace(nothrow, in, site);
+  }
+}
+
 std::exception_ptr pool_core::run_counted(worker_rec& w, pool_task& task) {
   w.current = &task;  // its own scopes, or the gate, may park this worker: worker_parked() fails it
   const bool traced = tracing_anywhere();
@@ -193,12 +204,13 @@ void pool_core::run_python(worker_rec& w, std::size_t index, std::unique_ptr<poo
   {
     steady::time_point t0{};
     if (measure) t0 = steady::now();
-    attach_scope py(nothrow);
-    if (!py) {
+    std::optional<attach_scope> py;
+    attach_worker(py, opts.interpreter);
+    if (!*py) {
       // The gate refused: the interpreter is finalizing or gone (or pyattach was never bound to
       // it). Never run Python without a state. Only this task: the worker loop takes the next
       // one, which tries (and is refused) on its own.
-      to_report = refuse_python(w, std::move(task), py.status());
+      to_report = refuse_python(w, std::move(task), py->status());
     } else {
       add_owned(w.attaches, 1);
       name_in_python(w);
@@ -248,18 +260,19 @@ std::exception_ptr pool_core::run_hook(const std::function<void(const worker_con
   const auto t0 = steady::now();
   std::exception_ptr e;
   if (python) {
-    attach_scope py(nothrow);
-    if (py) {
+    std::optional<attach_scope> py;
+    attach_worker(py, opts.interpreter);
+    if (*py) {
       name_in_python(w);
       add_owned(w.attaches, 1);
     }
-    const worker_context ctx{opts.name, index, w.name, py.status()};
+    const worker_context ctx{opts.name, index, w.name, py->status()};
     try {
       hook(ctx);
     } catch (...) {
       e = std::current_exception();
     }
-    if (py) {
+    if (*py) {
       std::exception_ptr py_err = take_python_error();
       if (!e) e = py_err;
     }
@@ -276,7 +289,9 @@ std::exception_ptr pool_core::run_hook(const std::function<void(const worker_con
 }
 
 void pool_core::name_in_python(worker_rec& w) noexcept {
-  // Once per interpreter lifetime: a re-initialized interpreter gives the worker a new state.
+  // Once per interpreter lifetime: a re-initialized interpreter gives the worker a new state. (A
+  // pool on a sub-interpreter names its workers there once: that interpreter is never re-made,
+  // and the main one's re-initialization has ended it.)
   const std::uint64_t gen = current_generation();
   if (w.named_generation == gen) return;
   w.named_generation = gen;

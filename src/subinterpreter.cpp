@@ -187,6 +187,8 @@ namespace {
 void close_core(interp_core* core) noexcept {
   {
     std::lock_guard<std::mutex> lock(core->m);
+    // end() closes it before Py_EndInterpreter, whose atexit then calls this again: nothing left.
+    if (core->phase.load(std::memory_order_relaxed) == sub_closed) return;
     core->phase.store(sub_closing, std::memory_order_seq_cst);
   }
   if (core->inside.load(std::memory_order_seq_cst) != 0) {
@@ -389,6 +391,15 @@ void scope_access::end_sub(attach_scope& sc, const source_site* at, void* code) 
     if (sc.outer_ != nullptr) {
       PyEval_RestoreThread(sc.outer_);  // the outer scope's pass holds
       tls_current = current_entry(sc.outer_);  // another interpreter's pyattach scope, or none
+    } else if (PYATTACH_UNLIKELY(PyGILState_GetThisThreadState() == nullptr)) {
+      // CPython 3.13 imports a single-phase-init module in a sub-interpreter through a
+      // temporary main-interpreter state that it binds to PyGILState and deletes
+      // (Python/import.c, import_run_extension -> switch_back_from_main_interpreter), which
+      // leaves the thread with none (measured on 3.13.0: an `import atexit` in an interpreter
+      // made by _interpreters.create()); the next state made on the thread, of any interpreter,
+      // would be bound instead. Give the thread its main state back now (one attach and detach
+      // of the main interpreter, which makes it current and so binds it again).
+      ensure_main_identity(sc.site_);
     }
   }
   drop_sub_pass(e->core.get());
@@ -481,13 +492,29 @@ bool end_core(const std::shared_ptr<interp_core>& record, std::chrono::milliseco
   }
   // Drained: end it on a thread of its own, which has no other state, so that the ending
   // state is that thread's PyGILState state and goes with it, touching no other thread's
-  // binding. Py_EndInterpreter runs close_hook (atexit) first, which destroys every cached state
-  // (this thread's too).
+  // binding. The ending state is made while the anchor still exists (see interp_core::anchor);
+  // then close_core destroys every cached state and the anchor BEFORE Py_EndInterpreter: on
+  // 3.12, Py_EndInterpreter first calls threading._shutdown(), which waits for the thread
+  // that imported `threading` in that interpreter (its _MainThread, e.g. a pool worker that
+  // named itself there) until that thread's state is deleted; the atexit callback that would
+  // delete it runs only after that wait (Python/pylifecycle.c, 3.12.1: a pool's interpreter
+  // ended this way hung for good). The atexit callback then finds it closed.
+  // An adopted interpreter is not pyattach's to end: its owner may keep states in it (3.12's
+  // _xxsubinterpreters keeps its creation state, and Py_EndInterpreter aborts with "not the last
+  // thread", measured on 3.12.1). pyattach lets go of it instead: the same close, then the
+  // ending state goes too, and the owner ends it (the atexit callback then finds it closed).
+  const bool owned = core->owned;
   try {
-    std::thread([interp] {
+    std::thread([core, interp, owned] {
       PyThreadState* const ts = PyThreadState_New(interp);
       PyEval_RestoreThread(ts);
-      Py_EndInterpreter(ts);
+      close_core(core);
+      if (owned) {
+        Py_EndInterpreter(ts);
+      } else {
+        PyThreadState_Clear(ts);
+        PyThreadState_DeleteCurrent();  // releases its GIL
+      }
     }).join();
   } catch (...) {  // no thread could be started: it stays closed, not ended
     if (saved != nullptr) PyEval_RestoreThread(saved);

@@ -122,7 +122,8 @@ subinterpreter subinterpreter::adopt(PyInterpreterState* interp) {
   auto core = new_core(interp, false, false);
   subinterpreter handle(core);
   // The anchor (see interp_core) is made inside the scope below, once this thread has its
-  // PyGILState state (so that CPython does not bind the anchor).
+  // PyGILState state (so that CPython does not bind the anchor), and before arm_close_hook's
+  // imports, which can leave the thread without one (see end_sub).
   bool armed = false;
   {
     attach_scope in(nothrow, handle);
@@ -130,14 +131,47 @@ subinterpreter subinterpreter::adopt(PyInterpreterState* interp) {
       throw interpreter_error(std::string("pyattach::subinterpreter::adopt: cannot attach: ") +
                               to_string(in.status()));
     }
-    armed = arm_close_hook(core);
     core->anchor = PyThreadState_New(interp);  // this thread's PyGILState is bound: not bound
+    armed = arm_close_hook(core);
   }
   if (!armed) throw interpreter_error("pyattach::subinterpreter::adopt: atexit.register failed");
   return handle;
 }
 
+// CPython's lookup of an interpreter by id, made under the runtime's lock of the interpreter
+// list. libpython 3.12-3.15 exports it (nm -D: 3.12.1, 3.13.0, 3.14.10, 3.15.2) but declares it
+// in its internal headers only; the public alternative, PyInterpreterState_Head/Next, walks that
+// list without the lock while other threads may end interpreters. PRECONDITION: attached (it
+// sets an exception when no interpreter has the id).
+extern "C" PyInterpreterState* _PyInterpreterState_LookUpID(int64_t requested_id);
+
+subinterpreter subinterpreter::adopt_id(std::int64_t id) {
+  if (id == 0) return main();
+  if (auto known = find(id)) return *known;
+  PyInterpreterState* interp = nullptr;
+  {
+    attach_scope main_scope(nothrow);
+    if (!main_scope) {
+      throw interpreter_error(std::string("pyattach::subinterpreter::adopt_id: the main "
+                                          "interpreter refused: ") + to_string(main_scope.status()));
+    }
+    const detail::error_scope keep_caller_error;
+    interp = _PyInterpreterState_LookUpID(id);
+    if (interp == nullptr) PyErr_Clear();
+  }
+  if (interp == nullptr) {
+    throw interpreter_error("pyattach::subinterpreter::adopt_id: no interpreter has id " +
+                            std::to_string(id));
+  }
+  return adopt(interp);
+}
+
 #else
+
+subinterpreter subinterpreter::adopt_id(std::int64_t id) {
+  if (id == 0) return main();
+  throw interpreter_error("pyattach::subinterpreter::adopt_id needs CPython 3.12+");
+}
 
 subinterpreter subinterpreter::create(const interpreter_options&) {
   throw interpreter_error("pyattach::subinterpreter::create needs CPython 3.12+");

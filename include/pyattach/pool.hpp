@@ -97,6 +97,15 @@
 //   thread that cancelled or refused it, possibly without the GIL: do not capture owned Python
 //   references in tasks that may be cancelled.
 // - fork(): a pool's threads do not exist in a child process; do not use the pool there.
+// - Interpreter (options.interpreter, CPython 3.12+ for any but the main one): the workers'
+//   Python tasks and Python hooks attach to that interpreter (attach_scope(handle),
+//   subinterpreter.hpp), each worker keeping one state in it. Pools on interpreters that have
+//   their own GIL run Python in parallel. A task must only use objects of that interpreter
+//   (CPython's objects are not shared between interpreters). When that interpreter ends
+//   (subinterpreter::end(), or Python ends it), end() waits for a batch in progress (each ends
+//   within half the switch interval), and later Python tasks complete with
+//   pool_error(finalizing) without running; C++ tasks still run. The main interpreter's
+//   finalization stops the pool as above, whatever its interpreter.
 #pragma once
 
 #include <chrono>
@@ -115,6 +124,7 @@
 
 #include "pyattach/attach.hpp"
 #include "pyattach/diagnostics.hpp"
+#include "pyattach/subinterpreter.hpp"
 
 namespace pyattach {
 
@@ -217,6 +227,8 @@ struct pool_options {
   // 5 ms interval: p99 1.9 ms with Python calls, 4.8 ms with C-API-only tasks; with one attach
   // per task, 0.4 ms; docs/benchmarks.md, "Pools"). false: one attach per Python task.
   bool batch_python = true;
+  // The interpreter the workers' Python tasks and hooks attach to (see "Interpreter" above).
+  subinterpreter interpreter = subinterpreter::main();
 };
 
 struct worker_stats {
@@ -420,6 +432,7 @@ class thread_pool {
   pool_stats stats() const;
   const std::string& name() const noexcept;
   std::size_t size() const noexcept;  // options.workers (on demand: the most that may start)
+  const subinterpreter& interpreter() const noexcept;  // options.interpreter
   // True on one of this pool's workers.
   bool on_worker() const noexcept;
 

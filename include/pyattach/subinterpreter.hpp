@@ -122,6 +122,13 @@ class subinterpreter {
   // finalizing; the calling thread is not inside a scope of it. Adopting the same interpreter
   // twice gives the same record. Throws interpreter_error before 3.12 or if it cannot attach.
   static subinterpreter adopt(PyInterpreterState* interp);
+  // The interpreter with this id (PyInterpreterState_GetID; in Python, concurrent.interpreters'
+  // Interpreter.id, 3.14+, or _interpreters' ids, 3.13), adopted as adopt() does unless pyattach
+  // knows it already; 0 is the main interpreter. PRECONDITION: it stays alive meanwhile (Python
+  // keeps an interpreter made by concurrent.interpreters.create() while its Interpreter object
+  // lives); the calling thread is not inside a scope of a sub-interpreter. Throws
+  // interpreter_error if no interpreter has that id, and as adopt() does.
+  static subinterpreter adopt_id(std::int64_t id);
   // The interpreter with this id (PyInterpreterState_GetID), if pyattach knows it (created or
   // adopted) and it has not ended.
   static std::optional<subinterpreter> find(std::int64_t id);
@@ -136,7 +143,10 @@ class subinterpreter {
 
   // Ends the interpreter (see "Ending" above). Returns true once it has ended (also if it had
   // already); false if threads were still inside at `bound` (it is then closed, not ended), or
-  // for the main interpreter (never ended from here: pyattach::interpreter does that).
+  // for the main interpreter (never ended from here: pyattach::interpreter does that). An
+  // adopted interpreter is not pyattach's to end (its owner may keep states in it): end() lets
+  // go of it, closing its gate and destroying pyattach's states in it as an end would, and its
+  // owner ends it.
   bool end(std::chrono::milliseconds bound = std::chrono::milliseconds(2000));
 
   friend bool operator==(const subinterpreter& a, const subinterpreter& b) noexcept {
