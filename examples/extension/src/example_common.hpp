@@ -19,6 +19,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <future>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -262,6 +263,65 @@ inline long long pool_post(PyObject* fn, long long n) {
     }
   }
   return accepted;
+}
+
+// ---- a pool on an interpreter that Python made (CPython 3.12+) ---------------------------------
+// Runs `tasks` copies of `code` on a pool of `workers` native threads bound to the interpreter
+// whose id is `interp_id` (concurrent.interpreters' Interpreter.id, 3.14+). Each task runs the
+// code in that interpreter's __main__, on the worker's own state there, and returns
+// repr(result): text is what crosses between interpreters, never objects. With its own GIL the
+// interpreter runs these tasks in parallel with the caller's interpreter.
+// PRECONDITION: GIL held; the interpreter stays alive during the call (the caller holds its
+// Interpreter object). Throws std::runtime_error (RuntimeError in Python) if there is no such
+// interpreter, before 3.12, or with the first task's Python error.
+inline std::vector<std::string> run_on_interpreter(long long interp_id, const std::string& code,
+                                                   int tasks, int workers) {
+  pyattach::subinterpreter in = [&] {
+    try {
+      return pyattach::subinterpreter::adopt_id(interp_id);
+    } catch (const pyattach::interpreter_error& e) {
+      throw std::runtime_error(e.what());
+    }
+  }();
+  pyattach::pool_options o;
+  o.name = "interp_pool";
+  o.workers = static_cast<std::size_t>(workers < 1 ? 1 : workers);
+  o.interpreter = in;
+  pyattach::thread_pool pool(o);
+  std::vector<std::future<std::string>> results;
+  for (int i = 0; i < tasks; ++i) {
+    results.push_back(pool.submit_python([&code]() -> std::string {
+      // Attached to the pool's interpreter: everything here is that interpreter's.
+      PyObject* main = PyImport_AddModule("__main__");  // borrowed
+      PyObject* globals = main != nullptr ? PyModule_GetDict(main) : nullptr;
+      PyObject* r = globals != nullptr ? PyRun_String(code.c_str(), Py_file_input, globals, globals)
+                                       : nullptr;
+      if (r == nullptr) throw pyattach::python_error::fetch();
+      Py_DECREF(r);
+      PyObject* result = PyDict_GetItemString(globals, "result");  // borrowed
+      PyObject* text = result != nullptr ? PyObject_Repr(result) : nullptr;
+      if (text == nullptr) {
+        if (!PyErr_Occurred()) return "<no result>";
+        throw pyattach::python_error::fetch();
+      }
+      const char* utf8 = PyUnicode_AsUTF8(text);
+      std::string out = utf8 != nullptr ? utf8 : "<repr failed>";
+      Py_DECREF(text);
+      return out;
+    }));
+  }
+  pool.wait();  // releases the caller's GIL while the tasks run
+  std::vector<std::string> out;
+  for (auto& f : results) {
+    try {
+      out.push_back(f.get());
+    } catch (const pyattach::python_error& e) {
+      throw std::runtime_error(e.type_name() + ": " + e.message());
+    } catch (const pyattach::pool_error& e) {
+      throw std::runtime_error(std::string("pool_error(") + pyattach::to_string(e.code()) + ")");
+    }
+  }
+  return out;
 }
 
 // ---- guards of the binding library mixed with pyattach's on one native thread -----------------

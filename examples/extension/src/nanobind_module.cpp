@@ -161,6 +161,16 @@ NB_MODULE(with_nanobind, m) {
       },
       nb::arg("fn"), nb::arg("n") = 2, nb::arg("raw") = true, nb::arg("pause_ms") = 200);
   m.def("mix_guards", &mix_guards, nb::arg("fn"), nb::arg("program"));
+  m.def(
+      "run_on_interpreter",
+      [](long long interp_id, const std::string& code, int tasks, int workers) {
+        nb::list out;
+        for (const std::string& r : example::run_on_interpreter(interp_id, code, tasks, workers)) {
+          out.append(nb::str(r.c_str()));
+        }
+        return out;
+      },
+      nb::arg("interp_id"), nb::arg("code"), nb::arg("tasks") = 4, nb::arg("workers") = 2);
   m.def("gate_phase",
         [] { return std::string(pyattach::to_string(pyattach::current_gate_phase())); });
   m.def("misuse_count", [] { return pyattach::misuse_count(); });

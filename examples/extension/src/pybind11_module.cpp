@@ -172,6 +172,16 @@ PYBIND11_MODULE(with_pybind11, m) {
       },
       py::arg("fn"), py::arg("n") = 2, py::arg("raw") = true, py::arg("pause_ms") = 200);
   m.def("mix_guards", &mix_guards, py::arg("fn"), py::arg("program"));
+  m.def(
+      "run_on_interpreter",
+      [](long long interp_id, const std::string& code, int tasks, int workers) {
+        py::list out;
+        for (const std::string& r : example::run_on_interpreter(interp_id, code, tasks, workers)) {
+          out.append(py::str(r.c_str()));
+        }
+        return out;
+      },
+      py::arg("interp_id"), py::arg("code"), py::arg("tasks") = 4, py::arg("workers") = 2);
   m.def("gate_phase", [] { return std::string(pyattach::to_string(pyattach::current_gate_phase())); });
   m.def("misuse_count", [] { return pyattach::misuse_count(); });
   m.def("thread_states", [] {  // attaches (nested here): binds the gate if nothing did
