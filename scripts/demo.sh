@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job: install what is needed, build, and run the seven scenarios side by side
+# The main job: install what is needed, build, and run the eight scenarios side by side
 # (raw C API, pyattach scopes, pyattach::thread_pool). Extra arguments go to pyattach-demo (e.g. --json,
 # --scenario 3, --trace DIR: a timeline trace per scenario and variant, and a PNG per scenario).
 # PYATTACH_PYTHON=/path/to/python3.X chooses another CPython (default: the host's Debian CPython,

@@ -121,6 +121,17 @@ std::string wait_text(const std::optional<double>& wait, int bound_ms);
 // wait_text for a moment `ran` (< 0: not yet) that was asked for at `asked`.
 std::string wait_text_since(double ran, double asked, int bound_ms);
 
+// Scenario 8's program, the same in every variant: CPU-bound pure Python (cpu_work(), about
+// 100-200 ms, defined in each interpreter's __main__) once on each thread to warm up, once alone on
+// thread 0, then on threads 0 and 1 at once; then both threads meet: each arrives and spins holding its GIL (no bytecode runs, so
+// it is not handed over) until the other has arrived too, at most kBoundMs, which one GIL shared
+// by the two threads makes impossible. OBS solo_ms, together_ms (the two runs, first start to
+// last end), speedup (2 x solo / together) and met (yes: both held a GIL at once).
+// run_attached(i, fn): runs fn on thread i (0 or 1) holding the GIL of that thread's interpreter;
+// the future is ready when it ran.
+using attached_runner = std::function<std::future<void>(int, std::function<void()>)>;
+void run_parallel_program(const attached_runner& run_attached);
+
 // ---- child side, the pyattach and pool variants (they link pyattach; the raw ones do not use it)
 
 // Runs a task on p that attaches and sets thread_local.name = name; waits for it.
@@ -142,8 +153,8 @@ std::shared_ptr<probe> start_thread_probe();
 void obs_report(const std::string& phase, unsigned long worker = 0);
 void obs_state_count(const std::string& phase);  // OBS states_<phase>: count_thread_states()
 
-// Entry points: run scenario n in this process (1..7; the pool variant: 2..6). Return the exit
-// status.
+// Entry points: run scenario n in this process (1..8; the pool variant: 2..6 and 8). Return the
+// exit status.
 int run_raw(int n);
 int run_pyattach(int n);
 int run_pool(int n);

@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstdio>
 #include <cstring>
@@ -177,10 +178,69 @@ void py_issue130394_init(const std::string& name) {
 
 std::string py_issue130394_get() { return py_eval_str("tl_get_from(issue_local)"); }
 
-std::string py_thread_name() { return py_eval_str("threading.current_thread().name"); }
+std::string py_thread_name() {
+  return py_eval_str("__import__('threading').current_thread().name");  // any interpreter
+}
 
 void py_print(const std::string& text) {
   py_exec("print(" + std::string("'") + text + "', flush=True)\n");
+}
+
+namespace {
+struct cpu_run {
+  double start = 0, end = 0;
+};
+
+// PRECONDITION: the calling thread holds a GIL.
+cpu_run py_cpu_work() {
+  py_exec(
+      "if 'cpu_work' not in globals():\n"
+      "    def cpu_work(n):\n"
+      "        s = 0\n"
+      "        for i in range(n):\n"
+      "            s += i * i\n"
+      "        return s\n");
+  cpu_run r;
+  r.start = now_ms();
+  py_exec("cpu_work(1_500_000)\n");
+  r.end = now_ms();
+  return r;
+}
+
+// PRECONDITION: the calling thread holds a GIL.
+bool meet_other(std::atomic<int>& arrived) {
+  arrived.fetch_add(1);
+  const double deadline = now_ms() + kBoundMs;
+  while (arrived.load() < 2) {
+    if (now_ms() > deadline) return false;
+  }
+  return true;
+}
+}  // namespace
+
+void run_parallel_program(const attached_runner& run_attached) {
+  cpu_run solo, a, b;
+  run_attached(0, [&] { py_cpu_work(); }).wait();  // warm-up: CPython specializes the loop
+  run_attached(1, [&] { py_cpu_work(); }).wait();
+  run_attached(0, [&] { solo = py_cpu_work(); }).wait();
+  std::future<void> fa = run_attached(0, [&] { a = py_cpu_work(); });
+  std::future<void> fb = run_attached(1, [&] { b = py_cpu_work(); });
+  fa.wait();
+  fb.wait();
+  std::atomic<int> arrived{0};
+  std::atomic<bool> met_a{false}, met_b{false};
+  std::future<void> ma = run_attached(0, [&] { met_a = meet_other(arrived); });
+  std::future<void> mb = run_attached(1, [&] { met_b = meet_other(arrived); });
+  ma.wait();
+  mb.wait();
+  const double solo_ms = solo.end - solo.start;
+  const double together_ms = std::max(a.end, b.end) - std::min(a.start, b.start);
+  obs("solo_ms", solo_ms);
+  obs("together_ms", together_ms);
+  char speedup[32];
+  std::snprintf(speedup, sizeof speedup, "%.2f", together_ms > 0 ? 2 * solo_ms / together_ms : 0.0);
+  obs("speedup", speedup);
+  obs("met", met_a && met_b ? "yes" : "no");
 }
 
 void py_init_pool_thread(const std::string& pool_name, bool issue_script) {

@@ -1,5 +1,6 @@
-// demo_main.cpp — pyattach-demo: runs each seed scenario in up to three variants (raw C API;
-// pyattach scopes on Boost.Asio pools; pyattach::thread_pool, for scenarios 2–6), each in a
+// demo_main.cpp — pyattach-demo: runs each seed scenario, and scenario 8 (Python in parallel on
+// sub-interpreters), in up to three variants (raw C API; pyattach scopes on Boost.Asio pools;
+// pyattach::thread_pool, for scenarios 2–6 and 8), each in a
 // child process with a timeout, judges what the child observed, and prints a table or JSON.
 //
 //   pyattach-demo [--json] [--scenario N] [--trace DIR]   the driver
@@ -192,6 +193,12 @@ void judge_raw(row& r) {
           (fatal.empty() ? "" : " (" + fatal + ")");
       break;
     }
+    case 8:
+      shown = o.get("met") == "no";
+      t = "both held a GIL at once: " + o.get("met") + "; both runs took " +
+          ms_text(o, "together_ms") + ", one alone " + ms_text(o, "solo_ms") + " (" +
+          o.get("speedup") + "x)";
+      break;
   }
   if (!crashed(c)) t += "; " + fate(c, o);
   r.observed = t;
@@ -231,6 +238,17 @@ bool attach_criteria(const row& r, std::string& t) {
           "; custom_pool waited " + ms_text(o, "other_pool_wait_ms");
       return o.get("name_in_later_task") == "default_pool" &&
              prompt(o.ms("other_pool_wait_ms"), kWindowMs) && o.get("finalize") == "ok";
+    case 8:
+      // The speedup is shown, not judged: on a shared machine the other core may be busy. That
+      // both threads held a GIL at the same moment is what one shared GIL cannot give.
+      if (o.has("unavailable")) {
+        t = "skipped: " + o.get("unavailable");
+        return true;
+      }
+      t = "both held their interpreter's GIL at once: " + o.get("met") + "; both runs took " +
+          ms_text(o, "together_ms") + ", one alone " + ms_text(o, "solo_ms") + " (" +
+          o.get("speedup") + "x); states made: " + o.get("states_made") + " (one per thread)";
+      return o.get("met") == "yes" && o.get("states_made") == "2" && o.get("ended") == "yes";
   }
   return false;
 }
@@ -260,6 +278,7 @@ void judge_pyattach(row& r) {
     case 3:
     case 4:
     case 5:
+    case 8:
       ok = attach_criteria(r, t);
       break;
     case 6:
@@ -334,6 +353,12 @@ void judge_pool(row& r) {
            (o.get("hooks_on_worker") == "yes" ? "one thread" : "NOT one worker thread") +
            "); stop hook read: " + name_text(o.get("name_in_stop_hook"));
       break;
+    case 8:
+      if (!o.has("unavailable")) {
+        ok = ok && o.get("thread_names") == "pool_a-0,pool_b-0";
+        t += "; Python names: " + o.get("thread_names");
+      }
+      break;
     default:
       ok = false;
   }
@@ -341,7 +366,7 @@ void judge_pool(row& r) {
 }
 
 const char* expected_text(int n, const std::string& variant) {
-  static const char* const texts[8][3] = {
+  static const char* const texts[9][3] = {
       // pyattach, raw, pool
       {"", "", ""},
       {"C++ thread unlisted; others run Python at once during the sleep; shutdown exits 0",
@@ -369,6 +394,11 @@ const char* expected_text(int n, const std::string& variant) {
       {"double_release reported with both source lines; exit 0",
        "second PyGILState_Release crashes (SIGSEGV) or aborts",
        ""},
+      {"an interpreter per pool thread, each with its own GIL: both run Python at once "
+       "(CPython 3.12+)",
+       "one GIL (PyGILState: the main interpreter only): the threads take turns, never both at "
+       "once",
+       "as pyattach, with pool_options::interpreter; workers named pool_a-0 and pool_b-0 there"},
   };
   const int column = variant == "pyattach" ? 0 : variant == "raw" ? 1 : 2;
   return texts[n][column];
@@ -377,7 +407,7 @@ const char* expected_text(int n, const std::string& variant) {
 // What each scenario's program does (scenarios_raw.cpp has them as raw C API code), shortened:
 // the timelines' titles.
 const char* scenario_title(int n) {
-  static const char* const titles[8] = {
+  static const char* const titles[9] = {
       "",
       "a thread runs Python in a loop and sleeps between prints; then shutdown",
       "a pool's init task attaches, a later task releases; idle in between",
@@ -386,12 +416,13 @@ const char* scenario_title(int n) {
       "as 3, with default_pool blocked in C++ after its init",
       "an init task returns a releaser that a later task calls",
       "the same attach released twice",
+      "two pools run a CPU-bound Python task each (not a seed scenario: PEP 684)",
   };
   return titles[n];
 }
 
 // Scenarios the pool variant has (the others are not about pools).
-bool has_pool_variant(int n) { return n >= 2 && n <= 6; }
+bool has_pool_variant(int n) { return (n >= 2 && n <= 6) || n == 8; }
 
 // trace_dir: --trace's directory, or "" without it.
 row run_row(int n, const std::string& variant, const std::string& trace_dir) {
@@ -679,7 +710,7 @@ int main(int argc, char** argv) {
       json = true;
     } else if (a == "--scenario" && i + 1 < argc) {
       only = std::atoi(argv[++i]);
-      if (only < 1 || only > 7) return usage();
+      if (only < 1 || only > 8) return usage();
     } else if (a == "--trace" && i + 1 < argc) {
       trace_dir = argv[++i];
     } else {
@@ -701,13 +732,13 @@ int main(int argc, char** argv) {
   }
   const std::string python = python_version();
   if (!json) {
-    std::printf("pyattach-demo: seven scenarios in three variants (raw C API, pyattach scopes, "
-                "pyattach::thread_pool for 2-6), each in a child process\n");
+    std::printf("pyattach-demo: eight scenarios in three variants (raw C API, pyattach scopes, "
+                "pyattach::thread_pool for 2-6 and 8), each in a child process\n");
     std::printf("CPython %s\nlibpython: %s\n\n", python.c_str(), libpython_path().c_str());
     std::fflush(stdout);
   }
   std::vector<row> rows;
-  for (int n = 1; n <= 7; ++n) {
+  for (int n = 1; n <= 8; ++n) {
     if (only != 0 && n != only) continue;
     rows.push_back(run_row(n, "raw", trace_dir));
     rows.push_back(run_row(n, "pyattach", trace_dir));

@@ -165,6 +165,36 @@ int scenario6() {
   custom_pool.shutdown();
   return pyattach_finish(interp);
 }
+
+// 8: two thread_pools, each bound to an interpreter of its own with its own GIL (CPython 3.12+),
+// run a CPU-bound Python task each at once.
+int scenario8() {
+  std::optional<pyattach::interpreter> interp(std::in_place);
+  pyattach_setup();
+#if PY_VERSION_HEX >= 0x030C0000
+  pyattach::subinterpreter in_a = pyattach::subinterpreter::create();
+  pyattach::subinterpreter in_b = pyattach::subinterpreter::create();
+  {
+    pyattach::pool_options o;
+    o.name = "pool_a";
+    o.interpreter = in_a;
+    thread_pool pool_a(o);
+    o.name = "pool_b";
+    o.interpreter = in_b;
+    thread_pool pool_b(o);
+    run_parallel_program([&](int i, std::function<void()> fn) {
+      return (i == 0 ? pool_a : pool_b).submit_python(std::move(fn));
+    });
+    obs("thread_names", pool_a.submit_python([] { return py_thread_name(); }).get() + "," +
+                            pool_b.submit_python([] { return py_thread_name(); }).get());
+  }
+  obs("states_made", std::to_string(in_a.stats().states_made + in_b.stats().states_made));
+  obs("ended", in_a.end() && in_b.end() ? "yes" : "no");
+#else
+  obs("unavailable", "needs CPython 3.12+ (a GIL per interpreter)");
+#endif
+  return pyattach_finish(interp);
+}
 }  // namespace
 
 int run_pool(int n) {
@@ -174,6 +204,7 @@ int run_pool(int n) {
     case 4:
     case 5: return two_pools(n);
     case 6: return scenario6();
+    case 8: return scenario8();
   }
   return 2;
 }

@@ -1,4 +1,4 @@
-// scenarios_pyattach.cpp — the same seven programs written with pyattach: pyattach::interpreter,
+// scenarios_pyattach.cpp — the same programs (and scenario 8) written with pyattach: pyattach::interpreter,
 // attach_scope around the Python work, detach_scope around blocking C++ work.
 // Each one only observes and prints what happened (OBS lines); the parent judges.
 #include <boost/asio/post.hpp>
@@ -196,10 +196,35 @@ void scenario7() {
   default_pool.join();
   custom_pool.join();
 }
+
+// 8: two pools run a CPU-bound Python task each, each pool's thread on an interpreter of its own
+// with its own GIL (CPython 3.12+): they run at once. Each thread keeps one state per interpreter.
+void scenario8() {
+#if PY_VERSION_HEX >= 0x030C0000
+  pyattach::subinterpreter in_a = pyattach::subinterpreter::create();
+  pyattach::subinterpreter in_b = pyattach::subinterpreter::create();
+  {
+    pool pool_a("pool_a"), pool_b("pool_b");
+    run_parallel_program([&](int i, std::function<void()> fn) {
+      const pyattach::subinterpreter& in = i == 0 ? in_a : in_b;
+      return post_task(i == 0 ? pool_a : pool_b, [&in, fn] {
+        pyattach::attach_scope py(in);
+        fn();
+      });
+    });
+    pool_a.join();
+    pool_b.join();
+  }
+  obs("states_made", std::to_string(in_a.stats().states_made + in_b.stats().states_made));
+  obs("ended", in_a.end() && in_b.end() ? "yes" : "no");
+#else
+  obs("unavailable", "needs CPython 3.12+ (a GIL per interpreter)");
+#endif
+}
 }  // namespace
 
 int run_pyattach(int n) {
-  if (n < 1 || n > 7) return 2;
+  if (n < 1 || n > 8) return 2;
   // Every scenario runs between these two: the scenario joins what it started, and its objects
   // are gone before the interpreter ends.
   std::optional<pyattach::interpreter> interp(std::in_place);
@@ -212,6 +237,7 @@ int run_pyattach(int n) {
     case 5: two_pools(true, false); break;
     case 6: scenario6(); break;
     case 7: scenario7(); break;
+    case 8: scenario8(); break;
   }
   return pyattach_finish(interp);
 }

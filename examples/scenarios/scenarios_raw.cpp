@@ -1,4 +1,5 @@
-// scenarios_raw.cpp — the seven seed scenarios written with the raw C API, as the seed wrote them
+// scenarios_raw.cpp — the seven seed scenarios (and scenario 8) written with the raw C API, as
+// the seed wrote them
 // (PyGILState_Ensure/Release, PyEval_SaveThread/RestoreThread, pthreads, one-thread pools).
 // Each one only observes and prints what happened (OBS lines); the parent judges.
 // pyattach is used for one thing only: with --trace, its timeline trace, in which the raw GIL
@@ -338,6 +339,22 @@ int scenario7() {
   std::fflush(stdout);
   std::_Exit(0);
 }
+
+// 8: two pools run a CPU-bound Python task each. PyGILState knows the main interpreter only, so
+// by hand both threads attach there and share its GIL: they take turns.
+int scenario8() {
+  PyThreadState* main_state = raw_init();
+  pool pool_a("pool_a"), pool_b("pool_b");
+  run_parallel_program([&](int i, std::function<void()> fn) {
+    return post_task(i == 0 ? pool_a : pool_b, [fn] {
+      const PyGILState_STATE g = traced_ensure();
+      fn();
+      traced_release(g);
+    });
+  });
+  return raw_finalize(main_state);
+}
+
 }  // namespace
 
 int run_raw(int n) {
@@ -350,6 +367,7 @@ int run_raw(int n) {
     case 5: return two_pools(handover::hold_gil_blocked);
     case 6: return scenario6();
     case 7: return scenario7();
+    case 8: return scenario8();
   }
   return 2;
 }
