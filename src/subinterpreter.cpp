@@ -56,6 +56,12 @@ PYATTACH_TLS sub_entry* tls_current = nullptr;
 sub_table* this_table() noexcept {
   if (PYATTACH_LIKELY(tls_table_ptr != nullptr)) return tls_table_ptr;
   if (tls_table_gone) return nullptr;
+  // The thread's main slot first: thread_locals are destroyed in the reverse order of their
+  // construction, so this table's clean-up then runs before the slot's, which attaches the
+  // thread's main state to destroy it. After it, a sub-interpreter state that a leaked scope left
+  // current made CPython abort (3.13.0: "_PyThreadState_Attach: non-NULL old thread state") or
+  // the table's clean-up wait for ever for the GIL the slot's had taken over (3.12.1).
+  (void)this_thread_slot();
   tls_table_ptr = &tls_table;
   return tls_table_ptr;
 }
@@ -157,6 +163,12 @@ void destroy_own_state(sub_entry* e) noexcept {
 }  // namespace
 
 sub_table::~sub_table() {
+  // A current state that is none of this table's is a leaked main-interpreter scope's: hand its
+  // GIL back before this thread's sub-interpreter states are made current below. The slot's
+  // clean-up, which runs after this one (this_table()), reports that scope and destroys the state
+  // through the main gate.
+  PyThreadState* const cur = compat::current_state_unchecked();
+  if (cur != nullptr && current_entry(cur) == nullptr) PyEval_SaveThread();
   for (sub_entry* e : std::vector<sub_entry*>(by_index)) {
     if (e == nullptr) continue;
     if (e->depth != 0) {
@@ -349,8 +361,22 @@ void scope_access::attach_sub(attach_scope& sc, const std::shared_ptr<interp_cor
       }
       // The thread has a PyGILState state (its main one, above), so CPython did not bind this
       // one; mark it so that making it current does not either (see mark_gilstate_bound).
+      // Unless CPython left it none: 3.13.0 runs a sub-interpreter's first import of a module on
+      // a main-interpreter state that it binds and deletes (Python/import.c,
+      // switch_to_main_interpreter), and a state made then, inside such a scope, is bound. That
+      // one is deleted under its GIL (which unbinds it) and one made while it was bound is kept.
+      PyThreadState* const bound = PyGILState_GetThisThreadState() == e->ts ? e->ts : nullptr;
+      if (bound != nullptr) {
+        if (PyThreadState* const other = PyThreadState_New(core->interp)) e->ts = other;
+      }
       mark_gilstate_bound(e->ts);
       core->states_made.fetch_add(1, std::memory_order_relaxed);
+      if (bound != nullptr && bound != e->ts) {
+        PyEval_RestoreThread(e->ts);  // inside the gate
+        PyThreadState_Clear(bound);
+        PyThreadState_Delete(bound);  // unbinds it: the thread has no PyGILState state again
+        PyEval_SaveThread();
+      }
     }
     PyEval_RestoreThread(e->ts);  // its GIL; inside the gate: the interpreter cannot end
     tls_current = e;

@@ -14,29 +14,12 @@
 #include <thread>
 #include <vector>
 
-#include "helpers.hpp"
+#include "subinterpreter_helpers.hpp"
 
 using namespace testutil;
 
-constexpr bool k_has_subinterpreters = PY_VERSION_HEX >= 0x030C0000;
-
 #if PY_VERSION_HEX >= 0x030C0000
 namespace {
-
-// The interpreter whose state is current on this thread (PRECONDITION: attached).
-PyInterpreterState* current_interp() { return PyThreadState_Get()->interp; }
-
-// Runs `code` in the current interpreter's __main__; false (and prints) on error.
-bool run(const std::string& code) {
-  PyObject* main = PyImport_AddModule("__main__");  // borrowed
-  if (main == nullptr) return false;
-  return py_exec(code, PyModule_GetDict(main));
-}
-
-long eval_long(const std::string& expr) {
-  PyObject* main = PyImport_AddModule("__main__");
-  return main == nullptr ? -1 : py_eval_long(expr, PyModule_GetDict(main));
-}
 
 // Resident set size in KiB (/proc/self/status VmRSS).
 long rss_kib() {
@@ -50,13 +33,6 @@ long rss_kib() {
 
 }  // namespace
 #endif
-
-#define SUB_TEST(test_name, case_name, ...)                                                 \
-  USES_CHILD_CASE(case_name);                                                               \
-  TEST(Subinterpreter, test_name) {                                                         \
-    if (!k_has_subinterpreters) GTEST_SKIP() << "sub-interpreters with their own GIL: 3.12+"; \
-    EXPECT_CHILD_CLEAN(::testutil::run_child(uses_##case_name, ##__VA_ARGS__));             \
-  }
 
 #if PY_VERSION_HEX >= 0x030C0000
 // Create, run Python on a native thread, end from the creating thread; attaches after the end
