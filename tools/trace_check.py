@@ -10,11 +10,15 @@ microseconds, one OS thread per tid. The spans that matter for the GIL, per thre
   "detached (blocking C++)"  B/E   ... these two kinds of nested span
   "task"                     B/E   a pool task (contains attached spans, or is inside one)
 
-The GIL invariant: a thread *holds* the GIL wherever the innermost open span among attached,
+The GIL invariant: a thread *holds* a GIL wherever the innermost open span among attached,
 waiting and detached is an `attached` one (so an attached span minus its nested waiting and
-detached spans); on a GIL build the held intervals of different threads never overlap (touching,
-end == start, is fine). On a free-threaded build several threads are attached at once, so that
-check is off there (gil_build=False, --no-gil-check).
+detached spans); on a GIL build the held intervals of different threads in the same GIL never
+overlap (touching, end == start, is fine). Which GIL: the attached span's args "gil" (the
+interpreter whose GIL it is: a sub-interpreter with its own GIL names itself, one that shares the
+main interpreter's names 0); a span without it holds the main interpreter's, 0. Sub-interpreters
+with their own GIL run at once, so only the same GIL's intervals are compared. On a
+free-threaded build several threads are attached at once, so that check is off there
+(gil_build=False, --no-gil-check).
 
 Other checks: the event fields and their types, each thread's ts non-decreasing in file order,
 and B/E nesting like a stack per thread (an E closes the innermost open B of the same name).
@@ -54,7 +58,8 @@ class Result:
     problems      readable strings; empty means the trace is valid
     spans         {tid: Counter(name -> closed spans)}, every thread seen, in first-seen order
     totals        Counter(name -> closed spans) over all threads
-    held          {tid: [(start, end)]} the GIL-held intervals, µs, sorted
+    held          {tid: [(start, end)]} the GIL-held intervals (any GIL), µs, sorted
+    held_by_gil   {tid: {gil: [(start, end)]}} the same by GIL (0: the main interpreter's)
     span_list     {tid: [Span]} the closed spans (B/E pairs and X), in the order they opened
     instants      {tid: [Instant]}
     thread_names  {tid: name} from thread_name metadata
@@ -69,6 +74,7 @@ class Result:
         self.spans = {}
         self.totals = collections.Counter()
         self.held = {}
+        self.held_by_gil = {}
         self.span_list = {}
         self.instants = {}
         self.thread_names = {}
@@ -89,6 +95,7 @@ class Result:
             self.span_list[tid] = []
             self.instants[tid] = []
             self.held[tid] = []
+            self.held_by_gil[tid] = {}
 
 
 class _Problems:
@@ -245,7 +252,9 @@ def check(trace, gil_build=True):
         spans.sort(key=lambda s: (s.start, s.depth))
         result.spans[tid].update(s.name for s in spans)
         result.totals.update(result.spans[tid])
-        result.held[tid] = held_intervals(spans)
+        result.held_by_gil[tid] = held_by_gil(spans)
+        result.held[tid] = sorted(i for intervals in result.held_by_gil[tid].values()
+                                  for i in intervals)
     if first <= last:
         result.first_ts, result.last_ts = first, last
     if gil_build:
@@ -254,8 +263,20 @@ def check(trace, gil_build=True):
     return result
 
 
+def gil_of(args):
+    """The GIL a span's args name (trace_writer.cpp: "gil"); 0, the main interpreter's, if none."""
+    gil = args.get("gil", 0) if isinstance(args, dict) else 0
+    return gil if type(gil) is int else 0
+
+
 def held_intervals(spans):
-    """[(start, end)] where the innermost open span among attached/waiting/detached is attached.
+    """[(start, end)] where the innermost open span among attached/waiting/detached is attached."""
+    return sorted(i for intervals in held_by_gil(spans).values() for i in intervals)
+
+
+def held_by_gil(spans):
+    """{gil: [(start, end)]}: where the innermost open span among attached/waiting/detached is an
+    attached span of that GIL (gil_of its args).
 
     A sweep over the span boundaries in time order; at equal times closes come before opens (so a
     detached span ending where a waiting one starts leaves no gap), opens outermost first and
@@ -264,36 +285,39 @@ def held_intervals(spans):
     bounds = []
     for s in spans:
         if s.name in GIL_SPANS and s.end > s.start:
-            bounds.append((s.start, 1, s.depth, s.name))
-            bounds.append((s.end, 0, -s.depth, s.name))
+            gil = gil_of(s.args)
+            bounds.append((s.start, 1, s.depth, s.name, gil))
+            bounds.append((s.end, 0, -s.depth, s.name, gil))
     bounds.sort()
-    held = []
-    active = {}  # depth -> name of the open GIL span at that depth
-    since = None
-    for t, opening, depth, name in bounds:
+    held = {}
+    active = {}  # depth -> (name, gil) of the open GIL span at that depth
+    holding, since = None, None  # the GIL held since `since`
+    for t, opening, depth, name, gil in bounds:
         if opening:
-            active[depth] = name
-        elif active.get(-depth) == name:
+            active[depth] = (name, gil)
+        elif active.get(-depth) == (name, gil):
             del active[-depth]
-        holding = bool(active) and active[max(active)] == ATTACHED
-        if holding and since is None:
-            since = t
-        elif not holding and since is not None:
-            if t > since:
-                held.append((since, t))
-            since = None
+        inner = active[max(active)] if active else None
+        now = inner[1] if inner is not None and inner[0] == ATTACHED else None
+        if now != holding:
+            if holding is not None and t > since:
+                held.setdefault(holding, []).append((since, t))
+            holding, since = now, t
     return held
 
 
 def _check_overlaps(result, problems):
-    """Held intervals of different threads (of one process) must not overlap: sort all of them
-    by start and sweep, remembering the interval that reaches furthest. One thread's own held
-    intervals are disjoint, so an interval starting before that end overlaps another thread's."""
-    by_pid = collections.defaultdict(list)
-    for tid, intervals in result.held.items():
-        for start, end in intervals:
-            by_pid[result.pids[tid]].append((start, end, tid))
-    for intervals in by_pid.values():
+    """Held intervals of one GIL of different threads (of one process) must not overlap: sort all
+    of them by start and sweep, remembering the interval that reaches furthest. One thread's own
+    held intervals are disjoint, so an interval starting before that end overlaps another
+    thread's."""
+    by_gil = collections.defaultdict(list)
+    for tid, gils in result.held_by_gil.items():
+        for gil, intervals in gils.items():
+            for start, end in intervals:
+                by_gil[result.pids[tid], gil].append((start, end, tid))
+    for (_, gil), intervals in by_gil.items():
+        which = "GIL" if gil == 0 else f"GIL of interpreter {gil}"
         intervals.sort()
         far = None  # (end, start, tid) of the interval reaching furthest so far
         for start, end, tid in intervals:
@@ -301,7 +325,8 @@ def _check_overlaps(result, problems):
                 f_end, f_start, f_tid = far
                 origin = result.first_ts or 0
                 problems.add("GIL overlap",
-                             f"GIL held by two threads at once: {result.thread_label(f_tid)} held "
+                             f"{which} held by two threads at once: "
+                             f"{result.thread_label(f_tid)} held "
                              f"it {f_start:.3f}..{f_end:.3f} us and {result.thread_label(tid)} "
                              f"{start:.3f}..{end:.3f} us, overlapping "
                              f"{min(end, f_end) - start:.3f} us from "

@@ -133,6 +133,43 @@ def test_overlap_inside_a_nested_detached_span_is_accepted():
     assert result.held[WORKER] == [(10, 18), (20, 22)]
 
 
+def sub_interpreter_thread(tid, interp, gil, start):
+    """A thread in a scope of the main interpreter that swaps in sub-interpreter `interp` (the
+    writer's args: interp, gil) from start + 2 to start + 8: the main attached span ends at the swap
+    and a new one begins once the main state is current again."""
+    args = {"args": {"interp": interp, "gil": gil}}
+    return (span(tid, ATTACHED, start, start + 1)
+            + span(tid, WAITING, start + 1, start + 2, **args)
+            + span(tid, ATTACHED, start + 2, start + 8, **args)
+            + span(tid, WAITING, start + 8, start + 9) + span(tid, ATTACHED, start + 9, start + 10))
+
+
+def test_gils_of_different_interpreters_may_be_held_at_once():
+    # WORKER holds interpreter 3's own GIL over 12..18 while TASKS holds interpreter 4's over 13..19
+    result = trace_check.check(make_trace(sub_interpreter_thread(WORKER, 3, 3, 10),
+                                          sub_interpreter_thread(TASKS, 4, 4, 11)))
+    assert result.problems == []
+    assert result.held_by_gil[WORKER] == {0: [(10, 11), (19, 20)], 3: [(12, 18)]}
+    assert result.held[WORKER] == [(10, 11), (12, 18), (19, 20)]
+
+
+def test_the_same_gil_held_at_once_is_reported_with_its_interpreter():
+    result = trace_check.check(make_trace(sub_interpreter_thread(WORKER, 3, 3, 10),
+                                          sub_interpreter_thread(TASKS, 3, 3, 11)))
+    assert len(result.problems) == 1
+    assert "GIL of interpreter 3 held by two threads at once" in result.problems[0]
+    assert "overlapping 5.000 us" in result.problems[0]
+    # an interpreter that shares the main GIL (gil 0) overlaps the main interpreter's holders
+    result = trace_check.check(make_trace(sub_interpreter_thread(WORKER, 3, 0, 10),
+                                          span(TASKS, ATTACHED, 14, 15)))
+    assert len(result.problems) == 1
+    assert "GIL held by two threads at once" in result.problems[0]
+    # while the main state is swapped out, another thread may hold the main GIL
+    result = trace_check.check(make_trace(sub_interpreter_thread(WORKER, 3, 3, 10),
+                                          span(TASKS, ATTACHED, 11, 19)))
+    assert result.problems == []
+
+
 def test_no_gil_build_skips_the_overlap_check():
     result = trace_check.check(overlap_trace(), gil_build=False)
     assert result.problems == []
