@@ -149,6 +149,7 @@ void obs_retire(slot* s) noexcept;
 // A pool worker starts: its task spans carry (pool, worker).
 void obs_worker_start(const std::string& pool, const std::string& worker) noexcept;
 bool tracing_anywhere() noexcept;  // a trace runs (relaxed: a hint for the pool's task spans)
+bool observing_anywhere() noexcept;  // metrics or a trace are on (relaxed: a hint)
 void obs_task(bool begin, std::uint64_t task_number) noexcept;
 // An instant event on the calling thread (gate closing, misuse), while a trace runs.
 void trace_instant(const std::string& name, const std::string& message) noexcept;

@@ -37,6 +37,20 @@ void clear(obs_histogram& h) noexcept {
   h.sum.store(0, std::memory_order_relaxed);
   h.max.store(0, std::memory_order_relaxed);
 }
+
+// The observer's per sub-interpreter figures (detail/observe_hooks.hpp), read from any thread.
+std::vector<std::pair<std::int64_t, interp_ticks>> sub_figures(const observer* o) {
+  std::vector<std::pair<std::int64_t, interp_ticks>> out;
+  const std::uint32_t n = o->interp_count.load(std::memory_order_acquire);
+  for (std::uint32_t k = 0; k < n && k < obs_interps; ++k) {
+    const obs_interp_figures& f = o->interps[k];
+    out.emplace_back(f.id.load(std::memory_order_relaxed),
+                     interp_ticks{f.attaches.load(std::memory_order_relaxed),
+                                  f.wait.load(std::memory_order_relaxed),
+                                  f.attached.load(std::memory_order_relaxed)});
+  }
+  return out;
+}
 }  // namespace
 
 observer* obs_prepare(slot* s) noexcept {
@@ -59,6 +73,12 @@ observer* obs_prepare(slot* s) noexcept {
     clear(o->wait);
     clear(o->attached);
     clear(o->detached);
+    o->interp_count.store(0, std::memory_order_release);  // before the entries are reused
+    for (obs_interp_figures& f : o->interps) {
+      f.attaches.store(0, std::memory_order_relaxed);
+      f.wait.store(0, std::memory_order_relaxed);
+      f.attached.store(0, std::memory_order_relaxed);
+    }
   }
   return o;
 }
@@ -120,6 +140,14 @@ void obs_retire(slot* s) noexcept {
           r.sums[i] += h[i]->sum.load(std::memory_order_relaxed);
           r.maxes[i] = std::max(r.maxes[i], h[i]->max.load(std::memory_order_relaxed));
         }
+        for (const auto& [id, f] : sub_figures(o)) {
+          auto it = std::find_if(r.interps.begin(), r.interps.end(),
+                                 [id = id](const auto& x) { return x.first == id; });
+          if (it == r.interps.end()) it = r.interps.insert(it, {id, interp_ticks{}});
+          it->second.attaches += f.attaches;
+          it->second.wait += f.wait;
+          it->second.attached += f.attached;
+        }
       } catch (...) {
       }
     }
@@ -161,6 +189,8 @@ void set_bit(std::uint8_t bit, bool on) noexcept {
 
 std::uint8_t observe_bits() noexcept { return g_bits.load(std::memory_order_relaxed); }
 
+bool observing_anywhere() noexcept { return g_bits.load(std::memory_order_relaxed) != 0; }
+
 void observe_init_once() noexcept {
   static std::once_flag once;
   std::call_once(once, [] {
@@ -199,6 +229,29 @@ duration_histogram read(const obs_histogram& t, double per_tick) {
   for (unsigned k = 0; k < obs_buckets; ++k) b[k] = t.bucket[k].load(std::memory_order_relaxed);
   return to_durations(b, t.sum.load(std::memory_order_relaxed),
                       t.max.load(std::memory_order_relaxed), per_tick);
+}
+
+// thread_metrics::interpreters from a thread's totals (attaches, and the wait and attached sums
+// in ticks) and its sub-interpreters' figures: the main interpreter's row is what they leave.
+std::vector<interpreter_metrics> interpreter_rows(
+    interp_ticks main, const std::vector<std::pair<std::int64_t, interp_ticks>>& subs,
+    double per_tick) {
+  const auto row = [per_tick](std::int64_t id, const interp_ticks& f) {
+    const auto ns = [per_tick](std::uint64_t ticks_) {
+      return std::chrono::nanoseconds(
+          static_cast<std::int64_t>(std::llround(static_cast<double>(ticks_) * per_tick)));
+    };
+    return interpreter_metrics{id, f.attaches, ns(f.wait), ns(f.attached)};
+  };
+  std::vector<interpreter_metrics> rows;
+  for (const auto& [id, f] : subs) {  // a snapshot of a busy thread may be a few events apart
+    main.attaches -= std::min(main.attaches, f.attaches);
+    main.wait -= std::min(main.wait, f.wait);
+    main.attached -= std::min(main.attached, f.attached);
+  }
+  if (main.attaches != 0 || main.wait != 0 || main.attached != 0) rows.push_back(row(0, main));
+  for (const auto& [id, f] : subs) rows.push_back(row(id, f));
+  return rows;
 }
 }  // namespace
 
@@ -266,6 +319,10 @@ metrics_snapshot metrics() {
       t.attaches = t.wait.count - std::min(t.wait.count, o->retakes.load(std::memory_order_relaxed));
       t.attached = read(o->attached, per_tick);
       t.detached = read(o->detached, per_tick);
+      t.interpreters = interpreter_rows(
+          interp_ticks{t.attaches, o->wait.sum.load(std::memory_order_relaxed),
+                       o->attached.sum.load(std::memory_order_relaxed)},
+          sub_figures(o), per_tick);
     });
     for (const auto& [pool, r] : retired()) {
       thread_metrics t;
@@ -276,6 +333,8 @@ metrics_snapshot metrics() {
       t.attaches = t.wait.count - std::min(t.wait.count, r.retakes);
       t.attached = to_durations(r.attached, r.sums[1], r.maxes[1], per_tick);
       t.detached = to_durations(r.detached, r.sums[2], r.maxes[2], per_tick);
+      t.interpreters =
+          interpreter_rows(interp_ticks{t.attaches, r.sums[0], r.sums[1]}, r.interps, per_tick);
       snap.threads.push_back(std::move(t));
     }
   }
@@ -324,6 +383,14 @@ std::string to_string(const metrics_snapshot& snapshot) {
   for (const thread_metrics& t : snapshot.threads) {
     block("thread " + t.name + (t.pool.empty() ? "" : " of pool " + t.pool), t.attaches, t.wait,
           t.attached, t.detached);
+    // By interpreter, for threads that used a sub-interpreter.
+    if (t.interpreters.size() > 1 || (!t.interpreters.empty() && t.interpreters[0].interpreter)) {
+      for (const interpreter_metrics& i : t.interpreters) {
+        out += "  in interpreter " + std::to_string(i.interpreter) + ": attaches " +
+               std::to_string(i.attaches) + " waiting " + ms(i.wait) + " attached " +
+               ms(i.attached) + "\n";
+      }
+    }
   }
   for (const pool_metrics& p : snapshot.pools) {
     block("pool " + p.name + " (" + std::to_string(p.workers) + " live workers)", p.attaches,

@@ -84,11 +84,16 @@ extern std::vector<std::pair<std::string, std::string>> g_labels;
 // Threads that exited: their metrics summed per pool name ("" for no pool), and their trace
 // buffers of the running session. Protected by registry().mutex (metrics) and g_trace_mutex
 // (buffers).
+// A thread's figures in one sub-interpreter (obs_interp_figures), in ticks.
+struct interp_ticks {
+  std::uint64_t attaches = 0, wait = 0, attached = 0;
+};
 struct retired_metrics {
   std::uint64_t threads = 0;
   std::uint64_t retakes = 0;
   std::uint64_t wait[obs_buckets] = {}, attached[obs_buckets] = {}, detached[obs_buckets] = {};
   std::uint64_t sums[3] = {}, maxes[3] = {};
+  std::vector<std::pair<std::int64_t, interp_ticks>> interps;  // by sub-interpreter id
 };
 std::map<std::string, retired_metrics>& retired();
 struct retired_buffer {

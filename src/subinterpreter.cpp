@@ -51,6 +51,57 @@ PYATTACH_TLS sub_table* tls_table_ptr = nullptr;
 // state is still current (a scope on another interpreter inside it swaps it out: null or that one).
 PYATTACH_TLS sub_entry* tls_current = nullptr;
 
+// ---- what the thread report and observation see (report.hpp, observe.hpp) ----
+// The owner calls these around each take and release of a state's GIL: the entry's phase for the
+// report (e: null for the thread's main-interpreter state, which has its slot's phase), and the
+// observation hooks. Observation off costs one load of the thread's slot (and one of a byte of it
+// when it has one); the release hooks record only what an observed take began.
+obs_in in_of(const sub_entry* e) noexcept {
+  return e != nullptr ? obs_in{e->core->id, e->core->own_gil} : obs_in{0, true};
+}
+
+// The calling thread's slot if it observes now (made for a thread that has none yet, as its
+// first main-interpreter attach would); else null.
+slot* observing_slot() noexcept {
+  slot* s = tls_slot;
+  if (PYATTACH_UNLIKELY(s == nullptr) && observing_anywhere()) s = this_thread_slot();
+  return s != nullptr && s->observe.load(std::memory_order_relaxed) != 0 ? s : nullptr;
+}
+
+// Before taking e's GIL; returns the slot to pass to took() (null: not observed).
+slot* taking(sub_entry* e) noexcept {
+  slot* const s = observing_slot();
+  if (PYATTACH_UNLIKELY(s != nullptr)) obs_sub_ask(s, in_of(e));
+  e->phase.store(entry_phase::waiting, std::memory_order_relaxed);
+  return s;
+}
+
+void took(slot* s, sub_entry* e, obs_take how) noexcept {
+  e->phase.store(entry_phase::attached, std::memory_order_relaxed);
+  if (PYATTACH_UNLIKELY(s != nullptr)) obs_sub_took(s, in_of(e), how);
+}
+
+// Before releasing the current state's GIL (e: its entry, null for a main-interpreter state).
+// Returns whether an observed hold ended (a swap then resumes it: resume()).
+bool releasing(sub_entry* e) noexcept {
+  if (e != nullptr) e->phase.store(entry_phase::detached, std::memory_order_relaxed);
+  slot* const s = tls_slot;
+  return PYATTACH_UNLIKELY(s != nullptr && s->obs.load(std::memory_order_relaxed) != nullptr) &&
+         obs_sub_release(s);
+}
+
+// Makes `ts` (of entry e, null for a main-interpreter state) current again after a scope that
+// swapped it out; `observed`: releasing() said its hold was observed, which then resumes. The
+// caller sets tls_current.
+void resume(PyThreadState* ts, sub_entry* e, bool observed) noexcept {
+  slot* const s = observed ? tls_slot : nullptr;
+  if (s != nullptr) obs_sub_ask(s, in_of(e));
+  if (e != nullptr) e->phase.store(entry_phase::waiting, std::memory_order_relaxed);
+  PyEval_RestoreThread(ts);
+  if (e != nullptr) e->phase.store(entry_phase::attached, std::memory_order_relaxed);
+  if (s != nullptr) obs_sub_took(s, in_of(e), obs_take::resume);
+}
+
 }  // namespace
 
 sub_table* this_table() noexcept {
@@ -96,6 +147,7 @@ void drop_entry(sub_entry* e) noexcept {
       // The gate is closing or closed: the closer destroys it (it cannot be attached any more).
       e->core->orphans.push_back(e->ts);
       e->ts = nullptr;
+      e->phase.store(entry_phase::none, std::memory_order_relaxed);
     }
   }
   if (tls_current == e) tls_current = nullptr;
@@ -119,6 +171,8 @@ sub_entry* entry_for(const std::shared_ptr<interp_core>& core) {
   auto* e = new sub_entry;
   e->core = core;
   e->table = &t;
+  e->ident = PyThread_get_thread_ident();  // needs no GIL
+  e->os_tid = this_os_tid();
   {
     std::lock_guard<std::mutex> lock(core->m);
     core->entries.push_back(e);
@@ -154,6 +208,7 @@ void destroy_own_state(sub_entry* e) noexcept {
     PyThreadState_Clear(e->ts);
     PyThreadState_DeleteCurrent();  // releases its GIL
     e->ts = nullptr;
+    e->phase.store(entry_phase::none, std::memory_order_relaxed);
     core->states_destroyed.fetch_add(1, std::memory_order_relaxed);
     drop_sub_pass(core);
   }
@@ -233,6 +288,7 @@ void close_core(interp_core* core) noexcept {
       PyThreadState_Delete(e->ts);
     }
     e->ts = nullptr;  // self: Py_EndInterpreter deletes it
+    e->phase.store(entry_phase::none, std::memory_order_relaxed);
     core->states_destroyed.fetch_add(1, std::memory_order_relaxed);
   }
   for (PyThreadState* ts : core->orphans) {
@@ -348,13 +404,19 @@ void scope_access::attach_sub(attach_scope& sc, const std::shared_ptr<interp_cor
         return;
       }
     }
+    // The outer state's observed hold ends here and resumes at this scope's end.
+    const std::uint64_t bit = level_bit(e->depth + 1);
+    sub_entry* const outer =
+        tls_current != nullptr && tls_current->ts == cur ? tls_current : nullptr;
+    const bool resumes = cur != nullptr && releasing(outer);
+    e->obs_resumes = resumes ? e->obs_resumes | bit : e->obs_resumes & ~bit;
     if (cur != nullptr) PyEval_SaveThread();  // the outer state stays this thread's; its GIL goes
     if (e->ts == nullptr) {
       // Made on this thread, for this thread only (a state made on one thread and attached on
       // another deadlocks 3.13: python/cpython#130501). Needs no GIL.
       e->ts = PyThreadState_New(core->interp);
       if (e->ts == nullptr) {
-        if (cur != nullptr) PyEval_RestoreThread(cur);
+        if (cur != nullptr) resume(cur, outer, resumes);
         drop_sub_pass(core.get());
         sc.status_ = attach_status::other_interpreter;
         return;
@@ -378,7 +440,9 @@ void scope_access::attach_sub(attach_scope& sc, const std::shared_ptr<interp_cor
         PyEval_SaveThread();
       }
     }
+    slot* const observed = taking(e);
     PyEval_RestoreThread(e->ts);  // its GIL; inside the gate: the interpreter cannot end
+    took(observed, e, obs_take::attach);
     tls_current = e;
     add_owned(e->attaches, 1);
   }
@@ -412,11 +476,14 @@ void scope_access::end_sub(attach_scope& sc, const source_site* at, void* code) 
   }
   --e->depth;
   if (sc.outer_ != e->ts) {
+    const bool resumes = (e->obs_resumes & level_bit(sc.level_)) != 0;
+    releasing(e);
     PyEval_SaveThread();  // keeps the state for the next attach; hands its GIL on
     tls_current = nullptr;
     if (sc.outer_ != nullptr) {
-      PyEval_RestoreThread(sc.outer_);  // the outer scope's pass holds
-      tls_current = current_entry(sc.outer_);  // another interpreter's pyattach scope, or none
+      sub_entry* const outer = current_entry(sc.outer_);  // another interpreter's scope, or none
+      resume(sc.outer_, outer, resumes);  // the outer scope's pass holds
+      tls_current = outer;
     } else if (PYATTACH_UNLIKELY(PyGILState_GetThisThreadState() == nullptr)) {
       // CPython 3.13 imports a single-phase-init module in a sub-interpreter through a
       // temporary main-interpreter state that it binds to PyGILState and deletes
@@ -440,11 +507,13 @@ void scope_access::attach_main_from_handle(attach_scope& sc, const source_site& 
     sc.attach_fast(site);
     return;
   }
+  const std::uint64_t bit = level_bit(inner->depth);
+  inner->obs_lent = releasing(inner) ? inner->obs_lent | bit : inner->obs_lent & ~bit;
   PyEval_SaveThread();
   tls_current = nullptr;
   sc.attach_fast(site);
   if (sc.kind_ == attach_scope::kind_none) {
-    PyEval_RestoreThread(cur);
+    resume(cur, inner, (inner->obs_lent & bit) != 0);
     tls_current = inner;
     return;
   }
@@ -457,8 +526,9 @@ void scope_access::end_swapped(attach_scope& sc, const source_site* at) noexcept
   PyThreadState* const outer = static_cast<PyThreadState*>(sc.outer_);
   sc.finish(at);
   if (compat::current_state_unchecked() == nullptr) {
-    PyEval_RestoreThread(outer);
-    tls_current = current_entry(outer);
+    sub_entry* const inner = current_entry(outer);
+    resume(outer, inner, inner != nullptr && (inner->obs_lent & level_bit(inner->depth)) != 0);
+    tls_current = inner;
   }
 }
 
@@ -470,6 +540,8 @@ bool scope_access::detach_sub_begin(detach_scope& sc) noexcept {
   sc.owner_ = nullptr;
   sc.level_ = e->depth;
   sc.sub_ = e;
+  e->phase.store(entry_phase::detached, std::memory_order_relaxed);
+  if (slot* const s = observing_slot()) obs_detach_begin(s);
   PyEval_SaveThread();  // keeps the state; the enclosing scope's pass keeps the interpreter
   sc.state_ = detach_scope::state_sub;
   return true;
@@ -478,7 +550,12 @@ bool scope_access::detach_sub_begin(detach_scope& sc) noexcept {
 void scope_access::detach_sub_end(detach_scope& sc) noexcept {
   auto* e = static_cast<sub_entry*>(sc.sub_);
   sc.state_ = detach_scope::state_ended;
+  slot* const s = tls_slot;
+  const bool observed = s != nullptr && s->obs.load(std::memory_order_relaxed) != nullptr;
+  if (observed) obs_detach_end(s);  // records only if its begin did
+  e->phase.store(entry_phase::waiting, std::memory_order_relaxed);
   PyEval_RestoreThread(e->ts);
+  took(observed ? s : nullptr, e, obs_take::reattach);
 }
 
 // ---- records --------------------------------------------------------------------------------

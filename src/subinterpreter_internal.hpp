@@ -19,6 +19,9 @@ enum : int { sub_open = 0, sub_closing = 1, sub_closed = 2 };
 
 struct sub_table;
 
+// Where a thread's cached state of an interpreter is, for the thread report (src/report.cpp).
+enum class entry_phase : std::uint8_t { none, detached, waiting, attached };
+
 // One thread's cached state of one interpreter. Owned by that thread's table.
 // ts: written by the owning thread while it holds a pass of the interpreter (gate open), or, once
 // the gate is closed and no pass is held, by the closer under interp_core::m.
@@ -29,6 +32,17 @@ struct sub_entry {
   sub_table* table = nullptr;
   // Scopes that made ts current (written by the owner only; summed by stats() under core->m).
   std::atomic<std::uint64_t> attaches{0};
+  // What the thread report reads under interp_core::m instead of ts (which the owner writes
+  // without it): the owning thread's ids, set before the entry is published in `entries`, and
+  // where its state is (none: no state), stored by the owner around each take and release of its
+  // GIL, and to none by whoever destroys the state.
+  unsigned long ident = 0;
+  std::uint64_t os_tid = 0;
+  std::atomic<entry_phase> phase{entry_phase::none};
+  // Observation (pyattach/observe.hpp), owner only. resumes: bit L, the scope at level L ended
+  // an observed hold of the state it swapped out, so its end begins that hold again. lent: bit L,
+  // a scope on the main interpreter's handle swapped this state out at depth L the same way.
+  std::uint64_t obs_resumes = 0, obs_lent = 0;
 };
 
 // One interpreter pyattach knows. The gate: an attach adds a pass to `inside` (seq_cst), then

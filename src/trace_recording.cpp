@@ -74,6 +74,36 @@ trace_buffer* buffer_for(slot* s, observer* o, bool begin) noexcept {
 
 // ---- hooks ------------------------------------------------------------------------------------
 
+namespace {
+// The calling thread's figures of sub-interpreter `id`, made now if it has none (the last entry
+// sums every interpreter past the others, as id -1). Owner only.
+obs_interp_figures& figures_of(observer* o, std::int64_t id) noexcept {
+  const std::uint32_t n = o->interp_count.load(std::memory_order_relaxed);
+  for (std::uint32_t k = 0; k < n; ++k) {
+    const std::int64_t have = o->interps[k].id.load(std::memory_order_relaxed);
+    if (have == id || have == -1) return o->interps[k];
+  }
+  obs_interp_figures& f = o->interps[n];  // n < obs_interps: the last one, once made, matches all
+  f.id.store(n + 1 == obs_interps ? -1 : id, std::memory_order_relaxed);
+  o->interp_count.store(n + 1, std::memory_order_release);
+  return f;
+}
+
+// The hold that ends at tick t: its attached time, counted for the thread and for the
+// sub-interpreter it was in, if metrics are on. Returns whether one was open.
+bool end_hold(slot* s, observer* o, std::uint64_t t) noexcept {
+  const bool open = o->hold_since != 0;
+  if (open && metrics_on(s, o)) {
+    const std::uint64_t d = t - o->hold_since;
+    o->attached.add(d);
+    if (o->hold_interp != 0) add_owned(figures_of(o, o->hold_interp).attached, d);
+  }
+  o->hold_since = 0;
+  o->hold_interp = 0;
+  return open;
+}
+}  // namespace
+
 void obs_wait_begin(slot* s) noexcept {
   observer* const o = observer_of(s);
   if (o == nullptr || o->wait_since != 0) return;  // waiting since its detach scope ended
@@ -102,8 +132,7 @@ void obs_release(slot* s) noexcept {
   observer* const o = s->obs.load(std::memory_order_relaxed);
   if (o == nullptr) return;
   const std::uint64_t t = ticks();
-  if (o->hold_since != 0 && metrics_on(s, o)) o->attached.add(t - o->hold_since);
-  o->hold_since = 0;
+  end_hold(s, o, t);
   o->wait_since = 0;
   if (trace_buffer* b = buffer_for(s, o, false)) {
     // A scope that ends while detach scopes inside it are still open (out of order), or whose
@@ -119,8 +148,7 @@ void obs_detach_begin(slot* s) noexcept {
   observer* const o = observer_of(s);
   if (o == nullptr) return;
   const std::uint64_t t = ticks();
-  if (o->hold_since != 0 && metrics_on(s, o)) o->attached.add(t - o->hold_since);
-  o->hold_since = 0;
+  end_hold(s, o, t);
   o->detached_since = t;
   if (trace_buffer* b = buffer_for(s, o, true)) {
     record_begin(b, ev::detached_begin, b->open_detached, t);
@@ -159,6 +187,63 @@ void obs_trace_release(slot* s, observer* o, std::uint64_t t) noexcept {
     record_end(b, ev::detached_end, b->open_detached, t);
     record_end(b, ev::attached_end, b->open_attached, t);
   }
+}
+
+// ---- sub-interpreter scopes' hooks (detail/observe_hooks.hpp) ----
+// Spans: a thread's attached spans never nest. A scope that swaps in another interpreter's state
+// ends the attached span of the state it swaps out (obs_sub_release) and, when it ends, begins a
+// new one for that state once it is current again (resume). So the innermost open span among
+// attached, waiting and detached always names the GIL the thread holds, if any: the begins of
+// a sub-interpreter's spans carry its id and whether it has a GIL of its own
+// (trace_writer.cpp: args interp and gil).
+
+void obs_sub_ask(slot* s, obs_in in) noexcept {
+  observer* const o = observer_of(s);
+  if (o == nullptr) return;
+  const std::uint64_t t = ticks();
+  o->wait_since = t;
+  if (trace_buffer* b = buffer_for(s, o, true)) {
+    record_begin(b, ev::wait_begin, b->open_waiting, t, static_cast<std::uint64_t>(in.id),
+                 in.own_gil ? 1u : 0u);
+  }
+}
+
+void obs_sub_took(slot* s, obs_in in, obs_take how) noexcept {
+  observer* const o = s->obs.load(std::memory_order_relaxed);
+  if (o == nullptr || o->wait_since == 0) return;  // its ask (or detach end) recorded nothing
+  const std::uint64_t t = ticks();
+  if (metrics_on(s, o)) {
+    const std::uint64_t d = t - o->wait_since;
+    o->wait.add(d);
+    if (how != obs_take::attach) add_owned(o->retakes, 1);
+    if (in.id != 0) {
+      obs_interp_figures& f = figures_of(o, in.id);
+      add_owned(f.wait, d);
+      if (how == obs_take::attach) add_owned(f.attaches, 1);
+    }
+  }
+  o->wait_since = 0;
+  o->hold_since = t;
+  o->hold_interp = in.id;
+  if (trace_buffer* b = buffer_for(s, o, false)) {
+    record_end(b, ev::wait_end, b->open_waiting, t);
+    if (how != obs_take::reattach) {
+      record_begin(b, ev::attached_begin, b->open_attached, t, static_cast<std::uint64_t>(in.id),
+                   in.own_gil ? 1u : 0u);
+    }
+  }
+}
+
+bool obs_sub_release(slot* s) noexcept {
+  observer* const o = s->obs.load(std::memory_order_relaxed);
+  if (o == nullptr) return false;
+  const std::uint64_t t = ticks();
+  // No hold: its take was not observed, and the innermost attached span, if any, is another's.
+  if (!end_hold(s, o, t)) return false;
+  if (trace_buffer* b = buffer_for(s, o, false)) {
+    record_end(b, ev::attached_end, b->open_attached, t);
+  }
+  return true;
 }
 
 void obs_worker_start(const std::string& pool, const std::string& worker) noexcept {

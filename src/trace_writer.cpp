@@ -199,6 +199,11 @@ trace_result write_trace_locked(const std::string& path,
           args = ",\"args\":{\"pool\":\"" + json_escape(known ? labels[e.aux].first : "") +
                  "\",\"worker\":\"" + json_escape(known ? labels[e.aux].second : "") +
                  "\",\"task\":" + std::to_string(e.arg) + "}";
+        } else if (e.arg != 0 && is_begin(e.kind)) {
+          // A sub-interpreter's span (trace_recording.cpp): arg its id, aux whether its GIL is
+          // its own; the main interpreter's spans carry none.
+          const std::string id = std::to_string(static_cast<std::int64_t>(e.arg));
+          args = ",\"args\":{\"interp\":" + id + ",\"gil\":" + (e.aux != 0 ? id : "0") + "}";
         }
         std::fprintf(f, ",\n{\"name\":\"%s\",\"cat\":\"%s\",\"ph\":\"%s\",\"pid\":%ld,\"tid\":%"
                         PRIu64 ",\"ts\":%.3f%s}",

@@ -3,8 +3,9 @@
 //
 // What is observed
 //   Every time pyattach takes the GIL for a thread (the outermost attach_scope of a thread that
-//   was not attached, the end of a detach_scope, a pool worker's attach for its Python tasks) and
-//   every time it gives it back. pyattach sees only its own calls: a thread that other code
+//   was not attached, the end of a detach_scope, a pool worker's attach for its Python tasks, a
+//   sub-interpreter scope that makes its state current, and the state it swapped out made current
+//   again at its end) and every time it gives it back. pyattach sees only its own calls: a thread that other code
 //   attached (a Python thread, a raw PyGILState_Ensure) is not observed, nor is the GIL that
 //   CPython's eval loop hands over inside a scope (the switch interval, time.sleep, blocking I/O
 //   in Python, Py_BEGIN_ALLOW_THREADS in an extension): "attached" is the time from the attach to
@@ -18,6 +19,8 @@
 //   the start of a detach_scope), and detached inside detach_scope. metrics() is a snapshot.
 //   Off, the attach path pays one predictable branch; on, each attach reads a clock three times
 //   and updates the thread's own counters (no lock, no atomic read-modify-write).
+//   Sub-interpreter scopes (subinterpreter.hpp) are observed too: per thread, `interpreters`
+//   splits attaches and the total wait and attached times by interpreter.
 //
 // Trace (off by default: start_trace(), or PYATTACH_TRACE=<file>, which starts it at the first
 //   pyattach call and writes the file when pyattach's gate closes for the interpreter's end)
@@ -26,7 +29,11 @@
 //   counted, never waited for. flush_trace() writes what was recorded so far; stop_trace() writes
 //   and ends. Spans: "waiting for the GIL", "attached", "detached (blocking C++)", and pool
 //   "task" spans (args: pool, worker, task = the worker's task number); instants: "gate
-//   closing", "misuse: <kind>". Thread names (OS, and threading's where the writer can attach)
+//   closing", "misuse: <kind>". A sub-interpreter's GIL spans have args interp (its id) and gil
+//   (the interpreter whose GIL it is: its own id, or 0 for one that shares the main GIL); spans
+//   without them are the main interpreter's. A thread's attached spans never nest: a scope that
+//   swaps in another interpreter's state ends the outer state's span, and a new one begins when
+//   that state is current again. Thread names (OS, and threading's where the writer can attach)
 //   are written as thread_name metadata. Format and viewing: docs/observability.md.
 //
 // Clock: the x86 TSC when the kernel uses it as its own clocksource (it is then invariant and
@@ -70,6 +77,15 @@ struct duration_histogram {
   duration_histogram& operator+=(const duration_histogram& other);
 };
 
+// A thread's figures in one interpreter (sub-interpreters: subinterpreter.hpp, CPython 3.12+).
+struct interpreter_metrics {
+  std::int64_t interpreter = 0;  // its id (PyInterpreterState_GetID): 0 is the main interpreter;
+                                 // -1 sums the sub-interpreters past the first seven it used
+  std::uint64_t attaches = 0;            // of thread_metrics::attaches
+  std::chrono::nanoseconds wait{0};      // of thread_metrics::wait's total: taking its GIL
+  std::chrono::nanoseconds attached{0};  // of thread_metrics::attached's total: holding it
+};
+
 struct thread_metrics {
   std::uint64_t os_tid = 0;   // the kernel's thread id (0: the record of exited threads)
   unsigned long ident = 0;    // threading.get_ident()
@@ -80,6 +96,10 @@ struct thread_metrics {
   duration_histogram wait;           // asked -> attached, for every GIL take (re-attaches too)
   duration_histogram attached;       // attached -> released or detached
   duration_histogram detached;       // inside detach_scope
+  // Where attaches, wait and attached went: the main interpreter first, then each sub-interpreter
+  // the thread took the GIL of, in the order it first did (empty: nothing counted). The main
+  // interpreter's row is the thread's totals minus the others'.
+  std::vector<interpreter_metrics> interpreters;
 };
 
 struct pool_metrics {

@@ -40,7 +40,8 @@ __version__ = "0.1.0"
 
 
 class ThreadInfo(NamedTuple):
-    """One thread, as pyattach's thread report sees it (include/pyattach/report.hpp)."""
+    """One thread state, as pyattach's thread report sees it (include/pyattach/report.hpp): a
+    thread with states in several interpreters has one record per state."""
 
     name: str               # threading's name for it ("" if threading has no entry)
     ident: int              # threading.get_ident()
@@ -51,10 +52,13 @@ class ThreadInfo(NamedTuple):
     has_thread_state: bool  # in the interpreter's list of thread states (what py-spy walks)
     made_by_pyattach: bool  # pyattach created its thread state (a worker's persistent one)
     is_caller: bool         # the thread that called threads()
+    interpreter: int        # the interpreter of this thread state: its id, 0 for the main one
 
 
 def threads():
-    """Every thread of the interpreter and every thread pyattach knows, as ThreadInfo records.
+    """Every thread of the main interpreter, every thread state pyattach holds in a sub-interpreter
+    (made by C++ code through pyattach::subinterpreter, CPython 3.12+), and every thread pyattach
+    knows, as ThreadInfo records.
 
     Covers pyattach's own threads (this package's executors); C++ extension modules that link
     pyattach statically keep their own records, which this report does not see.
@@ -98,6 +102,9 @@ def metrics():
     detach scope: blocking C++ without the GIL). Each has count, total_s, mean_s, p50_s, p90_s,
     p99_s, max_s, and buckets: (upper bound in seconds, count) for every non-empty log-scale bucket
     (4 per power of two; a quantile is the upper bound of its bucket, never above max_s).
+    "interpreters" splits the attaches and the total wait and attached times by interpreter: one
+    dict (interpreter: its id, 0 for the main one; attaches, wait_s, attached_s) per interpreter
+    the thread took the GIL of, the main one first.
 
     Covers this package's copy of pyattach only (see the module's documentation). Each figure
     is exact; figures of a thread that is busy meanwhile may be a few events apart.

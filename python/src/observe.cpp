@@ -22,7 +22,7 @@ nb::list thread_report() {
   for (const auto& t : report.threads) {
     out.append(nb::make_tuple(t.python_name, t.ident, t.os_tid, t.pool,
                               pyattach::to_string(t.state), t.scopes, t.has_thread_state,
-                              t.made_by_pyattach, t.is_caller));
+                              t.made_by_pyattach, t.is_caller, t.interpreter));
   }
   return out;
 }
@@ -90,6 +90,16 @@ nb::dict metrics_dict() {
     d["pool"] = t.pool;
     d["alive"] = t.alive;
     d["attaches"] = t.attaches;
+    nb::list interpreters;
+    for (const pyattach::interpreter_metrics& i : t.interpreters) {
+      nb::dict row;
+      row["interpreter"] = i.interpreter;
+      row["attaches"] = i.attaches;
+      row["wait_s"] = seconds(i.wait);
+      row["attached_s"] = seconds(i.attached);
+      interpreters.append(row);
+    }
+    d["interpreters"] = interpreters;
   });
   out["pools"] = histogram_dicts(snap.pools, [](nb::dict& d, const auto& p) {
     d["name"] = p.name;
@@ -143,7 +153,7 @@ bool start_trace(std::uint32_t events_per_thread) {
 void bind_report(nb::module_& m) {
   m.def("thread_report", &thread_report,
         "pyattach's thread report: (name, ident, native_id, pool, state, scopes, "
-        "has_thread_state, made_by_pyattach, is_caller) per thread.");
+        "has_thread_state, made_by_pyattach, is_caller, interpreter) per thread state.");
 }
 
 void bind_observe(nb::module_& m) {

@@ -115,8 +115,15 @@ TEST(Metrics, CountsEveryAttachAndTimesHoldWaitAndDetached) {
   std::uint64_t in_buckets = 0;
   for (const auto& b : t->attached.buckets) in_buckets += b.second;
   EXPECT_EQ(in_buckets, t->attached.count);
+  // Only the main interpreter: its row is the thread's totals.
+  ASSERT_EQ(t->interpreters.size(), 1u);
+  EXPECT_EQ(t->interpreters[0].interpreter, 0);
+  EXPECT_EQ(t->interpreters[0].attaches, t->attaches);
+  EXPECT_EQ(t->interpreters[0].wait, t->wait.total);
+  EXPECT_EQ(t->interpreters[0].attached, t->attached.total);
   const std::string text = pyattach::to_string(m);
   EXPECT_NE(text.find("attaches 42"), std::string::npos) << text;
+  EXPECT_EQ(text.find("in interpreter"), std::string::npos) << text;
 }
 
 TEST(Metrics, SwitchingOffStopsCountingAndResetZeroes) {
@@ -407,3 +414,160 @@ TEST(Metrics, FallbackClockTimesTheSame) {
   ASSERT_TRUE(r.exited_cleanly()) << r.describe();
   EXPECT_EQ(result_field(r.out, "clock_ok"), 1);
 }
+
+// ---- sub-interpreters (CPython 3.12+): spans and figures name their interpreter -----------------
+
+#if PY_VERSION_HEX >= 0x030C0000
+namespace {
+const pyattach::interpreter_metrics* in_interp(const pyattach::thread_metrics* t, std::int64_t id) {
+  if (t == nullptr) return nullptr;
+  for (const auto& i : t->interpreters) {
+    if (i.interpreter == id) return &i;
+  }
+  return nullptr;
+}
+}  // namespace
+
+// Two threads in two own-GIL interpreters at once (their holds may overlap: the trace check
+// compares each GIL's holders only), one in a shared-GIL interpreter, and one that swaps from the
+// main interpreter into a sub-interpreter and back to the main one by its handle. Prints the
+// threads' ids and writes the trace to args[0], which the parent checks.
+CHILD_CASE(observe_subinterpreters) {
+  constexpr int k_rounds = 60, k_swaps = 20;
+  pyattach::interpreter py;
+  pyattach::set_metrics(true);
+  CHILD_CHECK(pyattach::start_trace());
+  pyattach::subinterpreter a = pyattach::subinterpreter::create();
+  pyattach::subinterpreter b = pyattach::subinterpreter::create();
+  pyattach::subinterpreter shared =
+      pyattach::subinterpreter::create(pyattach::interpreter_options::legacy());
+  // A long switch interval in every GIL: CPython's eval loop must not hand a GIL over inside a
+  // scope (docs/observability.md, "What pyattach can see"), which the trace would show as overlap.
+  for (const auto* in : {&a, &b, &shared}) {
+    std::thread([&] {
+      pyattach::attach_scope s(*in);
+      CHILD_CHECK(PyRun_SimpleString("import sys\nsys.setswitchinterval(100.0)\n") == 0);
+    }).join();
+  }
+  {
+    pyattach::attach_scope s;
+    CHILD_CHECK(PyRun_SimpleString("import sys\nsys.setswitchinterval(100.0)\n") == 0);
+  }
+  const auto loop_in = [&](const pyattach::subinterpreter& in) {
+    for (int k = 0; k < k_rounds; ++k) {
+      pyattach::attach_scope s(in);
+      CHILD_CHECK(PyRun_SimpleString("_x = sum(range(200))\n") == 0);
+      if (k == 0) std::this_thread::sleep_for(20ms);  // held: counted in this interpreter
+      if (k % 5 == 0) {
+        pyattach::detach_scope out;  // a re-take, not an attach
+        std::this_thread::sleep_for(100us);
+      }
+    }
+  };
+  worker wa("in-a"), wb("in-b"), wc("in-shared"), ws("swapper");
+  wa.post([&] { loop_in(a); });
+  wb.post([&] { loop_in(b); });
+  wc.post([&] { loop_in(shared); });
+  ws.post([&] {
+    for (int k = 0; k < k_swaps; ++k) {
+      pyattach::attach_scope m;
+      pyattach::attach_scope in(a);  // swaps the main state out
+      {
+        pyattach::attach_scope back(pyattach::subinterpreter::main());  // swaps a's out
+        CHILD_CHECK(PyThreadState_Get()->interp == PyInterpreterState_Main());
+      }
+      CHILD_CHECK(PyThreadState_Get()->interp == a.state());
+    }
+  });
+  for (worker* w : {&wa, &wb, &wc, &ws}) w->wait_idle(60s);
+
+  const pyattach::metrics_snapshot m = pyattach::metrics();
+  const std::string text = pyattach::to_string(m);
+  std::printf("%s", text.c_str());
+  // The first sub-interpreter attach of a fresh thread gives it its main state first: one main
+  // attach (subinterpreter.hpp, "PyGILState").
+  const std::pair<worker*, pyattach::subinterpreter*> loops[] = {{&wa, &a}, {&wb, &b},
+                                                                  {&wc, &shared}};
+  for (const auto& [w, in] : loops) {
+    const pyattach::thread_metrics* t = find_tid(m, w->tid());
+    const auto* sub = in_interp(t, in->id());
+    const auto* main = in_interp(t, 0);
+    CHILD_CHECK(t != nullptr && t->attaches == k_rounds + 1);
+    CHILD_CHECK(t != nullptr && t->interpreters.size() == 2);
+    CHILD_CHECK(sub != nullptr && sub->attaches == k_rounds && sub->attached >= 20ms);
+    CHILD_CHECK(main != nullptr && main->attaches == 1 && main->attached < 20ms);
+    CHILD_CHECK(t != nullptr && sub != nullptr && main != nullptr &&
+                sub->attached + main->attached <= t->attached.total + 1us);
+    CHILD_CHECK(text.find("in interpreter " + std::to_string(in->id()) + ": attaches " +
+                          std::to_string(k_rounds)) != std::string::npos);
+  }
+  // Per round: the main scope and the one on its handle attach, a's scope attaches, and the two
+  // states swapped out are taken again (re-takes).
+  const pyattach::thread_metrics* t = find_tid(m, ws.tid());
+  CHILD_CHECK(t != nullptr && t->attaches == 3 * k_swaps && t->wait.count == 5 * k_swaps);
+  CHILD_CHECK(in_interp(t, 0) != nullptr && in_interp(t, 0)->attaches == 2 * k_swaps);
+  CHILD_CHECK(in_interp(t, a.id()) != nullptr && in_interp(t, a.id())->attaches == k_swaps);
+
+  const pyattach::trace_result r = pyattach::stop_trace(args.at(0));
+  CHILD_CHECK(r.ok && r.dropped == 0);
+  std::printf("RESULT a=%lld b=%lld shared=%lld tid_a=%llu tid_b=%llu tid_shared=%llu "
+              "tid_swapper=%llu\n",
+              static_cast<long long>(a.id()), static_cast<long long>(b.id()),
+              static_cast<long long>(shared.id()), static_cast<unsigned long long>(wa.tid()),
+              static_cast<unsigned long long>(wb.tid()), static_cast<unsigned long long>(wc.tid()),
+              static_cast<unsigned long long>(ws.tid()));
+  CHILD_CHECK(a.end() && b.end() && shared.end());
+  return child_done();
+}
+USES_CHILD_CASE(observe_subinterpreters);
+
+TEST(Trace, SubinterpreterSpansNameTheirInterpreterAndPassTheChecks) {
+  const std::string path = temp_path("subinterpreters");
+  const child_result c = run_child(uses_observe_subinterpreters, child_args({path}));
+  EXPECT_CHILD_CLEAN(c);
+  const long a = result_field(c.out, "a"), b = result_field(c.out, "b");
+  const long shared = result_field(c.out, "shared");
+  ASSERT_GT(a, 0) << c.describe();
+  pyattach::attach_scope py;
+  PyObject* g = new_globals();
+  EXPECT_EQ(check_trace(path, g), "");
+  // Attached spans of (thread, interp): a sub-interpreter's begin carries args interp and gil.
+  const auto spans_in = [g](long tid, long interp) {
+    return py_eval_long("sum(1 for s in r.span_list.get(" + std::to_string(tid) +
+                            ", []) if s.name == 'attached' and "
+                            "(s.args or {}).get('interp', 0) == " + std::to_string(interp) +
+                            ")",
+                        g, -1);
+  };
+  constexpr long k_rounds = 60, k_swaps = 20;
+  EXPECT_EQ(spans_in(result_field(c.out, "tid_a"), a), k_rounds);
+  EXPECT_EQ(spans_in(result_field(c.out, "tid_b"), b), k_rounds);
+  EXPECT_EQ(spans_in(result_field(c.out, "tid_shared"), shared), k_rounds);
+  EXPECT_EQ(spans_in(result_field(c.out, "tid_a"), 0), 1) << "its first main state";
+  // Swapping: the main scope's span ends at the swap and begins again after it; a's likewise
+  // around the scope on the main interpreter's handle, which has a span of its own.
+  EXPECT_EQ(spans_in(result_field(c.out, "tid_swapper"), 0), 3 * k_swaps);
+  EXPECT_EQ(spans_in(result_field(c.out, "tid_swapper"), a), 2 * k_swaps);
+  const std::string text = read_file(path);
+  const auto args = [](long interp, long gil) {
+    return "\"args\":{\"interp\":" + std::to_string(interp) + ",\"gil\":" + std::to_string(gil) +
+           "}";
+  };
+  EXPECT_NE(text.find(args(a, a)), std::string::npos);
+  EXPECT_NE(text.find(args(shared, 0)), std::string::npos) << "a shared GIL is the main one's";
+  Py_DECREF(g);
+  if (!HasFailure()) std::remove(path.c_str());
+}
+
+#else  // before 3.12 there are no sub-interpreters: nothing but the main interpreter is named
+
+TEST(Trace, NoSpanNamesAnInterpreterBefore312) {
+  ASSERT_TRUE(pyattach::start_trace());
+  worker w("trace-main-only");
+  for (int i = 0; i < 5; ++i) w.run([] { pyattach::attach_scope py; });
+  const std::string path = temp_path("main-only");
+  ASSERT_TRUE(pyattach::stop_trace(path).ok);
+  EXPECT_EQ(read_file(path).find("\"interp\""), std::string::npos);
+  if (!HasFailure()) std::remove(path.c_str());
+}
+#endif

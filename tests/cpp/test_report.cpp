@@ -1,7 +1,10 @@
 // tests/cpp/test_report.cpp — make_thread_report(): every thread state joined with pyattach's slots.
 #include <gtest/gtest.h>
 
+#include <cstdio>
+#include <map>
 #include <memory>
+#include <thread>
 #include <vector>
 
 #include "helpers.hpp"
@@ -72,12 +75,14 @@ TEST(Report, ListsIdleNativeWorkersWithNamesTidsAndScopeCounts) {
     EXPECT_EQ(t->ident, idents[static_cast<size_t>(i)]);
     EXPECT_EQ(t->state, pyattach::thread_attachment::detached);
     EXPECT_EQ(t->scopes, static_cast<std::uint64_t>(i + 1));
+    EXPECT_EQ(t->interpreter, 0) << "the main interpreter's state";
     EXPECT_NE(text.find("worker-" + std::to_string(i)), std::string::npos) << text;
     EXPECT_NE(text.find(std::to_string(t->os_tid)), std::string::npos) << text;
   }
   EXPECT_NE(text.find("made"), std::string::npos) << text;
   EXPECT_NE(text.find("detached"), std::string::npos) << text;
   EXPECT_NE(text.find(r.python_version), std::string::npos) << text;
+  EXPECT_NE(text.find("  interp python name"), std::string::npos) << text;
 }
 
 TEST(Report, ShowsAWorkerWaitingForTheGil) {
@@ -128,3 +133,128 @@ TEST(Report, AThreadAfterReleaseThreadStateIsKnownWithoutAState) {
   EXPECT_FALSE(t->has_thread_state);
   EXPECT_NE(pyattach::to_string(r).find("no-state"), std::string::npos) << pyattach::to_string(r);
 }
+
+// ---- sub-interpreters (CPython 3.12+): one row per thread state, naming its interpreter --------
+
+namespace {
+// The rows of thread `tid`, by interpreter id.
+std::map<std::int64_t, pyattach::thread_info> rows_of(const pyattach::thread_report& r,
+                                                      std::uint64_t tid) {
+  std::map<std::int64_t, pyattach::thread_info> out;
+  for (const auto& t : r.threads) {
+    if (t.os_tid == tid && t.has_thread_state) out[t.interpreter] = t;
+  }
+  return out;
+}
+
+std::size_t rows_in(const pyattach::thread_report& r, std::int64_t interp) {
+  std::size_t n = 0;
+  for (const auto& t : r.threads) n += t.interpreter == interp ? 1 : 0;
+  return n;
+}
+}  // namespace
+
+#if PY_VERSION_HEX >= 0x030C0000
+// An idle thread with states in the main interpreter and two sub-interpreters, a thread inside a
+// scope of one of them, and the report made from inside a scope of the other.
+CHILD_CASE(report_subinterpreter_states) {
+  pyattach::interpreter py;
+  pyattach::subinterpreter a = pyattach::subinterpreter::create();
+  pyattach::subinterpreter b = pyattach::subinterpreter::create();
+  const std::int64_t ia = a.id(), ib = b.id();
+  CHILD_CHECK(ia > 0 && ib > 0 && ia != ib);
+  worker idle("idle-in-three");
+  idle.run([&] {
+    { pyattach::attach_scope m; }
+    { pyattach::attach_scope in(a); }
+    { pyattach::attach_scope in(b); }
+    { pyattach::attach_scope in(b); }
+  });
+  latch inside, leave;
+  worker busy("busy-in-a");
+  busy.post([&] {
+    pyattach::attach_scope in(a);
+    inside.set();
+    pyattach::detach_scope out;  // a's GIL goes, the state stays: the report shows it detached
+    leave.wait(20s);
+  });
+  CHILD_CHECK(inside.wait());
+  latch busy_attached, busy_leave;
+  worker holder("holder-in-b");
+  holder.post([&] {
+    pyattach::attach_scope m;     // its main slot reads attached throughout,
+    pyattach::attach_scope in(b);  // but this swaps its main state out
+    busy_attached.set();
+    busy_leave.wait(20s);  // holds b's GIL: attached
+  });
+  CHILD_CHECK(busy_attached.wait());
+  {
+    // The caller is in a scope of a: the report swaps it out for the walk (not refused).
+    std::thread caller([&] {
+      pyattach::attach_scope in(a);
+      const pyattach::thread_report r = pyattach::make_thread_report();
+      const std::string text = pyattach::to_string(r);
+      std::printf("%s", text.c_str());
+      CHILD_CHECK(r.interpreter_available);
+      CHILD_CHECK(r.subinterpreter_states == rows_in(r, ia) + rows_in(r, ib));
+      CHILD_CHECK(rows_in(r, ia) == 3 && rows_in(r, ib) == 2);
+      const auto i = rows_of(r, idle.tid());
+      CHILD_CHECK(i.size() == 3 && i.count(0) && i.count(ia) && i.count(ib));
+      for (const auto& [interp, t] : i) {
+        CHILD_CHECK(t.made_by_pyattach && t.known_to_pyattach && !t.is_caller);
+        CHILD_CHECK(t.state == pyattach::thread_attachment::detached);
+        CHILD_CHECK(t.scopes == (interp == ib ? 2u : 1u));
+      }
+      const auto d = rows_of(r, busy.tid());
+      CHILD_CHECK(d.count(ia) && d.at(ia).state == pyattach::thread_attachment::detached);
+      const auto h = rows_of(r, holder.tid());
+      CHILD_CHECK(h.count(ib) && h.at(ib).state == pyattach::thread_attachment::attached);
+      // A thread runs one state at a time: its main-interpreter state is not attached.
+      CHILD_CHECK(h.count(0) && h.at(0).state == pyattach::thread_attachment::detached);
+      // The caller's states as they were when it called: in a scope of a.
+      const auto c = rows_of(r, os_tid());
+      CHILD_CHECK(c.count(0) && c.at(0).is_caller &&
+                  c.at(0).state == pyattach::thread_attachment::detached);
+      CHILD_CHECK(c.count(ia) && c.at(ia).is_caller &&
+                  c.at(ia).state == pyattach::thread_attachment::attached);
+      // The text names each row's interpreter: "  <id> <name> <tid> ..."
+      char line[64];
+      std::snprintf(line, sizeof line, "  %-6lld %-20s %-9llu detached", static_cast<long long>(ib),
+                    "(none)", static_cast<unsigned long long>(idle.tid()));
+      CHILD_CHECK(text.find(line) != std::string::npos);
+      CHILD_CHECK(text.find("5 in sub-interpreters") != std::string::npos);
+      CHILD_CHECK(PyThreadState_Get()->interp == a.state());  // restored after the report
+    });
+    caller.join();
+  }
+  busy_leave.set();
+  holder.wait_idle();
+  leave.set();
+  busy.wait_idle();
+  busy.join();  // its states are destroyed at its exit
+  CHILD_CHECK(a.end());  // destroys the idle thread's state of a
+  const pyattach::thread_report r = pyattach::make_thread_report();
+  std::printf("%s", pyattach::to_string(r).c_str());
+  CHILD_CHECK(rows_in(r, ia) == 0);
+  CHILD_CHECK(rows_of(r, busy.tid()).empty());
+  CHILD_CHECK(rows_of(r, idle.tid()).count(ib) == 1 && rows_of(r, idle.tid()).count(ia) == 0);
+  idle.join();
+  holder.join();
+  CHILD_CHECK(b.end());
+  CHILD_CHECK(pyattach::make_thread_report().subinterpreter_states == 0);
+  return child_done();
+}
+USES_CHILD_CASE(report_subinterpreter_states);
+CHILD_TEST(Report, NamesTheInterpreterOfEachSubinterpreterState, report_subinterpreter_states)
+
+#else  // before 3.12 there are no sub-interpreters: every row is the main interpreter's
+
+TEST(Report, EveryRowIsTheMainInterpretersBefore312) {
+  worker w("report-main-only");
+  w.run([] { pyattach::attach_scope s; });
+  const pyattach::thread_report r = pyattach::make_thread_report();
+  EXPECT_EQ(r.subinterpreter_states, 0u);
+  EXPECT_EQ(rows_of(r, w.tid()).size(), 1u);
+  EXPECT_EQ(rows_in(r, 0), r.threads.size()) << pyattach::to_string(r);
+}
+#endif

@@ -121,6 +121,14 @@ for record in threads + [pool]:
         uppers = [u for u, _ in h["buckets"]]
         assert uppers == sorted(uppers) and (not uppers or uppers[-1] >= h["max_s"]), (kind, h)
 assert "pool measured" in pyattach.metrics_text()
+# By interpreter: all in the main one (id 0), so its row is the thread's totals.
+for t in [t for t in threads if t["wait"]["count"]]:
+    assert [i["interpreter"] for i in t["interpreters"]] == [0], t["interpreters"]
+    main = t["interpreters"][0]
+    assert main["attaches"] == t["attaches"], (main, t["attaches"])
+    assert abs(main["wait_s"] - t["wait"]["total_s"]) < 1e-8, (main, t["wait"])
+    assert abs(main["attached_s"] - t["attached"]["total_s"]) < 1e-8, (main, t["attached"])
+assert "in interpreter" not in pyattach.metrics_text()
 
 pyattach.reset_metrics()
 assert not [t for t in pyattach.metrics() if t["pool"] == "measured" and t["attaches"]]

@@ -136,6 +136,8 @@ def test_threads_lists_workers_with_their_pool_and_attachment(pyattach):
         main = [t for t in outside if t.is_caller]
         assert len(main) == 1 and main[0].native_id == __import__("threading").get_native_id()
         assert main[0].pool == "" and main[0].state == "attached"
+        # This package makes no sub-interpreter: every state is the main interpreter's (id 0).
+        assert [t.interpreter for t in inside + outside] == [0] * len(inside + outside)
     finally:
         ex.shutdown()
 

@@ -58,6 +58,16 @@ struct obs_histogram {
 
 struct trace_buffer;  // src/observe_internal.hpp
 
+// A thread's figures in one sub-interpreter (written by the owner only, read by metrics()): the
+// main interpreter's are the thread's totals minus those of its sub-interpreters, so that the
+// main attach path, inline, records nothing more. Ticks.
+struct obs_interp_figures {
+  std::atomic<std::int64_t> id{0};  // PyInterpreterState_GetID; -1: the sub-interpreters past
+                                    // the first obs_interps - 1 the thread used, summed
+  std::atomic<std::uint64_t> attaches{0}, wait{0}, attached{0};
+};
+constexpr unsigned obs_interps = 8;
+
 // A thread's metrics and trace state. Made by its thread (obs_prepare), freed by its exit
 // clean-up (obs_retire); plain fields are the owner's only.
 struct observer {
@@ -70,6 +80,14 @@ struct observer {
   std::atomic<std::uint64_t> retakes{0};
   std::atomic<trace_buffer*> buffer{nullptr};  // this thread's events of the running trace
   std::string pool;                            // the pool it works for (set before publishing)
+  // Per sub-interpreter (src/trace_recording.cpp): interps[0, interp_count) are in use, each
+  // published by a release store of interp_count after its id.
+  obs_interp_figures interps[obs_interps];
+  std::atomic<std::uint32_t> interp_count{0};
+  // The interpreter whose GIL hold_since is a hold of (0: the main interpreter's). Set by the
+  // sub-interpreter hooks, back to 0 wherever a hold ends out of line; the inline hooks only take
+  // and release the main interpreter's GIL, when no sub-interpreter hold is open.
+  std::int64_t hold_interp = 0;
 };
 extern std::atomic<std::uint64_t> g_obs_epoch;  // bumped by reset_metrics()
 
@@ -120,5 +138,24 @@ void obs_attached(slot* s, bool outermost) noexcept; // took it (outermost: an a
 void obs_release(slot* s) noexcept;                  // about to release it at an attach's end
 void obs_detach_begin(slot* s) noexcept;             // about to release it for a detach_scope
 void obs_detach_end(slot* s) noexcept;               // the detach_scope ends (before re-taking)
+
+// Sub-interpreter scopes' hooks (src/subinterpreter.cpp), called by the owner. `in`: the
+// interpreter whose GIL is asked for (id 0: the main interpreter's state, restored after a scope
+// that swapped it out). ask: only when slot::observe is set; took and release: whenever the
+// thread has an observer (they record only what an ask or a take recorded).
+struct obs_in {
+  std::int64_t id;
+  bool own_gil;
+};
+enum class obs_take : std::uint8_t {
+  attach,   // a scope made its state current: an attach, and a new attached span
+  resume,   // a state swapped out by a scope is current again: a re-take, and a new span
+  reattach  // a detach_scope ended: a re-take inside the attached span that goes on
+};
+void obs_sub_ask(slot* s, obs_in in) noexcept;                 // about to take its GIL
+void obs_sub_took(slot* s, obs_in in, obs_take how) noexcept;  // took it
+// About to release the current state's GIL (a scope's end, or a swap to another state): ends the
+// hold and its attached span. Returns whether either was open (then a swap resumes it later).
+bool obs_sub_release(slot* s) noexcept;
 
 }  // namespace pyattach::detail
