@@ -41,14 +41,14 @@ struct sub_state_snapshot {
 };
 
 // The states pyattach holds in the sub-interpreters it knows, from its own records rather than
-// from CPython's list of each interpreter's states, which the main walk below reads. That list is
-// safe to walk only while no thread can add or delete a state of it: CPython 3.12-3.15 change it
-// under the runtime's HEAD_LOCK (Python/pystate.c: new_threadstate, tstate_delete_common), which
-// PyInterpreterState_ThreadHead and PyThreadState_Next do not take; the main interpreter's
-// threads make and delete theirs holding its GIL, which the walk holds. A sub-interpreter with a
-// GIL of its own changes its list under that GIL, which the caller would have to take for each
-// interpreter (a state of the caller's in each, and a wait behind whoever holds it, or a refusal
-// while it ends). pyattach's records are under interp_core::m, which no one holds while waiting
+// from CPython's list of each interpreter's states, which the main walk below reads. CPython
+// 3.12-3.15 change that list under the runtime's HEAD_LOCK (Python/pystate.c: new_threadstate,
+// tstate_delete_common), which PyInterpreterState_ThreadHead and PyThreadState_Next do not take:
+// a reader relies on the interpreter's GIL instead, under which its states are cleared and
+// deleted (the C API's rule for walking it). The main walk holds the main GIL; a sub-interpreter
+// with a GIL of its own deletes its states under that GIL, which the caller would have to take
+// for each interpreter (a state of the caller's in each, a wait behind whoever holds it, and a
+// refusal while it ends), and holding the main GIL does not stop them. pyattach's records are under interp_core::m, which no one holds while waiting
 // for a GIL: each entry stays in `entries` (and alive) while m is held, and its ids and phase
 // are what the report needs (its PyThreadState* is written without m). The cost: states that
 // other code made in a sub-interpreter (its Python threads, concurrent.interpreters' own) and
