@@ -555,6 +555,9 @@ void scope_access::detach_sub_end(detach_scope& sc) noexcept {
   if (observed) obs_detach_end(s);  // records only if its begin did
   e->phase.store(entry_phase::waiting, std::memory_order_relaxed);
   PyEval_RestoreThread(e->ts);
+  // A scope on another interpreter opened and ended inside this detach_scope left tls_current
+  // null (nothing was current to restore): this state is current again.
+  tls_current = e;
   took(observed ? s : nullptr, e, obs_take::reattach);
 }
 

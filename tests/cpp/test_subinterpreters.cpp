@@ -119,6 +119,7 @@ SUB_TEST(ThreadAlternatingBetweenTwoInterpretersMakesExactlyTwoStates,
 // main scope -> sub scope -> main (by handle) scope: each inner scope swaps, each end restores.
 CHILD_CASE(sub_nested_scopes_swap_and_restore) {
   pyattach::interpreter py;
+  std::uint64_t misuse_before = 0;
   pyattach::subinterpreter a = pyattach::subinterpreter::create();
   pyattach::subinterpreter b = pyattach::subinterpreter::create();
   std::thread([&] {
@@ -148,14 +149,19 @@ CHILD_CASE(sub_nested_scopes_swap_and_restore) {
         CHILD_CHECK(plain.status() == pyattach::attach_status::other_interpreter);
       }
       CHILD_CHECK(current_interp() == a.state());
+      misuse_before = pyattach::misuse_count();
       {
         pyattach::detach_scope out;  // inside a sub-interpreter scope: releases its GIL
         CHILD_CHECK(pyattach::detail::compat::current_state_unchecked() == nullptr);
+        pyattach::attach_scope in_b(b);  // nothing current to swap out: b's state only
+        CHILD_CHECK(current_interp() == b.state());
       }
       CHILD_CHECK(current_interp() == a.state());
     }
     CHILD_CHECK(PyThreadState_Get() == main_state);
   }).join();
+  // a's scope ended in order after the detach_scope with b's inside it: nothing reported.
+  CHILD_CHECK(pyattach::misuse_count() == misuse_before);
   CHILD_CHECK(a.end() && b.end());
   return child_done();
 }
