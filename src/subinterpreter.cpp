@@ -228,8 +228,8 @@ sub_table::~sub_table() {
     if (e == nullptr) continue;
     if (e->depth != 0) {
       // Scopes leaked on this thread (on the heap): release what they hold, as the main slot does.
-      misuse_details d{misuse_kind::scope_outlived_thread, "attach_scope", source_site{}, nullptr,
-                       nullptr,
+      misuse_details d{misuse_kind::scope_outlived_thread, "attach_scope", e->outer_site,
+                       nullptr, nullptr,
                        std::to_string(e->depth) + " sub-interpreter scope(s) still open; "
                        "pyattach released its thread state",
                        this_os_tid()};
@@ -449,6 +449,7 @@ void scope_access::attach_sub(attach_scope& sc, const std::shared_ptr<interp_cor
   sc.sub_ = e;
   sc.outer_ = cur;
   sc.level_ = ++e->depth;
+  if (sc.level_ == 1) e->outer_site = site;
   sc.kind_ = kind;
   sc.status_ = attach_status::attached;
 }

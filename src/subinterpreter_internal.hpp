@@ -29,6 +29,7 @@ struct sub_entry {
   std::shared_ptr<interp_core> core;
   PyThreadState* ts = nullptr;
   std::uint32_t depth = 0;  // open scopes of this thread in this interpreter
+  source_site outer_site{};  // where the outermost open scope was made (owner only): reports
   sub_table* table = nullptr;
   // Scopes that made ts current (written by the owner only; summed by stats() under core->m).
   std::atomic<std::uint64_t> attaches{0};
