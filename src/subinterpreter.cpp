@@ -412,8 +412,8 @@ void scope_access::attach_sub(attach_scope& sc, const std::shared_ptr<interp_cor
     e->obs_resumes = resumes ? e->obs_resumes | bit : e->obs_resumes & ~bit;
     if (cur != nullptr) PyEval_SaveThread();  // the outer state stays this thread's; its GIL goes
     if (e->ts == nullptr) {
-      // Made on this thread, for this thread only (a state made on one thread and attached on
-      // another deadlocks 3.13: python/cpython#130501). Needs no GIL.
+      // Made on this thread, for this thread only, so that CPython's records of the thread
+      // (thread_id, its PyGILState) are this thread's. Needs no GIL.
       e->ts = PyThreadState_New(core->interp);
       if (e->ts == nullptr) {
         if (cur != nullptr) resume(cur, outer, resumes);
@@ -486,7 +486,7 @@ void scope_access::end_sub(attach_scope& sc, const source_site* at, void* code) 
       resume(sc.outer_, outer, resumes);  // the outer scope's pass holds
       tls_current = outer;
     } else if (PYATTACH_UNLIKELY(PyGILState_GetThisThreadState() == nullptr)) {
-      // CPython 3.13 imports a single-phase-init module in a sub-interpreter through a
+      // CPython 3.13 imports a built-in or extension module in a sub-interpreter through a
       // temporary main-interpreter state that it binds to PyGILState and deletes
       // (Python/import.c, import_run_extension -> switch_back_from_main_interpreter), which
       // leaves the thread with none (measured on 3.13.0: an `import atexit` in an interpreter

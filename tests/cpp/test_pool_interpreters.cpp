@@ -5,13 +5,12 @@
 // tests skip (subinterpreter::create throws: test_subinterpreters.cpp checks that).
 // Each case runs in a child process with its own CPython lifetime (child_process.hpp).
 #include "pool_helpers.hpp"
+#include "subinterpreter_helpers.hpp"
 
 #include <pyattach/subinterpreter.hpp>
 
 using namespace pool_test;
 using pyattach::subinterpreter;
-
-constexpr bool k_has_subinterpreters = PY_VERSION_HEX >= 0x030C0000;
 
 #define POOL_SUB_TEST(test_name, case_name)                                                   \
   USES_CHILD_CASE(case_name);                                                                 \
@@ -29,17 +28,6 @@ pool_options sub_pool(const std::string& name, const subinterpreter& in, std::si
   o.workers = workers;
   o.interpreter = in;
   return o;
-}
-
-// Runs `code` in the current interpreter's __main__ (PRECONDITION: attached); false on error.
-bool run_in_main_module(const std::string& code) {
-  PyObject* main = PyImport_AddModule("__main__");  // borrowed
-  return main != nullptr && py_exec(code, PyModule_GetDict(main));
-}
-
-long eval_in_main_module(const std::string& expr) {
-  PyObject* main = PyImport_AddModule("__main__");
-  return main == nullptr ? -1 : py_eval_long(expr, PyModule_GetDict(main));
 }
 
 // A ready future's value, or the process ends (fatal_stuck) if it is not ready in `timeout`.
@@ -92,7 +80,7 @@ CHILD_CASE(pool_sub_tasks_run_in_its_interpreter) {
     for (int i = 0; i < 200; ++i) {
       names.push_back(pool.submit_python([&sub, i] {
         if (PyThreadState_Get()->interp != sub.state()) return std::string("wrong interpreter");
-        if (!run_in_main_module("n = globals().get('n', 0) + " + std::to_string(i))) return std::string("error");
+        if (!run("n = globals().get('n', 0) + " + std::to_string(i))) return std::string("error");
         return current_thread_name();
       }));
     }
@@ -104,10 +92,10 @@ CHILD_CASE(pool_sub_tasks_run_in_its_interpreter) {
     CHILD_CHECK(sub.stats().states_made == 2);
     CHILD_CHECK(sub.stats().threads == 2);
     // The tasks' objects stayed in that interpreter: the sum is there, not in the main one.
-    long total = value_within(pool.submit_python([] { return eval_in_main_module("n"); }));
+    long total = value_within(pool.submit_python([] { return eval_long("n"); }));
     CHILD_CHECK(total == 199 * 200 / 2);
     pyattach::attach_scope main_scope;
-    CHILD_CHECK(eval_in_main_module("globals().get('n', -7)") == -7);
+    CHILD_CHECK(eval_long("globals().get('n', -7)") == -7);
   }
   // The pool's threads exited: their states in the interpreter went with them, on each thread.
   CHILD_CHECK(sub.stats().states_destroyed == 2);
@@ -119,8 +107,9 @@ POOL_SUB_TEST(TasksRunInThePoolsInterpreterOnOneStatePerWorker, pool_sub_tasks_r
 // Two pools on two interpreters with their own GIL hold those GILs at the same time: each task
 // attaches, runs some Python, arrives, and spins in C++ (attached, never releasing its GIL)
 // until the other task has arrived too. With one shared GIL the second task could not attach
-// while the first spins, and both would time out (checked by hand with
-// interpreter_options::legacy() for both: the test then fails).
+// while the first spins, and the first would time out (checked by hand with
+// interpreter_options::legacy() for both: the test then fails). The deadline is generous: only
+// that control ever waits for it.
 CHILD_CASE(pool_sub_two_pools_run_at_once) {
   pyattach::interpreter py;
   subinterpreter a = subinterpreter::create();
@@ -129,9 +118,9 @@ CHILD_CASE(pool_sub_two_pools_run_at_once) {
   {
     thread_pool pa(sub_pool("pa", a, 1)), pb(sub_pool("pb", b, 1));
     auto meet = [&arrived] {
-      if (!run_in_main_module("s = sum(range(1000))")) return false;
+      if (!run("s = sum(range(1000))")) return false;
       arrived.fetch_add(1);
-      const auto deadline = std::chrono::steady_clock::now() + k_prompt;
+      const auto deadline = std::chrono::steady_clock::now() + k_wait;
       while (arrived.load() < 2) {  // no bytecode runs here: this GIL is never handed over
         if (std::chrono::steady_clock::now() > deadline) return false;
       }
@@ -157,7 +146,7 @@ CHILD_CASE(pool_sub_interpreter_ends_under_it) {
   thread_pool pool(sub_pool("ending", sub, 2));
   std::vector<std::future<bool>> before;
   for (int i = 0; i < 2000; ++i) {
-    before.push_back(pool.submit_python([] { return run_in_main_module("x = sum(range(50))"); }));
+    before.push_back(pool.submit_python([] { return run("x = sum(range(50))"); }));
   }
   CHILD_CHECK(sub.end(std::chrono::duration_cast<std::chrono::milliseconds>(k_wait)));
   CHILD_CHECK(sub.ended());
@@ -184,7 +173,7 @@ CHILD_CASE(pool_sub_main_finalizes_under_it) {
     subinterpreter sub = subinterpreter::create();
     pool.emplace(sub_pool("late", sub, 2));
     for (int i = 0; i < 500; ++i) {
-      tasks.push_back(pool->submit_python([] { return run_in_main_module("y = sum(range(500))"); }));
+      tasks.push_back(pool->submit_python([] { return run("y = sum(range(500))"); }));
     }
   }  // Py_FinalizeEx: the gate stops the pool, then ends the sub-interpreter
   const auto [ran, refused] = ran_or_refused(tasks);
@@ -203,8 +192,8 @@ CHILD_CASE(pool_sub_adopted_by_id) {
   long id = -1;
   {
     pyattach::attach_scope main_scope;
-    CHILD_CHECK(run_in_main_module(std::string("import ") + module + " as low\nsub_id = low.create()"));
-    id = eval_in_main_module("sub_id");
+    CHILD_CHECK(run(std::string("import ") + module + " as low\nsub_id = low.create()"));
+    id = eval_long("sub_id");
   }
   CHILD_CHECK(id > 0);
   CHILD_CHECK(subinterpreter::adopt_id(0).is_main());
@@ -222,7 +211,7 @@ CHILD_CASE(pool_sub_adopted_by_id) {
     std::vector<std::future<bool>> tasks;
     for (int i = 0; i < 50; ++i) {
       tasks.push_back(pool.submit_python([&sub] {
-        return PyThreadState_Get()->interp == sub.state() && run_in_main_module("z = 1");
+        return PyThreadState_Get()->interp == sub.state() && run("z = 1");
       }));
     }
     for (auto& f : tasks) CHILD_CHECK(value_within(std::move(f)));
@@ -233,7 +222,7 @@ CHILD_CASE(pool_sub_adopted_by_id) {
     if (PY_VERSION_HEX < 0x030D0000) CHILD_CHECK(sub.end());  // lets go of it: Python ends it
     {
       pyattach::attach_scope main_scope;
-      CHILD_CHECK(run_in_main_module("low.destroy(sub_id)"));
+      CHILD_CHECK(run("low.destroy(sub_id)"));
     }
     CHILD_CHECK(sub.ended());
     auto after = pool.submit_python([] { return true; });
