@@ -59,7 +59,7 @@ slot_registry& registry();
 std::uint64_t this_os_tid() noexcept;
 
 // Before the main gate closes (gate.cpp): ends the sub-interpreters pyattach created, each within
-// `bound`, and closes the others to new attaches (src/subinterpreter.cpp). GIL not held.
+// `bound`, and closes the others to new attaches (src/subinterpreter_end.cpp). GIL not held.
 void end_owned_subinterpreters(std::chrono::milliseconds bound) noexcept;
 // "name (tid N)" using the OS thread name, readable from another thread.
 std::string thread_label(std::uint64_t os_tid);

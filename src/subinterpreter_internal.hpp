@@ -94,6 +94,24 @@ inline core_registry& cores() {
   return *r;
 }
 
+// PyGILState stays on the thread's main-interpreter state. CPython 3.12-3.15 binds a thread's
+// PyGILState to whichever of its states is made current last, unless that state is already
+// marked bound (Python/pystate.c, tstate_activate -> bind_gilstate_tstate), and deleting a bound
+// state clears the PyGILState of the thread that deletes it (tstate_delete_common ->
+// unbind_gilstate_tstate): a state of a sub-interpreter bound on its own thread and deleted by
+// the thread that ends the interpreter would clear the ender's binding and leave the owner's
+// dangling (its next bind writes to the freed state). So pyattach marks each sub-interpreter
+// state it makes as bound (it never is) for its whole life, which keeps CPython from binding it,
+// and unmarks it just before deleting it, which keeps CPython from unbinding anything.
+// CPython's debug build asserts that a marked state is the bound one: create() refuses there.
+#if PY_VERSION_HEX >= 0x030C0000
+inline void mark_gilstate_bound(PyThreadState* ts) noexcept { ts->_status.bound_gilstate = 1; }
+inline void unmark_gilstate_bound(PyThreadState* ts) noexcept { ts->_status.bound_gilstate = 0; }
+#else  // no sub-interpreter is ever made or adopted before 3.12 (create() and adopt() refuse)
+inline void mark_gilstate_bound(PyThreadState*) noexcept {}
+inline void unmark_gilstate_bound(PyThreadState*) noexcept {}
+#endif
+
 // A new record for `interp`, registered under a fresh index. PRECONDITION: attached (reads its id).
 std::shared_ptr<interp_core> new_core(PyInterpreterState* interp, bool owned, bool own_gil);
 // The live record of `interp`, if pyattach knows it.
