@@ -109,7 +109,8 @@ struct subinterpreter_stats {
 class subinterpreter {
  public:
   // A new interpreter (Py_NewInterpreterFromConfig), made on the calling thread; its creation
-  // state is kept, never current, until it ends (src/subinterpreter_internal.hpp, interp_core::anchor).
+  // state is kept, never current, until it ends (src/subinterpreter_internal.hpp,
+  // interp_core::anchor).
   // Throws interpreter_error if CPython refuses, is older than 3.12 or a debug build (Py_DEBUG),
   // or the main gate is not open. PRECONDITION: the calling thread is not
   // inside a scope of another sub-interpreter. The calling thread may be attached to the main
