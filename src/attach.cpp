@@ -295,12 +295,17 @@ void scope_access::refuse_other_interpreter(attach_scope& sc, slot* s, PyThreadS
 }
 
 // Undoes every innermost level that already ended (out of order, or on another thread).
+// Not while a sub-interpreter scope sits on the innermost level: its state is current, and the
+// level is undone when that scope ends (src/subinterpreter.cpp, leave_sub).
 bool scope_access::unwind_ended(slot* s) noexcept {
   bool ok = true;
-  while (s->depth > 0 && (s->anomaly_mask & level_bit(s->depth))) {
+  sync_sub_on_top(s);
+  while (s->depth > 0 && (s->anomaly_mask & sub_on_top_bit) == 0 &&
+         (s->anomaly_mask & level_bit(s->depth))) {
     s->anomaly_mask &= ~level_bit(s->depth);
     ok = undo_level(s, s->depth, nullptr) && ok;
     --s->depth;
+    sync_sub_on_top(s);
   }
   if (s->depth == 0) s->anomaly_mask = 0;
   return ok;
@@ -347,14 +352,15 @@ bool scope_access::check_end(slot* s, slot* owner, bool released, std::uint32_t 
     report_misuse(d);
     return false;
   }
-  if (s->depth != level) {
+  if (s->depth != level || (s->anomaly_mask & sub_on_top_bit) != 0) {
     d.kind = misuse_kind::out_of_order;
     const std::uint32_t inner = s->depth > level ? s->depth - level : 0;
-    d.other = std::to_string(inner) + (inner == 1 ? " scope nested inside it is"
-                                                  : " scopes nested inside it are");
+    d.other = s->depth == level ? "a scope on a sub-interpreter nested inside it is"
+              : std::to_string(inner) + (inner == 1 ? " scope nested inside it is"
+                                                    : " scopes nested inside it are");
     d.made_on_thread = s->os_tid;
     report_misuse(d);
-    if (s->depth > level) s->anomaly_mask |= level_bit(level);  // undone when they end
+    if (s->depth >= level) s->anomaly_mask |= level_bit(level);  // undone when they end
     return false;
   }
   return true;
@@ -436,8 +442,8 @@ void scope_access::detach_begin(detach_scope& sc) noexcept {
 void scope_access::detach_end(detach_scope& sc, const source_site* at, void* code,
                               bool* reattached) noexcept {
   if (sc.state_ == detach_scope::state_sub) {
-    detach_sub_end(sc);
-    if (reattached != nullptr) *reattached = true;
+    detach_sub_end(sc, at, code);
+    if (reattached != nullptr) *reattached = compat::current_state_unchecked() != nullptr;
     return;
   }
   slot* s = tls_slot;

@@ -53,6 +53,11 @@ slot* make_slot();
 // "N scope(s) is/are", for misuse reports.
 std::string open_scopes_text(const slot* s);
 
+// After the slot's depth changed, or the sub-interpreter scopes covering it (sub_table::covering):
+// sets sub_on_top_bit in s->anomaly_mask while a sub-interpreter scope sits on its innermost
+// level (src/subinterpreter.cpp).
+void sync_sub_on_top(slot* s) noexcept;
+
 // Private access to the scopes, for the out-of-line paths.
 class scope_access {
  public:
@@ -74,7 +79,10 @@ class scope_access {
   static void end_swapped(attach_scope& sc, const source_site* at) noexcept;
   // A detach_scope inside a sub-interpreter scope: returns false if the thread is not in one.
   static bool detach_sub_begin(detach_scope& sc) noexcept;
-  static void detach_sub_end(detach_scope& sc) noexcept;
+  static void detach_sub_end(detach_scope& sc, const source_site* at, void* code) noexcept;
+  // Undoes the main slot's levels that ended out of order while sub-interpreter scopes sat on
+  // them, once none does (src/subinterpreter.cpp).
+  static void unwind_main(slot* s) noexcept { unwind_ended(s); }
 
  private:
   static void push(attach_scope& sc, slot* s, std::uint8_t kind, const source_site& site) noexcept {
@@ -84,6 +92,7 @@ class scope_access {
     sc.status_ = attach_status::attached;
     if (sc.level_ == 1) s->outer_site = site;
     if (kind == attach_scope::kind_restored) s->restored_mask |= level_bit(sc.level_);
+    s->anomaly_mask &= ~sub_on_top_bit;  // nothing is open inside a new level
   }
   // What ended the scope at the innermost level, for a scope_outlived_interpreter report.
   struct end_context {

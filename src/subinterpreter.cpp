@@ -99,6 +99,13 @@ sub_table* this_table() noexcept {
   return tls_table_ptr;
 }
 
+void sync_sub_on_top(slot* s) noexcept {
+  const sub_table* const t = tls_table_ptr;
+  const bool on = t != nullptr && s->depth != 0 && s->depth < tracked_levels &&
+                  t->covering[s->depth] != 0;
+  s->anomaly_mask = on ? s->anomaly_mask | sub_on_top_bit : s->anomaly_mask & ~sub_on_top_bit;
+}
+
 sub_entry* find_entry(interp_core* core) noexcept {
   sub_table* const t = this_table();
   if (t != nullptr && core->index < t->by_index.size()) {
@@ -197,9 +204,148 @@ void destroy_own_state(sub_entry* e) noexcept {
   drop_entry(e);
 }
 
+// ---- misuse: scopes ended out of order or on another thread (attach.hpp, "Contract") ---------
+
+// Gives a thread with no PyGILState state its main-interpreter state first (see the header,
+// "PyGILState"): CPython 3.12+ binds the first state a thread makes, of any interpreter.
+attach_status ensure_main_identity(const source_site& site) noexcept {
+  if (PyGILState_GetThisThreadState() != nullptr) return attach_status::attached;
+  attach_scope main_scope(nothrow, site);
+  return main_scope.status();
+}
+
+// A scope that made a sub-interpreter's state current while the main slot is at depth L >= 1
+// covers that level until it ends: ending a main scope there meanwhile is out of order
+// (slot::anomaly_mask, sub_on_top_bit). Invariant: while it is open, the main depth stays L
+// (a main scope inside it swaps it out and ends first, or is out of order itself).
+void cover_main(sub_table* t) noexcept {
+  slot* const s = tls_slot;
+  if (s != nullptr && s->depth != 0 && s->depth < tracked_levels) {
+    ++t->covering[s->depth];
+    s->anomaly_mask |= sub_on_top_bit;
+  }
+}
+
+// Its end; then the main levels that ended while it sat on them are undone, once no other
+// sub-interpreter scope covers them.
+void uncover_main(sub_table* t) noexcept {
+  slot* const s = tls_slot;
+  if (s != nullptr && s->depth != 0 && s->depth < tracked_levels && t->covering[s->depth] != 0) {
+    --t->covering[s->depth];
+    scope_access::unwind_main(s);
+  }
+}
+
+// Ends the level of a scope that made e's state current: releases it with its GIL and makes
+// `outer` (the state that scope swapped out; null: none) current again.
+void leave_sub(sub_entry* e, std::uint32_t level, PyThreadState* outer,
+               const source_site& site) noexcept {
+  const bool resumes = (e->obs_resumes & level_bit(level)) != 0;
+  releasing(e);
+  PyEval_SaveThread();  // keeps the state for the next attach; hands its GIL on
+  tls_current = nullptr;
+  if (outer != nullptr) {
+    sub_entry* const oe = current_entry(outer);  // another interpreter's scope, or none
+    resume(outer, oe, resumes);  // the outer scope's pass holds
+    tls_current = oe;
+  } else if (PYATTACH_UNLIKELY(PyGILState_GetThisThreadState() == nullptr)) {
+    // CPython 3.13 imports a built-in or extension module in a sub-interpreter through a
+    // temporary main-interpreter state that it binds to PyGILState and deletes
+    // (Python/import.c, import_run_extension -> switch_back_from_main_interpreter), which
+    // leaves the thread with none (measured on 3.13.0: an `import atexit` in an interpreter
+    // made by _interpreters.create()); the next state made on the thread, of any interpreter,
+    // would be bound instead. Give the thread its main state back now (one attach and detach
+    // of the main interpreter, which makes it current and so binds it again).
+    ensure_main_identity(site);
+  }
+  uncover_main(tls_table_ptr);
+}
+
+// Undoes the thread's innermost scopes that already ended (out of order, or on another thread),
+// from the current sub-interpreter scope outward, as each becomes the innermost.
+void unwind_subs() noexcept {
+  for (sub_entry* e = tls_current; e != nullptr && e->depth != 0; e = tls_current) {
+    const std::uint32_t level = e->depth;
+    if ((e->ended & level_bit(level)) == 0 || compat::current_state_unchecked() != e->ts) return;
+    e->ended &= ~level_bit(level);
+    --e->depth;
+    auto& swaps = e->ended_swaps;
+    auto it = std::find_if(swaps.begin(), swaps.end(),
+                           [level](const auto& x) { return x.first == level; });
+    if (it != swaps.end()) {
+      PyThreadState* const outer = it->second;
+      swaps.erase(it);
+      leave_sub(e, level, outer, e->outer_site);
+    }
+    drop_sub_pass(e->core.get());
+  }
+}
+
+// Records that the scope at `level` of e ended before its time; `swapped`: it made e's state
+// current, swapping out `outer`.
+void mark_ended(sub_entry* e, std::uint32_t level, bool swapped, PyThreadState* outer) noexcept {
+  e->ended |= level_bit(level);
+  if (swapped) {
+    try {
+      e->ended_swaps.emplace_back(level, outer);
+    } catch (...) {  // out of memory: the level is undone without making `outer` current
+    }
+  }
+}
+
+// The scope of another thread's entry e ended here (wrong_thread): only its thread may release
+// its state, so hand the level over (sub_entry::remote) for its next sub-interpreter call or its
+// exit. `e` may be gone with its thread: it is used only while found among a live record's
+// entries, under that record's lock (drop_entry removes it there before freeing it).
+void hand_over(sub_entry* e, std::uint32_t level, bool swapped, PyThreadState* outer,
+               misuse_details& d) noexcept {
+  std::vector<std::shared_ptr<interp_core>> live;
+  try {
+    core_registry& r = cores();
+    std::lock_guard<std::mutex> lock(r.m);  // not with a record's lock: the order is record, registry
+    for (auto& w : r.by_index) {
+      if (auto c = w.lock()) live.push_back(std::move(c));
+    }
+  } catch (...) {
+  }
+  for (auto& c : live) {
+    std::lock_guard<std::mutex> lock(c->m);
+    if (std::find(c->entries.begin(), c->entries.end(), e) == c->entries.end()) continue;
+    d.made_on_thread = e->os_tid;
+    try {
+      e->remote.push_back({level, swapped, outer});
+      e->table->remote_pending.store(true, std::memory_order_release);
+    } catch (...) {  // out of memory: its thread releases it at exit, as a leaked scope
+    }
+    return;
+  }
+}
+
+// Takes over the levels other threads ended (hand_over) and undoes the innermost ended ones.
+void absorb_remote_ends(sub_table* t) noexcept {
+  if (PYATTACH_LIKELY(!t->remote_pending.load(std::memory_order_relaxed))) {
+    unwind_subs();
+    return;
+  }
+  t->remote_pending.exchange(false, std::memory_order_acq_rel);
+  for (sub_entry* e : t->by_index) {
+    if (e == nullptr) continue;
+    std::vector<sub_entry::remote_end> got;
+    {
+      std::lock_guard<std::mutex> lock(e->core->m);
+      got.swap(e->remote);
+    }
+    for (const auto& r : got) mark_ended(e, r.level, r.swapped, r.outer);
+  }
+  unwind_subs();
+}
+
 }  // namespace
 
 sub_table::~sub_table() {
+  // Scopes that ended early (out of order, or on another thread) are undone first, as the
+  // thread's next call would have, so that only scopes still open are reported below.
+  absorb_remote_ends(this);
   // A current state that is none of this table's is a leaked main-interpreter scope's: hand its
   // GIL back before this thread's sub-interpreter states are made current below. The slot's
   // clean-up, which runs after this one (this_table()), reports that scope and destroys the state
@@ -222,22 +368,11 @@ sub_table::~sub_table() {
     }
     destroy_own_state(e);
   }
+  if (slot* const s = tls_slot) s->anomaly_mask &= ~sub_on_top_bit;  // no scope here is open
   tls_table_gone = true;
   tls_table_ptr = nullptr;
   tls_current = nullptr;
 }
-
-namespace {
-
-// Gives a thread with no PyGILState state its main-interpreter state first (see the header,
-// "PyGILState"): CPython 3.12+ binds the first state a thread makes, of any interpreter.
-attach_status ensure_main_identity(const source_site& site) noexcept {
-  if (PyGILState_GetThisThreadState() != nullptr) return attach_status::attached;
-  attach_scope main_scope(nothrow, site);
-  return main_scope.status();
-}
-
-}  // namespace
 
 // ---- scopes on a sub-interpreter ------------------------------------------------------------
 
@@ -250,6 +385,7 @@ void scope_access::attach_sub(attach_scope& sc, const std::shared_ptr<interp_cor
     sc.status_ = sub_refusal(core.get());
     return;
   }
+  if (sub_table* const t = tls_table_ptr) absorb_remote_ends(t);
   sub_entry* e = find_entry(core.get());
   if (PYATTACH_UNLIKELY(e == nullptr)) {
     try {
@@ -316,7 +452,9 @@ void scope_access::attach_sub(attach_scope& sc, const std::shared_ptr<interp_cor
     took(observed, e, obs_take::attach);
     tls_current = e;
     add_owned(e->attaches, 1);
+    cover_main(e->table);
   }
+  sc.owner_ = tls_slot;  // names the thread (its main slot) without touching e
   sc.sub_ = e;
   sc.outer_ = cur;
   sc.level_ = ++e->depth;
@@ -333,41 +471,28 @@ void scope_access::end_sub(attach_scope& sc, const source_site* at, void* code) 
     report_misuse(d);
     return;
   }
+  // swapped: this scope made e's state current (its outer_: what it swapped out).
+  const bool swapped = sc.kind_ == attach_scope::kind_sub && sc.outer_ != e->ts;
   sc.kind_ |= attach_scope::kind_released;
-  if (PYATTACH_UNLIKELY(e->table != tls_table_ptr)) {
+  if (PYATTACH_UNLIKELY(sc.owner_ != tls_slot)) {  // e may be gone with its thread
     misuse_details d{misuse_kind::wrong_thread, "attach_scope", sc.site_, at, code,
                      "a sub-interpreter scope", 0};
+    hand_over(e, sc.level_, swapped, sc.outer_, d);
     report_misuse(d);
     return;
   }
+  absorb_remote_ends(e->table);
   if (PYATTACH_UNLIKELY(tls_current != e || e->depth != sc.level_)) {
     misuse_details d{misuse_kind::out_of_order, "attach_scope", sc.site_, at, code,
                      "a scope nested inside it (of another interpreter) is", this_os_tid()};
     report_misuse(d);
+    mark_ended(e, sc.level_, swapped, sc.outer_);  // undone when the scopes inside it end
     return;
   }
   --e->depth;
-  if (sc.outer_ != e->ts) {
-    const bool resumes = (e->obs_resumes & level_bit(sc.level_)) != 0;
-    releasing(e);
-    PyEval_SaveThread();  // keeps the state for the next attach; hands its GIL on
-    tls_current = nullptr;
-    if (sc.outer_ != nullptr) {
-      sub_entry* const outer = current_entry(sc.outer_);  // another interpreter's scope, or none
-      resume(sc.outer_, outer, resumes);  // the outer scope's pass holds
-      tls_current = outer;
-    } else if (PYATTACH_UNLIKELY(PyGILState_GetThisThreadState() == nullptr)) {
-      // CPython 3.13 imports a built-in or extension module in a sub-interpreter through a
-      // temporary main-interpreter state that it binds to PyGILState and deletes
-      // (Python/import.c, import_run_extension -> switch_back_from_main_interpreter), which
-      // leaves the thread with none (measured on 3.13.0: an `import atexit` in an interpreter
-      // made by _interpreters.create()); the next state made on the thread, of any interpreter,
-      // would be bound instead. Give the thread its main state back now (one attach and detach
-      // of the main interpreter, which makes it current and so binds it again).
-      ensure_main_identity(sc.site_);
-    }
-  }
+  if (swapped) leave_sub(e, sc.level_, sc.outer_, sc.site_);
   drop_sub_pass(e->core.get());
+  unwind_subs();  // the scope around this one, if it already ended
 }
 
 // A scope on the main interpreter's handle inside a sub-interpreter scope: release the inner
@@ -401,6 +526,7 @@ void scope_access::end_swapped(attach_scope& sc, const source_site* at) noexcept
     sub_entry* const inner = current_entry(outer);
     resume(outer, inner, inner != nullptr && (inner->obs_lent & level_bit(inner->depth)) != 0);
     tls_current = inner;
+    unwind_subs();  // the sub-interpreter scope it swapped out, if that one already ended
   }
 }
 
@@ -409,20 +535,33 @@ void scope_access::end_swapped(attach_scope& sc, const source_site* at) noexcept
 bool scope_access::detach_sub_begin(detach_scope& sc) noexcept {
   sub_entry* const e = tls_current;
   if (e == nullptr || compat::current_state_unchecked() != e->ts) return false;
-  sc.owner_ = nullptr;
+  sc.owner_ = tls_slot;
   sc.level_ = e->depth;
   sc.sub_ = e;
   e->phase.store(entry_phase::detached, std::memory_order_relaxed);
   if (slot* const s = observing_slot()) obs_detach_begin(s);
   PyEval_SaveThread();  // keeps the state; the enclosing scope's pass keeps the interpreter
+  // Not current any more: a scope on this interpreter inside makes it current again (kind_sub).
+  tls_current = nullptr;
   sc.state_ = detach_scope::state_sub;
   return true;
 }
 
-void scope_access::detach_sub_end(detach_scope& sc) noexcept {
+void scope_access::detach_sub_end(detach_scope& sc, const source_site* at, void* code) noexcept {
   auto* e = static_cast<sub_entry*>(sc.sub_);
   sc.state_ = detach_scope::state_ended;
   slot* const s = tls_slot;
+  if (PYATTACH_UNLIKELY(sc.owner_ != s || compat::current_state_unchecked() != nullptr)) {
+    // Another thread cannot re-attach this one's state; and a state current here means a scope
+    // opened inside this one is still open. Reported; the thread stays as it is.
+    const bool wrong = sc.owner_ != s;
+    misuse_details d{wrong ? misuse_kind::wrong_thread : misuse_kind::out_of_order,
+                     "detach_scope", sc.site_, at, code,
+                     wrong ? "a detach_scope inside a sub-interpreter scope"
+                           : "a scope nested inside it is", this_os_tid()};
+    report_misuse(d);
+    return;
+  }
   const bool observed = s != nullptr && s->obs.load(std::memory_order_relaxed) != nullptr;
   if (observed) obs_detach_end(s);  // records only if its begin did
   e->phase.store(entry_phase::waiting, std::memory_order_relaxed);
@@ -431,6 +570,7 @@ void scope_access::detach_sub_end(detach_scope& sc) noexcept {
   // null (nothing was current to restore): this state is current again.
   tls_current = e;
   took(observed ? s : nullptr, e, obs_take::reattach);
+  unwind_subs();  // the scope around it, if that one already ended
 }
 
 }  // namespace detail

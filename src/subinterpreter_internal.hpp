@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <utility>
 #include <vector>
 
 #include "pyattach/subinterpreter.hpp"
@@ -44,6 +45,20 @@ struct sub_entry {
   // an observed hold of the state it swapped out, so its end begins that hold again. lent: bit L,
   // a scope on the main interpreter's handle swapped this state out at depth L the same way.
   std::uint64_t obs_resumes = 0, obs_lent = 0;
+  // Misuse (attach.hpp, "Scopes"), owner only. ended: bit L, the scope at level L ended before a
+  // scope inside it (out_of_order) or on another thread (wrong_thread); it is undone when it is
+  // the thread's innermost scope again. ended_swaps: those of them that made ts current, with
+  // the state each swapped out (null: none), to make current again then.
+  std::uint64_t ended = 0;
+  std::vector<std::pair<std::uint32_t, PyThreadState*>> ended_swaps;
+  // Scopes of this entry that other threads ended, handed over under core->m (the owner moves
+  // them into `ended` at its next sub-interpreter call or its exit: sub_table::remote_pending).
+  struct remote_end {
+    std::uint32_t level;
+    bool swapped;
+    PyThreadState* outer;
+  };
+  std::vector<remote_end> remote;
 };
 
 // One interpreter pyattach knows. The gate: an attach adds a pass to `inside` (seq_cst), then
@@ -78,6 +93,11 @@ struct interp_core {
 // destroys the states on this thread.
 struct sub_table {
   std::vector<sub_entry*> by_index;
+  // Set by a thread that ended one of this thread's scopes (sub_entry::remote).
+  std::atomic<bool> remote_pending{false};
+  // covering[L]: the sub-interpreter scopes open on this thread that were opened while the main
+  // interpreter's slot was at depth L >= 1 (slot::anomaly_mask, sub_on_top_bit).
+  std::uint16_t covering[tracked_levels] = {};
   ~sub_table();
 };
 

@@ -4,10 +4,6 @@
 // sub-interpreters, and on which thread each state is made (python/cpython#130501's pattern,
 // with the raw C API as the control). CPython 3.12+; before, every test here skips. Each case
 // runs in a child process with a deadline (child_process.hpp): misuse and the controls can hang.
-//
-// Known bugs: a test whose case fails today because of a bug outside this file names it (the
-// table at the end) and skips unless PYATTACH_RUN_KNOWN_BUGS=1, which runs it, failing, so that
-// whoever fixes the bug turns it on by deleting its name there.
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -294,8 +290,7 @@ USES_CHILD_CASE(rules_gilstate_through_imports);
 // diagnostics.hpp promise: the kind, the site that made the scope and one where it was misused,
 // no crash and no hang, and the interpreter can still be ended. With the argument "contract" it
 // also checks the rest of attach.hpp's contract for scopes ended on the wrong thread or out of
-// order (undone by the owning thread; one report per misuse), which sub-interpreter scopes do not
-// keep today (the known bugs at the end of this file).
+// order (undone by the owning thread; one report per misuse).
 
 // 3a. A sub-interpreter scope made on thread A (on the heap) and destroyed on thread B.
 CHILD_CASE(rules_misuse_wrong_thread) {
@@ -401,6 +396,77 @@ CHILD_CASE(rules_misuse_out_of_order_main_outer) {
   return child_done();
 }
 USES_CHILD_CASE(rules_misuse_out_of_order_main_outer);
+
+// 3c'. The same with a main-interpreter detach_scope around the sub-interpreter scope: the
+// detach_scope's end is out of order, and the thread is attached to the main interpreter again
+// once the sub-interpreter scope ends (what the code after the detach_scope expects).
+CHILD_CASE(rules_misuse_main_detach_outer) {
+  two_subinterpreters c;
+  pyattach::subinterpreter& sub = c.a;
+  int made = 0;
+  worker t("nester");
+  t.run([&] {
+    pyattach::attach_scope in_main;
+    PyThreadState* const main_state = current_state();
+    std::optional<pyattach::detach_scope> out;
+    std::optional<pyattach::attach_scope> in_sub;
+    made = __LINE__; out.emplace(pyattach::source_site::current());
+    in_sub.emplace(sub);
+    out.reset();  // out of order: the sub-interpreter scope inside is open
+    CHILD_CHECK(current_state() != nullptr && current_interp() == sub.state());
+    CHILD_CHECK(run("x = 1\n"));
+    in_sub.reset();
+    CHILD_CHECK(current_state() == main_state);  // attached again, as after the detach_scope
+    CHILD_CHECK(run("y = 2\n"));
+  });
+  check_first_report(pyattach::misuse_kind::out_of_order, made);
+  CHILD_CHECK(recorded().size() == 1);
+  CHILD_CHECK(sub.end(std::chrono::milliseconds(500)));
+  return child_done();
+}
+USES_CHILD_CASE(rules_misuse_main_detach_outer);
+
+// 3c''. In order, nothing is reported: a main scope, a sub-interpreter scope inside it, a scope on
+// the main interpreter's handle inside that (swapping back), scopes nested in it, a detach_scope
+// inside the sub-interpreter scope with a scope of the same interpreter inside it, each ended in
+// turn, 1,000 times.
+CHILD_CASE(rules_nested_in_order_reports_nothing) {
+  two_subinterpreters c;
+  pyattach::subinterpreter& sub = c.a;
+  worker t("nester");
+  t.run([&] {
+    for (int i = 0; i < 1000; ++i) {
+      pyattach::attach_scope in_main;
+      PyThreadState* const main_state = current_state();
+      {
+        pyattach::attach_scope in_sub(sub);
+        PyThreadState* const sub_state = current_state();
+        {
+          pyattach::attach_scope back(pyattach::subinterpreter::main());
+          CHILD_CHECK(current_state() == main_state);
+          pyattach::attach_scope nested;
+          pyattach::attach_scope nested_again;
+          CHILD_CHECK(current_state() == main_state);
+        }
+        CHILD_CHECK(current_state() == sub_state);
+        {
+          pyattach::detach_scope out;
+          CHILD_CHECK(current_state() == nullptr);
+          pyattach::attach_scope again(sub);  // re-attaches the same state inside the detach
+          CHILD_CHECK(current_state() == sub_state);
+          CHILD_CHECK(eval_long("7 * 6") == 42);
+        }
+        CHILD_CHECK(current_state() == sub_state);
+      }
+      CHILD_CHECK(current_state() == main_state);
+    }
+    CHILD_CHECK(pyattach::cached_subinterpreter_states() == 1);
+  });
+  CHILD_CHECK(recorded().empty());
+  CHILD_CHECK(sub.end(std::chrono::milliseconds(500)));
+  return child_done();
+}
+USES_CHILD_CASE(rules_nested_in_order_reports_nothing);
 
 // 3d. A sub-interpreter scope leaked on the heap by a thread that exits: scope_outlived_thread,
 // and the exit releases the interpreter's GIL and destroys the state, so that another thread
@@ -683,28 +749,12 @@ TEST(SubinterpreterRules, WaitingForASubInterpreterImportInsideADetachScope) {
 
 #endif
 
-// ---- the tests: each case, its arguments, and the known bug that makes it fail today ----------
+// ---- the tests: each case and its arguments ---------------------------------------------------
 
 namespace {
 
-// Set by the table below for a case that fails today: the bug, outside this file.
-constexpr const char* k_bug_sub_scope_not_undone =
-    "a sub-interpreter scope ended on the wrong thread or out of order is never undone by its "
-    "thread (end_sub in src/subinterpreter.cpp only reports it), its report has made_on_thread 0, "
-    "and the thread's exit reports it again as scope_outlived_thread";
-constexpr const char* k_bug_main_outer_crashes =
-    "a main-interpreter scope ended while a sub-interpreter scope inside it is open is not "
-    "reported: its inline end (attach.hpp, end_outer) releases the sub-interpreter's state and "
-    "GIL, and the sub-interpreter scope's end then calls PyEval_SaveThread with no state "
-    "(Fatal Python error)";
-
-// Runs `use` with `args`; `bug`: null, or the known bug that makes it fail today, and then it
-// skips unless PYATTACH_RUN_KNOWN_BUGS=1.
-[[maybe_unused]] void run_rules_case(const child_case_use& use, const char* bug,
+[[maybe_unused]] void run_rules_case(const child_case_use& use,
                                      std::vector<std::string> args = {}) {
-  if (bug != nullptr && env_long("PYATTACH_RUN_KNOWN_BUGS", 0) != 1) {
-    GTEST_SKIP() << "known bug (PYATTACH_RUN_KNOWN_BUGS=1 runs it): " << bug;
-  }
   child_options o;
   o.timeout = std::chrono::seconds(20);
   o.args = std::move(args);
@@ -714,30 +764,31 @@ constexpr const char* k_bug_main_outer_crashes =
 }  // namespace
 
 #if PY_VERSION_HEX >= 0x030C0000
-#define RULES_TEST(test_name, case_name, bug, ...) \
-  TEST(SubinterpreterRules, test_name) { run_rules_case(uses_##case_name, bug, ##__VA_ARGS__); }
+#define RULES_TEST(test_name, case_name, ...) \
+  TEST(SubinterpreterRules, test_name) { run_rules_case(uses_##case_name, ##__VA_ARGS__); }
 #else
-#define RULES_TEST(test_name, case_name, bug, ...) \
+#define RULES_TEST(test_name, case_name, ...) \
   TEST(SubinterpreterRules, test_name) { GTEST_SKIP() << "sub-interpreters: CPython 3.12+"; }
 #endif
-RULES_TEST(AdoptedFromTheCApiAndEndedByItsOwnCode, rules_adopt_from_the_c_api, nullptr)
-RULES_TEST(AdoptedFromPythonsLowLevelModuleAndDestroyedThere, rules_adopt_from_python, nullptr)
-RULES_TEST(PyGILStateStaysOnTheMainStateThroughImportsInASubScope, rules_gilstate_through_imports,
-           nullptr)
-RULES_TEST(ScopeEndedOnAnotherThreadIsReportedAsWrongThread, rules_misuse_wrong_thread, nullptr)
-RULES_TEST(ScopeEndedOnAnotherThreadIsUndoneByItsOwnThread, rules_misuse_wrong_thread,
-           k_bug_sub_scope_not_undone, {"contract"})
-RULES_TEST(OuterSubScopeEndedFirstIsReportedAsOutOfOrder, rules_misuse_out_of_order, nullptr)
-RULES_TEST(OuterSubScopeEndedFirstIsUndoneWhenTheInnerEnds, rules_misuse_out_of_order,
-           k_bug_sub_scope_not_undone, {"contract"})
+RULES_TEST(AdoptedFromTheCApiAndEndedByItsOwnCode, rules_adopt_from_the_c_api)
+RULES_TEST(AdoptedFromPythonsLowLevelModuleAndDestroyedThere, rules_adopt_from_python)
+RULES_TEST(PyGILStateStaysOnTheMainStateThroughImportsInASubScope, rules_gilstate_through_imports)
+RULES_TEST(ScopeEndedOnAnotherThreadIsReportedAsWrongThread, rules_misuse_wrong_thread)
+RULES_TEST(ScopeEndedOnAnotherThreadIsUndoneByItsOwnThread, rules_misuse_wrong_thread, {"contract"})
+RULES_TEST(OuterSubScopeEndedFirstIsReportedAsOutOfOrder, rules_misuse_out_of_order)
+RULES_TEST(OuterSubScopeEndedFirstIsUndoneWhenTheInnerEnds, rules_misuse_out_of_order, {"contract"})
 RULES_TEST(MainScopeEndedBeforeASubScopeInsideIsReportedAsOutOfOrder,
-           rules_misuse_out_of_order_main_outer, k_bug_main_outer_crashes)
+           rules_misuse_out_of_order_main_outer)
+RULES_TEST(MainDetachScopeEndedBeforeASubScopeInsideIsUndoneWhenItEnds,
+           rules_misuse_main_detach_outer)
+RULES_TEST(NestedScopesOnTwoInterpretersEndedInOrderReportNothing,
+           rules_nested_in_order_reports_nothing)
 RULES_TEST(SubScopeLeakedAtExitOfAThreadWhoseFirstUseItWasIsReleased,
-           rules_misuse_leaked_at_thread_exit, nullptr, {"first-use"})
+           rules_misuse_leaked_at_thread_exit, {"first-use"})
 RULES_TEST(SubScopeLeakedAtExitOfAThreadThatUsedMainFirstIsReleased,
-           rules_misuse_leaked_at_thread_exit, nullptr, {"main-first"})
+           rules_misuse_leaked_at_thread_exit, {"main-first"})
 RULES_TEST(MainScopeLeakedAtExitOfAThreadWithASubStateIsReleased,
-           rules_misuse_leaked_at_thread_exit, nullptr, {"main-leaked"})
+           rules_misuse_leaked_at_thread_exit, {"main-leaked"})
 RULES_TEST(SubScopeLeakedAtThreadExitIsReportedWithItsSite, rules_misuse_leaked_at_thread_exit,
-           nullptr, {"first-use", "contract"})
-RULES_TEST(EveryStateIsMadeOnTheThreadThatAttachesIt, rules_states_made_on_their_thread, nullptr)
+           {"first-use", "contract"})
+RULES_TEST(EveryStateIsMadeOnTheThreadThatAttachesIt, rules_states_made_on_their_thread)

@@ -125,6 +125,8 @@ struct slot {
   // bit L (L >= 1): the scope at level L ended out of order; undo it when the inner ones end.
   // bit 0 (lost_bit): a detach scope could not re-attach because the gate closed: the state is
   // not current although scopes are open, so their ends must not detach it.
+  // bit 63 (sub_on_top_bit): a sub-interpreter scope opened inside the innermost scope here is
+  // still open, so ending that one now is out of order: every inline end goes slow meanwhile.
   std::uint64_t anomaly_mask = 0;
   source_site outer_site;           // where the outermost open scope was made (for reports)
   std::atomic<std::uint32_t> passes{0};  // gate passes this thread holds (see gate_state)
@@ -152,7 +154,8 @@ struct slot {
 extern PYATTACH_TLS slot* tls_slot;
 
 constexpr std::uint64_t lost_bit = 1;
-constexpr std::uint32_t tracked_levels = 64;  // levels beyond this are not undone out of order
+constexpr std::uint32_t tracked_levels = 63;  // levels beyond this are not undone out of order
+constexpr std::uint64_t sub_on_top_bit = std::uint64_t{1} << tracked_levels;
 
 inline std::uint64_t level_bit(std::uint32_t level) noexcept {
   return level < tracked_levels ? (std::uint64_t{1} << level) : 0;
