@@ -511,6 +511,8 @@ void attach_slow(attach_scope& scope, const source_site& site) noexcept {
 }
 
 __attribute__((noinline)) void end_slow(attach_scope& scope, const source_site* at) noexcept {
+  // A sub-interpreter scope's common end first, before end_slow's larger frame is set up.
+  if (scope_access::end_sub_fast(scope)) return;
   scope_access::end_slow(scope, at, __builtin_return_address(0));
 }
 

@@ -69,9 +69,13 @@ class scope_access {
   static void detach_end(detach_scope& sc, const source_site* at, void* code,
                          bool* reattached) noexcept;
 
-  // Sub-interpreter scopes (src/subinterpreter.cpp).
-  static void attach_sub(attach_scope& sc, const std::shared_ptr<interp_core>& core,
-                         const source_site& site) noexcept;
+  // Sub-interpreter scopes (src/subinterpreter.cpp). The _fast ones take the common switch
+  // (nothing to swap out, cover or record) and return false, having done nothing, otherwise.
+  static bool attach_sub_fast(attach_scope& sc, interp_core* core,
+                              const source_site& site) noexcept;
+  static void attach_sub_slow(attach_scope& sc, const std::shared_ptr<interp_core>& core,
+                              const source_site& site) noexcept;
+  static bool end_sub_fast(attach_scope& sc) noexcept;
   static void end_sub(attach_scope& sc, const source_site* at, void* code) noexcept;
   // attach_scope(subinterpreter::main()): attach_scope() after swapping out a sub-interpreter's
   // state that is current (kind_swapped), restored by end_swapped.

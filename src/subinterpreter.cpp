@@ -236,6 +236,21 @@ void uncover_main(sub_table* t) noexcept {
   }
 }
 
+// Whether the thread has lost its PyGILState state (below). While pyattach's own main state of
+// the thread is live and bound (slot::fast_word: made by pyattach, in the open generation), its
+// bound_gilstate flag answers without PyGILState_GetThisThreadState's TSS lookup: CPython clears
+// the flag of the state it unbinds when it binds another (Python/pystate.c, bind_gilstate_tstate,
+// 3.12-3.15), which is how 3.13's imports lose it (below).
+bool gilstate_lost(const slot* s) noexcept {
+#if PY_VERSION_HEX >= 0x030C0000
+  if (PYATTACH_LIKELY(s != nullptr &&
+                      s->fast_word == g_gate.word.load(std::memory_order_acquire))) {
+    return s->tstate->_status.bound_gilstate == 0;
+  }
+#endif
+  return PyGILState_GetThisThreadState() == nullptr;
+}
+
 // Ends the level of a scope that made e's state current: releases it with its GIL and makes
 // `outer` (the state that scope swapped out; null: none) current again.
 void leave_sub(sub_entry* e, std::uint32_t level, PyThreadState* outer,
@@ -248,7 +263,7 @@ void leave_sub(sub_entry* e, std::uint32_t level, PyThreadState* outer,
     sub_entry* const oe = current_entry(outer);  // another interpreter's scope, or none
     resume(outer, oe, resumes);  // the outer scope's pass holds
     tls_current = oe;
-  } else if (PYATTACH_UNLIKELY(PyGILState_GetThisThreadState() == nullptr)) {
+  } else if (PYATTACH_UNLIKELY(gilstate_lost(tls_slot))) {
     // CPython 3.13 imports a built-in or extension module in a sub-interpreter through a
     // temporary main-interpreter state that it binds to PyGILState and deletes
     // (Python/import.c, import_run_extension -> switch_back_from_main_interpreter), which
@@ -376,8 +391,47 @@ sub_table::~sub_table() {
 
 // ---- scopes on a sub-interpreter ------------------------------------------------------------
 
-void scope_access::attach_sub(attach_scope& sc, const std::shared_ptr<interp_core>& core,
-                              const source_site& site) noexcept {
+// The common switch, as short as it can be (a function of its own: attach_sub_slow's frame is
+// large): the thread's state of this interpreter exists, nothing is current (no state to swap
+// out), no main scope is open (nothing to cover), nothing observes, and no other thread ended a
+// scope of this one. Returns false, having done nothing, otherwise.
+bool scope_access::attach_sub_fast(attach_scope& sc, interp_core* core,
+                                   const source_site& site) noexcept {
+  slot* const s = tls_slot;
+  sub_table* const t = tls_table_ptr;
+  if (PYATTACH_UNLIKELY(t == nullptr || s == nullptr || core->index >= t->by_index.size())) {
+    return false;
+  }
+  sub_entry* const e = t->by_index[core->index];
+  if (PYATTACH_UNLIKELY(e == nullptr || e->core.get() != core || e->ts == nullptr ||
+                        s->depth != 0 || s->observe.load(std::memory_order_relaxed) != 0 ||
+                        t->remote_pending.load(std::memory_order_relaxed) ||
+                        e->depth + 1 >= tracked_levels ||
+                        compat::current_state_unchecked() != nullptr)) {
+    return false;
+  }
+  if (PYATTACH_UNLIKELY(!take_sub_pass(core))) {
+    sc.kind_ = attach_scope::kind_none;
+    sc.status_ = sub_refusal(core);
+    return true;
+  }
+  e->phase.store(entry_phase::waiting, std::memory_order_relaxed);
+  PyEval_RestoreThread(e->ts);  // its GIL; inside the gate: the interpreter cannot end
+  e->phase.store(entry_phase::attached, std::memory_order_relaxed);
+  tls_current = e;
+  add_owned(e->attaches, 1);
+  sc.owner_ = s;
+  sc.sub_ = e;
+  sc.outer_ = nullptr;
+  sc.level_ = ++e->depth;
+  if (sc.level_ == 1) e->outer_site = site;
+  sc.kind_ = attach_scope::kind_sub;
+  sc.status_ = attach_status::attached;
+  return true;
+}
+
+void scope_access::attach_sub_slow(attach_scope& sc, const std::shared_ptr<interp_core>& core,
+                                   const source_site& site) noexcept {
   // Refused unless set below (the scope's fields are uninitialized until here, attach.hpp).
   sc.owner_ = nullptr;
   sc.kind_ = attach_scope::kind_none;
@@ -463,6 +517,29 @@ void scope_access::attach_sub(attach_scope& sc, const std::shared_ptr<interp_cor
   sc.status_ = attach_status::attached;
 }
 
+// The common end, of the common switch: in order, on its thread, nothing to restore, no main
+// scope open (nothing covered), nothing recording. (Whatever other threads ended waits for the
+// next attach, and nothing of this thread is left to undo: nothing was current before.)
+bool scope_access::end_sub_fast(attach_scope& sc) noexcept {
+  if (sc.kind_ != attach_scope::kind_sub) return false;  // any other kind, or ended already
+  sub_entry* const e = static_cast<sub_entry*>(sc.sub_);
+  slot* const s = tls_slot;
+  if (PYATTACH_UNLIKELY(sc.outer_ != nullptr ||
+                        sc.owner_ != s || s == nullptr || tls_current != e ||
+                        e->depth != sc.level_ || s->depth != 0 ||
+                        s->obs.load(std::memory_order_relaxed) != nullptr)) {
+    return false;
+  }
+  sc.kind_ |= attach_scope::kind_released;
+  --e->depth;
+  e->phase.store(entry_phase::detached, std::memory_order_relaxed);
+  PyEval_SaveThread();  // keeps the state for the next attach; hands its GIL on
+  tls_current = nullptr;
+  if (PYATTACH_UNLIKELY(gilstate_lost(s))) ensure_main_identity(sc.site_);  // see leave_sub
+  drop_sub_pass(e->core.get());
+  return true;
+}
+
 void scope_access::end_sub(attach_scope& sc, const source_site* at, void* code) noexcept {
   sub_entry* const e = static_cast<sub_entry*>(sc.sub_);
   if (PYATTACH_UNLIKELY((sc.kind_ & attach_scope::kind_released) != 0)) {
@@ -471,10 +548,11 @@ void scope_access::end_sub(attach_scope& sc, const source_site* at, void* code) 
     report_misuse(d);
     return;
   }
+  slot* const s = tls_slot;
   // swapped: this scope made e's state current (its outer_: what it swapped out).
   const bool swapped = sc.kind_ == attach_scope::kind_sub && sc.outer_ != e->ts;
   sc.kind_ |= attach_scope::kind_released;
-  if (PYATTACH_UNLIKELY(sc.owner_ != tls_slot)) {  // e may be gone with its thread
+  if (PYATTACH_UNLIKELY(sc.owner_ != s)) {  // e may be gone with its thread
     misuse_details d{misuse_kind::wrong_thread, "attach_scope", sc.site_, at, code,
                      "a sub-interpreter scope", 0};
     hand_over(e, sc.level_, swapped, sc.outer_, d);

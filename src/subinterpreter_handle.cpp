@@ -237,7 +237,10 @@ std::size_t cached_subinterpreter_states() noexcept {
 // attach_scope on a handle (attach.hpp).
 inline void attach_scope::attach_on(const subinterpreter& in, const source_site& site) noexcept {
   if (PYATTACH_LIKELY(in.record() != nullptr)) {
-    detail::scope_access::attach_sub(*this, in.record(), site);
+    if (PYATTACH_LIKELY(detail::scope_access::attach_sub_fast(*this, in.record().get(), site))) {
+      return;
+    }
+    detail::scope_access::attach_sub_slow(*this, in.record(), site);
   } else {
     detail::scope_access::attach_main_from_handle(*this, site);
   }
