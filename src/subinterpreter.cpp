@@ -403,8 +403,8 @@ bool scope_access::attach_sub_fast(attach_scope& sc, interp_core* core,
     return false;
   }
   sub_entry* const e = t->by_index[core->index];
-  if (PYATTACH_UNLIKELY(e == nullptr || e->core.get() != core || e->ts == nullptr ||
-                        s->depth != 0 || s->observe.load(std::memory_order_relaxed) != 0 ||
+  if (PYATTACH_UNLIKELY(e == nullptr || e->core.get() != core || s->depth != 0 ||
+                        s->observe.load(std::memory_order_relaxed) != 0 ||
                         t->remote_pending.load(std::memory_order_relaxed) ||
                         e->depth + 1 >= tracked_levels ||
                         compat::current_state_unchecked() != nullptr)) {
@@ -415,8 +415,14 @@ bool scope_access::attach_sub_fast(attach_scope& sc, interp_core* core,
     sc.status_ = sub_refusal(core);
     return true;
   }
+  // Read only inside the gate: a closer writes it once the gate is closed (sub_entry::ts).
+  PyThreadState* const ts = e->ts;
+  if (PYATTACH_UNLIKELY(ts == nullptr)) {  // its first scope here: made by the slow path
+    drop_sub_pass(core);
+    return false;
+  }
   e->phase.store(entry_phase::waiting, std::memory_order_relaxed);
-  PyEval_RestoreThread(e->ts);  // its GIL; inside the gate: the interpreter cannot end
+  PyEval_RestoreThread(ts);  // its GIL; inside the gate: the interpreter cannot end
   e->phase.store(entry_phase::attached, std::memory_order_relaxed);
   tls_current = e;
   add_owned(e->attaches, 1);
