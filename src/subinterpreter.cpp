@@ -119,7 +119,9 @@ sub_entry* current_entry(PyThreadState* cur) noexcept {
   sub_table* const t = this_table();
   if (cur == nullptr || t == nullptr) return nullptr;
   for (sub_entry* e : t->by_index) {
-    if (e != nullptr && e->ts == cur) return e;
+    // A current state's scope is open (depth > 0) and holds a pass, under which ts may be read;
+    // an idle entry's ts may be written by a closer meanwhile (sub_entry::ts): not read.
+    if (e != nullptr && e->depth != 0 && e->ts == cur) return e;
   }
   return nullptr;
 }
@@ -170,10 +172,17 @@ sub_entry* entry_for(const std::shared_ptr<interp_core>& core) {
   return e;
 }
 
-bool take_sub_pass(interp_core* core) noexcept {
+// The gate's entry (interp_core): a pass, or false, holding none, once it is closing.
+bool enter_sub_gate(interp_core* core) noexcept {
   core->inside.fetch_add(1, std::memory_order_seq_cst);
   if (core->phase.load(std::memory_order_seq_cst) == sub_open) return true;
   core->inside.fetch_sub(1, std::memory_order_seq_cst);
+  return false;
+}
+
+// The same for an attach, whose refusal stats() counts.
+bool take_sub_pass(interp_core* core) noexcept {
+  if (PYATTACH_LIKELY(enter_sub_gate(core))) return true;
   core->refused.fetch_add(1, std::memory_order_relaxed);
   return false;
 }
@@ -191,14 +200,18 @@ attach_status sub_refusal(const interp_core* core) noexcept {
 // scope of it open here; this thread attached to nothing (its thread exit).
 void destroy_own_state(sub_entry* e) noexcept {
   interp_core* core = e->core.get();
-  if (e->ts != nullptr && take_sub_pass(core)) {
-    PyEval_RestoreThread(e->ts);  // inside its gate: it cannot end meanwhile
-    unmark_gilstate_bound(e->ts);
-    PyThreadState_Clear(e->ts);
-    PyThreadState_DeleteCurrent();  // releases its GIL
-    e->ts = nullptr;
-    e->phase.store(entry_phase::none, std::memory_order_relaxed);
-    core->states_destroyed.fetch_add(1, std::memory_order_relaxed);
+  // The pass first: only inside the gate may this thread read ts (a closer writes it once the
+  // gate is closed and no pass is held). Refused: drop_entry hands it to the closer, under m.
+  if (enter_sub_gate(core)) {
+    if (e->ts != nullptr) {
+      PyEval_RestoreThread(e->ts);  // inside its gate: it cannot end meanwhile
+      unmark_gilstate_bound(e->ts);
+      PyThreadState_Clear(e->ts);
+      PyThreadState_DeleteCurrent();  // releases its GIL
+      e->ts = nullptr;
+      e->phase.store(entry_phase::none, std::memory_order_relaxed);
+      core->states_destroyed.fetch_add(1, std::memory_order_relaxed);
+    }
     drop_sub_pass(core);
   }
   drop_entry(e);
@@ -556,15 +569,16 @@ void scope_access::end_sub(attach_scope& sc, const source_site* at, void* code) 
   }
   slot* const s = tls_slot;
   // swapped: this scope made e's state current (its outer_: what it swapped out).
-  const bool swapped = sc.kind_ == attach_scope::kind_sub && sc.outer_ != e->ts;
+  bool swapped = sc.kind_ == attach_scope::kind_sub;
   sc.kind_ |= attach_scope::kind_released;
-  if (PYATTACH_UNLIKELY(sc.owner_ != s)) {  // e may be gone with its thread
+  if (PYATTACH_UNLIKELY(sc.owner_ != s)) {  // e may be gone with its thread: not read here
     misuse_details d{misuse_kind::wrong_thread, "attach_scope", sc.site_, at, code,
                      "a sub-interpreter scope", 0};
     hand_over(e, sc.level_, swapped, sc.outer_, d);
     report_misuse(d);
     return;
   }
+  swapped = swapped && sc.outer_ != e->ts;
   absorb_remote_ends(e->table);
   if (PYATTACH_UNLIKELY(tls_current != e || e->depth != sc.level_)) {
     misuse_details d{misuse_kind::out_of_order, "attach_scope", sc.site_, at, code,
