@@ -363,7 +363,7 @@ bool ask_threads_to_leave(const slot* self, std::uint64_t gen,
     for_each_inside(self, [&](slot* s) {
       if (s->phase.load(std::memory_order_relaxed) == slot_phase::detached) return;
       s->must_park.store(true, std::memory_order_release);  // before its tracer can run
-      if (compat::install_park_tracer(s->py_ident, park_tracer)) {
+      if (compat::install_park_tracer(PyInterpreterState_Main(), s->py_ident, park_tracer)) {
         flagged = true;
       } else {
         s->must_park.store(false, std::memory_order_relaxed);

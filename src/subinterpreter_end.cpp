@@ -9,6 +9,7 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -70,14 +71,73 @@ int request_leave(interp_core* core) noexcept {
   return asked;
 }
 
-// The threads still inside at the bound are asked to leave, and waited for `grace` (the main
-// gate's rule 4). `attached(until, fn)` runs fn attached to the interpreter and says whether it
-// ran before `until`. Returns true if every pass of the interpreter was given back.
+// The trace function that parks a thread still running Python in an interpreter whose end asked
+// it to leave in vain (sub_entry::must_park), at its next traced line, as the main gate's closer
+// parks its threads (park_tracer, rule 3): it releases the GIL, gives back its passes, and blocks
+// for good in park(), counted in parked_thread_count() and shown parked in the thread report
+// (through its slot, which its first sub-interpreter scope made: this_table()). Every pass it
+// holds in any sub-interpreter goes back, not only this one's: it never runs again, so none of
+// its states is used again, and those interpreters' ends may destroy them (a state of another
+// interpreter that a scope swapped out is not current). Its main-interpreter passes stay, as a
+// thread parked by the main gate keeps them (that gate skips parked threads).
+int park_sub_tracer(PyObject*, PyFrameObject*, int, PyObject*) noexcept {
+  sub_entry* const e = current_entry(compat::current_state_unchecked());
+  if (e == nullptr || !e->must_park.load(std::memory_order_acquire)) return 0;
+  slot* const s = this_thread_slot();
+  if (s == nullptr) return 0;  // cannot be counted: it goes on, and the end gives up on it
+  std::string why;
+  try {
+    why = "it was still running Python in sub-interpreter " + std::to_string(e->core->id) +
+          " when its end's bound and the grace after the shutdown request expired";
+  } catch (...) {
+  }
+  e->phase.store(entry_phase::detached, std::memory_order_relaxed);
+  if (s->obs.load(std::memory_order_relaxed) != nullptr) obs_sub_release(s);  // its held span
+  PyEval_SaveThread();  // this state is never current again: the end destroys it
+  // From here the end may destroy the state at any moment: only this thread's table and slot,
+  // which no end touches, are used.
+  for (sub_entry* x : e->table->by_index) {
+    if (x == nullptr) continue;
+    for (std::uint32_t i = 0; i < x->depth; ++i) {
+      x->core->inside.fetch_sub(1, std::memory_order_seq_cst);
+    }
+  }
+  park(s, why);
+}
+
+// Flags every thread still running Python in `core`'s interpreter for parking and installs
+// park_sub_tracer on its state there; returns how many. PRECONDITION: attached to that
+// interpreter (compat::install_park_tracer: 3.12 sets the events on the current interpreter,
+// 3.13+ sets the tracer on all of the current interpreter's states, where park_sub_tracer lets
+// every unflagged thread go on).
+int flag_for_parking(interp_core* core) noexcept {
+  int flagged = 0;
+  std::lock_guard<std::mutex> lock(core->m);
+  for_each_running(core, [&](sub_entry* e) {
+    e->must_park.store(true, std::memory_order_release);  // before its tracer can run
+    if (compat::install_park_tracer(core->interp, e->ident, park_sub_tracer)) {
+      ++flagged;
+    } else {
+      e->must_park.store(false, std::memory_order_relaxed);
+    }
+  });
+  return flagged;
+}
+
+// The threads still inside at the bound are asked to leave, and waited for `grace`; those still
+// running Python then are parked at their next line, and waited for `grace` again (the main
+// gate's rules 4 and 3). `attached(until, fn)` runs fn attached to the interpreter and says
+// whether it ran before `until`. Returns true if every pass of the interpreter was given back.
+// A flagged thread that has not parked when this returns false parks at its next line later.
 template <typename Attached>
 bool ask_to_leave(interp_core* core, std::chrono::milliseconds grace, Attached attached) noexcept {
   const clock::time_point until = clock::now() + grace;
   if (!attached(until, [core] { request_leave(core); })) return false;
-  return wait_drained(core, until);
+  if (wait_drained(core, until)) return true;
+  int flagged = 0;
+  const clock::time_point again = clock::now() + grace;
+  if (!attached(again, [core, &flagged] { flagged = flag_for_parking(core); })) return false;
+  return flagged != 0 && wait_drained(core, again);
 }
 
 // A step of an end that must run attached to the interpreter, on a helper thread of its own, so
@@ -176,6 +236,9 @@ void close_core(interp_core* core) noexcept {
       wait_drained(core, clock::time_point::max());
     }
     PyEval_RestoreThread(self);
+    // 3.13+: the park tracer is on every state of the interpreter, this one too, which runs
+    // Python again before the interpreter is gone (atexit callbacks registered before pyattach's).
+    compat::clear_park_tracers();
   }
   PyThreadState* const self = compat::current_state_unchecked();
   std::lock_guard<std::mutex> lock(core->m);

@@ -63,6 +63,15 @@ python_outcome run_outcome(const std::string& code) {
 
 constexpr const char* k_shutdown = "<class 'pyattach.InterpreterShutdown'>";
 
+// Python that catches every request and goes on: only parking stops it.
+constexpr const char* k_swallowing_loop =
+    "while True:\n"
+    "    try:\n"
+    "        while True:\n"
+    "            pass\n"
+    "    except BaseException:\n"
+    "        pass\n";
+
 // The main interpreter and a new sub-interpreter still run Python on a fresh thread.
 bool others_still_work() {
   bool ok = false;
@@ -126,6 +135,54 @@ CHILD_CASE(sub_end_requests_python_loop_to_leave) {
 USES_CHILD_CASE(sub_end_requests_python_loop_to_leave);
 END_TEST(PythonLoopIsAskedToLeave, sub_end_requests_python_loop_to_leave)
 
+// Rule 4 then 3: a thread that catches the request and goes on running Python is parked at its
+// next line (counted, reported as parked); the end succeeds and destroys its state; the main
+// interpreter and other sub-interpreters keep working.
+CHILD_CASE(sub_end_parks_python_ignoring_request) {
+  pyattach::interpreter py;
+  pyattach::subinterpreter sub = pyattach::subinterpreter::create();
+  const std::uint64_t parked_before = pyattach::parked_thread_count();
+  std::atomic<bool> inside{false};
+  std::atomic<std::uint64_t> tid{0};
+  std::thread([&] {
+    tid = os_tid();
+    pyattach::attach_scope in(sub);
+    inside = true;
+    run_outcome(k_swallowing_loop);
+    std::printf("CHILD-FAIL: the swallowing loop returned\n");  // parked: never reached
+    ++child_failures();
+  }).detach();
+  while (!inside) std::this_thread::sleep_for(1ms);
+  std::this_thread::sleep_for(50ms);
+  const auto t0 = std::chrono::steady_clock::now();
+  const bool ended = sub.end(200ms);
+  const ms took = since(t0);
+  std::printf("end(200ms) returned %d after %lld ms; parked threads: %llu\n", ended,
+              static_cast<long long>(took.count()),
+              static_cast<unsigned long long>(pyattach::parked_thread_count() - parked_before));
+  CHILD_CHECK(ended && sub.ended());
+  CHILD_CHECK(took < 200ms + 4 * 250ms + 500ms);  // the bound, the graces, a margin for load
+  CHILD_CHECK(pyattach::parked_thread_count() == parked_before + 1);
+  const auto st = sub.stats();
+  CHILD_CHECK(st.states_made == 1 && st.states_destroyed == 1);
+  bool reported_parked = false;
+  for (const auto& row : pyattach::make_thread_report().threads) {
+    if (row.os_tid == tid && row.state == pyattach::thread_attachment::parked) {
+      reported_parked = true;
+    }
+  }
+  CHILD_CHECK(reported_parked);
+  CHILD_CHECK(others_still_work());
+  return child_done();
+}
+USES_CHILD_CASE(sub_end_parks_python_ignoring_request);
+TEST(SubinterpreterEnd, PythonIgnoringTheRequestIsParked) {
+  if (!k_has_subinterpreters) GTEST_SKIP() << "sub-interpreters with their own GIL: 3.12+";
+  const child_result r = run_child(uses_sub_end_parks_python_ignoring_request);
+  EXPECT_CHILD_CLEAN(r);
+  EXPECT_NE(r.err.find("parked for good"), std::string::npos) << r.describe();
+}
+
 // A thread that holds the interpreter's GIL in C++ (a sleep inside a scope, no detach_scope):
 // end() cannot take that GIL to ask anything, returns false within the bound and one grace, and
 // never hangs; no request reaches the thread afterwards (it runs Python again normally); once it
@@ -171,9 +228,10 @@ USES_CHILD_CASE(sub_end_gil_held_in_cpp);
 END_TEST(GilHeldInCppGivesUpWithoutHanging, sub_end_gil_held_in_cpp)
 
 // The main interpreter's finalization ends the sub-interpreters pyattach made (its close hook):
-// a thread running Python in one leaves at the request, and Py_FinalizeEx finishes within the
-// close bound and the graces.
+// a thread running Python in one leaves at the request ("unwinds") or is parked ("swallows"),
+// and Py_FinalizeEx finishes within the close bound and the graces.
 CHILD_CASE(sub_end_at_main_finalization) {
+  const bool swallows = !args.empty() && args[0] == "swallows";
   std::atomic<bool> inside{false}, left{false};
   std::thread t;
   ms took{0};
@@ -186,7 +244,8 @@ CHILD_CASE(sub_end_at_main_finalization) {
       {
         pyattach::attach_scope in(sub);
         inside = true;
-        CHILD_CHECK(run_outcome("while True: pass\n").raised == k_shutdown);
+        const python_outcome o = run_outcome(swallows ? k_swallowing_loop : "while True: pass\n");
+        CHILD_CHECK(!swallows && o.raised == k_shutdown);
       }
       left = true;
     });
@@ -198,11 +257,19 @@ CHILD_CASE(sub_end_at_main_finalization) {
   }
   std::printf("finalized in %lld ms; the thread %s\n", static_cast<long long>(took.count()),
               left ? "left" : "did not leave");
-  CHILD_CHECK(took < 500ms + 2 * 250ms + 1000ms);
-  CHILD_CHECK(left);
-  t.join();
+  CHILD_CHECK(took < 500ms + 4 * 250ms + 1000ms);
+  if (swallows) {
+    CHILD_CHECK(!left && pyattach::parked_thread_count() == 1);
+    t.detach();
+  } else {
+    CHILD_CHECK(left);
+    t.join();
+  }
   return child_done();
 }
 USES_CHILD_CASE(sub_end_at_main_finalization);
-END_TEST(MainFinalizationAsksAPythonLoopToLeave, sub_end_at_main_finalization)
+END_TEST(MainFinalizationAsksAPythonLoopToLeave, sub_end_at_main_finalization,
+         child_args({"unwinds"}))
+END_TEST(MainFinalizationParksAThreadIgnoringTheRequest, sub_end_at_main_finalization,
+         child_args({"swallows"}))
 #endif
