@@ -227,6 +227,91 @@ CHILD_CASE(sub_end_gil_held_in_cpp) {
 USES_CHILD_CASE(sub_end_gil_held_in_cpp);
 END_TEST(GilHeldInCppGivesUpWithoutHanging, sub_end_gil_held_in_cpp)
 
+// A thread inside a detach_scope inside a scope of the interpreter holds its pass but runs no
+// Python: nothing is asked of it and nothing parks it. end() returns false within the bound and
+// the graces (the interpreter stays, closed to new attaches), the thread re-attaches safely when
+// its detach_scope ends and leaves, and a later end() succeeds.
+CHILD_CASE(sub_end_thread_in_a_detach_scope) {
+  pyattach::interpreter py;
+  pyattach::subinterpreter sub = pyattach::subinterpreter::create();
+  std::atomic<bool> inside{false};
+  bool ran_after = false;
+  std::thread t([&] {
+    pyattach::attach_scope in(sub);
+    CHILD_CHECK(run("x = 1\n"));
+    {
+      pyattach::detach_scope out;
+      inside = true;
+      std::this_thread::sleep_for(1500ms);
+    }
+    ran_after = run("x += 1\n") && eval_long("x") == 2;
+  });
+  while (!inside) std::this_thread::sleep_for(1ms);
+  const auto t0 = std::chrono::steady_clock::now();
+  const bool first = sub.end(200ms);
+  const ms took = since(t0);
+  std::printf("end(200ms) with a thread in a detach_scope returned %d after %lld ms\n", first,
+              static_cast<long long>(took.count()));
+  CHILD_CHECK(!first && !sub.ended());
+  CHILD_CHECK(took < 200ms + 2 * 250ms + 500ms);  // the bound, the graces, a margin
+  t.join();
+  CHILD_CHECK(ran_after);
+  CHILD_CHECK(sub.end(200ms) && sub.ended());
+  const auto st = sub.stats();
+  CHILD_CHECK(st.states_made == 1 && st.states_destroyed == 1);
+  CHILD_CHECK(pyattach::parked_thread_count() == 0);
+  return child_done();
+}
+USES_CHILD_CASE(sub_end_thread_in_a_detach_scope);
+END_TEST(ThreadInADetachScopeKeepsItFromEnding, sub_end_thread_in_a_detach_scope)
+
+// The close hook's rules (an end that Python code began, here the low-level module's destroy()
+// of an interpreter it made and pyattach adopted): the same request after its own 2 s wait, made
+// on the ending thread; the loop leaves and the end goes on.
+CHILD_CASE(sub_end_python_destroys_with_a_loop_inside) {
+  pyattach::interpreter py;
+  const std::string module = PY_VERSION_HEX >= 0x030D0000 ? "_interpreters" : "_xxsubinterpreters";
+  PyInterpreterState* interp = nullptr;
+  {
+    pyattach::attach_scope m;
+    CHILD_CHECK(run("import " + module + " as lowlevel\nsid = lowlevel.create()\n"));
+    const long id = eval_long("int(sid)");
+    for (PyInterpreterState* i = PyInterpreterState_Head(); i != nullptr;
+         i = PyInterpreterState_Next(i)) {
+      if (PyInterpreterState_GetID(i) == id) interp = i;
+    }
+  }
+  CHILD_CHECK(interp != nullptr);
+  if (interp == nullptr) return child_done();
+  pyattach::subinterpreter h = pyattach::subinterpreter::adopt(interp);
+  std::atomic<bool> inside{false};
+  python_outcome outcome;
+  std::thread t([&] {
+    pyattach::attach_scope in(h);
+    inside = true;
+    outcome = run_outcome("while True:\n    pass\n");
+  });
+  while (!inside) std::this_thread::sleep_for(1ms);
+  std::this_thread::sleep_for(50ms);
+  const auto t0 = std::chrono::steady_clock::now();
+  {
+    pyattach::attach_scope m;
+    CHILD_CHECK(run("lowlevel.destroy(sid)\n"));
+  }
+  const ms took = since(t0);
+  t.join();
+  std::printf("destroy() returned after %lld ms; the loop ended with %s\n",
+              static_cast<long long>(took.count()), outcome.raised.c_str());
+  CHILD_CHECK(outcome.raised == k_shutdown);
+  CHILD_CHECK(took >= 2000ms && took < 2000ms + 500ms + 1000ms);  // its wait, the grace, a margin
+  CHILD_CHECK(h.ended());
+  const auto st = h.stats();
+  CHILD_CHECK(st.states_made >= 1 && st.states_destroyed == st.states_made);
+  return child_done();
+}
+USES_CHILD_CASE(sub_end_python_destroys_with_a_loop_inside);
+END_TEST(PythonEndingItAsksAPythonLoopToLeave, sub_end_python_destroys_with_a_loop_inside)
+
 // The main interpreter's finalization ends the sub-interpreters pyattach made (its close hook):
 // a thread running Python in one leaves at the request ("unwinds") or is parked ("swallows"),
 // and Py_FinalizeEx finishes within the close bound and the graces.
