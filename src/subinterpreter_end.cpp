@@ -47,7 +47,7 @@ void for_each_running(interp_core* core, Fn fn) {
 }
 
 // Raises pyattach.InterpreterShutdown asynchronously in every thread running Python in `core`'s
-// interpreter; returns how many got it. PRECONDITION: attached to that interpreter (its GIL held).
+// interpreter. PRECONDITION: attached to that interpreter (its GIL held).
 // The type is made in that interpreter: objects must not cross interpreters (with its own GIL it
 // has its own allocator). PyThreadState_SetAsyncExc looks the thread id up among the states of
 // the CURRENT interpreter only, and takes the first match from the head of its list, where CPython
@@ -55,20 +55,18 @@ void for_each_running(interp_core* core, Fn fn) {
 // after the anchor (which carries its creator's id) and after any orphan of an exited thread
 // whose id it may reuse. Delivered at the thread's next bytecode boundary (or when it has the GIL
 // it is waiting for); a thread inside C code called from Python gets it when that call returns.
-int request_leave(interp_core* core) noexcept {
+void request_leave(interp_core* core) noexcept {
   PyObject* const type = new_shutdown_request_type();
-  if (type == nullptr) return 0;
-  int asked = 0;
+  if (type == nullptr) return;
   {
     // core->m, then CPython's HEAD_LOCK (inside the call): no thread holding core->m waits for
     // this interpreter's GIL, which this thread holds.
     std::lock_guard<std::mutex> lock(core->m);
     for_each_running(core, [&](sub_entry* e) {
-      asked += static_cast<int>(PyThreadState_SetAsyncExc(e->ident, type));
+      PyThreadState_SetAsyncExc(e->ident, type);  // 0 if it has no state here: nothing to ask
     });
   }
   Py_DECREF(type);  // each state that got it holds its own reference
-  return asked;
 }
 
 // The trace function that parks a thread still running Python in an interpreter whose end asked
@@ -163,9 +161,10 @@ struct helper_step {
 
 bool run_on_helper(const std::shared_ptr<interp_core>& record, PyInterpreterState* interp,
                    clock::time_point until, std::function<void()> fn) noexcept {
-  auto step = std::make_shared<helper_step>();
+  std::shared_ptr<helper_step> step;
   record->inside.fetch_add(1, std::memory_order_seq_cst);  // the helper's pass (above)
   try {
+    step = std::make_shared<helper_step>();
     std::thread([record, interp, step, fn] {
       PyThreadState* const ts = PyThreadState_New(interp);  // needs no GIL
       if (ts != nullptr) {
@@ -186,7 +185,7 @@ bool run_on_helper(const std::shared_ptr<interp_core>& record, PyInterpreterStat
       step->cv.notify_all();
       record->inside.fetch_sub(1, std::memory_order_seq_cst);
     }).detach();
-  } catch (...) {  // no thread: nothing asked
+  } catch (...) {  // out of memory or no thread: nothing asked
     record->inside.fetch_sub(1, std::memory_order_seq_cst);
     return false;
   }
