@@ -213,15 +213,17 @@ void close_core(interp_core* core) noexcept {
   if (core->inside.load(std::memory_order_seq_cst) != 0) {
     // end() drained the passes before calling Py_EndInterpreter; an end that Python code began
     // (Interpreter.close()) did not. The same rules as end()'s: a bounded wait with the GIL
-    // released, then the shutdown request, made on this thread (its state is of this
-    // interpreter: it takes the GIL back for that), and a grace. After that CPython would abort
-    // the process on a state left behind, so it waits for good, saying so.
-    PyThreadState* self = PyEval_SaveThread();
+    // released, then the shutdown request and the parking, each followed by a grace, made on
+    // this thread (its state is of this interpreter: it takes the GIL back for each, and may wait
+    // for it as long as a thread holds it in C++: no helper, since this end cannot give up).
+    // After that CPython would abort the process on a state left behind, so it waits for good,
+    // saying so.
+    PyThreadState* const ending = PyEval_SaveThread();
     bool drained = wait_drained(core, clock::now() + k_close_hook_bound);
     if (!drained) {
       drained = ask_to_leave(core, leave_grace(k_close_hook_bound),
-                             [self](clock::time_point, const auto& fn) {
-                               PyEval_RestoreThread(self);
+                             [ending](clock::time_point, const auto& fn) {
+                               PyEval_RestoreThread(ending);
                                fn();
                                PyEval_SaveThread();
                                return true;
@@ -234,7 +236,7 @@ void close_core(interp_core* core) noexcept {
                    static_cast<long long>(core->id));
       wait_drained(core, clock::time_point::max());
     }
-    PyEval_RestoreThread(self);
+    PyEval_RestoreThread(ending);
     // 3.13+: the park tracer is on every state of the interpreter, this one too, which runs
     // Python again before the interpreter is gone (atexit callbacks registered before pyattach's).
     compat::clear_park_tracers();
