@@ -274,7 +274,6 @@ attach_status refusal_status(std::uint64_t word) noexcept {
   return attach_status::not_initialized;
 }
 
-namespace {
 // The wait after the shutdown request (rule 4): long enough for Python code to unwind out of a
 // scope, short enough that exit stays within the close bound plus a small margin. Unwinding runs
 // Python code (finally blocks, an uncaught exception's printing): measured from the request to
@@ -284,6 +283,19 @@ std::chrono::milliseconds leave_grace(std::chrono::milliseconds timeout) noexcep
   return std::clamp(timeout / 4, std::chrono::milliseconds(250), std::chrono::milliseconds(500));
 }
 
+PyObject* new_shutdown_request_type() noexcept {
+  // A BaseException, so that `except Exception` handlers let it through; SystemExit would make
+  // PyErr_Print() (which embedders call on errors) exit the process from that thread.
+  PyObject* type = PyErr_NewExceptionWithDoc(
+      "pyattach.InterpreterShutdown",
+      "Raised asynchronously in a thread still inside a pyattach scope when the interpreter "
+      "finalizes: leave the scope.",
+      PyExc_BaseException, nullptr);
+  if (type == nullptr) PyErr_Clear();
+  return type;
+}
+
+namespace {
 // Runs `fn` with the GIL: the closer's own state if it held the GIL before waiting (`saved`),
 // else a PyGILState pair. The runtime is not finalizing while the gate is closing (the atexit
 // hook that precedes it is this closer, or waits for it); checked anyway: if it is, skip.
@@ -331,17 +343,8 @@ bool ask_threads_to_leave(const slot* self, std::uint64_t gen,
     return true;
   };
   with_gil(saved, [&] {
-    // A BaseException, so that `except Exception` handlers let it through; SystemExit would make
-    // PyErr_Print() (which embedders call on errors) exit the process from that thread.
-    PyObject* type = PyErr_NewExceptionWithDoc(
-        "pyattach.InterpreterShutdown",
-        "Raised asynchronously in a thread still inside a pyattach scope when the interpreter "
-        "finalizes: leave the scope.",
-        PyExc_BaseException, nullptr);
-    if (type == nullptr) {
-      PyErr_Clear();
-      return;
-    }
+    PyObject* const type = new_shutdown_request_type();
+    if (type == nullptr) return;
     // GIL, then the registry mutex: the order every thread that holds both takes them in.
     std::lock_guard<std::mutex> lock(registry().mutex);
     for_each_inside(self, [&](slot* s) {
@@ -360,7 +363,7 @@ bool ask_threads_to_leave(const slot* self, std::uint64_t gen,
     for_each_inside(self, [&](slot* s) {
       if (s->phase.load(std::memory_order_relaxed) == slot_phase::detached) return;
       s->must_park.store(true, std::memory_order_release);  // before its tracer can run
-      if (compat::install_park_tracer(s->py_ident, park_tracer)) {
+      if (compat::install_park_tracer(PyInterpreterState_Main(), s->py_ident, park_tracer)) {
         flagged = true;
       } else {
         s->must_park.store(false, std::memory_order_relaxed);

@@ -114,6 +114,14 @@ void install_fork_handlers() noexcept;
 // `forking_tid_in_parent`; otherwise no thread of the child is.
 void interpreter_after_fork_in_child(std::uint64_t forking_tid_in_parent) noexcept;
 
+// ---- the shutdown request (gate.cpp; docs/safety.md, "Exit", rule 4) ----
+// The wait after the shutdown request, and again after parking, for a close bounded by `timeout`:
+// a quarter of it, within 250-500 ms (the main gate's close and a sub-interpreter's end).
+std::chrono::milliseconds leave_grace(std::chrono::milliseconds timeout) noexcept;
+// A new pyattach.InterpreterShutdown type (a BaseException) made in the interpreter whose GIL the
+// caller holds, for PyThreadState_SetAsyncExc; null (no error set) if it cannot be made.
+PyObject* new_shutdown_request_type() noexcept;
+
 // ---- parking (attach.cpp; docs/safety.md, "Exit") ----
 // Blocks the calling thread for good: it must not continue (the code above it would run Python
 // without a thread state). PRECONDITION: the thread does not hold the GIL. Marks its slot parked,

@@ -4,9 +4,12 @@
 // and the scopes are in subinterpreter.cpp.
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <cstdio>
+#include <functional>
 #include <map>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -18,6 +21,183 @@ namespace pyattach {
 namespace detail {
 
 namespace {
+
+using clock = std::chrono::steady_clock;
+
+// Waits, holding no GIL of `core`'s interpreter, until no pass of it is held or `until`.
+bool wait_drained(const interp_core* core, clock::time_point until) noexcept {
+  while (core->inside.load(std::memory_order_seq_cst) != 0) {
+    if (clock::now() >= until) return false;
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  return true;
+}
+
+// ---- asking the threads inside to leave (docs/safety.md, "Exit", rule 4) --------------------
+
+// The threads inside a scope of `core` that run Python in it: their state of it is attached or
+// waiting for its GIL (a thread in a detach_scope, or whose state of it a scope on another
+// interpreter swapped out, is not running Python there). PRECONDITION: core->m held.
+template <typename Fn>
+void for_each_running(interp_core* core, Fn fn) {
+  for (sub_entry* e : core->entries) {
+    const entry_phase p = e->phase.load(std::memory_order_relaxed);
+    if (p == entry_phase::attached || p == entry_phase::waiting) fn(e);
+  }
+}
+
+// Raises pyattach.InterpreterShutdown asynchronously in every thread running Python in `core`'s
+// interpreter. PRECONDITION: attached to that interpreter (its GIL held).
+// The type is made in that interpreter: objects must not cross interpreters (with its own GIL it
+// has its own allocator). PyThreadState_SetAsyncExc looks the thread id up among the states of
+// the CURRENT interpreter only, and takes the first match from the head of its list, where CPython
+// adds each new state (Python/pystate.c, 3.12.1, 3.13.0): the thread's pyattach state there, made
+// after the anchor (which carries its creator's id) and after any orphan of an exited thread
+// whose id it may reuse. Delivered at the thread's next bytecode boundary (or when it has the GIL
+// it is waiting for); a thread inside C code called from Python gets it when that call returns.
+void request_leave(interp_core* core) noexcept {
+  PyObject* const type = new_shutdown_request_type();
+  if (type == nullptr) return;
+  {
+    // core->m, then CPython's HEAD_LOCK (inside the call): no thread holding core->m waits for
+    // this interpreter's GIL, which this thread holds.
+    std::lock_guard<std::mutex> lock(core->m);
+    for_each_running(core, [&](sub_entry* e) {
+      PyThreadState_SetAsyncExc(e->ident, type);  // 0 if it has no state here: nothing to ask
+    });
+  }
+  Py_DECREF(type);  // each state that got it holds its own reference
+}
+
+// The trace function that parks a thread still running Python in an interpreter whose end asked
+// it to leave in vain (sub_entry::must_park), at its next traced line, as the main gate's closer
+// parks its threads (park_tracer, rule 3): it releases the GIL, gives back its passes, and blocks
+// for good in park(), counted in parked_thread_count() and shown parked in the thread report
+// (through its slot, which its first sub-interpreter scope made: this_table()). Every pass it
+// holds in any sub-interpreter goes back, not only this one's: it never runs again, so none of
+// its states is used again, and those interpreters' ends may destroy them (a state of another
+// interpreter that a scope swapped out is not current). Its main-interpreter passes stay, as a
+// thread parked by the main gate keeps them (that gate skips parked threads).
+int park_sub_tracer(PyObject*, PyFrameObject*, int, PyObject*) noexcept {
+  sub_entry* const e = current_entry(compat::current_state_unchecked());
+  if (e == nullptr || !e->must_park.load(std::memory_order_acquire)) return 0;
+  slot* const s = this_thread_slot();
+  if (s == nullptr) return 0;  // cannot be counted: it goes on, and the end gives up on it
+  std::string why;
+  try {
+    why = "it was still running Python in sub-interpreter " + std::to_string(e->core->id) +
+          " when its end's bound and the grace after the shutdown request expired";
+  } catch (...) {
+  }
+  e->phase.store(entry_phase::detached, std::memory_order_relaxed);
+  if (s->obs.load(std::memory_order_relaxed) != nullptr) obs_sub_release(s);  // its held span
+  PyEval_SaveThread();  // this state is never current again: the end destroys it
+  // From here the end may destroy the state at any moment: only this thread's table and slot,
+  // which no end touches, are used.
+  for (sub_entry* x : e->table->by_index) {
+    if (x == nullptr) continue;
+    for (std::uint32_t i = 0; i < x->depth; ++i) {
+      x->core->inside.fetch_sub(1, std::memory_order_seq_cst);
+    }
+  }
+  park(s, why);
+}
+
+// Flags every thread still running Python in `core`'s interpreter for parking and installs
+// park_sub_tracer on its state there; returns how many. PRECONDITION: attached to that
+// interpreter (compat::install_park_tracer: 3.12 sets the events on the current interpreter,
+// 3.13+ sets the tracer on all of the current interpreter's states, where park_sub_tracer lets
+// every unflagged thread go on).
+int flag_for_parking(interp_core* core) noexcept {
+  int flagged = 0;
+  std::lock_guard<std::mutex> lock(core->m);
+  for_each_running(core, [&](sub_entry* e) {
+    e->must_park.store(true, std::memory_order_release);  // before its tracer can run
+    if (compat::install_park_tracer(core->interp, e->ident, park_sub_tracer)) {
+      ++flagged;
+    } else {
+      e->must_park.store(false, std::memory_order_relaxed);
+    }
+  });
+  return flagged;
+}
+
+// The threads still inside at the bound are asked to leave, and waited for `grace`; those still
+// running Python then are parked at their next line, and waited for `grace` again (the main
+// gate's rules 4 and 3). `attached(until, fn)` runs fn attached to the interpreter and says
+// whether it ran before `until`. Returns true if every pass of the interpreter was given back.
+// A flagged thread that has not parked when this returns false parks at its next line later.
+template <typename Attached>
+bool ask_to_leave(interp_core* core, std::chrono::milliseconds grace, Attached attached) noexcept {
+  const clock::time_point until = clock::now() + grace;
+  if (!attached(until, [core] { request_leave(core); })) return false;
+  if (wait_drained(core, until)) return true;
+  int flagged = 0;
+  const clock::time_point again = clock::now() + grace;
+  if (!attached(again, [core, &flagged] { flagged = flag_for_parking(core); })) return false;
+  return flagged != 0 && wait_drained(core, again);
+}
+
+// A step of an end that must run attached to the interpreter, on a helper thread of its own, so
+// that the ender waits for that interpreter's GIL only until `until`: a thread may hold it in C++
+// for as long as it likes (a scope with no detach_scope around a blocking call), and end() must
+// not hang. The helper holds a pass of the interpreter, taken here for it (the gate is closing,
+// so take_sub_pass would refuse), from before it makes its state until after it deleted it: no
+// end gets past its wait for the passes meanwhile (a later end() or the close hook waits for it),
+// so the interpreter outlives the state, and the anchor (interp_core::anchor) is still there when
+// the state is made (3.12 aborts when a state is made in an interpreter whose list of states went
+// empty). Its state is its thread's first, so CPython binds its PyGILState to it and deleting it
+// unbinds only that thread's (as for the ending thread in end_core).
+// If the ender stops waiting before fn ran, the helper finds `abandoned` when it gets the GIL and
+// does nothing: no request or tracer reaches a thread after end() returned false. fn runs under
+// the step's mutex, which the ender takes to give up, so fn never runs after that.
+struct helper_step {
+  std::mutex m;
+  std::condition_variable cv;
+  bool ran = false;        // fn ran (under m)
+  bool failed = false;     // no state could be made: fn will not run (under m)
+  bool abandoned = false;  // the ender gave up first: fn must not run (under m)
+};
+
+bool run_on_helper(const std::shared_ptr<interp_core>& record, PyInterpreterState* interp,
+                   clock::time_point until, std::function<void()> fn) noexcept {
+  std::shared_ptr<helper_step> step;
+  record->inside.fetch_add(1, std::memory_order_seq_cst);  // the helper's pass (above)
+  try {
+    step = std::make_shared<helper_step>();
+    std::thread([record, interp, step, fn] {
+      PyThreadState* const ts = PyThreadState_New(interp);  // needs no GIL
+      if (ts != nullptr) {
+        PyEval_RestoreThread(ts);  // may wait as long as a thread holds this GIL
+        {
+          std::lock_guard<std::mutex> lock(step->m);
+          if (!step->abandoned) {
+            fn();
+            step->ran = true;
+          }
+        }
+        PyThreadState_Clear(ts);
+        PyThreadState_DeleteCurrent();  // releases the GIL; unbinds this thread's PyGILState
+      } else {
+        std::lock_guard<std::mutex> lock(step->m);
+        step->failed = true;
+      }
+      step->cv.notify_all();
+      record->inside.fetch_sub(1, std::memory_order_seq_cst);
+    }).detach();
+  } catch (...) {  // out of memory or no thread: nothing asked
+    record->inside.fetch_sub(1, std::memory_order_seq_cst);
+    return false;
+  }
+  std::unique_lock<std::mutex> lock(step->m);
+  if (step->cv.wait_until(lock, until, [&] { return step->ran || step->failed; })) return step->ran;
+  step->abandoned = true;
+  return false;
+}
+
+// How long the close hook waits for the threads inside before it asks them to leave: an end that
+// Python code began has no bound of its own (CPython's Py_EndInterpreter takes none).
+constexpr std::chrono::milliseconds k_close_hook_bound{2000};
 
 // The close, from the interpreter's atexit callback: on the ending thread, with a state of the
 // interpreter current and its GIL held, before Py_EndInterpreter checks that no other thread
@@ -31,22 +211,35 @@ void close_core(interp_core* core) noexcept {
     core->phase.store(sub_closing, std::memory_order_seq_cst);
   }
   if (core->inside.load(std::memory_order_seq_cst) != 0) {
-    PyThreadState* self = PyEval_SaveThread();
     // end() drained the passes before calling Py_EndInterpreter; an end that Python code began
-    // (Interpreter.close()) did not: CPython aborts the process if a state is left, so wait.
-    bool said = false;
-    const auto start = std::chrono::steady_clock::now();
-    while (core->inside.load(std::memory_order_seq_cst) != 0) {
-      if (!said && std::chrono::steady_clock::now() - start > std::chrono::seconds(2)) {
-        std::fprintf(stderr,
-                     "pyattach: sub-interpreter %lld is ending while native threads are inside "
-                     "a scope of it; waiting for them\n",
-                     static_cast<long long>(core->id));
-        said = true;
-      }
-      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    // (Interpreter.close()) did not. The same rules as end()'s: a bounded wait with the GIL
+    // released, then the shutdown request and the parking, each followed by a grace, made on
+    // this thread (its state is of this interpreter: it takes the GIL back for each, and may wait
+    // for it as long as a thread holds it in C++: no helper, since this end cannot give up).
+    // After that CPython would abort the process on a state left behind, so it waits for good,
+    // saying so.
+    PyThreadState* const ending = PyEval_SaveThread();
+    bool drained = wait_drained(core, clock::now() + k_close_hook_bound);
+    if (!drained) {
+      drained = ask_to_leave(core, leave_grace(k_close_hook_bound),
+                             [ending](clock::time_point, const auto& fn) {
+                               PyEval_RestoreThread(ending);
+                               fn();
+                               PyEval_SaveThread();
+                               return true;
+                             });
     }
-    PyEval_RestoreThread(self);
+    if (!drained) {
+      std::fprintf(stderr,
+                   "pyattach: sub-interpreter %lld is ending while native threads are inside "
+                   "a scope of it; waiting for them\n",
+                   static_cast<long long>(core->id));
+      wait_drained(core, clock::time_point::max());
+    }
+    PyEval_RestoreThread(ending);
+    // 3.13+: the park tracer is on every state of the interpreter, this one too, which runs
+    // Python again before the interpreter is gone (atexit callbacks registered before pyattach's).
+    compat::clear_park_tracers();
   }
   PyThreadState* const self = compat::current_state_unchecked();
   std::lock_guard<std::mutex> lock(core->m);
@@ -152,13 +345,17 @@ bool end_core(const std::shared_ptr<interp_core>& record, std::chrono::milliseco
     core->phase.store(sub_closing, std::memory_order_seq_cst);
   }
   // Wait for the threads inside, holding no GIL (with a shared GIL they need the one we hold).
+  // Those still inside at the bound are asked to leave (the main gate's rules, docs/safety.md,
+  // "Exit"), each step attached on a helper thread (run_on_helper) and bounded by the grace.
   PyThreadState* const saved = cur != nullptr ? PyEval_SaveThread() : nullptr;
-  const auto deadline = std::chrono::steady_clock::now() + bound;
-  while (core->inside.load(std::memory_order_seq_cst) != 0 &&
-         std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  bool drained = wait_drained(core, clock::now() + bound);
+  if (!drained) {
+    drained = ask_to_leave(core, leave_grace(bound),
+                           [&record, interp](clock::time_point until, std::function<void()> fn) {
+                             return run_on_helper(record, interp, until, std::move(fn));
+                           });
   }
-  if (core->inside.load(std::memory_order_seq_cst) != 0) {
+  if (!drained) {
     if (saved != nullptr) PyEval_RestoreThread(saved);
     return false;  // closed to new attaches, not ended: ending would pull states from under them
   }

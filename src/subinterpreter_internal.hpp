@@ -41,6 +41,9 @@ struct sub_entry {
   unsigned long ident = 0;
   std::uint64_t os_tid = 0;
   std::atomic<entry_phase> phase{entry_phase::none};
+  // Set by an end that gave up asking this thread to leave while it ran Python in the interpreter,
+  // before it installs the tracer that parks the thread at its next line (subinterpreter_end.cpp).
+  std::atomic<bool> must_park{false};
   // Observation (pyattach/observe.hpp), owner only. resumes: bit L, the scope at level L ended
   // an observed hold of the state it swapped out, so its end begins that hold again. lent: bit L,
   // a scope on the main interpreter's handle swapped this state out at depth L the same way.

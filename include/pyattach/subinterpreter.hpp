@@ -26,14 +26,21 @@
 // - Ending (end(), or anything that calls Py_EndInterpreter on an interpreter pyattach knows):
 //   the interpreter's own gate closes first. Later attaches to it are refused with
 //   attach_status::finalizing (finalized once it is gone); the end waits, its GIL released and
-//   within its bound, for the threads inside a scope of it. If some are still inside at the
-//   bound, end() returns false and the interpreter stays (closed to new attaches): ending it
-//   then would kill or crash those threads. Otherwise Py_EndInterpreter runs on a thread of its
-//   own, and pyattach's callback there destroys every thread's cached state of it first (threads
-//   that are not inside use none). Other
-//   interpreters keep running. The close runs from an atexit callback registered in the
-//   interpreter, so an interpreter that Python code ends (concurrent.interpreters'
-//   Interpreter.close()) closes the same way.
+//   within its bound, for the threads inside a scope of it. Then, as at the main interpreter's
+//   exit (docs/safety.md, "Exit"), the threads still running Python in it get an asynchronous
+//   pyattach.InterpreterShutdown (a BaseException made in that interpreter) and a grace
+//   (a quarter of the bound, 250-500 ms) to leave their scopes; those still running Python
+//   after that are parked at their next line (blocked for good without its GIL, counted in
+//   parked_thread_count()), and waited for a grace again. If threads are still inside after
+//   that (in a detach_scope, or holding its GIL in C++), end() returns false and the interpreter
+//   stays (closed to new attaches): ending it then would kill or crash those threads. Otherwise
+//   Py_EndInterpreter runs on a thread of its own, and pyattach's callback there destroys every
+//   thread's cached state of it first (threads that are not inside use none; a parked thread's
+//   is never used again). Other interpreters keep running. The close runs from an atexit
+//   callback registered in the interpreter, so an interpreter that Python code ends
+//   (concurrent.interpreters' Interpreter.close()) closes the same way: its wait has no bound
+//   of its own, so it asks after 2 s, parks, then waits for good (CPython aborts the process on
+//   a thread state left behind).
 // - The main interpreter's end (Py_FinalizeEx, pyattach::interpreter's destructor) ends the
 //   sub-interpreters pyattach created first, from its close hook, before the main gate closes.
 // - Versions: create() and adopt() need CPython 3.12+ (PyInterpreterConfig, per-interpreter
@@ -143,9 +150,22 @@ class subinterpreter {
   subinterpreter_stats stats() const;
 
   // Ends the interpreter (see "Ending" above). Returns true once it has ended (also if it had
-  // already); false if threads were still inside at `bound` (it is then closed, not ended), or
-  // for the main interpreter (never ended from here: pyattach::interpreter does that). An
-  // adopted interpreter is not pyattach's to end (its owner may keep states in it): end() lets
+  // already); false if threads were still inside after the bound and the graces (it is then
+  // closed, not ended), or for the main interpreter (never ended from here:
+  // pyattach::interpreter does that). Timeline, with grace = clamp(bound / 4, 250 ms, 500 ms):
+  //   [0, bound]            waits for the threads inside (returns as soon as none is);
+  //   then, within a grace  a helper thread with its own state there takes its GIL and asks the
+  //                         threads running Python in it to leave, and end() waits for them;
+  //   then, within a grace  the same helper kind installs the park tracer, and end() waits for
+  //                         the threads to park or leave;
+  //   then Py_EndInterpreter (on a thread of its own). So end() returns within about
+  //   bound + 2 * grace (plus Py_EndInterpreter's own time). It never waits for the interpreter's
+  //   GIL beyond a grace: if a thread holds it in C++, end() gives up (false) and the helper,
+  //   which holds a pass, asks nothing when it gets the GIL later, deletes its state and gives
+  //   the pass back (a later end() waits for it). A thread flagged for parking that has not
+  //   reached its next line when end() gives up parks there later. A parked thread gives back
+  //   its passes of every sub-interpreter (it never runs again) but not its main-interpreter ones.
+  // An adopted interpreter is not pyattach's to end (its owner may keep states in it): end() lets
   // go of it, closing its gate and destroying pyattach's states in it as an end would, and its
   // owner ends it.
   bool end(std::chrono::milliseconds bound = std::chrono::milliseconds(2000));

@@ -128,12 +128,18 @@ inline unsigned long native_thread_id_of(const PyThreadState* ts) noexcept {
 // finalization (PyThread_hang_thread), but without a word: nobody could tell a parked thread
 // from a deadlock, and parked_thread_count() would not count it. So pyattach parks it on every
 // version (measured on 3.14.10 and 3.15.2: tests/cpp/test_exit.cpp, PythonLoopIgnoringTheRequest*).
-// install_park_tracer(ident, fn): for the main interpreter's state of the thread whose CPython
-// thread id is `ident` (threading.get_ident()); false if it has none. Looked up in the
-// interpreter's list, whose states cannot be deleted while the caller holds the GIL (a thread
-// needs the GIL to delete its current state). PRECONDITION: GIL held.
-inline bool install_park_tracer(unsigned long ident, Py_tracefunc fn) noexcept {
-  for (PyThreadState* ts = PyInterpreterState_ThreadHead(PyInterpreterState_Main()); ts != nullptr;
+// install_park_tracer(interp, ident, fn): for the state in `interp` of the thread whose CPython
+// thread id is `ident` (threading.get_ident()); false if it has none there. Looked up in the
+// interpreter's list, newest first, whose states cannot be deleted while the caller holds that
+// interpreter's GIL (a thread needs it to delete its current state). PRECONDITION: the calling
+// thread is attached to `interp` (its GIL held). Required, not only for the GIL: 3.12's
+// _PyEval_SetTrace registers the legacy-tracing callbacks and sets the monitored events on the
+// CURRENT interpreter (_PyMonitoring_RegisterCallback, _PyMonitoring_SetEvents:
+// _PyInterpreterState_GET()), and 3.13+'s PyEval_SetTraceAllThreads walks the current
+// interpreter's states only (Python/legacy_tracing.c, 3.12.1 and 3.13.0).
+inline bool install_park_tracer(PyInterpreterState* interp, unsigned long ident,
+                                Py_tracefunc fn) noexcept {
+  for (PyThreadState* ts = PyInterpreterState_ThreadHead(interp); ts != nullptr;
        ts = PyThreadState_Next(ts)) {
     if (ts->thread_id != ident) continue;
 #if PY_VERSION_HEX < 0x030D0000
@@ -145,6 +151,7 @@ inline bool install_park_tracer(unsigned long ident, Py_tracefunc fn) noexcept {
   }
   return false;
 }
+// 3.13+: takes the tracer off every state of the current interpreter (no-op before).
 inline void clear_park_tracers() noexcept {
 #if PY_VERSION_HEX >= 0x030D0000
   PyEval_SetTraceAllThreads(nullptr, nullptr);

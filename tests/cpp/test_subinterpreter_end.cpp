@@ -1,0 +1,360 @@
+// tests/cpp/test_subinterpreter_end.cpp — the end of a sub-interpreter with native threads still
+// inside a scope of it (pyattach/subinterpreter.hpp, "Ending"; docs/subinterpreters.md): the
+// bounded wait, then the shutdown request (an asynchronous pyattach.InterpreterShutdown made in
+// that interpreter), a grace, then parking; and an end that never hangs when a thread holds the
+// interpreter's GIL in C++. CPython 3.12+; each case runs in a child process with a deadline.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <optional>
+#include <string>
+#include <thread>
+
+#include "subinterpreter_helpers.hpp"
+
+using namespace testutil;
+using namespace std::chrono_literals;
+using ms = std::chrono::milliseconds;
+
+// A test in the SubinterpreterEnd suite that runs one child case and expects it clean; it skips
+// before 3.12. The optional last argument is a child_options expression (child_process.hpp).
+#define END_TEST(test_name, case_name, ...)                                                  \
+  TEST(SubinterpreterEnd, test_name) {                                                       \
+    if (!::testutil::k_has_subinterpreters) {                                                \
+      GTEST_SKIP() << "sub-interpreters with their own GIL: 3.12+";                          \
+    }                                                                                        \
+    EXPECT_CHILD_CLEAN(::testutil::run_child(uses_##case_name, ##__VA_ARGS__));              \
+  }
+
+#if PY_VERSION_HEX >= 0x030C0000
+namespace {
+
+ms since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration_cast<ms>(std::chrono::steady_clock::now() - t0);
+}
+
+// What ended a Python call: "" if it returned, else the exception's class (its repr), and
+// whether it is an Exception (pyattach.InterpreterShutdown must be a BaseException only).
+struct python_outcome {
+  std::string raised;
+  bool is_exception = false;
+};
+
+// Runs `code` in the current interpreter's __main__ and says how it ended. PRECONDITION: attached.
+python_outcome run_outcome(const std::string& code) {
+  PyObject* main = PyImport_AddModule("__main__");  // borrowed
+  PyObject* g = PyModule_GetDict(main);
+  PyObject* r = PyRun_String(code.c_str(), Py_file_input, g, g);
+  python_outcome out;
+  if (r != nullptr) {
+    Py_DECREF(r);
+    return out;
+  }
+  PyObject* exc = PyErr_GetRaisedException();  // 3.12+
+  PyObject* repr = PyObject_Repr(reinterpret_cast<PyObject*>(Py_TYPE(exc)));
+  out.raised = repr != nullptr ? PyUnicode_AsUTF8(repr) : "<repr failed>";
+  out.is_exception = PyErr_GivenExceptionMatches(exc, PyExc_Exception) != 0;
+  Py_XDECREF(repr);
+  Py_DECREF(exc);
+  PyErr_Clear();
+  return out;
+}
+
+constexpr const char* k_shutdown = "<class 'pyattach.InterpreterShutdown'>";
+
+// Python that catches every request and goes on: only parking stops it.
+constexpr const char* k_swallowing_loop =
+    "while True:\n"
+    "    try:\n"
+    "        while True:\n"
+    "            pass\n"
+    "    except BaseException:\n"
+    "        pass\n";
+
+// The main interpreter and a new sub-interpreter still run Python on a fresh thread.
+bool others_still_work() {
+  bool ok = false;
+  std::thread([&] {
+    pyattach::subinterpreter other = pyattach::subinterpreter::create();
+    {
+      pyattach::attach_scope in(other);
+      ok = in && run("z = 5\n") && eval_long("z") == 5;
+    }
+    {
+      pyattach::attach_scope m;
+      ok = ok && m && run("w = 6\n") && eval_long("w") == 6;
+    }
+    ok = ok && other.end();
+  }).join();
+  return ok;
+}
+
+}  // namespace
+
+// Rule 4: a native thread in `while True: pass` inside a scope of the interpreter gets
+// pyattach.InterpreterShutdown after the bound, leaves its scope normally, and the end succeeds
+// within the bound and its graces.
+CHILD_CASE(sub_end_requests_python_loop_to_leave) {
+  pyattach::interpreter py;
+  pyattach::subinterpreter sub = pyattach::subinterpreter::create();
+  std::atomic<bool> inside{false}, scope_ended{false};
+  python_outcome outcome;
+  bool attached_after_call = false;
+  std::thread t([&] {
+    {
+      pyattach::attach_scope in(sub);
+      CHILD_CHECK(in);
+      inside = true;
+      outcome = run_outcome("while True:\n    pass\n");
+      attached_after_call = pyattach::detail::compat::current_state_unchecked() != nullptr &&
+                            current_interp() == sub.state();
+    }
+    scope_ended = pyattach::detail::compat::current_state_unchecked() == nullptr;
+  });
+  while (!inside) std::this_thread::sleep_for(1ms);
+  std::this_thread::sleep_for(50ms);
+  const auto t0 = std::chrono::steady_clock::now();
+  const bool ended = sub.end(200ms);
+  const ms took = since(t0);
+  t.join();
+  std::printf("end(200ms) returned %d after %lld ms; the loop ended with %s\n", ended,
+              static_cast<long long>(took.count()), outcome.raised.c_str());
+  CHILD_CHECK(ended && sub.ended());
+  CHILD_CHECK(took >= 200ms);
+  CHILD_CHECK(took < 200ms + 2 * 250ms + 500ms);  // the bound, two graces, a margin for load
+  CHILD_CHECK(outcome.raised == k_shutdown);
+  CHILD_CHECK(!outcome.is_exception);
+  CHILD_CHECK(attached_after_call && scope_ended);
+  const auto st = sub.stats();
+  CHILD_CHECK(st.states_made == 1 && st.states_destroyed == st.states_made);
+  CHILD_CHECK(pyattach::parked_thread_count() == 0);
+  CHILD_CHECK(others_still_work());
+  return child_done();
+}
+USES_CHILD_CASE(sub_end_requests_python_loop_to_leave);
+END_TEST(PythonLoopIsAskedToLeave, sub_end_requests_python_loop_to_leave)
+
+// Rule 4 then 3: a thread that catches the request and goes on running Python is parked at its
+// next line (counted, reported as parked); the end succeeds and destroys its state; the main
+// interpreter and other sub-interpreters keep working.
+CHILD_CASE(sub_end_parks_python_ignoring_request) {
+  pyattach::interpreter py;
+  pyattach::subinterpreter sub = pyattach::subinterpreter::create();
+  const std::uint64_t parked_before = pyattach::parked_thread_count();
+  std::atomic<bool> inside{false};
+  std::atomic<std::uint64_t> tid{0};
+  std::thread([&] {
+    tid = os_tid();
+    pyattach::attach_scope in(sub);
+    inside = true;
+    run_outcome(k_swallowing_loop);
+    std::printf("CHILD-FAIL: the swallowing loop returned\n");  // parked: never reached
+    ++child_failures();
+  }).detach();
+  while (!inside) std::this_thread::sleep_for(1ms);
+  std::this_thread::sleep_for(50ms);
+  const auto t0 = std::chrono::steady_clock::now();
+  const bool ended = sub.end(200ms);
+  const ms took = since(t0);
+  std::printf("end(200ms) returned %d after %lld ms; parked threads: %llu\n", ended,
+              static_cast<long long>(took.count()),
+              static_cast<unsigned long long>(pyattach::parked_thread_count() - parked_before));
+  CHILD_CHECK(ended && sub.ended());
+  CHILD_CHECK(took < 200ms + 4 * 250ms + 500ms);  // the bound, the graces, a margin for load
+  CHILD_CHECK(pyattach::parked_thread_count() == parked_before + 1);
+  const auto st = sub.stats();
+  CHILD_CHECK(st.states_made == 1 && st.states_destroyed == 1);
+  bool reported_parked = false;
+  for (const auto& row : pyattach::make_thread_report().threads) {
+    if (row.os_tid == tid && row.state == pyattach::thread_attachment::parked) {
+      reported_parked = true;
+    }
+  }
+  CHILD_CHECK(reported_parked);
+  CHILD_CHECK(others_still_work());
+  return child_done();
+}
+USES_CHILD_CASE(sub_end_parks_python_ignoring_request);
+TEST(SubinterpreterEnd, PythonIgnoringTheRequestIsParked) {
+  if (!k_has_subinterpreters) GTEST_SKIP() << "sub-interpreters with their own GIL: 3.12+";
+  const child_result r = run_child(uses_sub_end_parks_python_ignoring_request);
+  EXPECT_CHILD_CLEAN(r);
+  EXPECT_NE(r.err.find("parked for good"), std::string::npos) << r.describe();
+}
+
+// A thread that holds the interpreter's GIL in C++ (a sleep inside a scope, no detach_scope):
+// end() cannot take that GIL to ask anything, returns false within the bound and one grace, and
+// never hangs; no request reaches the thread afterwards (it runs Python again normally); once it
+// has left, end() succeeds.
+CHILD_CASE(sub_end_gil_held_in_cpp) {
+  pyattach::interpreter py;
+  pyattach::subinterpreter sub = pyattach::subinterpreter::create();
+  std::atomic<bool> inside{false};
+  python_outcome after;
+  std::thread t([&] {
+    pyattach::attach_scope in(sub);
+    CHILD_CHECK(run("x = 1\n"));
+    inside = true;
+    std::this_thread::sleep_for(1500ms);  // holds the GIL
+    after = run_outcome("for i in range(100000):\n    x += 1\n");
+  });
+  while (!inside) std::this_thread::sleep_for(1ms);
+  const auto t0 = std::chrono::steady_clock::now();
+  const bool first = sub.end(200ms);
+  const ms took = since(t0);
+  std::printf("end(200ms) with the GIL held in C++ returned %d after %lld ms\n", first,
+              static_cast<long long>(took.count()));
+  CHILD_CHECK(!first && !sub.ended());
+  CHILD_CHECK(took < 200ms + 250ms + 500ms);  // the bound, one grace, a margin: not the sleep
+  {
+    std::thread([&] {
+      auto refused = pyattach::try_attach(sub);
+      CHILD_CHECK(!refused && refused.status() == pyattach::attach_status::finalizing);
+    }).join();
+  }
+  t.join();
+  std::printf("after the sleep the thread's Python ended with '%s'\n", after.raised.c_str());
+  CHILD_CHECK(after.raised.empty());  // no stale request
+  const auto t1 = std::chrono::steady_clock::now();
+  CHILD_CHECK(sub.end(2000ms) && sub.ended());
+  CHILD_CHECK(since(t1) < 1000ms);
+  const auto st = sub.stats();
+  CHILD_CHECK(st.states_made == 1 && st.states_destroyed == 1);
+  CHILD_CHECK(others_still_work());
+  return child_done();
+}
+USES_CHILD_CASE(sub_end_gil_held_in_cpp);
+END_TEST(GilHeldInCppGivesUpWithoutHanging, sub_end_gil_held_in_cpp)
+
+// A thread inside a detach_scope inside a scope of the interpreter holds its pass but runs no
+// Python: nothing is asked of it and nothing parks it. end() returns false within the bound and
+// the graces (the interpreter stays, closed to new attaches), the thread re-attaches safely when
+// its detach_scope ends and leaves, and a later end() succeeds.
+CHILD_CASE(sub_end_thread_in_a_detach_scope) {
+  pyattach::interpreter py;
+  pyattach::subinterpreter sub = pyattach::subinterpreter::create();
+  std::atomic<bool> inside{false};
+  bool ran_after = false;
+  std::thread t([&] {
+    pyattach::attach_scope in(sub);
+    CHILD_CHECK(run("x = 1\n"));
+    {
+      pyattach::detach_scope out;
+      inside = true;
+      std::this_thread::sleep_for(1500ms);
+    }
+    ran_after = run("x += 1\n") && eval_long("x") == 2;
+  });
+  while (!inside) std::this_thread::sleep_for(1ms);
+  const auto t0 = std::chrono::steady_clock::now();
+  const bool first = sub.end(200ms);
+  const ms took = since(t0);
+  std::printf("end(200ms) with a thread in a detach_scope returned %d after %lld ms\n", first,
+              static_cast<long long>(took.count()));
+  CHILD_CHECK(!first && !sub.ended());
+  CHILD_CHECK(took < 200ms + 2 * 250ms + 500ms);  // the bound, the graces, a margin
+  t.join();
+  CHILD_CHECK(ran_after);
+  CHILD_CHECK(sub.end(200ms) && sub.ended());
+  const auto st = sub.stats();
+  CHILD_CHECK(st.states_made == 1 && st.states_destroyed == 1);
+  CHILD_CHECK(pyattach::parked_thread_count() == 0);
+  return child_done();
+}
+USES_CHILD_CASE(sub_end_thread_in_a_detach_scope);
+END_TEST(ThreadInADetachScopeKeepsItFromEnding, sub_end_thread_in_a_detach_scope)
+
+// The close hook's rules (an end that Python code began, here the low-level module's destroy()
+// of an interpreter it made and pyattach adopted): the same request after its own 2 s wait, made
+// on the ending thread; the loop leaves and the end goes on.
+CHILD_CASE(sub_end_python_destroys_with_a_loop_inside) {
+  pyattach::interpreter py;
+  const std::string module = PY_VERSION_HEX >= 0x030D0000 ? "_interpreters" : "_xxsubinterpreters";
+  PyInterpreterState* interp = nullptr;
+  {
+    pyattach::attach_scope m;
+    CHILD_CHECK(run("import " + module + " as lowlevel\nsid = lowlevel.create()\n"));
+    const long id = eval_long("int(sid)");
+    for (PyInterpreterState* i = PyInterpreterState_Head(); i != nullptr;
+         i = PyInterpreterState_Next(i)) {
+      if (PyInterpreterState_GetID(i) == id) interp = i;
+    }
+  }
+  CHILD_CHECK(interp != nullptr);
+  if (interp == nullptr) return child_done();
+  pyattach::subinterpreter h = pyattach::subinterpreter::adopt(interp);
+  std::atomic<bool> inside{false};
+  python_outcome outcome;
+  std::thread t([&] {
+    pyattach::attach_scope in(h);
+    inside = true;
+    outcome = run_outcome("while True:\n    pass\n");
+  });
+  while (!inside) std::this_thread::sleep_for(1ms);
+  std::this_thread::sleep_for(50ms);
+  const auto t0 = std::chrono::steady_clock::now();
+  {
+    pyattach::attach_scope m;
+    CHILD_CHECK(run("lowlevel.destroy(sid)\n"));
+  }
+  const ms took = since(t0);
+  t.join();
+  std::printf("destroy() returned after %lld ms; the loop ended with %s\n",
+              static_cast<long long>(took.count()), outcome.raised.c_str());
+  CHILD_CHECK(outcome.raised == k_shutdown);
+  CHILD_CHECK(took >= 2000ms && took < 2000ms + 500ms + 1000ms);  // its wait, the grace, a margin
+  CHILD_CHECK(h.ended());
+  const auto st = h.stats();
+  CHILD_CHECK(st.states_made >= 1 && st.states_destroyed == st.states_made);
+  return child_done();
+}
+USES_CHILD_CASE(sub_end_python_destroys_with_a_loop_inside);
+END_TEST(PythonEndingItAsksAPythonLoopToLeave, sub_end_python_destroys_with_a_loop_inside)
+
+// The main interpreter's finalization ends the sub-interpreters pyattach made (its close hook):
+// a thread running Python in one leaves at the request ("unwinds") or is parked ("swallows"),
+// and Py_FinalizeEx finishes within the close bound and the graces.
+CHILD_CASE(sub_end_at_main_finalization) {
+  const bool swallows = !args.empty() && args[0] == "swallows";
+  std::atomic<bool> inside{false}, left{false};
+  std::thread t;
+  ms took{0};
+  {
+    std::optional<pyattach::interpreter> py;
+    py.emplace();
+    pyattach::set_close_timeout(500ms);
+    pyattach::subinterpreter sub = pyattach::subinterpreter::create();
+    t = std::thread([&, sub] {
+      {
+        pyattach::attach_scope in(sub);
+        inside = true;
+        const python_outcome o = run_outcome(swallows ? k_swallowing_loop : "while True: pass\n");
+        CHILD_CHECK(!swallows && o.raised == k_shutdown);
+      }
+      left = true;
+    });
+    while (!inside) std::this_thread::sleep_for(1ms);
+    std::this_thread::sleep_for(50ms);
+    const auto t0 = std::chrono::steady_clock::now();
+    py.reset();  // Py_FinalizeEx
+    took = since(t0);
+  }
+  std::printf("finalized in %lld ms; the thread %s\n", static_cast<long long>(took.count()),
+              left ? "left" : "did not leave");
+  CHILD_CHECK(took < 500ms + 4 * 250ms + 1000ms);
+  if (swallows) {
+    CHILD_CHECK(!left && pyattach::parked_thread_count() == 1);
+    t.detach();
+  } else {
+    CHILD_CHECK(left);
+    t.join();
+  }
+  return child_done();
+}
+USES_CHILD_CASE(sub_end_at_main_finalization);
+END_TEST(MainFinalizationAsksAPythonLoopToLeave, sub_end_at_main_finalization,
+         child_args({"unwinds"}))
+END_TEST(MainFinalizationParksAThreadIgnoringTheRequest, sub_end_at_main_finalization,
+         child_args({"swallows"}))
+#endif
