@@ -540,9 +540,9 @@ USES_CHILD_CASE(sub_adopted_ended_after_threading_import);
 
 // After threading's main thread in an interpreter lost its state, the end must still find what
 // 3.12's threading._shutdown() asserts when the ending thread has that thread's ident: its lock
-// held. `args[0]`: "create" — create() on a thread that exits, a native thread imports
-// `threading` there and exits, end() from the main thread (a new thread of end() gets the ident
-// of an exited one: glibc reuses them); "let-go" — an interpreter that Python made, adopted by the
+// held. `args[0]`: "create" — a thread that creates it, imports `threading` there in a scope and
+// exits, then end() from the main thread (end()'s new thread gets the ident of the exited one:
+// glibc reuses them); "let-go" — an interpreter that Python made, adopted by the
 // main thread, which imports `threading` there in a scope, then end() (which only lets go of it)
 // and Python destroys it from the main thread. Checked by the test: no "Exception ignored".
 CHILD_CASE(sub_end_after_threadings_main_state_went) {
@@ -550,8 +550,8 @@ CHILD_CASE(sub_end_after_threadings_main_state_went) {
   pyattach::interpreter py;
   if (how == "create") {
     std::optional<pyattach::subinterpreter> sub;
-    std::thread([&] { sub = pyattach::subinterpreter::create(); }).join();
     std::thread([&] {
+      sub = pyattach::subinterpreter::create();
       pyattach::attach_scope in(*sub);
       CHILD_CHECK(run("import threading\nname = threading.current_thread().name\n"));
     }).join();
