@@ -300,21 +300,130 @@ PyObject* close_hook(PyObject* self, PyObject*) {
 PyMethodDef g_close_def = {"_pyattach_close_subinterpreter", close_hook, METH_NOARGS,
                            "pyattach: closes the interpreter's gate before it ends."};
 
+// Registers `def` bound to `capsule` with module.method(fn). PRECONDITION: attached.
+bool register_hook(PyMethodDef* def, PyObject* capsule, const char* module, const char* method) {
+  PyObject* fn = PyCFunction_New(def, capsule);
+  if (fn == nullptr) return false;
+  PyObject* m = PyImport_ImportModule(module);
+  PyObject* r = m != nullptr ? PyObject_CallMethod(m, method, "O", fn) : nullptr;
+  Py_XDECREF(m);
+  Py_DECREF(fn);
+  Py_XDECREF(r);
+  return r != nullptr;
+}
+
+#if PY_VERSION_HEX < 0x030D0000
+// CPython 3.12 (Lib/threading.py and Python/pylifecycle.c, measured on 3.12.1): Py_EndInterpreter
+// calls threading._shutdown() before the interpreter's atexit callbacks. _shutdown() runs the
+// callbacks of threading._register_atexit, then, if the ending thread has the ident of the
+// interpreter's threading._MainThread (the thread whose state imported `threading` there first),
+// asserts that _MainThread's lock is held and releases it; otherwise it joins that lock, which is
+// released when that state is deleted. A native thread's cached state as _MainThread hangs every
+// end that starts on another thread (pyattach's atexit callback deletes it only after the join),
+// and once it is deleted (its thread exited, or end() closed), an end on a thread with that ident
+// (the same thread, or one reusing the ident of the exited one) fails the assertion: "Exception
+// ignored in threading", and the join of the interpreter's own threads is skipped.
+// So pyattach makes its anchor _MainThread (arm_close_hook imports `threading` on it, on the
+// thread that made it), and this callback, which _shutdown() runs before both, makes either path
+// hold: another thread ends it -> the anchor is deleted now (its lock released, the join passes);
+// the anchor's thread ends it but the anchor is gone already -> the lock is taken again, as
+// _shutdown() expects. The anchor is otherwise deleted by close_core, after _shutdown() when
+// Python or C code ends the interpreter, before Py_EndInterpreter in end(). 3.13 joins only
+// threads that `threading` started (_shutdown -> _thread._shutdown; measured on 3.13.0).
+PyObject* threading_shutdown_hook(PyObject* self, PyObject*) {
+  auto* core = static_cast<interp_core*>(PyCapsule_GetPointer(self, "pyattach.subinterpreter"));
+  if (core == nullptr) return nullptr;
+  std::shared_ptr<interp_core> keep;
+  {
+    std::lock_guard<std::mutex> lock(g_live_mutex);
+    auto it = g_live.find(core);
+    if (it != g_live.end()) keep = it->second;
+  }
+  if (!keep) Py_RETURN_NONE;  // its close ran (atexit): the anchor is gone and so is its record
+  // _shutdown()'s own test, on its own objects. An exception here would end _shutdown() before
+  // its join (and be printed): none is kept.
+  PyObject* threading = PyImport_ImportModule("threading");  // in sys.modules: it is running
+  PyObject* main =
+      threading != nullptr ? PyObject_GetAttrString(threading, "_main_thread") : nullptr;
+  PyObject* ident = main != nullptr ? PyObject_GetAttrString(main, "ident") : nullptr;
+  const unsigned long main_ident = ident != nullptr ? PyLong_AsUnsignedLong(ident) : 0;
+  const bool known = ident != nullptr && !PyErr_Occurred();
+  if (known && main_ident != PyThread_get_thread_ident()) {
+    PyThreadState* const self_state = PyThreadState_Get();
+    std::lock_guard<std::mutex> lock(core->m);
+    PyThreadState* const anchor = core->anchor;
+    // No pass is needed: no thread uses the anchor. It is not bound (arm_close_hook).
+    if (anchor != nullptr && anchor != self_state) {
+      PyThreadState_Clear(anchor);  // releases _MainThread's lock (its on_delete)
+      PyThreadState_Delete(anchor);
+      core->anchor = nullptr;  // close_core then skips it
+    }
+  } else if (known) {
+    bool gone;
+    {
+      std::lock_guard<std::mutex> lock(core->m);
+      gone = core->anchor == nullptr;
+    }
+    PyObject* tlock = gone ? PyObject_GetAttrString(main, "_tstate_lock") : nullptr;
+    PyObject* held = tlock != nullptr && tlock != Py_None
+                         ? PyObject_CallMethod(tlock, "locked", nullptr) : nullptr;
+    if (held == Py_False) Py_XDECREF(PyObject_CallMethod(tlock, "acquire", nullptr));
+    Py_XDECREF(held);
+    Py_XDECREF(tlock);
+  }
+  Py_XDECREF(ident);
+  Py_XDECREF(main);
+  Py_XDECREF(threading);
+  PyErr_Clear();
+  Py_RETURN_NONE;
+}
+
+PyMethodDef g_threading_shutdown_def = {
+    "_pyattach_subinterpreter_threading_shutdown", threading_shutdown_hook, METH_NOARGS,
+    "pyattach: keeps threading._shutdown() of an ending sub-interpreter from waiting for or "
+    "failing on pyattach's anchor state, threading's main thread there."};
+
+// Makes the anchor threading's _MainThread and registers threading_shutdown_hook, unless
+// `threading` is imported there already (then _MainThread is a state of other code: pyattach made
+// none there before its anchor). PRECONDITION: a state of core's interpreter current, and the
+// anchor made on this thread. Costs an import of `threading` in a fresh interpreter
+// (docs/subinterpreters.md).
+bool make_anchor_threadings_main(interp_core* core, PyObject* capsule) {
+  PyObject* modules = PyImport_GetModuleDict();  // borrowed
+  if (modules == nullptr) return false;
+  if (PyDict_GetItemString(modules, "threading") != nullptr) return true;
+  PyThreadState* const cur = PyThreadState_Get();
+  PyThreadState* const anchor = core->anchor;
+  const bool swap = anchor != cur;  // create(): the anchor is the creation state, current already
+  if (swap) {
+    // Marked bound while current, so that making it current does not bind this thread's
+    // PyGILState to it (subinterpreter_internal.hpp); same interpreter, so the same GIL.
+    mark_gilstate_bound(anchor);
+    PyThreadState_Swap(anchor);
+  }
+  const bool ok =
+      register_hook(&g_threading_shutdown_def, capsule, "threading", "_register_atexit");
+  if (!ok) PyErr_Clear();  // the anchor keeps no exception (3.12 keeps it in the thread state)
+  if (swap) {
+    PyThreadState_Swap(cur);
+    unmark_gilstate_bound(anchor);
+  }
+  return ok;
+}
+#endif
+
 }  // namespace
 
 bool arm_close_hook(const std::shared_ptr<interp_core>& core) noexcept {
   error_scope keep_caller_error;
   PyObject* capsule = PyCapsule_New(core.get(), "pyattach.subinterpreter", nullptr);
   if (capsule == nullptr) return false;
-  PyObject* fn = PyCFunction_New(&g_close_def, capsule);
+  bool ok = register_hook(&g_close_def, capsule, "atexit", "register");
+#if PY_VERSION_HEX < 0x030D0000
+  ok = ok && make_anchor_threadings_main(core.get(), capsule);
+#endif
   Py_DECREF(capsule);
-  if (fn == nullptr) return false;
-  PyObject* atexit = PyImport_ImportModule("atexit");
-  PyObject* r = atexit != nullptr ? PyObject_CallMethod(atexit, "register", "O", fn) : nullptr;
-  Py_XDECREF(atexit);
-  Py_DECREF(fn);
-  if (r == nullptr) return false;
-  Py_DECREF(r);
+  if (!ok) return false;
   std::lock_guard<std::mutex> lock(g_live_mutex);
   g_live[core.get()] = core;
   return true;

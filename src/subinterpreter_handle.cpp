@@ -94,12 +94,13 @@ subinterpreter subinterpreter::create(const interpreter_options& o) {
     PyEval_RestoreThread(main_state);
     throw;
   }
-  const bool armed = arm_close_hook(core);
-  // The creation state becomes the record's anchor. CPython bound it as this thread's PyGILState
-  // state when it made it current; making the main state current again binds that one again
-  // (tstate_activate), which unbinds the anchor. This thread makes its cached state of the
-  // interpreter on its first scope there, like any other.
+  // The creation state becomes the record's anchor (on 3.12 arm_close_hook imports `threading`
+  // on it). CPython bound it as this thread's PyGILState state when it made it current; making
+  // the main state current again binds that one again (tstate_activate), which unbinds the
+  // anchor. This thread makes its cached state of the interpreter on its first scope there, like
+  // any other.
   core->anchor = ts;
+  const bool armed = arm_close_hook(core);
   PyEval_SaveThread();               // releases the new interpreter's GIL
   PyEval_RestoreThread(main_state);  // as attach_scope made it; its end detaches
   subinterpreter handle(core);

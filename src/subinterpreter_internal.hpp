@@ -81,11 +81,13 @@ struct interp_core {
   std::mutex m;
   std::vector<sub_entry*> entries;        // every thread's cached state of it (under m)
   std::vector<PyThreadState*> orphans;    // states of threads that exited while it closed (m)
-  // A state of its own that is never made current, kept from registration to close: CPython
+  // A state of its own that no scope makes current, kept from registration to close: CPython
   // 3.12 aborts ("init_threadstate: thread state already initialized") when a state is made in
   // an interpreter whose list of states went empty (it reuses the first state's storage), which
-  // every thread's exit could otherwise cause. Written before the record is shared; deleted by
-  // close_core.
+  // every thread's exit could otherwise cause. On 3.12 it imports `threading` there at
+  // create()/adopt(), on the thread that made it, and so is threading's main thread (see
+  // arm_close_hook). Written before the record is shared; deleted by close_core, or on 3.12 by
+  // the interpreter's threading._shutdown() when another thread ends it (under m).
   PyThreadState* anchor = nullptr;
   std::mutex end_mutex;                   // one end() at a time
   // attaches: of the threads whose entries are gone (the live ones count in their entries).
@@ -139,7 +141,9 @@ inline void unmark_gilstate_bound(PyThreadState*) noexcept {}
 std::shared_ptr<interp_core> new_core(PyInterpreterState* interp, bool owned, bool own_gil);
 // The live record of `interp`, if pyattach knows it.
 std::shared_ptr<interp_core> registered(PyInterpreterState* interp);
-// Registers the close hook in the interpreter whose state is current (its GIL held).
+// Registers the close hook in the interpreter whose state is current (its GIL held), and on 3.12
+// makes core->anchor threading's main thread there (subinterpreter_end.cpp). PRECONDITION:
+// core->anchor made on this thread.
 bool arm_close_hook(const std::shared_ptr<interp_core>& core) noexcept;
 // The calling thread's table (null once its thread_local is gone: thread exit).
 sub_table* this_table() noexcept;

@@ -184,8 +184,8 @@ CHILD_CASE(pool_sub_main_finalizes_under_it) {
 POOL_SUB_TEST(MainFinalizationStopsAPoolOnASubinterpreter, pool_sub_main_finalizes_under_it)
 
 // An interpreter that Python's own module made (3.13+: _interpreters; 3.12: _xxsubinterpreters),
-// adopted by its id (subinterpreter::adopt_id), runs a pool's tasks; Python then destroys it
-// (3.13+), and the pool's later Python tasks are refused. adopt_id of an unknown id throws; 0 is main().
+// adopted by its id (subinterpreter::adopt_id), runs a pool's tasks; Python then destroys it,
+// and the pool's later Python tasks are refused. adopt_id of an unknown id throws; 0 is main().
 CHILD_CASE(pool_sub_adopted_by_id) {
   pyattach::interpreter py;
   const char* module = PY_VERSION_HEX >= 0x030D0000 ? "_interpreters" : "_xxsubinterpreters";
@@ -215,11 +215,9 @@ CHILD_CASE(pool_sub_adopted_by_id) {
       }));
     }
     for (auto& f : tasks) CHILD_CHECK(value_within(std::move(f)));
-    // 3.13+: Python ends it; pyattach's atexit callback in it closes the gate first, and destroys
-    // the workers' states there (they are idle: outside any scope). 3.12: end() first, because
-    // Python's end would wait for the worker that imported `threading` in it first
-    // (docs/subinterpreters.md, "Not yet"); end() on an adopted interpreter only lets go of it.
-    if (PY_VERSION_HEX < 0x030D0000) CHILD_CHECK(sub.end());  // lets go of it: Python ends it
+    // Python ends it; pyattach's atexit callback in it closes the gate first, and destroys the
+    // workers' states there (they are idle: outside any scope). On 3.12 the workers name
+    // themselves through `threading`, which adopt_id imported first (docs/subinterpreters.md).
     {
       pyattach::attach_scope main_scope;
       CHILD_CHECK(run("low.destroy(sub_id)"));

@@ -10,6 +10,7 @@
 #include <atomic>
 #include <chrono>
 #include <fstream>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -453,6 +454,156 @@ CHILD_CASE(sub_misuse) {
   return child_done();
 }
 SUB_TEST(MisuseIsReportedAndSkipped, sub_misuse)
+
+// ---- adopted interpreters that other code ends, after a native thread imported `threading` ----
+// CPython 3.12's Py_EndInterpreter calls threading._shutdown() before the interpreter's atexit
+// callbacks, and 3.12's _shutdown() joins the interpreter's threading._MainThread: the thread
+// that imported `threading` there first, until its state is deleted, unless the ending thread is
+// that thread. A native thread that keeps a cached pyattach state (a pool worker) must not be
+// it, or have its state deleted before that join: pyattach's atexit callback comes after it.
+// The interpreter is made by `args[0]`: "python" (_xxsubinterpreters on 3.12, _interpreters on
+// 3.13+: create() and destroy(id)) or "capi" (Py_NewInterpreterFromConfig and Py_EndInterpreter
+// with the state it was made with); the main thread adopts it by its id; a worker thread attaches
+// and imports `threading` there, keeping its state; then the end runs on `args[1]`: "adopter"
+// (the main thread), "importer" (the worker) or "other" (a new thread). The end returns; every
+// state pyattach made in it is destroyed; later attaches are refused with `finalized`.
+CHILD_CASE(sub_adopted_ended_after_threading_import) {
+  const std::string maker = args.at(0), ender = args.at(1);
+  pyattach::interpreter py;
+  const std::string module = PY_VERSION_HEX >= 0x030D0000 ? "_interpreters" : "_xxsubinterpreters";
+  PyThreadState* c_state = nullptr;  // capi: the C code's own state of it
+  std::int64_t id = -1;
+  {
+    pyattach::attach_scope m;
+    if (maker == "python") {
+      // On 3.12 the id object ends the interpreter when its last reference goes: `sid` keeps one.
+      CHILD_CHECK(run("import " + module + " as lowlevel\nsid = lowlevel.create()\n"));
+      id = eval_long("int(sid)");
+    } else {
+      PyThreadState* const main_state = PyThreadState_Get();
+      const PyInterpreterConfig cfg = pyattach::interpreter_options{}.config();  // own GIL
+      const PyStatus status = Py_NewInterpreterFromConfig(&c_state, &cfg);
+      CHILD_CHECK(!PyStatus_Exception(status) && c_state != nullptr);
+      if (PyStatus_Exception(status)) return child_done();
+      id = PyInterpreterState_GetID(PyThreadState_GetInterpreter(c_state));
+      PyEval_SaveThread();               // its GIL; c_state stays the C code's
+      PyEval_RestoreThread(main_state);  // as the scope made it: its end detaches
+    }
+  }
+  pyattach::subinterpreter h = pyattach::subinterpreter::adopt_id(id);
+  worker importer("importer");
+  importer.run([&] {
+    pyattach::attach_scope in(h);
+    CHILD_CHECK(run("import threading\nname = threading.current_thread().name\n"));
+    std::printf("the worker is %s in the adopted interpreter\n",
+                eval_long("1 if name == 'MainThread' else 0") == 1 ? "threading's main thread"
+                                                                   : "a dummy thread");
+  });
+  const auto end_it = [&] {
+    if (maker == "python") {
+      pyattach::attach_scope m;
+      CHILD_CHECK(run("lowlevel.destroy(sid)\n"));
+    } else {
+      PyEval_RestoreThread(c_state);
+      Py_EndInterpreter(c_state);  // leaves no state current
+    }
+    CHILD_CHECK(pyattach::detail::compat::current_state_unchecked() == nullptr);
+  };
+  std::printf("ending it from the %s\n", ender.c_str());
+  std::fflush(stdout);
+  if (ender == "adopter") {
+    end_it();
+  } else if (ender == "importer") {
+    importer.run(end_it);
+  } else {
+    std::thread(end_it).join();
+  }
+  std::printf("ended\n");
+  CHILD_CHECK(h.ended());
+  const auto st = h.stats();
+  CHILD_CHECK(st.states_made == 2);  // the adopting thread's (adopt() attaches) and the worker's
+  CHILD_CHECK(st.states_destroyed == st.states_made && st.threads == 0);
+  importer.run([&] {
+    CHILD_CHECK(pyattach::cached_subinterpreter_states() == 0);
+    auto again = pyattach::try_attach(h);
+    CHILD_CHECK(!again && again.status() == pyattach::attach_status::finalized);
+  });
+  auto here = pyattach::try_attach(h);
+  CHILD_CHECK(!here && here.status() == pyattach::attach_status::finalized);
+  pyattach::attach_scope main_scope;
+  CHILD_CHECK(run("after_the_end = 1\n"));
+  return child_done();
+}
+USES_CHILD_CASE(sub_adopted_ended_after_threading_import);
+
+// After threading's main thread in an interpreter lost its state, the end must still find what
+// 3.12's threading._shutdown() asserts when the ending thread has that thread's ident: its lock
+// held. `args[0]`: "create" — a thread that creates it, imports `threading` there in a scope and
+// exits, then end() from the main thread (end()'s new thread gets the ident of the exited one:
+// glibc reuses them); "let-go" — an interpreter that Python made, adopted by the main thread,
+// which imports `threading` there in a scope, then end() (which only lets go of it) and Python
+// destroys it from the main thread. Checked by the test: no "Exception ignored".
+CHILD_CASE(sub_end_after_threadings_main_state_went) {
+  const std::string how = args.at(0);
+  pyattach::interpreter py;
+  if (how == "create") {
+    std::optional<pyattach::subinterpreter> sub;
+    std::thread([&] {
+      sub = pyattach::subinterpreter::create();
+      pyattach::attach_scope in(*sub);
+      CHILD_CHECK(run("import threading\nname = threading.current_thread().name\n"));
+    }).join();
+    CHILD_CHECK(sub->end());
+    CHILD_CHECK(sub->stats().states_made == sub->stats().states_destroyed);
+    return child_done();
+  }
+  const std::string module = PY_VERSION_HEX >= 0x030D0000 ? "_interpreters" : "_xxsubinterpreters";
+  std::int64_t id = -1;
+  {
+    pyattach::attach_scope m;
+    CHILD_CHECK(run("import " + module + " as lowlevel\nsid = lowlevel.create()\n"));
+    id = eval_long("int(sid)");
+  }
+  pyattach::subinterpreter h = pyattach::subinterpreter::adopt_id(id);
+  {
+    pyattach::attach_scope in(h);
+    CHILD_CHECK(run("import threading\nname = threading.current_thread().name\n"));
+  }
+  CHILD_CHECK(h.end());  // adopted: lets go of it
+  {
+    pyattach::attach_scope m;
+    CHILD_CHECK(run("lowlevel.destroy(sid)\n"));
+  }
+  CHILD_CHECK(h.ended() && h.stats().states_made == h.stats().states_destroyed);
+  return child_done();
+}
+USES_CHILD_CASE(sub_end_after_threadings_main_state_went);
+
+// A clean child whose stderr has no "Exception ignored" (3.12's threading._shutdown() failing
+// its assertion that the main thread's lock is held, which skips its join).
+#define THREADING_SHUTDOWN_TEST(test_name, case_name, ...)                                     \
+  TEST(Subinterpreter, test_name) {                                                           \
+    if (!k_has_subinterpreters) GTEST_SKIP() << "sub-interpreters with their own GIL: 3.12+"; \
+    child_options o = child_args({__VA_ARGS__});                                              \
+    o.timeout = std::chrono::seconds(20);                                                     \
+    const child_result r = run_child(uses_##case_name, o);                                    \
+    EXPECT_CHILD_CLEAN(r);                                                                    \
+    EXPECT_EQ(r.err.find("Exception ignored"), std::string::npos) << r.describe();            \
+  }
+THREADING_SHUTDOWN_TEST(PythonDestroysAnAdoptedInterpreterFromTheAdoptingThread,
+                        sub_adopted_ended_after_threading_import, "python", "adopter")
+THREADING_SHUTDOWN_TEST(PythonDestroysAnAdoptedInterpreterFromTheImportingThread,
+                        sub_adopted_ended_after_threading_import, "python", "importer")
+THREADING_SHUTDOWN_TEST(PythonDestroysAnAdoptedInterpreterFromAnotherThread,
+                        sub_adopted_ended_after_threading_import, "python", "other")
+THREADING_SHUTDOWN_TEST(CCodeEndsAnAdoptedInterpreterOnTheAdoptingThread,
+                        sub_adopted_ended_after_threading_import, "capi", "adopter")
+THREADING_SHUTDOWN_TEST(CCodeEndsAnAdoptedInterpreterOnAnotherThread,
+                        sub_adopted_ended_after_threading_import, "capi", "other")
+THREADING_SHUTDOWN_TEST(EndAfterTheCreatingAndImportingThreadsExited,
+                        sub_end_after_threadings_main_state_went, "create")
+THREADING_SHUTDOWN_TEST(PythonDestroysAnAdoptedInterpreterAfterEndLetGoOfIt,
+                        sub_end_after_threadings_main_state_went, "let-go")
 
 #else  // before 3.12: only the refusal
 
