@@ -15,6 +15,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <random>
 #include <set>
 #include <string>
 #include <thread>
@@ -468,6 +469,53 @@ CHILD_CASE(rules_nested_in_order_reports_nothing) {
 }
 USES_CHILD_CASE(rules_nested_in_order_reports_nothing);
 
+// 3e. Scopes on the main interpreter and two sub-interpreters, opened nested in a random order
+// and ended in a random order, 2,000 rounds (the seed is printed): after each round every scope
+// has ended, whatever was out of order, so the thread holds no state; each scope that ended while
+// a live scope inside it was open is reported once as out_of_order; both interpreters then end.
+CHILD_CASE(rules_random_nesting_always_undone) {
+  two_subinterpreters c;
+  worker t("nester");
+  std::size_t early = 0;
+  t.run([&] {
+    std::mt19937 rng(20261206);
+    std::printf("seed 20261206\n");
+    for (int round = 0; round < 2000; ++round) {
+      const int n = 1 + static_cast<int>(rng() % 6);
+      std::vector<std::optional<pyattach::attach_scope>> scopes(n);
+      for (auto& sc : scopes) {
+        switch (rng() % 3) {
+          case 0: sc.emplace(pyattach::nothrow); break;  // refused while a sub's state is current
+          case 1: sc.emplace(pyattach::nothrow, c.a); break;
+          default: sc.emplace(pyattach::nothrow, c.b); break;
+        }
+        if (*sc) CHILD_CHECK(eval_long("1 + 1") == 2);
+      }
+      std::vector<int> order(n);
+      for (int i = 0; i < n; ++i) order[i] = i;
+      std::shuffle(order.begin(), order.end(), rng);
+      for (int i : order) {
+        bool inner_live = false;
+        for (int j = i + 1; j < n; ++j) inner_live = inner_live || (scopes[j] && *scopes[j]);
+        if (*scopes[i] && inner_live) ++early;
+        scopes[i].reset();
+      }
+      CHILD_CHECK(current_state() == nullptr);
+      if (current_state() != nullptr) return;
+    }
+  });
+  std::size_t reported = 0;
+  for (const auto& r : recorded()) {
+    if (r.kind == pyattach::misuse_kind::out_of_order) ++reported;
+  }
+  std::printf("ended early: %zu, reported out of order: %zu, reports in all: %zu\n", early,
+              reported, recorded().size());
+  CHILD_CHECK(reported == early);
+  CHILD_CHECK(c.a.end(std::chrono::milliseconds(500)) && c.b.end(std::chrono::milliseconds(500)));
+  return child_done();
+}
+USES_CHILD_CASE(rules_random_nesting_always_undone);
+
 // 3d. A sub-interpreter scope leaked on the heap by a thread that exits: scope_outlived_thread,
 // and the exit releases the interpreter's GIL and destroys the state, so that another thread
 // attaches and the interpreter ends. Three ways: "first-use", the thread's first pyattach use is
@@ -783,6 +831,8 @@ RULES_TEST(MainDetachScopeEndedBeforeASubScopeInsideIsUndoneWhenItEnds,
            rules_misuse_main_detach_outer)
 RULES_TEST(NestedScopesOnTwoInterpretersEndedInOrderReportNothing,
            rules_nested_in_order_reports_nothing)
+RULES_TEST(ScopesOnThreeInterpretersEndedInARandomOrderAreAllUndone,
+           rules_random_nesting_always_undone)
 RULES_TEST(SubScopeLeakedAtExitOfAThreadWhoseFirstUseItWasIsReleased,
            rules_misuse_leaked_at_thread_exit, {"first-use"})
 RULES_TEST(SubScopeLeakedAtExitOfAThreadThatUsedMainFirstIsReleased,
