@@ -304,7 +304,7 @@ bool scope_access::unwind_ended(slot* s) noexcept {
          (s->anomaly_mask & level_bit(s->depth))) {
     s->anomaly_mask &= ~level_bit(s->depth);
     ok = undo_level(s, s->depth, nullptr) && ok;
-    --s->depth;
+    resume_swapped_out(s->depth--);
     sync_sub_on_top(s);
   }
   if (s->depth == 0) s->anomaly_mask = 0;

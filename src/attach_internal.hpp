@@ -57,6 +57,9 @@ std::string open_scopes_text(const slot* s);
 // sets sub_on_top_bit in s->anomaly_mask while a sub-interpreter scope sits on its innermost
 // level (src/subinterpreter.cpp).
 void sync_sub_on_top(slot* s) noexcept;
+// After the slot's level `undone_level` was undone out of order: if it was a scope on the main
+// interpreter's handle, makes the sub-interpreter state it swapped out current again.
+void resume_swapped_out(std::uint32_t undone_level) noexcept;
 
 // Private access to the scopes, for the out-of-line paths.
 class scope_access {

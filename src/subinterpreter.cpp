@@ -309,6 +309,15 @@ void unwind_subs() noexcept {
   }
 }
 
+// After a scope on the main interpreter's handle: the sub-interpreter state it swapped out is
+// current again (its scope's pass holds), and that scope, if it already ended, is undone.
+void resume_swapped_state(PyThreadState* outer) noexcept {
+  sub_entry* const inner = current_entry(outer);
+  resume(outer, inner, inner != nullptr && (inner->obs_lent & level_bit(inner->depth)) != 0);
+  tls_current = inner;
+  unwind_subs();
+}
+
 // Records that the scope at `level` of e ended before its time; `swapped`: it made e's state
 // current, swapping out `outer`.
 void mark_ended(sub_entry* e, std::uint32_t level, bool swapped, PyThreadState* outer) noexcept {
@@ -619,13 +628,33 @@ void scope_access::attach_main_from_handle(attach_scope& sc, const source_site& 
 void scope_access::end_swapped(attach_scope& sc, const source_site* at) noexcept {
   sc.kind_ &= static_cast<std::uint8_t>(~attach_scope::kind_swapped);
   PyThreadState* const outer = static_cast<PyThreadState*>(sc.outer_);
+  slot* const s = tls_slot;
+  const bool own = sc.owner_ == s && s != nullptr;  // else reported by finish: not ours to resume
+  const std::uint32_t level = sc.level_;
   sc.finish(at);
+  if (!own) return;
   if (compat::current_state_unchecked() == nullptr) {
-    sub_entry* const inner = current_entry(outer);
-    resume(outer, inner, inner != nullptr && (inner->obs_lent & level_bit(inner->depth)) != 0);
-    tls_current = inner;
-    unwind_subs();  // the sub-interpreter scope it swapped out, if that one already ended
+    resume_swapped_state(outer);
+  } else if (s->depth >= level && (s->anomaly_mask & level_bit(level)) != 0) {
+    // Ended before a scope inside it (out_of_order): its level is undone when that one ends,
+    // and the state it swapped out is made current again then (resume_swapped_out).
+    try {
+      tls_table_ptr->swapped_out.emplace_back(level, outer);
+    } catch (...) {  // out of memory: the thread is left detached then
+    }
   }
+}
+
+void resume_swapped_out(std::uint32_t undone_level) noexcept {
+  sub_table* const t = tls_table_ptr;
+  if (PYATTACH_LIKELY(t == nullptr || t->swapped_out.empty())) return;
+  auto& v = t->swapped_out;
+  auto it = std::find_if(v.begin(), v.end(),
+                         [undone_level](const auto& x) { return x.first == undone_level; });
+  if (it == v.end()) return;
+  PyThreadState* const outer = it->second;
+  v.erase(it);
+  if (compat::current_state_unchecked() == nullptr) resume_swapped_state(outer);
 }
 
 // ---- detach scopes inside a sub-interpreter scope --------------------------------------------

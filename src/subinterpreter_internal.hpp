@@ -103,6 +103,9 @@ struct sub_table {
   // covering[L]: the sub-interpreter scopes open on this thread that were opened while the main
   // interpreter's slot was at depth L >= 1 (slot::anomaly_mask, sub_on_top_bit).
   std::uint16_t covering[tracked_levels] = {};
+  // Scopes on the main interpreter's handle that ended before a scope inside them: their main
+  // level, and the sub-interpreter state each swapped out (resume_swapped_out).
+  std::vector<std::pair<std::uint32_t, PyThreadState*>> swapped_out;
   ~sub_table();
 };
 

@@ -469,8 +469,9 @@ CHILD_CASE(rules_nested_in_order_reports_nothing) {
 }
 USES_CHILD_CASE(rules_nested_in_order_reports_nothing);
 
-// 3e. Scopes on the main interpreter and two sub-interpreters, opened nested in a random order
-// and ended in a random order, 2,000 rounds (the seed is printed): after each round every scope
+// 3e. Scopes on the main interpreter (plain, and on its handle, which swaps a sub-interpreter's
+// state out) and two sub-interpreters, opened nested in a random order and ended in a random
+// order, 2,000 rounds (the seed is printed): after each round every scope
 // has ended, whatever was out of order, so the thread holds no state; each scope that ended while
 // a live scope inside it was open is reported once as out_of_order; both interpreters then end.
 CHILD_CASE(rules_random_nesting_always_undone) {
@@ -484,9 +485,10 @@ CHILD_CASE(rules_random_nesting_always_undone) {
       const int n = 1 + static_cast<int>(rng() % 6);
       std::vector<std::optional<pyattach::attach_scope>> scopes(n);
       for (auto& sc : scopes) {
-        switch (rng() % 3) {
+        switch (rng() % 4) {
           case 0: sc.emplace(pyattach::nothrow); break;  // refused while a sub's state is current
-          case 1: sc.emplace(pyattach::nothrow, c.a); break;
+          case 1: sc.emplace(pyattach::nothrow, pyattach::subinterpreter::main()); break;  // swaps
+          case 2: sc.emplace(pyattach::nothrow, c.a); break;
           default: sc.emplace(pyattach::nothrow, c.b); break;
         }
         if (*sc) CHILD_CHECK(eval_long("1 + 1") == 2);
