@@ -47,7 +47,10 @@ def main():
     out.append("")
     out.append("The Python package's `ThreadPoolExecutor` against `concurrent.futures`' "
                "is measured by `bash scripts/bench-executor.sh`: "
-               "[benchmarks-executor.md](benchmarks-executor.md).")
+               "[benchmarks-executor.md](benchmarks-executor.md). Sub-interpreters (the "
+               "scaling of CPU-bound Python on own-GIL interpreters, and the cost of a switch "
+               "between two) by `bash scripts/bench-subinterpreters.sh`: "
+               "[benchmarks-subinterpreters.md](benchmarks-subinterpreters.md).")
     out.append("")
     out.append(f"- Machine: {model}, {cores} cores, {mem} RAM, Linux {kernel}; shared with other "
                f"work while measuring (load average at the first leg's start: "
