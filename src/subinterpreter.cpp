@@ -121,9 +121,22 @@ sub_entry* current_entry(PyThreadState* cur) noexcept {
   for (sub_entry* e : t->by_index) {
     // A current state's scope is open (depth > 0) and holds a pass, under which ts may be read;
     // an idle entry's ts may be written by a closer meanwhile (sub_entry::ts): not read.
-    if (e != nullptr && e->depth != 0 && e->ts == cur) return e;
+    // Nor is a detached one's (an end may abandon it, then destroy its state): not current.
+    if (e != nullptr && e->depth != 0 &&
+        e->detach.load(std::memory_order_relaxed) == detach_mark::none && e->ts == cur) {
+      return e;
+    }
   }
   return nullptr;
+}
+
+bool take_back(sub_entry* e) noexcept {
+  // Only this thread leaves none (detach_sub_begin): no lock needed to see it.
+  if (PYATTACH_LIKELY(e->detach.load(std::memory_order_relaxed) == detach_mark::none)) return true;
+  std::lock_guard<std::mutex> lock(e->core->m);
+  if (e->detach.load(std::memory_order_relaxed) == detach_mark::abandoned) return false;
+  e->detach.store(detach_mark::none, std::memory_order_relaxed);
+  return true;
 }
 
 // Frees an entry whose state is gone (or handed to the closer). PRECONDITION: e->depth == 0.
@@ -272,6 +285,11 @@ void leave_sub(sub_entry* e, std::uint32_t level, PyThreadState* outer,
   releasing(e);
   PyEval_SaveThread();  // keeps the state for the next attach; hands its GIL on
   tls_current = nullptr;
+  if (outer == nullptr && (e->detach_levels & level_bit(e->depth)) != 0) {
+    // Back in the detach_scope this scope was opened in (sub_entry::detach); the caller's depth
+    // is written and this scope's pass is still held until it drops it.
+    e->detach.store(detach_mark::detached, std::memory_order_release);
+  }
   if (outer != nullptr) {
     sub_entry* const oe = current_entry(outer);  // another interpreter's scope, or none
     resume(outer, oe, resumes);  // the outer scope's pass holds
@@ -399,8 +417,11 @@ sub_table::~sub_table() {
                        "pyattach released its thread state",
                        this_os_tid()};
       report_misuse(d);
-      if (compat::current_state_unchecked() == e->ts && e->ts != nullptr) PyEval_SaveThread();
-      for (std::uint32_t i = 0; i < e->depth; ++i) drop_sub_pass(e->core.get());
+      // Abandoned in a leaked detach_scope: its end took the passes and destroys the state.
+      if (take_back(e)) {
+        if (compat::current_state_unchecked() == e->ts && e->ts != nullptr) PyEval_SaveThread();
+        for (std::uint32_t i = 0; i < e->depth; ++i) drop_sub_pass(e->core.get());
+      }
       e->depth = 0;
     }
     destroy_own_state(e);
@@ -429,6 +450,7 @@ bool scope_access::attach_sub_fast(attach_scope& sc, interp_core* core,
                         s->observe.load(std::memory_order_relaxed) != 0 ||
                         t->remote_pending.load(std::memory_order_relaxed) ||
                         e->depth + 1 >= tracked_levels ||
+                        e->detach.load(std::memory_order_relaxed) != detach_mark::none ||
                         compat::current_state_unchecked() != nullptr)) {
     return false;
   }
@@ -500,6 +522,11 @@ void scope_access::attach_sub_slow(attach_scope& sc, const std::shared_ptr<inter
     const bool resumes = cur != nullptr && releasing(outer);
     e->obs_resumes = resumes ? e->obs_resumes | bit : e->obs_resumes & ~bit;
     if (cur != nullptr) PyEval_SaveThread();  // the outer state stays this thread's; its GIL goes
+    // Inside a detach_scope of e: take its state back before making it current, holding no GIL
+    // (sub_entry::detach). It cannot have been abandoned: this scope's pass was taken with the
+    // gate open, and an end abandons only once the gate is closed and every pass held is a
+    // detached entry's, which this one is not.
+    take_back(e);
     if (e->ts == nullptr) {
       // Made on this thread, for this thread only, so that CPython's records of the thread
       // (thread_id, its PyGILState) are this thread's. Needs no GIL.
@@ -563,6 +590,9 @@ bool scope_access::end_sub_fast(attach_scope& sc) noexcept {
   e->phase.store(entry_phase::detached, std::memory_order_relaxed);
   PyEval_SaveThread();  // keeps the state for the next attach; hands its GIL on
   tls_current = nullptr;
+  if (PYATTACH_UNLIKELY((e->detach_levels & level_bit(e->depth)) != 0)) {
+    e->detach.store(detach_mark::detached, std::memory_order_release);  // see leave_sub
+  }
   if (PYATTACH_UNLIKELY(gilstate_lost(s))) ensure_main_identity(sc.site_);  // see leave_sub
   drop_sub_pass(e->core.get());
   return true;
@@ -670,6 +700,10 @@ bool scope_access::detach_sub_begin(detach_scope& sc) noexcept {
   PyEval_SaveThread();  // keeps the state; the enclosing scope's pass keeps the interpreter
   // Not current any more: a scope on this interpreter inside makes it current again (kind_sub).
   tls_current = nullptr;
+  // Released, its GIL too: from here an end may abandon this thread (sub_entry::detach). The
+  // release publishes e->depth, which that end reads.
+  e->detach_levels |= level_bit(e->depth);
+  e->detach.store(detach_mark::detached, std::memory_order_release);
   sc.state_ = detach_scope::state_sub;
   return true;
 }
@@ -689,10 +723,26 @@ void scope_access::detach_sub_end(detach_scope& sc, const source_site* at, void*
     report_misuse(d);
     return;
   }
+  e->detach_levels &= ~level_bit(sc.level_);
+  // Under the record's lock, before the state is touched: either an end abandoned this thread
+  // (closed the gate, waited the bound and the graces, took over its passes, and destroys or
+  // destroyed the state: it cannot be made current again), or the state is taken back and no
+  // end abandons it any more (it keeps its passes: the end waits for them or gives up).
+  if (PYATTACH_UNLIKELY(!take_back(e))) {
+    std::string why;
+    try {
+      why = "its detach_scope made at " + site_text(sc.site_) + " ended after the end of "
+            "sub-interpreter " + std::to_string(e->core->id) + " abandoned it (the bound and the "
+            "graces expired while it was inside), and the code after it would run Python "
+            "without a thread state";
+    } catch (...) {
+    }
+    park(this_thread_slot(), why);  // holds no GIL: nothing is current in a detach_scope
+  }
   const bool observed = s != nullptr && s->obs.load(std::memory_order_relaxed) != nullptr;
   if (observed) obs_detach_end(s);  // records only if its begin did
   e->phase.store(entry_phase::waiting, std::memory_order_relaxed);
-  PyEval_RestoreThread(e->ts);
+  PyEval_RestoreThread(e->ts);  // taken back: no end destroys it while this scope's pass holds
   // A scope on another interpreter opened and ended inside this detach_scope left tls_current
   // null (nothing was current to restore): this state is current again.
   tls_current = e;

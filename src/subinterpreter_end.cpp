@@ -94,37 +94,75 @@ int park_sub_tracer(PyObject*, PyFrameObject*, int, PyObject*) noexcept {
   PyEval_SaveThread();  // this state is never current again: the end destroys it
   // From here the end may destroy the state at any moment: only this thread's table and slot,
   // which no end touches, are used.
+  // An entry in a detach_scope is marked abandoned under its record's lock, as its end would
+  // (sub_entry::detach): its passes go back once, here or by that end, never both.
   for (sub_entry* x : e->table->by_index) {
-    if (x == nullptr) continue;
-    for (std::uint32_t i = 0; i < x->depth; ++i) {
-      x->core->inside.fetch_sub(1, std::memory_order_seq_cst);
+    if (x == nullptr || x->depth == 0) continue;
+    std::lock_guard<std::mutex> lock(x->core->m);
+    if (x->detach.load(std::memory_order_relaxed) == detach_mark::abandoned) continue;
+    if (x->detach.load(std::memory_order_relaxed) == detach_mark::detached) {
+      x->detach.store(detach_mark::abandoned, std::memory_order_relaxed);
     }
+    x->core->inside.fetch_sub(x->depth, std::memory_order_seq_cst);
   }
   park(s, why);
 }
 
 // Flags every thread still running Python in `core`'s interpreter for parking and installs
-// park_sub_tracer on its state there; returns how many. PRECONDITION: attached to that
-// interpreter (compat::install_park_tracer: 3.12 sets the events on the current interpreter,
-// 3.13+ sets the tracer on all of the current interpreter's states, where park_sub_tracer lets
-// every unflagged thread go on).
-int flag_for_parking(interp_core* core) noexcept {
-  int flagged = 0;
+// park_sub_tracer on its state there. PRECONDITION: attached to that interpreter
+// (compat::install_park_tracer: 3.12 sets the events on the current interpreter, 3.13+ sets the
+// tracer on all of the current interpreter's states, where park_sub_tracer lets every unflagged
+// thread go on).
+void flag_for_parking(interp_core* core) noexcept {
   std::lock_guard<std::mutex> lock(core->m);
   for_each_running(core, [&](sub_entry* e) {
     e->must_park.store(true, std::memory_order_release);  // before its tracer can run
-    if (compat::install_park_tracer(core->interp, e->ident, park_sub_tracer)) {
-      ++flagged;
-    } else {
+    if (!compat::install_park_tracer(core->interp, e->ident, park_sub_tracer)) {
       e->must_park.store(false, std::memory_order_relaxed);
     }
   });
-  return flagged;
+}
+
+// Abandons the threads that keep the interpreter from ending only by sitting in a detach_scope
+// inside scopes of it (docs/safety.md, "Exit": the main interpreter finalizes anyway, and such a
+// thread parks when its detach_scope ends), all of them or none: only when every pass still held
+// is one of theirs (sub_entry::detach). Under core->m, where no detached entry's owner can take
+// its state back, so those passes cannot change, and any other pass (a thread running or waiting
+// in the interpreter, one that took its state back, a helper's) makes `inside` larger: then
+// nothing is abandoned. Their passes are taken over here, so `inside` drains; their states are
+// destroyed by close_core, none being current. Nothing waits for those threads (they park).
+bool abandon_detached(interp_core* core) noexcept {
+  std::lock_guard<std::mutex> lock(core->m);
+  std::int64_t held = 0;
+  for (const sub_entry* e : core->entries) {
+    // acquire: the owner's release store published e->depth, which it no longer writes.
+    if (e->detach.load(std::memory_order_acquire) == detach_mark::detached) held += e->depth;
+  }
+  if (held == 0 || core->inside.load(std::memory_order_seq_cst) != held) return false;
+  for (sub_entry* e : core->entries) {
+    if (e->detach.load(std::memory_order_relaxed) == detach_mark::detached) {
+      e->detach.store(detach_mark::abandoned, std::memory_order_relaxed);
+    }
+  }
+  core->inside.fetch_sub(held, std::memory_order_seq_cst);
+  return true;
+}
+
+// Waits, holding no GIL of `core`'s interpreter, until no pass of it is held or `until`,
+// abandoning the threads in a detach_scope once theirs are the only passes left.
+bool drain_or_abandon(interp_core* core, clock::time_point until) noexcept {
+  while (core->inside.load(std::memory_order_seq_cst) != 0) {
+    if (abandon_detached(core)) continue;  // `inside` is 0 now, but for refused attaches' moment
+    if (clock::now() >= until) return false;
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  return true;
 }
 
 // The threads still inside at the bound are asked to leave, and waited for `grace`; those still
 // running Python then are parked at their next line, and waited for `grace` again (the main
-// gate's rules 4 and 3). `attached(until, fn)` runs fn attached to the interpreter and says
+// gate's rules 4 and 3), while the threads in a detach_scope are abandoned once only they are
+// left (abandon_detached). `attached(until, fn)` runs fn attached to the interpreter and says
 // whether it ran before `until`. Returns true if every pass of the interpreter was given back.
 // A flagged thread that has not parked when this returns false parks at its next line later.
 template <typename Attached>
@@ -132,10 +170,9 @@ bool ask_to_leave(interp_core* core, std::chrono::milliseconds grace, Attached a
   const clock::time_point until = clock::now() + grace;
   if (!attached(until, [core] { request_leave(core); })) return false;
   if (wait_drained(core, until)) return true;
-  int flagged = 0;
   const clock::time_point again = clock::now() + grace;
-  if (!attached(again, [core, &flagged] { flagged = flag_for_parking(core); })) return false;
-  return flagged != 0 && wait_drained(core, again);
+  if (!attached(again, [core] { flag_for_parking(core); })) return false;
+  return drain_or_abandon(core, again);
 }
 
 // A step of an end that must run attached to the interpreter, on a helper thread of its own, so
@@ -217,7 +254,7 @@ void close_core(interp_core* core) noexcept {
     // this thread (its state is of this interpreter: it takes the GIL back for each, and may wait
     // for it as long as a thread holds it in C++: no helper, since this end cannot give up).
     // After that CPython would abort the process on a state left behind, so it waits for good,
-    // saying so.
+    // saying so, still abandoning the threads in a detach_scope once only they are left.
     PyThreadState* const ending = PyEval_SaveThread();
     bool drained = wait_drained(core, clock::now() + k_close_hook_bound);
     if (!drained) {
@@ -234,7 +271,7 @@ void close_core(interp_core* core) noexcept {
                    "pyattach: sub-interpreter %lld is ending while native threads are inside "
                    "a scope of it; waiting for them\n",
                    static_cast<long long>(core->id));
-      wait_drained(core, clock::time_point::max());
+      drain_or_abandon(core, clock::time_point::max());
     }
     PyEval_RestoreThread(ending);
     // 3.13+: the park tracer is on every state of the interpreter, this one too, which runs

@@ -23,6 +23,9 @@ struct sub_table;
 // Where a thread's cached state of an interpreter is, for the thread report (src/report.cpp).
 enum class entry_phase : std::uint8_t { none, detached, waiting, attached };
 
+// Whether a thread sits in a detach_scope of its entry's state (sub_entry::detach).
+enum class detach_mark : std::uint8_t { none, detached, abandoned };
+
 // One thread's cached state of one interpreter. Owned by that thread's table.
 // ts: written by the owning thread while it holds a pass of the interpreter (gate open), or, once
 // the gate is closed and no pass is held, by the closer under interp_core::m.
@@ -44,6 +47,17 @@ struct sub_entry {
   // Set by an end that gave up asking this thread to leave while it ran Python in the interpreter,
   // before it installs the tracer that parks the thread at its next line (subinterpreter_end.cpp).
   std::atomic<bool> must_park{false};
+  // An end may abandon a thread that keeps it from ending only by sitting in a detach_scope
+  // (subinterpreter_end.cpp, abandon_detached). detached: stored (release) by the owner once it
+  // released the state in a detach_scope, and at the end of a scope inside it that released the
+  // state again; it holds e->depth passes, runs nothing with this state, and writes neither
+  // e->depth nor e->ts until it takes the state back. Only under interp_core::m does anyone leave
+  // `detached`: the owner to none before it makes the state current again (take_back), or an end
+  // to abandoned, taking over e->depth passes; a thread parked by another interpreter's end
+  // (park_sub_tracer) to abandoned, giving them back. abandoned is for good: the owner parks when
+  // its detach_scope ends and never touches the state, which the end destroys.
+  std::atomic<detach_mark> detach{detach_mark::none};
+  std::uint64_t detach_levels = 0;  // bit L: a detach_scope is open at depth L (owner only)
   // Observation (pyattach/observe.hpp), owner only. resumes: bit L, the scope at level L ended
   // an observed hold of the state it swapped out, so its end begins that hold again. lent: bit L,
   // a scope on the main interpreter's handle swapped this state out at depth L the same way.
@@ -154,6 +168,10 @@ sub_table* this_table() noexcept;
 sub_entry* find_entry(interp_core* core) noexcept;
 // The entry of the interpreter whose pyattach state is current on this thread, if any.
 sub_entry* current_entry(PyThreadState* cur) noexcept;
+// Takes e's state back from the detach_scope it sat in (sub_entry::detach), before this thread
+// makes it current or gives its passes back: false if an end abandoned it (its passes are gone,
+// its state is the end's). PRECONDITION: e is this thread's, holding no GIL of its interpreter.
+bool take_back(sub_entry* e) noexcept;
 // Frees an entry whose state is gone (or handed to the closer). PRECONDITION: e->depth == 0.
 void drop_entry(sub_entry* e) noexcept;
 // Ends the record's interpreter (subinterpreter::end()).

@@ -31,9 +31,12 @@
 //   pyattach.InterpreterShutdown (a BaseException made in that interpreter) and a grace
 //   (a quarter of the bound, 250-500 ms) to leave their scopes; those still running Python
 //   after that are parked at their next line (blocked for good without its GIL, counted in
-//   parked_thread_count()), and waited for a grace again. If threads are still inside after
-//   that (in a detach_scope, or holding its GIL in C++), end() returns false and the interpreter
-//   stays (closed to new attaches): ending it then would kill or crash those threads. Otherwise
+//   parked_thread_count()), and waited for a grace again. Threads that stay only because they sit
+//   in a detach_scope (running no Python) are abandoned once theirs are the only passes left,
+//   unless they began to re-attach: the end takes over their passes, destroys their states, and
+//   each parks when its detach_scope ends. If threads are still inside after that (holding its
+//   GIL in C++, or re-attaching), end() returns false and the interpreter stays (closed to new
+//   attaches): ending it then would kill or crash those threads. Otherwise
 //   Py_EndInterpreter runs on a thread of its own, and pyattach's callback there destroys every
 //   thread's cached state of it first (threads that are not inside use none; a parked thread's
 //   is never used again). Other interpreters keep running. The close runs from an atexit
@@ -157,7 +160,8 @@ class subinterpreter {
   //   then, within a grace  a helper thread with its own state there takes its GIL and asks the
   //                         threads running Python in it to leave, and end() waits for them;
   //   then, within a grace  the same helper kind installs the park tracer, and end() waits for
-  //                         the threads to park or leave;
+  //                         the threads to park or leave, abandoning those in a detach_scope
+  //                         once theirs are the only passes left (they park when it ends);
   //   then Py_EndInterpreter (on a thread of its own). So end() returns within about
   //   bound + 2 * grace (plus Py_EndInterpreter's own time). It never waits for the interpreter's
   //   GIL beyond a grace: if a thread holds it in C++, end() gives up (false) and the helper,

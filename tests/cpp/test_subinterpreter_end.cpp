@@ -7,7 +7,9 @@
 
 #include <atomic>
 #include <chrono>
+#include <memory>
 #include <optional>
+#include <random>
 #include <string>
 #include <thread>
 
@@ -71,6 +73,31 @@ constexpr const char* k_swallowing_loop =
     "            pass\n"
     "    except BaseException:\n"
     "        pass\n";
+
+// Whether the thread report shows the thread with OS id `tid` parked.
+bool reported_parked(std::uint64_t tid) {
+  for (const auto& row : pyattach::make_thread_report().threads) {
+    if (row.os_tid == tid && row.state == pyattach::thread_attachment::parked) return true;
+  }
+  return false;
+}
+
+// Waits up to 2 s for parked_thread_count() to reach `n`.
+bool parked_count_reaches(std::uint64_t n) {
+  const auto until = std::chrono::steady_clock::now() + 2s;
+  while (pyattach::parked_thread_count() < n) {
+    if (std::chrono::steady_clock::now() >= until) return false;
+    std::this_thread::sleep_for(1ms);
+  }
+  return true;
+}
+
+// What the thread of a round of sub_end_detach_scope_race and the test share.
+struct race_round {
+  std::atomic<bool> inside{false}, end_returned{false}, reattached{false}, ran_after{false},
+      done{false};
+  std::atomic<std::chrono::steady_clock::rep> start{0};  // when the end began
+};
 
 // The main interpreter and a new sub-interpreter still run Python on a fresh thread.
 bool others_still_work() {
@@ -165,13 +192,7 @@ CHILD_CASE(sub_end_parks_python_ignoring_request) {
   CHILD_CHECK(pyattach::parked_thread_count() == parked_before + 1);
   const auto st = sub.stats();
   CHILD_CHECK(st.states_made == 1 && st.states_destroyed == 1);
-  bool reported_parked = false;
-  for (const auto& row : pyattach::make_thread_report().threads) {
-    if (row.os_tid == tid && row.state == pyattach::thread_attachment::parked) {
-      reported_parked = true;
-    }
-  }
-  CHILD_CHECK(reported_parked);
+  CHILD_CHECK(reported_parked(tid));
   CHILD_CHECK(others_still_work());
   return child_done();
 }
@@ -228,42 +249,145 @@ USES_CHILD_CASE(sub_end_gil_held_in_cpp);
 END_TEST(GilHeldInCppGivesUpWithoutHanging, sub_end_gil_held_in_cpp)
 
 // A thread inside a detach_scope inside a scope of the interpreter holds its pass but runs no
-// Python: nothing is asked of it and nothing parks it. end() returns false within the bound and
-// the graces (the interpreter stays, closed to new attaches), the thread re-attaches safely when
-// its detach_scope ends and leaves, and a later end() succeeds.
+// Python: nothing is asked of it. After the bound and the graces the end abandons it (takes its
+// pass over) and ends the interpreter, destroying its state; when its detach_scope ends, it
+// parks (counted, a line on stderr, parked in the thread report) instead of making the destroyed
+// state current. The main interpreter and other sub-interpreters keep working. "nested": inside
+// its detach_scope the thread first opens and ends a scope of the same interpreter (which makes
+// its state current and releases it again): it is abandoned all the same.
 CHILD_CASE(sub_end_thread_in_a_detach_scope) {
+  const bool nested = !args.empty() && args[0] == "nested";
   pyattach::interpreter py;
   pyattach::subinterpreter sub = pyattach::subinterpreter::create();
-  std::atomic<bool> inside{false};
-  bool ran_after = false;
-  std::thread t([&] {
+  const std::uint64_t parked_before = pyattach::parked_thread_count();
+  std::atomic<bool> inside{false}, release{false}, ran_after{false};
+  std::atomic<std::uint64_t> tid{0};
+  std::thread([&] {
+    tid = os_tid();
     pyattach::attach_scope in(sub);
     CHILD_CHECK(run("x = 1\n"));
     {
       pyattach::detach_scope out;
+      if (nested) {
+        pyattach::attach_scope again(sub);
+        CHILD_CHECK(again && run("x += 1\n") && eval_long("x") == 2);
+      }
       inside = true;
-      std::this_thread::sleep_for(1500ms);
+      while (!release) std::this_thread::sleep_for(1ms);
     }
-    ran_after = run("x += 1\n") && eval_long("x") == 2;
-  });
+    ran_after = true;  // parked: never reached
+  }).detach();
   while (!inside) std::this_thread::sleep_for(1ms);
   const auto t0 = std::chrono::steady_clock::now();
-  const bool first = sub.end(200ms);
+  const bool ended = sub.end(200ms);
   const ms took = since(t0);
-  std::printf("end(200ms) with a thread in a detach_scope returned %d after %lld ms\n", first,
+  std::printf("end(200ms) with a thread in a detach_scope returned %d after %lld ms\n", ended,
               static_cast<long long>(took.count()));
-  CHILD_CHECK(!first && !sub.ended());
+  CHILD_CHECK(ended && sub.ended());
   CHILD_CHECK(took < 200ms + 2 * 250ms + 500ms);  // the bound, the graces, a margin
-  t.join();
-  CHILD_CHECK(ran_after);
-  CHILD_CHECK(sub.end(200ms) && sub.ended());
   const auto st = sub.stats();
   CHILD_CHECK(st.states_made == 1 && st.states_destroyed == 1);
-  CHILD_CHECK(pyattach::parked_thread_count() == 0);
+  CHILD_CHECK(pyattach::parked_thread_count() == parked_before);  // not before its scope ends
+  release = true;
+  CHILD_CHECK(parked_count_reaches(parked_before + 1));
+  CHILD_CHECK(pyattach::parked_thread_count() == parked_before + 1);
+  CHILD_CHECK(!ran_after);
+  CHILD_CHECK(reported_parked(tid));
+  CHILD_CHECK(others_still_work());
   return child_done();
 }
 USES_CHILD_CASE(sub_end_thread_in_a_detach_scope);
-END_TEST(ThreadInADetachScopeKeepsItFromEnding, sub_end_thread_in_a_detach_scope)
+TEST(SubinterpreterEnd, ThreadInADetachScopeIsAbandonedAndParks) {
+  if (!k_has_subinterpreters) GTEST_SKIP() << "sub-interpreters with their own GIL: 3.12+";
+  for (const char* mode : {"plain", "nested"}) {
+    const child_result r = run_child(uses_sub_end_thread_in_a_detach_scope, child_args({mode}));
+    EXPECT_CHILD_CLEAN(r);
+    EXPECT_NE(r.err.find("parked for good: its detach_scope"), std::string::npos) << r.describe();
+    EXPECT_NE(r.err.find("abandoned it"), std::string::npos) << r.describe();
+  }
+}
+
+// The race between the end abandoning a thread in a detach_scope and that thread's detach_scope
+// ending, both ways, many times: the thread's detach_scope ends at a random moment in [-60, +20]
+// ms around how long an end that abandons takes (measured in round 0; the abandon comes before
+// the close, which that time includes). Each round either ends the interpreter with the thread
+// parked, or gives up with the thread re-attached (it then runs Python; a later end() succeeds):
+// it keeps its scope open until the end returned, so that nothing else decides the round. Never
+// a crash; every state made is destroyed.
+CHILD_CASE(sub_end_detach_scope_race) {
+  pyattach::interpreter py;
+  constexpr int rounds = 200;
+  std::mt19937 rng(std::random_device{}());
+  int parked = 0, reattached = 0;
+  ms abandon_at{0};  // how long an end takes to abandon a thread that stays (round 0)
+  for (int round = 0; round <= rounds; ++round) {
+    pyattach::subinterpreter sub = pyattach::subinterpreter::create();
+    const std::uint64_t parked_before = pyattach::parked_thread_count();
+    const auto offset = std::chrono::microseconds(
+        std::uniform_int_distribution<long>(-60000, 20000)(rng));
+    auto state = std::make_shared<race_round>();
+    std::thread([state, sub, round, offset, abandon_at] {
+      pyattach::attach_scope in(sub);
+      CHILD_CHECK(in && run("x = 1\n"));
+      {
+        pyattach::detach_scope out;
+        state->inside = true;
+        while (state->start.load() == 0) std::this_thread::yield();
+        const auto t0 = std::chrono::steady_clock::time_point(
+            std::chrono::steady_clock::duration(state->start.load()));
+        if (round == 0) {
+          while (!state->end_returned) std::this_thread::sleep_for(1ms);
+        } else {
+          std::this_thread::sleep_until(t0 + abandon_at + offset);
+        }
+      }
+      state->reattached = true;
+      // Holds its scope (and the GIL, in C++) until the end returned.
+      while (!state->end_returned) std::this_thread::sleep_for(1ms);
+      state->ran_after = run("x += 1\n") && eval_long("x") == 2;
+      state->done = true;
+    }).detach();
+    while (!state->inside) std::this_thread::sleep_for(100us);
+    const auto t0 = std::chrono::steady_clock::now();
+    state->start = t0.time_since_epoch().count();
+    const bool ended = sub.end(20ms);
+    const ms took = since(t0);
+    state->end_returned = true;
+    if (round == 0) abandon_at = took;
+    if (ended) {
+      CHILD_CHECK(sub.ended());
+      CHILD_CHECK(parked_count_reaches(parked_before + 1));
+      CHILD_CHECK(!state->reattached);
+      ++parked;
+    } else {
+      const auto until = std::chrono::steady_clock::now() + 5s;
+      while (!state->done && std::chrono::steady_clock::now() < until) {
+        std::this_thread::sleep_for(1ms);
+      }
+      CHILD_CHECK(state->reattached && state->done && state->ran_after);
+      CHILD_CHECK(sub.end(2000ms) && sub.ended());
+      CHILD_CHECK(pyattach::parked_thread_count() == parked_before);
+      ++reattached;
+    }
+    const auto st = sub.stats();
+    CHILD_CHECK(st.states_made == 1 && st.states_destroyed == 1);
+    if (child_failures() != 0) break;
+  }
+  std::printf("%d rounds around %lld ms: %d ended with the thread parked, %d gave up with it "
+              "re-attached\n", rounds + 1, static_cast<long long>(abandon_at.count()), parked,
+              reattached);
+  CHILD_CHECK(parked >= 1 && reattached >= 1);
+  CHILD_CHECK(others_still_work());
+  return child_done();
+}
+USES_CHILD_CASE(sub_end_detach_scope_race);
+// About 200 x 0.3 s (a round that gives up waits a second grace); more under a sanitizer.
+child_options race_deadline() {
+  child_options o;
+  o.timeout = 300s;
+  return o;
+}
+END_TEST(DetachScopeEndingRacesTheAbandon, sub_end_detach_scope_race, race_deadline())
 
 // The close hook's rules (an end that Python code began, here the low-level module's destroy()
 // of an interpreter it made and pyattach adopted): the same request after its own 2 s wait, made
@@ -313,11 +437,13 @@ USES_CHILD_CASE(sub_end_python_destroys_with_a_loop_inside);
 END_TEST(PythonEndingItAsksAPythonLoopToLeave, sub_end_python_destroys_with_a_loop_inside)
 
 // The main interpreter's finalization ends the sub-interpreters pyattach made (its close hook):
-// a thread running Python in one leaves at the request ("unwinds") or is parked ("swallows"),
-// and Py_FinalizeEx finishes within the close bound and the graces.
+// a thread running Python in one leaves at the request ("unwinds") or is parked ("swallows"), a
+// thread in a detach_scope inside a scope of one is abandoned and parks when that detach_scope
+// ends ("detached"), and Py_FinalizeEx finishes within the close bound and the graces.
 CHILD_CASE(sub_end_at_main_finalization) {
-  const bool swallows = !args.empty() && args[0] == "swallows";
-  std::atomic<bool> inside{false}, left{false};
+  const std::string mode = args.empty() ? "" : args[0];
+  const bool swallows = mode == "swallows", detached = mode == "detached";
+  std::atomic<bool> inside{false}, left{false}, release{false};
   std::thread t;
   ms took{0};
   {
@@ -328,9 +454,16 @@ CHILD_CASE(sub_end_at_main_finalization) {
     t = std::thread([&, sub] {
       {
         pyattach::attach_scope in(sub);
-        inside = true;
-        const python_outcome o = run_outcome(swallows ? k_swallowing_loop : "while True: pass\n");
-        CHILD_CHECK(!swallows && o.raised == k_shutdown);
+        if (detached) {
+          pyattach::detach_scope out;
+          inside = true;
+          while (!release) std::this_thread::sleep_for(1ms);
+        } else {
+          inside = true;
+          const python_outcome o =
+              run_outcome(swallows ? k_swallowing_loop : "while True: pass\n");
+          CHILD_CHECK(!swallows && o.raised == k_shutdown);
+        }
       }
       left = true;
     });
@@ -340,11 +473,13 @@ CHILD_CASE(sub_end_at_main_finalization) {
     py.reset();  // Py_FinalizeEx
     took = since(t0);
   }
+  release = true;
+  const bool parked = (swallows || detached) && parked_count_reaches(1);
   std::printf("finalized in %lld ms; the thread %s\n", static_cast<long long>(took.count()),
-              left ? "left" : "did not leave");
+              left ? "left" : parked ? "parked" : "did not leave");
   CHILD_CHECK(took < 500ms + 4 * 250ms + 1000ms);
-  if (swallows) {
-    CHILD_CHECK(!left && pyattach::parked_thread_count() == 1);
+  if (swallows || detached) {
+    CHILD_CHECK(parked && !left && pyattach::parked_thread_count() == 1);
     t.detach();
   } else {
     CHILD_CHECK(left);
@@ -357,4 +492,6 @@ END_TEST(MainFinalizationAsksAPythonLoopToLeave, sub_end_at_main_finalization,
          child_args({"unwinds"}))
 END_TEST(MainFinalizationParksAThreadIgnoringTheRequest, sub_end_at_main_finalization,
          child_args({"swallows"}))
+END_TEST(MainFinalizationAbandonsAThreadInADetachScope, sub_end_at_main_finalization,
+         child_args({"detached"}))
 #endif
