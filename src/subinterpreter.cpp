@@ -435,9 +435,10 @@ sub_table::~sub_table() {
 // ---- scopes on a sub-interpreter ------------------------------------------------------------
 
 // The common switch, as short as it can be (a function of its own: attach_sub_slow's frame is
-// large): the thread's state of this interpreter exists, nothing is current (no state to swap
-// out), no main scope is open (nothing to cover), nothing observes, and no other thread ended a
-// scope of this one. Returns false, having done nothing, otherwise.
+// large): the thread's state of this interpreter exists and no scope of it is open here,
+// nothing is current (no state to swap out), no main scope is open (nothing to cover), nothing
+// observes, and no other thread ended a scope of this one. Returns false, having done nothing,
+// otherwise.
 bool scope_access::attach_sub_fast(attach_scope& sc, interp_core* core,
                                    const source_site& site) noexcept {
   slot* const s = tls_slot;
@@ -446,11 +447,10 @@ bool scope_access::attach_sub_fast(attach_scope& sc, interp_core* core,
     return false;
   }
   sub_entry* const e = t->by_index[core->index];
-  if (PYATTACH_UNLIKELY(e == nullptr || e->core.get() != core || s->depth != 0 ||
-                        s->observe.load(std::memory_order_relaxed) != 0 ||
+  // e->depth == 0: the outermost scope of this thread here (none open, so no detach_scope either).
+  if (PYATTACH_UNLIKELY(e == nullptr || e->core.get() != core || e->depth != 0 ||
+                        s->depth != 0 || s->observe.load(std::memory_order_relaxed) != 0 ||
                         t->remote_pending.load(std::memory_order_relaxed) ||
-                        e->depth + 1 >= tracked_levels ||
-                        e->detach.load(std::memory_order_relaxed) != detach_mark::none ||
                         compat::current_state_unchecked() != nullptr)) {
     return false;
   }
@@ -473,8 +473,8 @@ bool scope_access::attach_sub_fast(attach_scope& sc, interp_core* core,
   sc.owner_ = s;
   sc.sub_ = e;
   sc.outer_ = nullptr;
-  sc.level_ = ++e->depth;
-  if (sc.level_ == 1) e->outer_site = site;
+  sc.level_ = e->depth = 1;
+  e->outer_site = site;
   sc.kind_ = attach_scope::kind_sub;
   sc.status_ = attach_status::attached;
   return true;
@@ -579,20 +579,19 @@ bool scope_access::end_sub_fast(attach_scope& sc) noexcept {
   if (sc.kind_ != attach_scope::kind_sub) return false;  // any other kind, or ended already
   sub_entry* const e = static_cast<sub_entry*>(sc.sub_);
   slot* const s = tls_slot;
-  if (PYATTACH_UNLIKELY(sc.outer_ != nullptr ||
+  // Level 1 and depth 1: the outermost scope here, ending in order (so no detach_scope is open
+  // around it in this interpreter, which leave_sub would mark again).
+  if (PYATTACH_UNLIKELY(sc.outer_ != nullptr || sc.level_ != 1 ||
                         sc.owner_ != s || s == nullptr || tls_current != e ||
-                        e->depth != sc.level_ || s->depth != 0 ||
+                        e->depth != 1 || s->depth != 0 ||
                         s->obs.load(std::memory_order_relaxed) != nullptr)) {
     return false;
   }
   sc.kind_ |= attach_scope::kind_released;
-  --e->depth;
+  e->depth = 0;
   e->phase.store(entry_phase::detached, std::memory_order_relaxed);
   PyEval_SaveThread();  // keeps the state for the next attach; hands its GIL on
   tls_current = nullptr;
-  if (PYATTACH_UNLIKELY((e->detach_levels & level_bit(e->depth)) != 0)) {
-    e->detach.store(detach_mark::detached, std::memory_order_release);  // see leave_sub
-  }
   if (PYATTACH_UNLIKELY(gilstate_lost(s))) ensure_main_identity(sc.site_);  // see leave_sub
   drop_sub_pass(e->core.get());
   return true;
