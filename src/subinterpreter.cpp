@@ -267,7 +267,7 @@ void uncover_main(sub_table* t) noexcept {
 // bound_gilstate flag answers without PyGILState_GetThisThreadState's TSS lookup: CPython clears
 // the flag of the state it unbinds when it binds another (Python/pystate.c, bind_gilstate_tstate,
 // 3.12-3.15), which is how 3.13's imports lose it (below).
-bool gilstate_lost(const slot* s) noexcept {
+bool gilstate_lost([[maybe_unused]] const slot* s) noexcept {
 #if PY_VERSION_HEX >= 0x030C0000
   if (PYATTACH_LIKELY(s != nullptr &&
                       s->fast_word == g_gate.word.load(std::memory_order_acquire))) {

@@ -318,19 +318,25 @@ void close_core(interp_core* core) noexcept {
 std::mutex g_live_mutex;
 std::map<interp_core*, std::shared_ptr<interp_core>> g_live;  // records whose close hook is armed
 
-PyObject* close_hook(PyObject* self, PyObject*) {
+// The record a hook's capsule holds, if its close hook has not run yet (null if it has, or if
+// `self` is not such a capsule: then `*bad` is set, with a Python error). `take`: the close hook
+// itself, which removes it from g_live.
+std::shared_ptr<interp_core> live_record(PyObject* self, bool take, bool* bad) {
   auto* core = static_cast<interp_core*>(PyCapsule_GetPointer(self, "pyattach.subinterpreter"));
-  if (core == nullptr) return nullptr;
-  std::shared_ptr<interp_core> keep;
-  {
-    std::lock_guard<std::mutex> lock(g_live_mutex);
-    auto it = g_live.find(core);
-    if (it != g_live.end()) {
-      keep = it->second;
-      g_live.erase(it);
-    }
-  }
-  if (keep) close_core(core);
+  *bad = core == nullptr;
+  std::lock_guard<std::mutex> lock(g_live_mutex);
+  auto it = core != nullptr ? g_live.find(core) : g_live.end();
+  if (it == g_live.end()) return nullptr;
+  std::shared_ptr<interp_core> keep = it->second;
+  if (take) g_live.erase(it);
+  return keep;
+}
+
+PyObject* close_hook(PyObject* self, PyObject*) {
+  bool bad = false;
+  const std::shared_ptr<interp_core> keep = live_record(self, true, &bad);
+  if (bad) return nullptr;
+  if (keep) close_core(keep.get());
   Py_RETURN_NONE;
 }
 
@@ -368,15 +374,11 @@ bool register_hook(PyMethodDef* def, PyObject* capsule, const char* module, cons
 // Python or C code ends the interpreter, before Py_EndInterpreter in end(). 3.13 joins only
 // threads that `threading` started (_shutdown -> _thread._shutdown; measured on 3.13.0).
 PyObject* threading_shutdown_hook(PyObject* self, PyObject*) {
-  auto* core = static_cast<interp_core*>(PyCapsule_GetPointer(self, "pyattach.subinterpreter"));
-  if (core == nullptr) return nullptr;
-  std::shared_ptr<interp_core> keep;
-  {
-    std::lock_guard<std::mutex> lock(g_live_mutex);
-    auto it = g_live.find(core);
-    if (it != g_live.end()) keep = it->second;
-  }
+  bool bad = false;
+  const std::shared_ptr<interp_core> keep = live_record(self, false, &bad);
+  if (bad) return nullptr;
   if (!keep) Py_RETURN_NONE;  // its close ran (atexit): the anchor is gone and so is its record
+  interp_core* const core = keep.get();
   // _shutdown()'s own test, on its own objects. An exception here would end _shutdown() before
   // its join (and be printed): none is kept.
   PyObject* threading = PyImport_ImportModule("threading");  // in sys.modules: it is running
